@@ -1,0 +1,1 @@
+"""The core: records, builder, runtime, configuration, CLI, errors and logging."""

@@ -1,0 +1,118 @@
+"""What a source sees of the daemon: the types its coroutines receive and return.
+
+A source module imports this, :mod:`connect.records`, :mod:`connect.errors` and
+:mod:`connect.httpkit` — never the machines or the runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+from typing import Any, Protocol
+
+import attrs
+import httpx
+from pydantic_settings import BaseSettings
+
+from connect.records import Batch
+
+
+@attrs.frozen(kw_only=True)
+class LastKnown:
+    """Where a loop stands: the newest time stored per collection, and where to start without one.
+
+    ``get`` answers the checkpoint, or ``backfill_from`` (now − ``CONNECT_BACKFILL_DAYS``) for a
+    collection the loop has never stored, so every source backfills the same way.
+    """
+
+    values: Mapping[str, int] = attrs.field(factory=dict)
+    backfill_from: int
+    now: int
+
+    def get(self, collection: str) -> int:
+        return self.values.get(collection, self.backfill_from)
+
+    def has(self, collection: str) -> bool:
+        return collection in self.values
+
+
+@attrs.frozen(kw_only=True)
+class Grant:
+    """What ``authorize`` may return: the session value and, when the vendor says, its lifetime."""
+
+    value: Any
+    expires_in: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Backoff:
+    """Parameters of a capped, jittered exponential backoff (seconds)."""
+
+    base: float = 5.0
+    cap: float = 900.0
+    jitter: float = 0.2
+
+
+Authenticate = Callable[[], Awaitable[Any]]
+Authorize = Callable[[Any], Awaitable[Any]]
+Refresh = Callable[[Any], Awaitable[Any]]
+Fetch = Callable[[Any, LastKnown], Awaitable[Any]]
+Transform = Callable[[Any, LastKnown], Batch]
+AlignSchedule = Callable[[LastKnown, int], int]
+
+
+class BuilderLike(Protocol):
+    """The two calls a source's ``generate_driver`` makes (see :class:`connect.builder.Builder`)."""
+
+    def support_session(
+        self,
+        *,
+        authenticate: Authenticate,
+        authorize: Authorize,
+        refresh: Refresh | None = None,
+        refresh_after: timedelta | None = None,
+        expire_after: timedelta | None = None,
+    ) -> None: ...
+
+    def register_loop(
+        self,
+        name: str,
+        *,
+        fetch: Fetch,
+        transform: Transform,
+        collections: tuple[str, ...] = ("entries",),
+        align_schedule: AlignSchedule | None = None,
+        expected_interval: timedelta = timedelta(minutes=5),
+        frame_retries: int = 2,
+        frame_backoff: Backoff = Backoff(base=2.0, cap=60.0),
+        cycle_backoff: Backoff = Backoff(base=30.0, cap=1800.0),
+    ) -> None: ...
+
+
+class Driver(Protocol):
+    """A source bound to its settings and HTTP client."""
+
+    def generate_driver(self, builder: BuilderLike) -> None: ...
+
+
+class SourceFactory(Protocol):
+    def __call__(self, settings: Any, client: httpx.AsyncClient) -> Driver: ...
+
+
+@attrs.frozen(kw_only=True)
+class SourceInfo:
+    """What the entry point ``nightscout_connect.sources`` names: one per source.
+
+    ``settings`` is a pydantic-settings model (``env_prefix="CONNECT_"``) holding only this
+    source's fields; the CLI combines it with the core settings when the source is selected,
+    so its required fields are required only then. ``legacy_env`` maps old variable names
+    (e.g. ``BRIDGE_USER_NAME``) to ours. ``secrets`` names the settings fields to redact.
+    """
+
+    name: str
+    description: str
+    settings: type[BaseSettings]
+    factory: SourceFactory
+    legacy_env: Mapping[str, str] = attrs.field(factory=dict)
+    #: base URL used when no server is configured, for `check` output
+    default_server: str = ""

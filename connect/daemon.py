@@ -1,0 +1,141 @@
+"""Assembling a running daemon: settings → source driver → runtime, store, outputs, API."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import httpx
+import structlog
+import trio
+
+from connect.builder import Builder
+from connect.contract import SourceInfo
+from connect.httpkit import USER_AGENT
+from connect.redact import redact
+from connect.runtime import SourceRuntime
+from connect.settings import CoreSettings
+from store import AsyncStore, Store
+
+log = structlog.get_logger("connect.daemon")
+
+#: how often status rows are written even when nothing happens
+STATUS_EVERY_S = 60.0
+
+
+def http_client() -> httpx.AsyncClient:
+    """The client every source and output uses: bounded timeouts, our user agent, no redirects
+    followed silently (vendors signal region changes in bodies, not redirects)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0, connect=15.0),
+        headers={"user-agent": USER_AGENT},
+        follow_redirects=False,
+    )
+
+
+@attrs.define
+class Daemon:
+    """One configured daemon: a source runtime over a store, plus its outputs."""
+
+    settings: CoreSettings
+    source: SourceInfo
+    store: Store
+    astore: AsyncStore
+    client: httpx.AsyncClient
+    runtime: SourceRuntime
+    outputs: list[Any] = attrs.Factory(list)
+    _status_dirty: trio.Event = attrs.Factory(trio.Event)
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot of every machine and output, secrets removed."""
+        snapshot: dict[str, Any] = {"sources": [self.runtime.status()]}
+        snapshot["outputs"] = [output.status() for output in self.outputs]
+        result: dict[str, Any] = redact(snapshot)
+        return result
+
+    def persisted(self) -> None:
+        self._status_dirty.set()
+        for output in self.outputs:
+            output.wake()
+
+    async def save_status(self) -> None:
+        await self.astore.save_status("daemon", self.status())
+
+    async def status_task(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keeps the status row current: after frames, and once a minute at most otherwise."""
+        task_status.started()
+        try:
+            while True:
+                with trio.move_on_after(STATUS_EVERY_S):
+                    await self._status_dirty.wait()
+                self._status_dirty = trio.Event()
+                await self.save_status()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self.save_status()
+
+
+@asynccontextmanager
+async def open_daemon(settings: CoreSettings, source: SourceInfo) -> AsyncIterator[Daemon]:
+    """Build the daemon's parts; close the HTTP client and the store on the way out."""
+    store = Store(settings.store_path)
+    try:
+        async with http_client() as client:
+            driver = source.factory(settings, client)
+            builder = Builder(source.name)
+            driver.generate_driver(builder)
+            plan = builder.build()
+            astore = AsyncStore(store)
+            runtime = SourceRuntime(
+                plan,
+                astore,
+                backfill_days=settings.backfill_days,
+                account=settings.account or None,
+            )
+            daemon = Daemon(
+                settings=settings, source=source, store=store, astore=astore, client=client, runtime=runtime
+            )
+            runtime.on_persist = daemon.persisted
+            yield daemon
+    finally:
+        store.close()
+
+
+async def watch_signals(
+    cancel: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """SIGTERM / SIGINT cancel the daemon's scope; frames in flight finish their transaction."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            cancel.cancel()
+            return
+
+
+async def run_forever(daemon: Daemon) -> None:
+    """``run``: every loop forever until a signal arrives."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watch_signals, scope)
+            await nursery.start(daemon.status_task)
+            for output in daemon.outputs:
+                await nursery.start(output.run)
+            await nursery.start(daemon.runtime.run)
+            log.info(
+                "running", source=daemon.runtime.key, loops=[loop.spec.name for loop in daemon.runtime.loops]
+            )
+    log.info("stopped")
+
+
+async def run_once(daemon: Daemon) -> bool:
+    """``once``: one frame per loop, then wait for the outputs to deliver it."""
+    ok = await daemon.runtime.run_once()
+    for output in daemon.outputs:
+        delivered = await output.deliver_until_idle()
+        ok = ok and bool(delivered)
+    await daemon.save_status()
+    return ok

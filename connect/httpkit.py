@@ -1,0 +1,82 @@
+"""HTTP helpers every source and output shares: one place maps transport trouble to the error tree."""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import time
+from typing import Any
+
+import httpx
+
+from connect.errors import (
+    ProtocolError,
+    RateLimited,
+    RequestRejected,
+    SessionExpired,
+    TransientError,
+)
+
+USER_AGENT = "nightscout-connect-py"
+
+
+def sha1_hex(secret: str) -> str:
+    """Nightscout's ``api-secret`` header value for a secret."""
+    return hashlib.sha1(secret.encode("utf-8")).hexdigest()
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def retry_after_seconds(response: httpx.Response, *, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date), if any."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+async def send(client: httpx.AsyncClient, request: httpx.Request, *, what: str) -> httpx.Response:
+    """Send a request; connection problems and timeouts become :class:`TransientError`."""
+    try:
+        return await client.send(request)
+    except httpx.TimeoutException as exc:
+        raise TransientError(f"{what}: timed out ({type(exc).__name__})") from None
+    except httpx.TransportError as exc:
+        raise TransientError(f"{what}: {type(exc).__name__}") from None
+
+
+def check_status(response: httpx.Response, *, what: str) -> None:
+    """The generic mapping of HTTP status codes; vendors refine it before calling this."""
+    status = response.status_code
+    if status < 400:
+        return
+    if status == 429:
+        raise RateLimited(f"{what}: HTTP 429", retry_after=retry_after_seconds(response))
+    if status in (401, 403):
+        raise SessionExpired(f"{what}: HTTP {status}")
+    if status == 408 or status >= 500:
+        raise TransientError(f"{what}: HTTP {status}", retry_after=retry_after_seconds(response))
+    raise RequestRejected(f"{what}: HTTP {status}")
+
+
+def json_body(response: httpx.Response, *, what: str) -> Any:
+    """The parsed JSON body, or :class:`ProtocolError` (HTML ban pages, truncated bodies…)."""
+    try:
+        return json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        kind = response.headers.get("content-type", "unknown type").split(";")[0]
+        raise ProtocolError(
+            f"{what}: HTTP {response.status_code} body is not JSON ({kind}, {len(response.content)} bytes)"
+        ) from None

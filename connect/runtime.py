@@ -1,0 +1,464 @@
+"""The trio drivers that execute the machines: I/O at the edges, the charts in the middle.
+
+Each source instance runs under one :class:`SourceRuntime`: a Poller machine, one shared
+Session (driven by :class:`SessionDriver`) and one Cycle per loop (driven by
+:class:`LoopDriver`), each frame of which is a Fetch machine. Coroutines bound by the
+source's ``generate_driver`` do the vendor I/O; the store persists each frame in one
+transaction. Time comes from trio's clock (so MockClock can run days in microseconds) and
+epoch milliseconds from the injected ``clock``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+import trio
+
+from connect.builder import LoopSpec, SessionSpec, SourcePlan
+from connect.clock import wall_ms
+from connect.contract import Grant, LastKnown
+from connect.errors import (
+    AuthRejected,
+    ConnectError,
+    ProtocolError,
+    SessionExpired,
+    TransientError,
+)
+from connect.records import Batch
+from connect.redact import describe_error
+from machines import CycleMachine, FetchMachine, PollerMachine, SessionMachine
+from machines.timing import align_schedule, backoff, rejected_delay
+from store.aio import AsyncStore
+
+Clock = Callable[[], int]
+GapFinder = Callable[[str], Awaitable[int | None]]
+DAY_MS = 86_400_000
+
+log = structlog.get_logger("connect.runtime")
+
+
+class TransitionLog:
+    """A machine listener that logs every transition (sync, as the sync engine requires)."""
+
+    def __init__(self, machine: str, **context: str) -> None:
+        self.machine = machine
+        self.context = context
+
+    def after_transition(self, event: str, source: Any, target: Any) -> None:
+        if source.id != target.id:
+            log.debug(
+                "transition", machine=self.machine, trigger=event, before=source.id,
+                after=target.id, **self.context,
+            )  # fmt: skip
+
+
+async def sleep_until_ms(clock: Clock, due_ms: int) -> None:
+    """Sleep until the epoch-ms ``due_ms`` by the injected clock (one sleep, no polling)."""
+    delay = (due_ms - clock()) / 1000.0
+    if delay > 0:
+        await trio.sleep(delay)
+
+
+class SessionDriver:
+    """Runs the Session machine: one login in flight per account, shared by every loop."""
+
+    def __init__(
+        self,
+        spec: SessionSpec | None,
+        poller: PollerMachine,
+        *,
+        clock: Clock,
+        rng: random.Random,
+        source: str,
+    ) -> None:
+        self.spec = spec
+        self.poller = poller
+        self.clock = clock
+        self.rng = rng
+        self.machine = SessionMachine(can_refresh=spec is not None and spec.refresh is not None)
+        self.machine.add_listener(TransitionLog("session", source=source))
+        self.value: Any = None
+        self.expires_at: int | None = None
+        self.refresh_at: int | None = None
+        self.not_before: int = 0
+        self._lock = trio.Lock()
+
+    def _fresh(self, now: int) -> bool:
+        return self.machine.usable and (self.expires_at is None or now < self.expires_at)
+
+    async def acquire(self, loop: str) -> Any:
+        """The current session value, logging in (once, for every waiting loop) when needed."""
+        if self.spec is None:
+            return None
+        now = self.clock()
+        if self._fresh(now) and (self.refresh_at is None or now < self.refresh_at):
+            return self.value
+        self.poller.send("session_required", loop=loop)
+        async with self._lock:
+            now = self.clock()
+            if self._fresh(now) and (self.refresh_at is None or now < self.refresh_at):
+                return self.value  # another loop logged in while this one waited
+            if self.machine.current_state_value == "active" and not self._fresh(now):
+                self.machine.send("expire")
+            if self.machine.current_state_value == "active" and self.spec.refresh is not None:
+                if await self._refresh():
+                    return self.value
+            return await self._login()
+
+    async def _refresh(self) -> bool:
+        assert self.spec is not None and self.spec.refresh is not None
+        self.machine.send("refresh")
+        try:
+            grant = await self.spec.refresh(self.value)
+        except AuthRejected as error:
+            self._rejected(error)
+            raise
+        except ConnectError as error:
+            self.machine.send("fail", error=error)  # refreshing → expired: log in fully
+            return False
+        self._accept(grant)
+        self.machine.send("refreshed")
+        return True
+
+    async def _login(self) -> Any:
+        assert self.spec is not None
+        state = self.machine.current_state_value
+        now = self.clock()
+        if state in ("rejected", "failed") and now < self.not_before:
+            wait = (self.not_before - now) / 1000.0
+            error: ConnectError
+            if state == "rejected":
+                error = AuthRejected(
+                    "credentials were refused; waiting before trying again", retry_after=wait
+                )
+            else:
+                error = TransientError("login failed recently; waiting before trying again", retry_after=wait)
+            self.poller.send("session_error", error=error)
+            raise error
+        if state == "rejected":
+            self.machine.send("retry")
+        self.machine.send("session_required")
+        try:
+            authn = await self.spec.authenticate()
+            self.machine.send("authenticated")
+            grant = await self.spec.authorize(authn)
+            self.machine.send("authorized")
+        except AuthRejected as exc:
+            self._rejected(exc)
+            raise
+        except ConnectError as exc:
+            self._failed(exc)
+            raise
+        except trio.Cancelled:
+            self._failed(None)
+            raise
+        except Exception as exc:  # a bug in a driver must not wedge the session
+            wrapped = ProtocolError(f"login failed unexpectedly: {type(exc).__name__}")
+            self._failed(wrapped)
+            raise wrapped from None
+        self._accept(grant)
+        self.machine.send("session_resolved")
+        self.poller.send("session_resolved")
+        log.info("session established", logins=self.machine.logins)
+        return self.value
+
+    def _accept(self, grant: Any) -> None:
+        assert self.spec is not None
+        now = self.clock()
+        lifetime: float | None = None
+        if isinstance(grant, Grant):
+            self.value, lifetime = grant.value, grant.expires_in
+        else:
+            self.value = grant
+        if lifetime is None and self.spec.expire_after is not None:
+            lifetime = self.spec.expire_after.total_seconds()
+        # renew a little early so a request never carries a session that dies on the way
+        self.expires_at = None if lifetime is None else now + int(lifetime * 1000 * 0.95)
+        self.refresh_at = (
+            None
+            if self.spec.refresh_after is None
+            else now + int(self.spec.refresh_after.total_seconds() * 1000)
+        )
+
+    def _rejected(self, error: AuthRejected) -> None:
+        self.machine.send("reject", error=error)
+        wait = max(rejected_delay(self.machine.rejections), error.retry_after or 0.0)
+        self.not_before = self.clock() + int(wait * 1000)
+        self.value = None
+        self.poller.send("session_error", error=error)
+        log.warning("login rejected", error=describe_error(error), wait_s=round(wait))
+
+    def _failed(self, error: ConnectError | None) -> None:
+        if self.machine.current_state_value in ("authenticating", "authorizing"):
+            self.machine.send("fail", error=error)
+        retry_after = error.retry_after if error is not None else None
+        wait = max(
+            backoff(self.machine.failures, base=5.0, cap=600.0, rand=self.rng.random()), retry_after or 0.0
+        )
+        self.not_before = self.clock() + int(wait * 1000) if error is not None else 0
+        self.value = None
+        self.poller.send("session_error", error=error)
+        if error is not None:
+            log.warning("login failed", error=describe_error(error), wait_s=round(wait))
+
+    def invalidate(self, used: Any, error: BaseException) -> None:
+        """A fetch was told its session is dead: drop it, unless a newer one already replaced it."""
+        if used is not self.value:
+            return
+        if self.machine.current_state_value in ("active", "established", "refreshing"):
+            self.machine.send("invalidate", error=error)
+            self.value = None
+            log.info("session invalidated", error=describe_error(error))
+
+    def status(self) -> dict[str, Any]:
+        m = self.machine
+        return {
+            "state": m.current_state_value if self.spec is not None else "none",
+            "logins": m.logins,
+            "rejections": m.rejections,
+            "failures": m.failures,
+            "expires_at": self.expires_at,
+            "not_before": self.not_before or None,
+            "last_error": describe_error(m.last_error),
+        }
+
+
+class LoopDriver:
+    """Runs one loop's Cycle machine and a Fetch machine per frame."""
+
+    def __init__(self, runtime: SourceRuntime, spec: LoopSpec) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        self.cycle = CycleMachine()
+        self.cycle.add_listener(TransitionLog("cycle", source=runtime.key, loop=spec.name))
+        self.fetch: FetchMachine | None = None
+        self.next_due: int | None = None
+        self.records_written = 0
+        self.last_batch: Batch | None = None
+
+    @property
+    def clock(self) -> Clock:
+        return self.runtime.clock
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Frames forever: ready (backoff) → operating (one frame) → after (until the next reading)."""
+        self.cycle.send("start")
+        task_status.started()
+        try:
+            while True:
+                await self._wait_ready()
+                self.cycle.send("begin")
+                ok = await self.frame()
+                self.cycle.send(
+                    "frame_done", ok=ok, error=None if ok else self._frame_error(), now_ms=self.clock()
+                )
+                await self._wait_after(ok)
+                self.cycle.send("next")
+        finally:
+            if self.cycle.current_state_value != "stopped":
+                self.cycle.send("stop")
+
+    def _frame_error(self) -> Any:
+        return None if self.fetch is None else self.fetch.last_error
+
+    async def _wait_ready(self) -> None:
+        missing = self.cycle.frames_missing
+        b = self.spec.cycle_backoff
+        delay = backoff(missing, base=b.base, cap=b.cap, jitter=b.jitter, rand=self.runtime.rng.random())
+        delay = max(delay, self.cycle.retry_after or 0.0)
+        self.next_due = self.clock() + int(delay * 1000)
+        await sleep_until_ms(self.clock, self.next_due)
+
+    async def _wait_after(self, ok: bool) -> None:
+        now = self.clock()
+        if not ok:
+            self.next_due = now  # ready applies the backoff
+        elif self.last_batch is not None and self.last_batch.more:
+            self.next_due = now  # backfill: more is available right now
+        else:
+            self.next_due = await self._aligned(now)
+        await sleep_until_ms(self.clock, self.next_due)
+
+    async def _aligned(self, now: int) -> int:
+        values = await self.runtime.store.checkpoints(self.runtime.key, self.spec.name)
+        last_known = LastKnown(values=values, backfill_from=self.runtime.backfill_from(now), now=now)
+        if self.spec.align_schedule is not None:
+            return self.spec.align_schedule(last_known, now)
+        newest = max((values[c] for c in self.spec.collections if c in values), default=None)
+        interval = int(self.spec.expected_interval.total_seconds() * 1000)
+        due = align_schedule(newest, now, interval_ms=interval, rand=self.runtime.rng.random())
+        # a source that stopped publishing (sensor change) is still asked once per interval
+        return min(due, now + interval + 25_000)
+
+    async def frame(self) -> bool:
+        """One Fetch machine from start to done; True when the frame's batch was persisted."""
+        rt = self.runtime
+        fm = FetchMachine(max_retries=self.spec.frame_retries)
+        fm.add_listener(TransitionLog("fetch", source=rt.key, loop=self.spec.name))
+        self.fetch = fm
+        fm.send("start")
+        while True:
+            session: Any = None
+            try:
+                if fm.attempts > 1:
+                    await self._retry_wait(fm)
+                fm.send("ready")
+                session = await rt.session.acquire(self.spec.name)
+                fm.send("session_ok")
+                last_known = await self._last_known()
+                fm.send("gaps_known", last_known=dict(last_known.values))
+                raw = await self.spec.fetch(session, last_known)
+                fm.send("fetched")
+                batch = self.spec.transform(raw, last_known)
+                fm.send("transformed", batch=batch)
+                result = await rt.store.persist_frame(rt.key, self.spec.name, batch)
+                fm.send("persisted")
+                fm.send("finish")
+                self.last_batch = batch
+                self.records_written += result.total
+                log.info(
+                    "frame stored", source=rt.key, loop=self.spec.name, records=len(batch),
+                    written=result.total, more=batch.more,
+                )  # fmt: skip
+                rt.persisted()
+                return True
+            except SessionExpired as error:
+                rt.session.invalidate(session, error)
+                fm.send("fail", error=error)
+            except ConnectError as error:
+                fm.send("fail", error=error)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+                # a driver bug or a payload it did not expect: a typed error, never a crash
+                wrapped = ProtocolError(f"{self.spec.name}: unexpected {type(error).__name__} in driver")
+                fm.send("fail", error=wrapped)
+            log.warning(
+                "frame attempt failed", source=rt.key, loop=self.spec.name, attempt=fm.attempts,
+                error=describe_error(fm.last_error),
+            )  # fmt: skip
+            fm.send("retry")
+            if fm.current_state_value == "done":
+                return False
+
+    async def _retry_wait(self, fm: FetchMachine) -> None:
+        b = self.spec.frame_backoff
+        delay = backoff(
+            fm.attempts - 1, base=b.base, cap=b.cap, jitter=b.jitter, rand=self.runtime.rng.random()
+        )
+        retry_after = getattr(fm.last_error, "retry_after", None) or 0.0
+        await trio.sleep(max(delay, retry_after))
+
+    async def _last_known(self) -> LastKnown:
+        rt = self.runtime
+        now = self.clock()
+        values = await rt.store.checkpoints(rt.key, self.spec.name)
+        for collection in self.spec.collections:
+            if collection not in values and rt.gap_finder is not None:
+                newest = await rt.gap_finder(collection)
+                if newest is not None:
+                    values[collection] = newest
+        return LastKnown(values=values, backfill_from=rt.backfill_from(now), now=now)
+
+    def status(self) -> dict[str, Any]:
+        c = self.cycle
+        return {
+            "state": c.current_state_value,
+            "fetch_state": None if self.fetch is None else self.fetch.current_state_value,
+            "attempts": 0 if self.fetch is None else self.fetch.attempts,
+            "frames_ok": c.frames_ok,
+            "frames_failed": c.frames_failed,
+            "frames_missing": c.frames_missing,
+            "records_written": self.records_written,
+            "last_success": c.last_success_ms,
+            "next_due": self.next_due,
+            "last_error": describe_error(c.last_error),
+        }
+
+
+class SourceRuntime:
+    """One source instance (one account): a Poller owning its Session and Cycles."""
+
+    def __init__(
+        self,
+        plan: SourcePlan,
+        store: AsyncStore,
+        *,
+        clock: Clock = wall_ms,
+        backfill_days: float = 30.0,
+        rng: random.Random | None = None,
+        account: str | None = None,
+        gap_finder: GapFinder | None = None,
+        on_persist: Callable[[], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.store = store
+        self.clock = clock
+        self.backfill_days = backfill_days
+        self.rng = rng or random.Random()
+        #: the name this source's rows and checkpoints carry in the store
+        self.key = plan.source if not account else f"{plan.source}:{account}"
+        self.gap_finder = gap_finder
+        self.on_persist = on_persist
+        self.poller = PollerMachine(tuple(loop.name for loop in plan.loops))
+        self.poller.add_listener(TransitionLog("poller", source=self.key))
+        self.session = SessionDriver(plan.session, self.poller, clock=clock, rng=self.rng, source=self.key)
+        self.loops = [LoopDriver(self, spec) for spec in plan.loops]
+
+    def backfill_from(self, now: int) -> int:
+        return now - int(math.ceil(self.backfill_days * DAY_MS))
+
+    def persisted(self) -> None:
+        if self.on_persist is not None:
+            self.on_persist()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Every loop, forever, until the surrounding scope is cancelled."""
+        self.poller.send("start")
+        try:
+            async with trio.open_nursery() as nursery:
+                for loop in self.loops:
+                    await nursery.start(loop.run)
+                task_status.started()
+        finally:
+            self._stopped()
+
+    async def run_once(self) -> bool:
+        """One frame per loop (cron mode); True when every frame succeeded."""
+        self.poller.send("start")
+        results: dict[str, bool] = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                for loop in self.loops:
+
+                    async def one(loop: LoopDriver = loop) -> None:
+                        loop.cycle.send("start")
+                        loop.cycle.send("begin")
+                        ok = await loop.frame()
+                        loop.cycle.send("frame_done", ok=ok, error=loop._frame_error(), now_ms=self.clock())
+                        results[loop.spec.name] = ok
+
+                    nursery.start_soon(one)
+        finally:
+            self._stopped()
+        return all(results.values()) and len(results) == len(self.loops)
+
+    def _stopped(self) -> None:
+        for loop in self.loops:
+            if loop.cycle.current_state_value != "stopped":
+                loop.cycle.send("stop")
+        state = self.poller.current_state_value
+        if state in ("running", "idle"):
+            self.poller.send("stop")
+        if self.poller.current_state_value == "stopping":
+            self.poller.send("finished")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "source": self.key,
+            "poller": self.poller.current_state_value,
+            "session": self.session.status(),
+            "loops": {loop.spec.name: loop.status() for loop in self.loops},
+        }

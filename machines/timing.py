@@ -1,0 +1,57 @@
+"""Timing math for the machines: backoff and schedule alignment, as pure functions.
+
+Randomness comes in as an argument (a float in [0, 1)) so every function is deterministic
+and property-testable; the runtime supplies ``random.random()``.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def backoff(
+    failures: int, *, base: float = 5.0, cap: float = 900.0, jitter: float = 0.2, rand: float = 0.0
+) -> float:
+    """Seconds to wait after ``failures`` consecutive failures: capped exponential, jittered.
+
+    Zero failures wait nothing. Jitter only shortens the wait (by at most ``jitter`` of it),
+    so the cap is a hard ceiling and many accounts restarted together spread out.
+    """
+    if failures <= 0:
+        return 0.0
+    exponent = min(failures - 1, 62)  # 2**62 s is far beyond any cap; avoids float overflow
+    delay = min(cap, base * math.pow(2.0, exponent))
+    return delay * (1.0 - jitter * rand)
+
+
+def rejected_delay(rejections: int, *, base: float = 1800.0, cap: float = 6 * 3600.0) -> float:
+    """Seconds to wait before trying credentials the vendor rejected ``rejections`` times.
+
+    Starts at half an hour and doubles to six hours: vendors lock accounts after a handful of
+    failed logins, so at most a few attempts an hour ever reach them.
+    """
+    return backoff(max(rejections, 1), base=base, cap=cap, jitter=0.0)
+
+
+def align_schedule(
+    last_known_ms: int | None,
+    now_ms: int,
+    *,
+    interval_ms: int,
+    buffer_ms: int = 15_000,
+    jitter_ms: int = 10_000,
+    rand: float = 0.0,
+) -> int:
+    """Epoch ms at which to poll next: just after the next reading is expected.
+
+    Readings arrive every ``interval_ms`` in the phase of the last one, so the next one is due
+    at ``last_known + k * interval`` for the smallest k that lies after ``now - buffer``. A small
+    buffer lets the vendor publish it, and jitter spreads accounts. Without a last reading the
+    loop simply waits one interval.
+    """
+    extra = buffer_ms + int(jitter_ms * rand)
+    if last_known_ms is None or interval_ms <= 0:
+        return now_ms + max(interval_ms, 0) + extra
+    steps = (now_ms - extra - last_known_ms) // interval_ms + 1
+    steps = max(steps, 1)
+    return last_known_ms + steps * interval_ms + extra

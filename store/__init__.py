@@ -1,0 +1,6 @@
+"""The local SQLite store: the journal every frame persists into and every output reads from."""
+
+from store.aio import AsyncStore
+from store.database import PersistResult, Store
+
+__all__ = ["AsyncStore", "PersistResult", "Store"]
