@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import timedelta
 from typing import Any
@@ -121,7 +122,7 @@ async def test_backoff_grows_over_failed_frames_and_resets_on_success(autojump_c
     rt = runtime(vendor, build(vendor), store)
     await run_for(rt, 3 * 3600)
     frame_starts = vendor.fetches[0:12:3]
-    gaps = [b - a for a, b in zip(frame_starts, frame_starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(frame_starts)]
     assert gaps == sorted(gaps) and gaps[0] < gaps[-1], gaps
     loop = rt.loops[0]
     assert loop.cycle.frames_failed == 4
@@ -131,7 +132,9 @@ async def test_backoff_grows_over_failed_frames_and_resets_on_success(autojump_c
     assert 0 < vendor.fetches[-1] - vendor.fetches[-2] <= FIVE_MIN + 25_000
 
 
-async def test_one_expired_session_is_reestablished_once_for_all_loops(autojump_clock: trio.abc.Clock) -> None:
+async def test_one_expired_session_is_reestablished_once_for_all_loops(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     clock = VirtualClock(START)
     vendor = FakeVendor(clock)
     store = Store(":memory:")

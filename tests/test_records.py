@@ -1,0 +1,104 @@
+"""Records: validation, stable identifiers, Nightscout JSON both ways."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connect.records import (
+    DIRECTIONS,
+    Batch,
+    DeviceStatus,
+    Entry,
+    Profile,
+    Treatment,
+    from_nightscout,
+    iso_from_ms,
+    make_identifier,
+    ms_from_iso,
+    to_nightscout,
+)
+
+dates = st.integers(min_value=946_684_800_000, max_value=4_102_444_800_000)
+entries = st.builds(
+    Entry,
+    type=st.just("sgv"),
+    date=dates,
+    device=st.text(min_size=1, max_size=20),
+    sgv=st.integers(min_value=1, max_value=1000),
+    direction=st.sampled_from(sorted(DIRECTIONS)) | st.none(),
+)
+
+
+@given(entries)
+@settings(max_examples=200, deadline=None)
+def test_entry_round_trips_through_nightscout_json(entry: Entry) -> None:
+    doc = to_nightscout(entry)
+    assert doc["dateString"] == iso_from_ms(entry.date)
+    assert ms_from_iso(doc["dateString"]) == entry.date
+    assert doc["identifier"] == entry.identifier
+    assert from_nightscout("entries", doc) == entry
+
+
+@given(dates)
+def test_iso_round_trip(ms: int) -> None:
+    assert ms_from_iso(iso_from_ms(ms)) == ms
+    assert iso_from_ms(ms).endswith("Z")
+
+
+def test_identifier_is_nightscout_v3_uuid5() -> None:
+    # uuid5(namespace = bytes of "NightscoutRocks!", name = device_date_type)
+    assert make_identifier("dev", 1, "sgv") == make_identifier("dev", 1, "sgv")
+    e1 = Entry(type="sgv", date=1_700_000_000_000, device="a", sgv=100)
+    e2 = Entry(type="sgv", date=1_700_000_000_000, device="a", sgv=101)
+    e3 = Entry(type="mbg", date=1_700_000_000_000, device="a", mbg=101)
+    assert e1.identifier == e2.identifier  # same reading, corrected value: one record
+    assert e1.identifier != e3.identifier  # an mbg at the same time is another record
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"type": "sgv", "date": 1_700_000_000_000, "device": "d", "sgv": None}, "sgv"),
+        ({"type": "sgv", "date": 1_700_000_000, "device": "d", "sgv": 100}, "epoch-ms"),
+        (
+            {"type": "sgv", "date": 1_700_000_000_000, "device": "d", "sgv": 100, "direction": "Up"},
+            "direction",
+        ),
+        ({"type": "xyz", "date": 1_700_000_000_000, "device": "d", "sgv": 100}, "type"),
+    ],
+)
+def test_invalid_entries_are_refused(kwargs: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        Entry(**kwargs)  # type: ignore[arg-type]
+
+
+def test_nightscout_documents_with_string_numbers_parse() -> None:
+    entry = from_nightscout(
+        "entries", {"type": "sgv", "sgv": "120", "date": 1_700_000_000_000, "device": "x"}
+    )
+    assert isinstance(entry, Entry) and entry.sgv == 120
+    treatment = from_nightscout(
+        "treatments",
+        {"eventType": "Meal Bolus", "created_at": "2024-01-18T08:00:00.000Z", "insulin": "2.5", "pumpId": 7},
+    )
+    assert isinstance(treatment, Treatment) and treatment.insulin == 2.5 and treatment.extra == {"pumpId": 7}
+    assert to_nightscout(treatment)["pumpId"] == 7
+
+
+def test_devicestatus_and_profile_round_trip() -> None:
+    ds = DeviceStatus(device="pump", date=1_700_000_000_000, payload={"pump": {"reservoir": 100}})
+    assert from_nightscout("devicestatus", to_nightscout(ds)) == ds
+    prof = Profile(date=1_700_000_000_000, device="ns", store={"Default": {"dia": "4"}}, units="mg/dl")
+    assert from_nightscout("profile", to_nightscout(prof)) == prof
+
+
+def test_batch_groups_sorts_dedupes_and_vouches_for_newest() -> None:
+    a = Entry(type="sgv", date=1_700_000_600_000, device="d", sgv=100)
+    b = Entry(type="sgv", date=1_700_000_300_000, device="d", sgv=110)
+    t = Treatment(event_type="Note", date=1_700_000_000_000, device="d", notes="hi")
+    batch = Batch.of([a, b, a, t], covered={"entries": 1_700_000_900_000})
+    assert batch.entries == (b, a)
+    assert len(batch) == 3
+    assert batch.newest() == {"entries": 1_700_000_900_000, "treatments": 1_700_000_000_000}
