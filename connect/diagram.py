@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from statemachine import StateMachine
+
 from machines import CycleMachine, FetchMachine, PollerMachine, SessionMachine
 
 TITLES = (
@@ -12,12 +14,32 @@ TITLES = (
 )
 
 
+def to_dot(machine: StateMachine, title: str) -> str:
+    """Graphviz dot for one machine (python-statemachine's own dot output needs pydot)."""
+    lines = [
+        f'digraph "{title}" {{',
+        "  rankdir=LR;",
+        '  node [shape=box, style=rounded, fontname="Helvetica"];',
+    ]
+    for state in machine.states:
+        shape = ", peripheries=2" if state.final else ""
+        lines.append(f'  "{state.id}" [label="{state.id}"{shape}];')
+        if state.initial:
+            lines.append(f'  "__start_{title}" [shape=point]; "__start_{title}" -> "{state.id}";')
+    for state in machine.states:
+        for transition in state.transitions:
+            events = ", ".join(str(event.id) for event in transition.events)
+            lines.append(f'  "{state.id}" -> "{transition.target.id}" [label="{events}"];')
+    lines.append("}")
+    return "\n".join(lines)
+
+
 def render(fmt: str) -> str:
     """Every machine in ``fmt`` (``mermaid``, ``md`` or ``dot``), each under its name."""
     parts = []
     for title, cls in TITLES:
         machine = cls()
-        body = format(machine, fmt)
+        body = to_dot(machine, title) if fmt == "dot" else format(machine, fmt)
         if fmt == "mermaid":
             parts.append(f"### {title}\n\n```mermaid\n{body.strip()}\n```\n")
         elif fmt == "md":
