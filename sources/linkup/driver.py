@@ -1,0 +1,98 @@
+"""The linkup driver: binds settings and the HTTP client into the builder's coroutines."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from connect.contract import Backoff, BuilderLike, Grant, LastKnown
+from connect.errors import ProtocolError
+from connect.records import Batch
+from sources.linkup.client import LinkUpClient, Login, Session
+from sources.linkup.const import LOOP_NAME, OVERDUE_RETRY_MS, PUBLISH_BUFFER_MS, SPREAD_MS
+from sources.linkup.settings import LinkUpSettings
+from sources.linkup.transform import transform
+
+
+class LinkUp:
+    """One LibreLinkUp follower account as a source: one session, one loop."""
+
+    def __init__(self, settings: LinkUpSettings, http: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.client = LinkUpClient(settings, http)
+        self.interval_ms = settings.link_up_interval * 60_000
+        # a fixed per-account offset spreads many accounts over the buffer without randomness,
+        # so align_schedule stays a pure function of its arguments
+        digest = hashlib.sha256(settings.link_up_username.encode("utf-8")).digest()
+        self.spread_ms = int.from_bytes(digest[:4], "big") % SPREAD_MS
+
+    # --- session -----------------------------------------------------------------------------
+
+    async def authenticate(self) -> Login:
+        return await self.client.login()
+
+    async def authorize(self, login: Any) -> Grant:
+        if not isinstance(login, Login):
+            raise ProtocolError("LibreLinkUp: authorize was given no login")
+        session = await self.client.session(login)
+        # the token lasts as long as the service says (180 days today); the runtime renews early
+        return Grant(value=session, expires_in=login.lifetime_s)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def fetch(self, session: Any, last_known: LastKnown) -> Any:
+        if not isinstance(session, Session):
+            raise ProtocolError("LibreLinkUp: fetch was given no session")
+        return await self.client.graph(session)
+
+    def transform(self, raw: Any, last_known: LastKnown) -> Batch:
+        return transform(raw, last_known, sensor_info=self.settings.link_up_sensor_info)
+
+    def align_schedule(self, last_known: LastKnown, now_ms: int) -> int:
+        """When to ask next: just after the next reading should have been published.
+
+        Readings fall every interval in the phase of the newest stored one. When the expected
+        reading has not shown up by its time, ask once more a minute later, then go back to the
+        regular slots (so a sensor gap costs one request per slot, not a retry storm).
+        """
+        interval = self.interval_ms
+        if not last_known.has("entries"):
+            return now_ms + interval
+        last = last_known.get("entries")
+        extra = PUBLISH_BUFFER_MS + self.spread_ms
+        due = last + interval + extra
+        if now_ms < due:
+            return due
+        if now_ms - due < OVERDUE_RETRY_MS and now_ms - last < 2 * interval:
+            return due + OVERDUE_RETRY_MS
+        steps = (now_ms - extra - last) // interval + 1
+        return last + steps * interval + extra
+
+    def collections(self) -> tuple[str, ...]:
+        if self.settings.link_up_sensor_info:
+            return ("entries", "treatments", "devicestatus")
+        return ("entries",)
+
+    def generate_driver(self, builder: BuilderLike) -> None:
+        builder.support_session(
+            authenticate=self.authenticate,
+            authorize=self.authorize,
+            refresh=None,
+            refresh_after=None,
+            # used only when a login does not say how long its token lasts
+            expire_after=timedelta(hours=12),
+        )
+        builder.register_loop(
+            LOOP_NAME,
+            fetch=self.fetch,
+            transform=self.transform,
+            collections=self.collections(),
+            align_schedule=self.align_schedule,
+            expected_interval=timedelta(milliseconds=self.interval_ms),
+            frame_retries=2,
+            frame_backoff=Backoff(base=10.0, cap=120.0),
+            cycle_backoff=Backoff(base=30.0, cap=1800.0),
+        )

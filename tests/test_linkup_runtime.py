@@ -1,0 +1,336 @@
+"""The linkup source under the real runtime, against the emulator, in virtual time.
+
+A healthy loop stores each reading within seconds of its publication with about one request per
+reading; a wrong password never becomes a login storm; a lockout is waited out in silence; and
+under random schedules of faults (5xx, 429, ban pages, timeouts, truncated and HTML bodies,
+lockouts, token revocations, region moves, terms steps) every reading served ends up in the
+store exactly once, nothing else does, and no secret reaches the status or the logs."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import structlog
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connect.builder import Builder
+from connect.clock import VirtualClock
+from connect.records import Batch
+from connect.runtime import SourceRuntime
+from sources.linkup import LinkUpSettings, make
+from store import AsyncStore, PersistResult, Store
+from tests.emulators.linkup import Account, LinkUpEmulator, Patient
+
+START = 1_750_000_000_000
+HOUR = 3_600_000
+PASSWORD = "rt-Passw0rd-xyz"
+EMAIL = "follower@example.com"
+
+
+class TimedStore(AsyncStore):
+    """The real AsyncStore, noting when each entry was first persisted (virtual epoch ms)."""
+
+    def __init__(self, store: Store, clock: Callable[[], int]) -> None:
+        super().__init__(store)
+        self.clock = clock
+        self.stored_at: dict[int, int] = {}
+
+    async def persist_frame(self, source: str, loop: str, batch: Batch) -> PersistResult:
+        result = await self.call(self.store.persist_frame, source, loop, batch)
+        now = self.clock()
+        for entry in batch.entries:
+            self.stored_at.setdefault(entry.date, now)
+        return result
+
+
+@attrs.define
+class Run:
+    emulator: LinkUpEmulator
+    account: Account
+    store: Store
+    timed: TimedStore
+    runtime: SourceRuntime
+    end_ms: int
+    logs: list[dict[str, Any]]
+
+    @property
+    def patient(self) -> Patient:
+        return self.account.patients[0]
+
+    def entries(self) -> list[tuple[int, int, str | None]]:
+        rows = self.store.conn.execute("SELECT date, sgv, direction FROM entries ORDER BY date").fetchall()
+        return [(int(d), int(v), s) for d, v, s in rows]
+
+    def requests(self, kind: str | None = None) -> list[int]:
+        return [r.time_ms for r in self.emulator.requests if kind is None or r.kind == kind]
+
+
+async def simulate(
+    hours: float,
+    *,
+    password: str = PASSWORD,
+    events: Callable[[LinkUpEmulator, Account, VirtualClock], Awaitable[None]] | None = None,
+    emulator_kw: dict[str, Any] | None = None,
+    account_kw: dict[str, Any] | None = None,
+    settings_kw: dict[str, Any] | None = None,
+    seed: int = 1,
+) -> Run:
+    clock = VirtualClock(START)
+    emulator = LinkUpEmulator(now=clock, **(emulator_kw or {}))
+    account = emulator.add_account(EMAIL, PASSWORD, region="eu", **(account_kw or {}))
+    store = Store(":memory:")
+    timed = TimedStore(store, clock)
+    source_settings = LinkUpSettings(link_up_username=EMAIL, link_up_password=password, **(settings_kw or {}))
+
+    async def ticker() -> None:
+        # a task that wakes every few virtual seconds: while a store call runs in its worker
+        # thread, MockClock's autojump may only skip ahead to this, not to the end of the run
+        while True:
+            await trio.sleep(5)
+
+    with structlog.testing.capture_logs() as logs:
+        async with emulator.client() as http:
+            builder = Builder("linkup")
+            make(source_settings, http).generate_driver(builder)
+            runtime = SourceRuntime(
+                builder.build(), timed, clock=clock, backfill_days=1, rng=random.Random(seed)
+            )
+            with trio.move_on_after(hours * 3600):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ticker)
+                    if events is not None:
+                        nursery.start_soon(events, emulator, account, clock)
+                    await nursery.start(runtime.run)
+    return Run(emulator, account, store, timed, runtime, clock(), list(logs))
+
+
+def secrets(run: Run) -> list[str]:
+    return [PASSWORD, run.account.user_id, run.account.account_id, *run.emulator.tickets] + [
+        p.patient_id for p in run.account.patients
+    ]
+
+
+def check_invariants(run: Run) -> None:
+    """What must hold after any schedule of faults."""
+    entries = run.entries()
+    dates = [d for d, _, _ in entries]
+    served = run.emulator.served_times(run.patient)
+    # every reading served is in the store, with the value the sensor read
+    missing = sorted(set(served) - set(dates))
+    assert not missing, f"{len(missing)} served readings missing, first {missing[:3]}"
+    # nothing stored twice (not even under another time), nothing invented
+    assert len(dates) == len(set(dates))
+    assert all(b - a >= 60_000 for a, b in zip(dates, dates[1:], strict=False))
+    if dates:
+        real = set(run.patient.times(dates[0] - 1, dates[-1]))
+        assert set(dates) == real, "the stored series has a hole or an invented reading"
+    for date, sgv, _ in entries:
+        assert sgv == run.patient.value(date)
+    # silence during every lockout the service announced
+    for request in run.emulator.requests:
+        if request.lockout_s:
+            quiet_until = request.time_ms + request.lockout_s * 1000
+            during = [r for r in run.emulator.requests if request.time_ms < r.time_ms < quiet_until]
+            assert not during, f"{len(during)} requests during a lockout"
+    # never a login storm: at most a handful in any hour
+    logins = run.requests("login")
+    for i, t in enumerate(logins):
+        assert sum(1 for u in logins[i:] if u < t + HOUR) <= 12, "login storm"
+    # no secret in status or logs
+    text = json.dumps(run.runtime.status(), default=str) + json.dumps(run.logs, default=str)
+    for secret in secrets(run):
+        assert secret not in text, "a secret reached the status or the logs"
+
+
+# --- the healthy loop ------------------------------------------------------------------------------
+
+
+async def test_healthy_loop_latency_and_request_rate(autojump_clock: trio.abc.Clock) -> None:
+    run = await simulate(8)
+    check_invariants(run)
+    served = run.emulator.served_times(run.patient)
+    stored_at = run.timed.stored_at
+    # readings published while the loop ran (the first frame's 12 h backfill is history)
+    live = [t for t in served if run.emulator.available_at(t) > START + 600_000]
+    assert len(live) >= 8 * 12 - 3
+    delays = [stored_at[t] - run.emulator.available_at(t) for t in live]
+    assert all(d >= 0 for d in delays)
+    assert statistics.median(delays) <= 30_000, statistics.median(delays)
+    assert max(delays) <= 60_000
+    graph = run.requests("graph")
+    assert len(graph) <= 14 * 8, len(graph)
+    for i, t in enumerate(graph):
+        assert sum(1 for u in graph[i:] if u < t + HOUR) <= 14
+    assert len(run.requests("login")) == 1 and len(run.requests("connections")) == 1
+    # the first frame brought the 12 h history; the current reading came with its arrow
+    entries = run.entries()
+    assert entries[0][0] <= START - 11 * HOUR
+    assert entries[-1][2] not in (None, "NOT COMPUTABLE")
+    status = run.runtime.status()
+    assert status["session"]["state"] == "active"
+    assert status["loops"]["LibreLinkUp"]["frames_failed"] == 0
+
+
+async def test_short_tokens_are_renewed_before_they_expire(autojump_clock: trio.abc.Clock) -> None:
+    run = await simulate(5, account_kw={"token_duration_ms": HOUR})
+    check_invariants(run)
+    assert 5 <= len(run.requests("login")) <= 7
+    assert all(r.status == 200 for r in run.emulator.requests), "a request carried an expired token"
+
+
+async def test_sensor_info_records(autojump_clock: trio.abc.Clock) -> None:
+    run = await simulate(1, settings_kw={"link_up_sensor_info": True})
+    check_invariants(run)
+    assert run.store.count("treatments") == 0  # the sensor started long before the backfill window
+    assert run.store.count("devicestatus") >= 10
+    newest = run.store.conn.execute("SELECT max(date) FROM devicestatus").fetchone()[0]
+    assert newest == run.entries()[-1][0]
+
+
+# --- credentials -------------------------------------------------------------------------------------
+
+
+async def test_bad_password_never_storms(autojump_clock: trio.abc.Clock) -> None:
+    run = await simulate(6, password="not-the-password")
+    logins = run.requests("login")
+    assert 2 <= len(logins) <= 5
+    for i, t in enumerate(logins):
+        assert sum(1 for u in logins[i:] if u < t + HOUR) <= 3
+    assert run.requests("graph") == [] and run.account.locked_until == 0
+    status = run.runtime.status()
+    assert status["session"]["state"] == "rejected"
+    assert "CONNECT_LINK_UP_PASSWORD" in status["session"]["last_error"]
+    text = json.dumps(status) + json.dumps(run.logs, default=str)
+    assert "not-the-password" not in text and PASSWORD not in text
+
+
+async def test_lockout_is_waited_out_in_silence(autojump_clock: trio.abc.Clock) -> None:
+    async def lock_then_revoke(emu: LinkUpEmulator, account: Account, clock: VirtualClock) -> None:
+        await trio.sleep(1800)
+        emu.inject("lock", on="login")
+        emu.expire_tokens()
+
+    run = await simulate(5, events=lock_then_revoke, emulator_kw={"lock_seconds": 3000})
+    check_invariants(run)
+    locks = [r for r in run.emulator.requests if r.lockout_s]
+    assert len(locks) == 1
+    after = [r.time_ms for r in run.emulator.requests if r.time_ms > locks[0].time_ms]
+    assert after and after[0] >= locks[0].time_ms + 3_000_000
+    assert run.runtime.status()["session"]["state"] == "active"  # and it came back
+
+
+async def test_terms_step_blocks_until_accepted_or_is_accepted(autojump_clock: trio.abc.Clock) -> None:
+    async def new_terms(emu: LinkUpEmulator, account: Account, clock: VirtualClock) -> None:
+        await trio.sleep(1800)
+        account.steps.append("tou")
+        emu.expire_tokens()
+
+    blocked = await simulate(3, events=new_terms)
+    check_invariants(blocked)
+    status = blocked.runtime.status()
+    assert status["session"]["state"] == "rejected"
+    assert "CONNECT_LINK_UP_AUTO_ACCEPT_TERMS" in status["session"]["last_error"]
+    assert len(blocked.requests("login")) <= 5
+
+    accepted = await simulate(3, events=new_terms, settings_kw={"link_up_auto_accept_terms": True})
+    check_invariants(accepted)
+    assert accepted.account.steps == [] and len(accepted.requests("step")) == 1
+    assert accepted.runtime.status()["session"]["state"] == "active"
+
+
+# --- random fault schedules -----------------------------------------------------------------------------
+
+WINDOW_KINDS = ("http500", "html502", "http429", "ban", "timeout", "truncated", "nonjson", "lock")
+TARGETS = ("graph", "login", "connections", None)
+EVENT_KINDS = ("expire", "move", "step")
+
+
+@st.composite
+def schedules(draw: st.DrawFn) -> dict[str, Any]:
+    windows = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(WINDOW_KINDS), st.sampled_from(TARGETS),
+                st.integers(0, 180), st.integers(1, 45),
+            ),
+            max_size=4,
+        )
+    )  # fmt: skip
+    events = draw(st.lists(st.tuples(st.sampled_from(EVENT_KINDS), st.integers(1, 180)), max_size=3))
+    return {
+        "windows": windows,
+        "events": sorted(events, key=lambda e: e[1]),
+        "publish_delay_ms": draw(st.integers(0, 15_000)),
+        "auto_accept": draw(st.booleans()),
+        "sensor_info": draw(st.booleans()),
+        "token_ms": draw(st.sampled_from([15_552_000_000, 2 * HOUR, 7 * HOUR])),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+HOURS = 7
+
+
+def play(schedule: dict[str, Any]) -> Run:
+    async def events(emu: LinkUpEmulator, account: Account, clock: VirtualClock) -> None:
+        for kind, minute in schedule["events"]:
+            await trio.sleep(max(0.0, (START + minute * 60_000 - clock()) / 1000))
+            if kind == "move":
+                emu.move_account(account, "eu2" if account.region != "eu2" else "de")
+            elif kind == "step":
+                account.steps.append("tou")
+                # the account holder accepts in the app half an hour later
+                emu_steps = account.steps
+
+                async def accept_later(steps: list[str] = emu_steps) -> None:
+                    await trio.sleep(1800)
+                    steps.clear()
+
+                trio.lowlevel.spawn_system_task(accept_later)
+            emu.expire_tokens()
+
+    async def main() -> Run:
+        def install(emu: LinkUpEmulator) -> None:
+            for kind, target, start_min, minutes in schedule["windows"]:
+                emu.schedule(
+                    kind, START + start_min * 60_000, START + (start_min + minutes) * 60_000, on=target,
+                    retry_after=120, status=random.Random(start_min).choice([403, 430]), after_s=30.0,
+                )  # fmt: skip
+
+        async def events_and_faults(emu: LinkUpEmulator, account: Account, clock: VirtualClock) -> None:
+            install(emu)
+            await events(emu, account, clock)
+
+        return await simulate(
+            HOURS,
+            events=events_and_faults,
+            emulator_kw={"publish_delay_ms": schedule["publish_delay_ms"]},
+            account_kw={"token_duration_ms": schedule["token_ms"]},
+            settings_kw={
+                "link_up_auto_accept_terms": schedule["auto_accept"],
+                "link_up_sensor_info": schedule["sensor_info"],
+            },
+            seed=schedule["seed"],
+        )
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(schedule=schedules())
+def test_random_fault_schedules_lose_nothing_and_duplicate_nothing(schedule: dict[str, Any]) -> None:
+    run = play(schedule)
+    check_invariants(run)
+    # faults end within the first four hours; the loop is back well before the end
+    stored = run.entries()
+    assert stored and stored[-1][0] >= run.end_ms - 90 * 60_000, "the loop did not recover"
+    # and the 12 h graph filled every gap: the stored series runs unbroken to the end
+    assert set(run.patient.times(stored[0][0] - 1, stored[-1][0])) == {d for d, _, _ in stored}
