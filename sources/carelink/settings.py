@@ -1,0 +1,112 @@
+"""Settings of the minimedcarelink source, and the server override they may carry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from connect.redact import redact_text
+
+
+class CareLinkSettings(BaseSettings):
+    """``CONNECT_CARELINK_*``: where the token file is, and which account and patient to read."""
+
+    model_config = SettingsConfigDict(env_prefix="CONNECT_", extra="ignore")
+
+    carelink_token_file: Path = Field(
+        description="file holding the CareLink tokens; `nightscout-connect login carelink` writes it "
+        "(mode 0600) and the daemon rewrites it whenever the refresh token rotates"
+    )
+    carelink_username: str | None = Field(
+        default=None,
+        description="CareLink user name of the login (read from the token when not set)",
+    )
+    carelink_region: str | None = Field(
+        default=None, description="us or eu (found from the country or the token when not set)"
+    )
+    carelink_patient_username: str | None = Field(
+        default=None,
+        description="for a care partner account: the patient to follow (the first linked one when not set)",
+    )
+    country_code: str | None = Field(
+        default=None, description="two-letter country where the CareLink account was created"
+    )
+    carelink_server: str | None = Field(
+        default=None,
+        description="send every CareLink request (discovery, login, data) to this server instead: "
+        "a host name (https implied) or a URL such as http://127.0.0.1:8080 (proxies, emulators)",
+    )
+
+    @field_validator("carelink_region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        region = value.strip().lower()
+        if region not in ("us", "eu"):
+            raise ValueError("use us or eu")
+        return region
+
+    @field_validator("country_code")
+    @classmethod
+    def _two_letters(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        code = value.strip().upper()
+        if len(code) != 2 or not code.isalpha():
+            raise ValueError("use the two-letter country code, such as GB or US")
+        return code
+
+    @field_validator("carelink_username", "carelink_patient_username")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    @field_validator("carelink_server")
+    @classmethod
+    def _usable_server(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return server_base(value)
+
+
+def server_base(server: str) -> str:
+    """``scheme://host[:port][/path]`` of a configured server, without a trailing slash.
+
+    A bare host name means https. Raises ValueError naming the problem (never echoing
+    credentials a URL might carry).
+    """
+    text = server.strip()
+    shown = redact_text(text)
+    candidate = text if "://" in text else f"https://{text}"
+    try:
+        url = httpx.URL(candidate)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ValueError(f"CareLink server {shown!r} is not a host name or URL ({exc})") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"CareLink server {shown!r} must use http or https")
+    if not url.host:
+        raise ValueError(f"CareLink server {shown!r} has no host")
+    if url.userinfo or url.query or url.fragment:
+        raise ValueError(f"CareLink server {shown!r} must not carry credentials, a query or a fragment")
+    port = f":{url.port}" if url.port is not None else ""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{url.scheme}://{host}{port}{url.path.rstrip('/')}"
+
+
+def rebase(url: str, base: str | None) -> str:
+    """``url`` with its scheme, host and port replaced by ``base`` (kept as is without one).
+
+    Discovery hands out absolute URLs on several Medtronic hosts; an override sends all of
+    them to one server, keeping each path so the server can tell them apart.
+    """
+    if base is None:
+        return url
+    parsed = httpx.URL(url)
+    query = f"?{parsed.query.decode('ascii')}" if parsed.query else ""
+    return f"{base}{parsed.raw_path.decode('ascii').split('?', 1)[0]}{query}"

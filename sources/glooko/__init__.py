@@ -1,0 +1,53 @@
+"""Glooko: CGM readings, pump boluses and basals, and logged food, from the Glooko cloud.
+
+``CONNECT_SOURCE=glooko`` with ``CONNECT_GLOOKO_EMAIL``, ``CONNECT_GLOOKO_PASSWORD``,
+``CONNECT_GLOOKO_SERVER`` (default, eu, … or a host/URL) and ``CONNECT_GLOOKO_TIMEZONE`` (the
+IANA zone of the pump and phone: Glooko writes their local time labelled as UTC). Each v2
+feed has its own loop and checkpoint; a first start reads ``CONNECT_GLOOKO_LOOKBACK_DAYS``
+back. nightscout-connect's ``CONNECT_GLOOKO_ENV`` and ``CONNECT_GLOOKO_TIMEZONE_OFFSET`` still
+work; the ``GLOOKO_EMAIL`` / ``GLOOKO_PASSWORD`` other Glooko bridges use are read too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from connect.contract import SourceInfo
+from sources.glooko.client import Glooko, GlookoSession
+from sources.glooko.const import FEEDS, HOSTS
+from sources.glooko.settings import GlookoSettings
+from sources.glooko.transform import Page, transform, window
+
+
+def make(settings: Any, client: httpx.AsyncClient) -> Glooko:
+    """Bind settings and the daemon's HTTP client into a driver."""
+    if not isinstance(settings, GlookoSettings):
+        settings = GlookoSettings.model_validate(settings, from_attributes=True)
+    return Glooko(settings, client)
+
+
+SOURCE = SourceInfo(
+    name="glooko",
+    description="Glooko (CGM readings, pump boluses and basals, food) through its v2 web API",
+    settings=GlookoSettings,
+    factory=make,
+    legacy_env={
+        "GLOOKO_EMAIL": "CONNECT_GLOOKO_EMAIL",
+        "GLOOKO_PASSWORD": "CONNECT_GLOOKO_PASSWORD",
+    },
+    default_server=f"https://{HOSTS['default']}",
+)
+
+__all__ = [
+    "FEEDS",
+    "SOURCE",
+    "Glooko",
+    "GlookoSession",
+    "GlookoSettings",
+    "Page",
+    "make",
+    "transform",
+    "window",
+]

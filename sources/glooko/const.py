@@ -1,0 +1,97 @@
+"""Glooko constants: hosts, paths, the v2 feeds and how the loops page through them.
+
+See protocols/04-glooko.md. Glooko publishes no API; names come from nightscout-connect's
+Glooko driver (from glooko2nightscout-bridge) and other public connectors.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Final
+
+import attrs
+
+#: ``CONNECT_GLOOKO_SERVER`` may name one of these instead of a host
+HOSTS: Final[dict[str, str]] = {
+    "default": "api.glooko.com",
+    "us": "api.glooko.com",
+    "eu": "eu.api.glooko.com",
+    "de-fr": "de-fr.api.glooko.com",
+    "ca": "ca.api.glooko.com",
+    "production": "externalapi.glooko.com",
+    "development": "api.glooko.work",
+}
+DEFAULT_SERVER: Final = "default"
+
+SIGN_IN_PATH: Final = "/api/v2/users/sign_in"
+#: answers ``currentUser.glookoCode`` when the sign-in body lacks the patient code
+SESSION_USERS_PATH: Final = "/api/v3/session/users"
+
+#: the web app's headers, which nightscout-connect found the API expects
+BROWSER_UA: Final = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/16.5 Safari/605.1.15"
+)
+DEVICE_INFORMATION: Final[dict[str, object]] = {
+    "applicationType": "logbook",
+    "os": "android",
+    "osVersion": "33",
+    "device": "Google Pixel 4a",
+    "deviceManufacturer": "Google",
+    "deviceModel": "Pixel 4a",
+    "clinicalResearch": False,
+    "applicationVersion": "6.1.3",
+    "buildNumber": "0",
+}
+
+#: any GUID does for ``lastGuid`` (the server needs one, its value does not matter); ours is fixed
+LAST_GUID: Final = str(uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/nightscout/nightscout-connect"))
+
+DEVICE: Final = "nightscout-connect-glooko"
+
+DAY_MS: Final = 86_400_000
+#: how much one request asks for while catching up
+PAGE_MS: Final = DAY_MS
+#: the newest part of every feed is read again each time: Glooko receives records when the
+#: phone or pump syncs, hours after they happened, and a time cursor alone would skip them
+SYNC_OVERLAP_MS: Final = 6 * 3_600_000
+#: records per request; a full page means more remain in the window
+PAGE_LIMIT: Final = 1000
+#: the web session cookie lasts a day (nightscout-connect renews 10 minutes early)
+SESSION_LIFETIME_S: Final = 24 * 3600 - 600
+
+
+@attrs.frozen
+class Feed:
+    """One v2 endpoint read by its own loop, with its own checkpoint."""
+
+    loop: str
+    path: str
+    key: str
+    collection: str
+    interval_s: int
+
+
+FEEDS: Final[tuple[Feed, ...]] = (
+    Feed("GlookoCGM", "/api/v2/cgm/readings", "readings", "entries", 300),
+    Feed("GlookoBoluses", "/api/v2/pumps/normal_boluses", "normalBoluses", "treatments", 300),
+    Feed("GlookoBasals", "/api/v2/pumps/scheduled_basals", "scheduledBasals", "treatments", 900),
+    Feed("GlookoFoods", "/api/v2/foods", "foods", "treatments", 900),
+)
+FEEDS_BY_KEY: Final[dict[str, Feed]] = {feed.key: feed for feed in FEEDS}
+
+#: trend words other connectors report, folded to Nightscout directions
+TRENDS: Final[dict[str, str]] = {
+    "doubleup": "DoubleUp",
+    "singleup": "SingleUp",
+    "fortyfiveup": "FortyFiveUp",
+    "flat": "Flat",
+    "fortyfivedown": "FortyFiveDown",
+    "singledown": "SingleDown",
+    "doubledown": "DoubleDown",
+    "up": "SingleUp",
+    "down": "SingleDown",
+    "steady": "Flat",
+    "notcomputable": "NOT COMPUTABLE",
+    "rateoutofrange": "RATE OUT OF RANGE",
+}
