@@ -1,0 +1,88 @@
+"""Who may read: the ``CONNECT_HTTP_SECRET`` in any of the forms Nightscout clients send.
+
+* ``api-secret: <SHA-1 hex of the secret>`` (any case; the SHA-512 hex works too), as every
+  Nightscout uploader and follower sends it;
+* ``?token=<secret>`` or ``Authorization: Bearer <secret>``;
+* ``?secret=<SHA-1 hex>``, Nightscout's query form of the header.
+
+Every comparison is constant-time over bytes. Nothing here logs or returns what a client sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+
+from pydantic import SecretStr
+
+from connect.redact import register_secret
+
+UNAUTHORIZED_BODY = b'{"status":401,"message":"Unauthorized","description":"Invalid/Missing"}'
+
+
+def _same(given: str, expected: bytes) -> bool:
+    # compare_digest on str refuses non-ASCII; bytes keep it constant-time for any input
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected)
+
+
+class Authenticator:
+    """Decides whether a request's credentials grant reading."""
+
+    def __init__(self, secret: SecretStr | None, *, readable: bool) -> None:
+        self.required = secret is not None
+        self.readable = readable
+        value = secret.get_secret_value() if secret is not None else ""
+        encoded = value.encode("utf-8")
+        self._raw = encoded
+        self._sha1 = hashlib.sha1(encoded).hexdigest().encode("ascii")
+        self._sha512 = hashlib.sha512(encoded).hexdigest().encode("ascii")
+        if value:
+            register_secret(value, hashlib.sha512(encoded).hexdigest())
+
+    def credentials_valid(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool | None:
+        """True when every credential offered is the secret, False when any is wrong, None when
+        none was offered (or no secret is configured).
+
+        A wrong credential beside a right one still fails: a client that sends two different
+        secrets is misconfigured, and saying so beats guessing which one it meant.
+        """
+        if not self.required:
+            return None
+        verdicts: list[bool] = []
+        header = headers.get("api-secret")
+        if header is not None:
+            hashed = header.strip().lower()
+            # both comparisons always run, so timing does not tell which form was close
+            verdicts.append(_same(hashed, self._sha1) | _same(hashed, self._sha512))
+        secret_param = query.get("secret")
+        if secret_param is not None:
+            verdicts.append(_same(secret_param.strip().lower(), self._sha1))
+        token = query.get("token")
+        if token is not None:
+            verdicts.append(_same(token, self._raw))
+        authorization = headers.get("authorization")
+        if authorization is not None:
+            scheme, _, credentials = authorization.strip().partition(" ")
+            # other schemes (Basic from a reverse proxy in front) are not ours to judge
+            if scheme.lower() == "bearer":
+                verdicts.append(_same(credentials.strip(), self._raw))
+        if not verdicts:
+            return None
+        return all(verdicts)
+
+    def may_read(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
+        """Reading is open without a configured secret (the API then listens on loopback only);
+        with one, it needs the secret, unless anonymous reading is switched on and no wrong
+        secret was offered."""
+        if not self.required:
+            return True
+        valid = self.credentials_valid(headers, query)
+        if valid is None:
+            return self.readable
+        return valid
+
+    def is_admin(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
+        if not self.required:
+            return False
+        return self.credentials_valid(headers, query) is True

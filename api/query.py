@@ -1,0 +1,175 @@
+"""Nightscout v1 query strings (``count``, ``find[field][$op]=value``) to store filters.
+
+Nightscout hands ``find`` to MongoDB after a lenient coercion (``parseInt`` on dates, which turns
+an ISO string into its year). Here every value is checked: a number where a number belongs, a
+time where a time belongs, and a clear 400 naming the parameter otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Final, Literal
+
+import attrs
+
+from connect.records import Collection, ms_from_iso
+from store.reader import SQLITE_INT_MAX, Filter, Op
+
+MAX_COUNT: Final = 10_000
+DEFAULT_COUNT: Final[dict[Collection, int]] = {
+    "entries": 10,
+    "treatments": 100,
+    "devicestatus": 10,
+    "profile": 10,
+}
+
+Kind = Literal["ms", "time", "int", "text"]
+
+#: query fields per collection: name → (column, how the value is read)
+FIELDS: Final[dict[Collection, dict[str, tuple[str, Kind]]]] = {
+    "entries": {
+        "date": ("date", "ms"),
+        "dateString": ("date", "time"),
+        "sysTime": ("date", "time"),
+        "created_at": ("date", "time"),
+        "type": ("type", "text"),
+        "device": ("device", "text"),
+        "sgv": ("sgv", "int"),
+    },
+    "treatments": {
+        "date": ("date", "ms"),
+        "created_at": ("date", "time"),
+        "dateString": ("date", "time"),
+        "timestamp": ("date", "time"),
+        "eventType": ("event_type", "text"),
+        "device": ("device", "text"),
+    },
+    "devicestatus": {
+        "date": ("date", "ms"),
+        "created_at": ("date", "time"),
+        "dateString": ("date", "time"),
+        "device": ("device", "text"),
+    },
+    "profile": {
+        "date": ("date", "ms"),
+        "created_at": ("date", "time"),
+        "startDate": ("date", "time"),
+        "dateString": ("date", "time"),
+        "device": ("device", "text"),
+    },
+}
+
+OPERATORS: Final[dict[str, Op]] = {
+    "$eq": "=",
+    "$ne": "!=",
+    "$gt": ">",
+    "$gte": ">=",
+    "$lt": "<",
+    "$lte": "<=",
+}
+
+_FIND = re.compile(r"^find\[([^\[\]]*)\](?:\[([^\[\]]*)\])?$")
+_INT = re.compile(r"^[+-]?\d{1,19}$")
+_SPACED_OFFSET = re.compile(r"^(\d{4}-\d\d-\d\dT[\d:.]+) (\d\d:?\d\d)$")
+#: how much of a client's parameter name an error message repeats
+_NAME_LIMIT: Final = 60
+
+
+class QueryError(ValueError):
+    """The query string cannot be answered; the message names the parameter, never its value."""
+
+
+@attrs.frozen
+class ReadQuery:
+    collection: Collection
+    filters: tuple[Filter, ...]
+    limit: int
+
+
+def _name(key: str) -> str:
+    shown = key if len(key) <= _NAME_LIMIT else key[:_NAME_LIMIT] + "…"
+    return shown.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def parse_count(value: str | None, default: int) -> int:
+    """``count``: a whole number; 0 means "no limit" as in MongoDB, bounded by :data:`MAX_COUNT`."""
+    if value is None:
+        return default
+    text = value.strip()
+    if not _INT.match(text) or text.startswith("-"):
+        raise QueryError("count must be a whole number of documents (0 for the most allowed)")
+    count = int(text)
+    if count > SQLITE_INT_MAX:
+        raise QueryError("count is out of range")
+    if count == 0 or count > MAX_COUNT:
+        return MAX_COUNT
+    return count
+
+
+def _value(key: str, kind: Kind, raw: str) -> int | str:
+    text = raw.strip()
+    if kind == "text":
+        return raw
+    if kind in ("ms", "int"):
+        if not _INT.match(text) or abs(int(text)) > SQLITE_INT_MAX:
+            what = "epoch milliseconds (a whole number)" if kind == "ms" else "a whole number"
+            raise QueryError(f"{_name(key)}: expected {what}")
+        return int(text)
+    # a time: ISO-8601 (Z, an offset, or UTC when naive), or epoch milliseconds
+    if _INT.match(text):
+        if abs(int(text)) > SQLITE_INT_MAX:
+            raise QueryError(f"{_name(key)}: time out of range")
+        return int(text)
+    # an unencoded "+02:00" arrives as " 02:00" (a plus in a query string is a space)
+    text = _SPACED_OFFSET.sub(r"\1+\2", text)
+    try:
+        return ms_from_iso(text)
+    except (ValueError, OverflowError, OSError):
+        raise QueryError(f"{_name(key)}: expected an ISO-8601 time such as 2024-01-18T00:00:00Z") from None
+
+
+def parse_find(collection: Collection, params: Iterable[tuple[str, str]]) -> list[Filter]:
+    """Filters from every ``find[...]`` parameter (all of them must hold)."""
+    fields = FIELDS[collection]
+    filters: list[Filter] = []
+    for key, raw in params:
+        if key != "find" and not key.startswith("find["):
+            continue
+        match = _FIND.match(key)
+        if match is None:
+            raise QueryError(f"{_name(key)}: expected find[field] or find[field][$operator]")
+        field, operator = match.group(1), match.group(2)
+        spec = fields.get(field)
+        if spec is None:
+            known = ", ".join(sorted(fields))
+            raise QueryError(
+                f"{_name(key)}: {collection} cannot be searched by {_name(field)!r} (known: {known})"
+            )
+        if operator is None:
+            op: Op = "="
+        elif operator in OPERATORS:
+            op = OPERATORS[operator]
+        else:
+            known = ", ".join(OPERATORS)
+            raise QueryError(f"{_name(key)}: unsupported operator {_name(operator)!r} (supported: {known})")
+        column, kind = spec
+        filters.append(Filter(column=column, op=op, value=_value(key, kind, raw)))
+    return filters
+
+
+def parse_read(
+    collection: Collection,
+    params: Iterable[tuple[str, str]],
+    *,
+    forced: Iterable[Filter] = (),
+    count: int | None = None,
+) -> ReadQuery:
+    """A whole read: ``count`` (the last one given wins) and every ``find``."""
+    items = list(params)
+    counts = [value for key, value in items if key == "count"]
+    limit = (
+        count if count is not None else parse_count(counts[-1] if counts else None, DEFAULT_COUNT[collection])
+    )
+    filters = (*parse_find(collection, items), *forced)
+    return ReadQuery(collection=collection, filters=tuple(filters), limit=limit)

@@ -1,0 +1,350 @@
+"""A read-only view of a store file, for the HTTP API and other readers.
+
+The daemon's one writer connection belongs to the runtime. Readers never touch it: each use of
+a :class:`StoreReader` borrows a connection of its own (from a small pool, one borrower at a
+time), opened without the right to create the file and with ``PRAGMA query_only``. Under WAL a
+reader sees the last committed state and is never blocked by a frame being written.
+
+Documents are served as the stored Nightscout JSON with a Mongo-style ``_id`` spliced in (and,
+for CGM readings, a computed ``delta``), without parsing and re-serialising every document:
+the stored JSON is compact and key-sorted, written by :func:`connect.records.to_nightscout`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import quote
+
+import attrs
+
+from connect.errors import ConfigError
+from connect.records import COLLECTIONS, Collection
+
+Op = Literal["=", "!=", ">", ">=", "<", "<="]
+OPS: Final[frozenset[str]] = frozenset({"=", "!=", ">", ">=", "<", "<="})
+
+#: columns a reader may filter on, per collection (interpolated into SQL, so a closed set)
+FILTER_COLUMNS: Final[dict[Collection, frozenset[str]]] = {
+    "entries": frozenset({"date", "type", "device", "sgv"}),
+    "treatments": frozenset({"date", "event_type", "device"}),
+    "devicestatus": frozenset({"date", "device"}),
+    "profile": frozenset({"date", "device"}),
+}
+
+#: a reading this close to the previous one of the same device gets a ``delta``
+DELTA_WINDOW_MS: Final = 15 * 60_000
+#: beyond this gap, the difference is scaled to five minutes (as a 5-minute delta is read)
+DELTA_SCALE_AFTER_MS: Final = 390_000
+FIVE_MINUTES_MS: Final = 300_000
+
+SQLITE_INT_MAX: Final = 2**63 - 1
+
+
+@attrs.frozen
+class Filter:
+    """One condition: ``column op value`` (value already converted: epoch ms, number or text)."""
+
+    column: str
+    op: Op
+    value: int | str
+
+    def __attrs_post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"unknown operator {self.op!r}")
+        if isinstance(self.value, int) and not -SQLITE_INT_MAX <= self.value <= SQLITE_INT_MAX:
+            raise ValueError(f"{self.column}: number out of range")
+
+
+@attrs.frozen
+class Reading:
+    """A CGM reading as the status page draws it."""
+
+    date: int
+    sgv: int
+    direction: str | None
+    device: str
+
+
+def object_id(identifier: str) -> str:
+    """A stable 24-hex Mongo-style ``_id`` for a record identifier (clients expect ObjectIds).
+
+    Identifiers are UUID v5, themselves the leading bytes of a SHA-1: their first 24 hex digits
+    serve as they are. Anything else gets the first 24 hex digits of its own SHA-1.
+    """
+    if _UUID.match(identifier):
+        return identifier.replace("-", "").lower()[:24]
+    return hashlib.sha1(identifier.encode("utf-8")).hexdigest()[:24]
+
+
+_UUID: Final = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _delta(sgv: int, date: int, prev_sgv: int, prev_date: int) -> int | float:
+    """The change since the previous reading, per five minutes when readings were missed (as a
+    five-minute delta is read)."""
+    diff = sgv - prev_sgv
+    gap = date - prev_date
+    if gap <= DELTA_SCALE_AFTER_MS:
+        return diff
+    return round(diff * FIVE_MINUTES_MS / gap, 1)
+
+
+def splice(doc: str, identifier: str, delta: int | float | None = None) -> str:
+    """``doc`` (a stored JSON object) with ``_id`` (and ``delta``) added in front.
+
+    The stored JSON is a compact object written by ``to_nightscout``, so the text after its
+    opening brace can follow the new members as it is (no parsing, no re-encoding).
+    """
+    head = '{"_id":"' + object_id(identifier) + '"'
+    if delta is not None:
+        head += ',"delta":' + repr(delta)
+    if doc == "{}":
+        return head + "}"
+    return head + "," + doc[1:]
+
+
+#: filters under which a device's readings in a page are consecutive in the store
+_RUN_KEEPING: Final = {
+    ("date", ">="),
+    ("date", ">"),
+    ("date", "<="),
+    ("date", "<"),
+    ("type", "="),
+    ("device", "="),
+}
+
+
+def _keeps_runs(f: Filter) -> bool:
+    return (f.column, f.op) in _RUN_KEEPING
+
+
+class StoreReader:
+    """Read-only queries over a store file; safe to use from many threads at once."""
+
+    def __init__(self, path: str | Path, *, pool_size: int = 8, busy_timeout_ms: int = 5000) -> None:
+        self.path = str(path)
+        if self.path == ":memory:" or self.path.startswith("file::memory:"):
+            # a private in-memory database cannot be opened a second time
+            raise ConfigError("the HTTP API reads the store from a file; an in-memory store cannot be shared")
+        self.pool_size = pool_size
+        self.busy_timeout_ms = busy_timeout_ms
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # --- connections ----------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        # mode=rw: never create an empty file where the store should be (a typo in the path
+        # must show up as "not ready", not as a silently empty site)
+        uri = "file:" + quote(str(Path(self.path).absolute())) + "?mode=rw"
+        conn = sqlite3.connect(
+            uri, uri=True, check_same_thread=False, isolation_level=None, timeout=self.busy_timeout_ms / 1000
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection for this use only (autocommit: every statement is its own snapshot)."""
+        with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("the store reader is closed")
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._open()
+        healthy = False
+        try:
+            yield conn
+            healthy = True
+        finally:
+            with self._lock:
+                keep = healthy and not self._closed and len(self._idle) < self.pool_size
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- documents ------------------------------------------------------------------------
+
+    @staticmethod
+    def _where(collection: Collection, filters: Sequence[Filter], alias: str) -> tuple[str, list[Any]]:
+        allowed = FILTER_COLUMNS[collection]
+        clauses: list[str] = []
+        params: list[Any] = []
+        for f in filters:
+            if f.column not in allowed or f.op not in OPS:
+                raise ValueError(f"cannot filter {collection} on {f.column!r}")
+            clauses.append(f"{alias}.{f.column} {f.op} ?")
+            params.append(f.value)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def doc_texts(
+        self,
+        collection: Collection,
+        filters: Sequence[Filter] = (),
+        limit: int = 10,
+        *,
+        page_deltas: bool = True,
+    ) -> list[str]:
+        """The newest ``limit`` documents matching every filter, as JSON texts, newest first.
+
+        CGM readings stored without a ``delta`` get one from the previous reading of the same
+        device (within :data:`DELTA_WINDOW_MS`). ``page_deltas=False`` always looks that reading
+        up in the store (the tests compare both ways).
+        """
+        if collection not in COLLECTIONS:
+            raise ValueError(f"unknown collection {collection!r}")
+        where, params = self._where(collection, filters, "e")
+        if collection != "entries":
+            sql = f"SELECT e.identifier, e.json FROM {collection} e{where} ORDER BY e.date DESC, e.rowid DESC LIMIT ?"
+            with self.connection() as conn:
+                rows = conn.execute(sql, [*params, limit]).fetchall()
+            return [splice(doc, identifier) for identifier, doc in rows]
+        if page_deltas and all(_keeps_runs(f) for f in filters):
+            return self._entries_from_page(where, params, limit)
+        # p: the previous reading of the same device within the window, looked up per row
+        sql = (
+            "SELECT e.identifier, e.json, e.sgv, e.date, p.sgv, p.date FROM entries e "
+            "LEFT JOIN entries p ON p.rowid = ("
+            "  SELECT q.rowid FROM entries q WHERE e.type = 'sgv' AND q.type = 'sgv' "
+            "  AND q.device = e.device AND q.date < e.date AND q.date >= e.date - ? "
+            "  AND q.sgv IS NOT NULL ORDER BY q.date DESC LIMIT 1)"
+            f"{where} ORDER BY e.date DESC, e.rowid DESC LIMIT ?"
+        )
+        with self.connection() as conn:
+            rows = conn.execute(sql, [DELTA_WINDOW_MS, *params, limit]).fetchall()
+        out: list[str] = []
+        for identifier, doc, sgv, date, prev_sgv, prev_date in rows:
+            # a delta the source sent is kept as it is
+            if prev_sgv is None or sgv is None or '"delta":' in doc:
+                out.append(splice(doc, identifier))
+            else:
+                out.append(splice(doc, identifier, _delta(sgv, date, prev_sgv, prev_date)))
+        return out
+
+    def _entries_from_page(self, where: str, params: list[Any], limit: int) -> list[str]:
+        """Entries whose deltas come from the page itself.
+
+        With filters that only cut the time range or pick a type or device, the readings of one
+        device in the page are consecutive in the store: each reading's predecessor is the next
+        older reading of its device in the page. Only each device's oldest reading in the page
+        needs a lookup.
+        """
+        sql = (
+            "SELECT e.identifier, e.json, e.type, e.sgv, e.date, e.device FROM entries e"
+            f"{where} ORDER BY e.date DESC, e.rowid DESC LIMIT ?"
+        )
+        previous_sql = (
+            "SELECT sgv, date FROM entries WHERE type = 'sgv' AND device = ? AND date < ? AND date >= ? "
+            "AND sgv IS NOT NULL ORDER BY date DESC LIMIT 1"
+        )
+        with self.connection() as conn:
+            rows = conn.execute(sql, [*params, limit]).fetchall()
+            # oldest first: remember each device's last reading on the way up
+            last: dict[str, tuple[int, int]] = {}
+            deltas: list[int | float | None] = [None] * len(rows)
+            for index in range(len(rows) - 1, -1, -1):
+                _identifier, doc, kind, sgv, date, device = rows[index]
+                if kind != "sgv" or sgv is None:
+                    continue
+                prev = last.get(device)
+                if prev is None:
+                    found = conn.execute(previous_sql, (device, date, date - DELTA_WINDOW_MS)).fetchone()
+                    prev = None if found is None else (int(found[0]), int(found[1]))
+                if prev is not None and date - prev[1] <= DELTA_WINDOW_MS and '"delta":' not in doc:
+                    deltas[index] = _delta(sgv, date, prev[0], prev[1])
+                last[device] = (sgv, date)
+        return [splice(row[1], row[0], delta) for row, delta in zip(rows, deltas, strict=True)]
+
+    def body(self, collection: Collection, filters: Sequence[Filter] = (), limit: int = 10) -> bytes:
+        """A JSON array of :meth:`doc_texts`, ready to send."""
+        return ("[" + ",".join(self.doc_texts(collection, filters, limit)) + "]").encode("utf-8")
+
+    def docs(
+        self, collection: Collection, filters: Sequence[Filter] = (), limit: int = 10
+    ) -> list[dict[str, Any]]:
+        """Like :meth:`doc_texts`, parsed."""
+        return [json.loads(text) for text in self.doc_texts(collection, filters, limit)]
+
+    # --- what the status page and the status API show ----------------------------------------
+
+    def readings(self, since_ms: int, until_ms: int) -> list[Reading]:
+        """CGM readings with ``since_ms <= date <= until_ms``, oldest first."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT date, sgv, direction, device FROM entries WHERE type = 'sgv' AND sgv IS NOT NULL "
+                "AND date >= ? AND date <= ? ORDER BY date, rowid",
+                (since_ms, until_ms),
+            ).fetchall()
+        return [Reading(int(d), int(s), direction, str(device)) for d, s, direction, device in rows]
+
+    def latest_reading(self) -> Reading | None:
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT date, sgv, direction, device FROM entries WHERE type = 'sgv' AND sgv IS NOT NULL "
+                "ORDER BY date DESC, rowid DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else Reading(int(row[0]), int(row[1]), row[2], str(row[3]))
+
+    def collections(self) -> dict[str, dict[str, int | None]]:
+        """Records stored and the newest record time, per collection."""
+        out: dict[str, dict[str, int | None]] = {}
+        with self.connection() as conn:
+            for name in COLLECTIONS:
+                count, newest = conn.execute(f"SELECT count(*), max(date) FROM {name}").fetchone()
+                out[name] = {"records": int(count), "newest": None if newest is None else int(newest)}
+        return out
+
+    def outputs(self) -> list[str]:
+        """Every output that has a delivery cursor in this store."""
+        with self.connection() as conn:
+            return [
+                str(name) for (name,) in conn.execute("SELECT DISTINCT output FROM cursors ORDER BY output")
+            ]
+
+    def lag(self, outputs: Iterable[str]) -> dict[str, dict[str, int]]:
+        """Records each output has not delivered yet, per collection (by the store's cursors)."""
+        result: dict[str, dict[str, int]] = {}
+        with self.connection() as conn:
+            for output in outputs:
+                cursors = dict(
+                    conn.execute("SELECT collection, seq FROM cursors WHERE output = ?", (output,))
+                )
+                per: dict[str, int] = {}
+                for name in COLLECTIONS:
+                    (n,) = conn.execute(
+                        f"SELECT count(*) FROM {name} WHERE seq > ?", (int(cursors.get(name, 0)),)
+                    ).fetchone()
+                    per[name] = int(n)
+                result[output] = per
+        return result
+
+    def ping(self) -> int:
+        """Check that the store can be read; returns its schema version."""
+        with self.connection() as conn:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            conn.execute("SELECT 1 FROM entries LIMIT 1").fetchall()
+        return int(version)

@@ -1,0 +1,342 @@
+"""Nightscout v1 reads: routes, ``count`` and ``find`` semantics, document shape, 400s."""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connect.records import Entry, Treatment, iso_from_ms
+from store import Store
+from store.reader import Filter, StoreReader, object_id
+from tests.test_api_support import FIVE_MIN, ApiClient, make_app, populate
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    path = Path(tmp_path_factory.mktemp("reads")) / "store.db"
+    info = populate(path, count=300)
+    store = Store(path)
+    all_entries = store.docs("entries")  # the ground truth, newest first
+    store.close()
+    app, reader = make_app(path, secret=None)
+    with ApiClient(app) as client:
+        yield {**info, "client": client, "path": path, "entries": all_entries}
+    reader.close()
+
+
+def strip(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k not in ("_id", "delta")}
+
+
+def get(world, url: str, status: int = 200):
+    response = world["client"].get(url)
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+# --- routes and defaults ------------------------------------------------------------------------
+
+
+def test_entries_default_to_the_newest_ten(world):
+    docs = get(world, "/api/v1/entries.json")
+    assert [strip(d) for d in docs] == world["entries"][:10]
+    assert get(world, "/api/v1/entries") == docs  # the suffix-less route answers the same
+
+
+def test_every_document_has_a_stable_object_id(world):
+    docs = get(world, "/api/v1/entries.json?count=50")
+    ids = [d["_id"] for d in docs]
+    assert len(set(ids)) == 50
+    for doc in docs:
+        assert len(doc["_id"]) == 24 and int(doc["_id"], 16) >= 0
+        # identifiers are UUID v5 (a SHA-1 already): the id is their first 24 hex digits
+        assert doc["_id"] == doc["identifier"].replace("-", "")[:24]
+    assert [d["_id"] for d in get(world, "/api/v1/entries.json?count=50")] == ids
+
+
+def test_object_ids_for_identifiers_that_are_not_uuids():
+    assert object_id("6f1b4e9c-0d55-5f43-9f3e-2b9a1c7d8e6f") == "6f1b4e9c0d555f439f3e2b9a"
+    assert object_id("not-a-uuid") == hashlib.sha1(b"not-a-uuid").hexdigest()[:24]
+    assert object_id("6F1B4E9C-0D55-5F43-9F3E-2B9A1C7D8E6F") == "6f1b4e9c0d555f439f3e2b9a"
+
+
+def test_count_limits_and_caps(world):
+    assert len(get(world, "/api/v1/entries.json?count=288")) == 288
+    everything = get(world, "/api/v1/entries.json?count=0")  # Mongo's "no limit", within the cap
+    assert len(everything) == len(world["entries"]) == 302
+    assert get(world, "/api/v1/entries.json?count=99999999") == everything
+    dates = [d["date"] for d in everything]
+    assert dates == sorted(dates, reverse=True)
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "", "1e3", "99999999999999999999"])
+def test_non_numeric_count_is_a_400_naming_count(world, value):
+    body = get(world, f"/api/v1/entries.json?count={value}", 400)
+    assert body["status"] == 400 and "count" in body["description"]
+    get(world, f"/api/v1/treatments.json?count={value}", 400)
+
+
+def test_typed_entry_routes(world):
+    sgv = get(world, "/api/v1/entries/sgv.json?count=1000")
+    assert len(sgv) == 300 and {d["type"] for d in sgv} == {"sgv"}
+    mbg = get(world, "/api/v1/entries/mbg.json")
+    assert [(d["type"], d["mbg"]) for d in mbg] == [("mbg", 123)]
+    cal = get(world, "/api/v1/entries/cal")
+    assert [d["type"] for d in cal] == ["cal"] and cal[0]["slope"] == 900.0
+    # the route's type and a find on another type: nothing matches both
+    assert get(world, "/api/v1/entries/sgv.json?find[type]=mbg") == []
+
+
+def test_current_is_the_newest_entry(world):
+    current = get(world, "/api/v1/entries/current.json")
+    assert [strip(d) for d in current] == world["entries"][:1]
+    assert get(world, "/api/v1/entries/current.json?count=5") == current
+    assert get(world, "/api/v1/entries/current") == current
+
+
+def test_treatments_devicestatus_profile(world, tmp_path):
+    treatments = get(world, "/api/v1/treatments.json")
+    assert len(treatments) == 6
+    created = [t["created_at"] for t in treatments]
+    assert created == sorted(created, reverse=True)
+    assert {t["eventType"] for t in treatments} == {"Meal Bolus", "Temp Basal"}
+    temp = get(world, "/api/v1/treatments.json?find[eventType]=Temp Basal")
+    assert [t["rate"] for t in temp] == [0.5]
+    statuses = get(world, "/api/v1/devicestatus.json")
+    assert [s["pump"]["reservoir"] for s in statuses] == [100, 99, 98]
+    assert all(s["device"] == "pump" and s["created_at"].endswith("Z") for s in statuses)
+    profiles = get(world, "/api/v1/profile.json")
+    assert profiles[0]["defaultProfile"] == "Default" and profiles[0]["store"]["Default"]["dia"] == "4"
+    assert get(world, "/api/v1/profile") == profiles
+
+
+def test_treatments_default_to_one_hundred(tmp_path):
+    path = tmp_path / "many.db"
+    store = Store(path)
+    base = 1_750_000_000_000
+    store.upsert(
+        [Treatment(event_type="Note", date=base + i * 60_000, device="x", notes=f"n{i}") for i in range(150)]
+    )
+    store.close()
+    app, reader = make_app(path, secret=None)
+    with ApiClient(app) as client:
+        docs = client.get("/api/v1/treatments.json").json()
+        assert len(docs) == 100 and docs[0]["notes"] == "n149"
+        assert len(client.get("/api/v1/devicestatus.json").json()) == 0
+    reader.close()
+
+
+# --- find --------------------------------------------------------------------------------------
+
+
+def test_find_on_date_range(world):
+    entries = world["entries"]
+    lo, hi = entries[40]["date"], entries[10]["date"]
+    docs = get(world, f"/api/v1/entries.json?count=1000&find[date][$gte]={lo}&find[date][$lt]={hi}")
+    assert [strip(d) for d in docs] == [e for e in entries if lo <= e["date"] < hi]
+    assert len(docs) == 30
+
+
+def test_find_on_iso_times_compares_times_not_strings(world):
+    entries = world["entries"]
+    target = entries[20]["date"]
+    # the same instant written with an offset: a string comparison would get this wrong
+    from datetime import UTC, datetime, timedelta, timezone
+
+    local = datetime.fromtimestamp(target / 1000, tz=UTC).astimezone(timezone(timedelta(hours=5)))
+    text = local.isoformat(timespec="milliseconds").replace("+", "%2B")
+    docs = get(world, f"/api/v1/entries.json?count=1000&find[dateString][$gte]={text}")
+    assert [d["date"] for d in docs] == [e["date"] for e in entries if e["date"] >= target]
+    # the same, with the "+" of the offset left unencoded (it arrives as a space)
+    spaced = get(world, f"/api/v1/entries.json?count=1000&find[dateString][$gte]={text.replace('%2B', '+')}")
+    assert spaced == docs
+    exact = get(world, f"/api/v1/entries.json?find[dateString]={iso_from_ms(target)}")
+    assert [d["date"] for d in exact] == [target]
+    eq = get(world, f"/api/v1/entries.json?find[date][$eq]={target}")
+    assert eq == exact
+
+
+def test_find_on_type_and_device(world):
+    assert [d["device"] for d in get(world, "/api/v1/entries.json?find[device]=meter")] == ["meter"]
+    not_sgv = get(world, "/api/v1/entries.json?find[type][$ne]=sgv")
+    assert sorted(d["type"] for d in not_sgv) == ["cal", "mbg"]
+
+
+def test_find_on_treatment_created_at(world):
+    end = world["end"]
+    since = iso_from_ms(end - 2 * 3_600_000)
+    docs = get(world, f"/api/v1/treatments.json?find[created_at][$gte]={since}")
+    assert sorted(d["created_at"] for d in docs) == sorted(
+        iso_from_ms(t.date) for t in world["treatments"] if t.date >= end - 2 * 3_600_000
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("find[date][$regex]=1", "$regex"),
+        ("find[date][$in]=1", "$in"),
+        ("find[date][$gte]=2024-01-18T00:00:00Z", "find[date][$gte]"),
+        ("find[date][$gte]=soon", "find[date][$gte]"),
+        ("find[dateString][$gte]=yesterday", "find[dateString][$gte]"),
+        ("find[dateString][$lt]=2024-13-45", "find[dateString][$lt]"),
+        ("find[colour]=red", "colour"),
+        ("find[date][$gte][x]=1", "find[date][$gte][x]"),
+        ("find=1", "find"),
+        ("find[date][$gte]=99999999999999999999", "find[date][$gte]"),
+        ("find[sgv][$gt]=high", "find[sgv][$gt]"),
+    ],
+)
+def test_bad_find_is_a_400_naming_the_problem(world, query, named):
+    body = get(world, f"/api/v1/entries.json?{query}", 400)
+    assert body["status"] == 400 and body["message"] == "Bad Request"
+    assert named in body["description"]
+
+
+def test_other_parameters_are_ignored(world):
+    # cache busters and Nightscout parameters this API does not need
+    assert get(world, "/api/v1/entries.json?_=123&findings=x&units=mmol") == get(
+        world, "/api/v1/entries.json"
+    )
+
+
+OPS = {"$gte": operator.ge, "$gt": operator.gt, "$lte": operator.le, "$lt": operator.lt, "$eq": operator.eq}
+
+
+@given(
+    conditions=st.lists(
+        st.tuples(st.sampled_from(sorted(OPS)), st.integers(min_value=0, max_value=305)),
+        min_size=1,
+        max_size=3,
+    ),
+    count=st.integers(min_value=1, max_value=400),
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_find_matches_a_model(world, conditions, count):
+    entries = world["entries"]
+    # thresholds on and between stored times
+    newest = entries[0]["date"]
+    params = [f"count={count}"]
+    bounds = []
+    for op, steps in conditions:
+        value = newest - steps * FIVE_MIN // 2
+        params.append(f"find[date][{op}]={value}")
+        bounds.append((OPS[op], value))
+    docs = get(world, "/api/v1/entries.json?" + "&".join(params))
+    expected = [e for e in entries if all(fn(e["date"], v) for fn, v in bounds)][:count]
+    assert [d["date"] for d in docs] == [e["date"] for e in expected]
+
+
+# --- documents ---------------------------------------------------------------------------------
+
+
+def test_readings_carry_a_delta_from_the_previous_reading(tmp_path):
+    path = tmp_path / "delta.db"
+    store = Store(path)
+    t0 = 1_750_000_000_000
+    store.upsert(
+        [
+            Entry(type="sgv", date=t0, device="a", sgv=100),  # first: no previous reading
+            Entry(type="sgv", date=t0 + FIVE_MIN, device="a", sgv=108),
+            Entry(type="sgv", date=t0 + 3 * FIVE_MIN, device="a", sgv=128),  # one reading missed
+            Entry(type="sgv", date=t0 + 3 * FIVE_MIN + 1000, device="b", sgv=90),  # another device
+            Entry(type="sgv", date=t0 + 10 * FIVE_MIN, device="a", sgv=150),  # after a long gap
+            Entry(type="sgv", date=t0 + 11 * FIVE_MIN, device="a", sgv=149, delta=-1.5),  # its own delta
+        ]
+    )
+    store.close()
+    app, reader = make_app(path, secret=None)
+    with ApiClient(app) as client:
+        docs = {(d["device"], d["date"]): d for d in client.get("/api/v1/entries.json?count=0").json()}
+    reader.close()
+    assert "delta" not in docs[("a", t0)]
+    assert docs[("a", t0 + FIVE_MIN)]["delta"] == 8
+    assert docs[("a", t0 + 3 * FIVE_MIN)]["delta"] == 10.0  # 20 over ten minutes, per five
+    assert "delta" not in docs[("b", t0 + 3 * FIVE_MIN + 1000)]
+    assert "delta" not in docs[("a", t0 + 10 * FIVE_MIN)]
+    assert docs[("a", t0 + 11 * FIVE_MIN)]["delta"] == -1.5
+
+
+def test_status_json_has_nightscouts_shape(world):
+    status = get(world, "/api/v1/status.json")
+    assert status["status"] == "ok" and status["apiEnabled"] is True and status["authorized"] is None
+    assert status["name"] == "nightscout-connect" and status["version"]
+    assert isinstance(status["serverTimeEpoch"], int) and status["serverTime"].endswith("Z")
+    assert status["settings"]["units"] == "mg/dl"
+    assert status["settings"]["thresholds"] == {
+        "bgHigh": 260,
+        "bgTargetTop": 180,
+        "bgTargetBottom": 70,
+        "bgLow": 55,
+    }
+    plain = get(world, "/api/v1/status")
+    timeless = {"serverTime", "serverTimeEpoch"}
+    assert {k: v for k, v in plain.items() if k not in timeless} == {
+        k: v for k, v in status.items() if k not in timeless
+    }
+
+
+def test_unknown_paths_and_methods(world):
+    body = get(world, "/api/v1/nothing.json", 404)
+    assert body == {"status": 404, "message": "Not Found"}
+    response = world["client"].post("/api/v1/entries.json", json=[])
+    assert response.status_code == 405
+
+
+@pytest.fixture(scope="module")
+def mixed_store(tmp_path_factory: pytest.TempPathFactory):
+    """Two devices with gaps, meter values between readings, some readings with their own delta."""
+    path = Path(tmp_path_factory.mktemp("mixed")) / "store.db"
+    store = Store(path)
+    t0 = 1_750_000_000_000
+    records = []
+    for i in range(120):
+        if i % 17 in (5, 6) or i % 41 == 0:  # missed readings and longer gaps
+            continue
+        records.append(Entry(type="sgv", date=t0 + i * FIVE_MIN, device="a", sgv=80 + (i * 13) % 150))
+        if i % 3 == 0:
+            records.append(
+                Entry(
+                    type="sgv",
+                    date=t0 + i * FIVE_MIN + 90_000,
+                    device="b",
+                    sgv=100 + i % 60,
+                    delta=(i % 5) - 2.0,
+                )
+            )
+        if i % 11 == 0:
+            records.append(Entry(type="mbg", date=t0 + i * FIVE_MIN + 30_000, device="a", mbg=110))
+    store.upsert(records)
+    store.close()
+    reader = StoreReader(path)
+    yield reader, t0
+    reader.close()
+
+
+FILTERS = st.lists(
+    st.one_of(
+        st.tuples(st.just("date"), st.sampled_from([">=", ">", "<=", "<", "=", "!="]), st.integers(-5, 125)),
+        st.tuples(st.just("type"), st.sampled_from(["=", "!="]), st.sampled_from(["sgv", "mbg"])),
+        st.tuples(st.just("device"), st.sampled_from(["=", "!="]), st.sampled_from(["a", "b"])),
+        st.tuples(st.just("sgv"), st.sampled_from([">", "<"]), st.integers(80, 230)),
+    ),
+    max_size=3,
+)
+
+
+@given(filters=FILTERS, limit=st.integers(min_value=1, max_value=200))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_deltas_from_the_page_equal_deltas_looked_up(mixed_store, filters, limit):
+    reader, t0 = mixed_store
+    built = [
+        Filter(column, op, t0 + value * FIVE_MIN // 2 if column == "date" else value)
+        for column, op, value in filters
+    ]
+    fast = reader.doc_texts("entries", built, limit)
+    looked_up = reader.doc_texts("entries", built, limit, page_deltas=False)
+    assert fast == looked_up
