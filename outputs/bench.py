@@ -1,0 +1,173 @@
+"""Delivery throughput, each figure beside a ceiling measured in the same run.
+
+* Nightscout: records/s from the store to the Nightscout emulator (in-process ASGI) through
+  :class:`NightscoutOutput`, against a bare httpx loop posting the same chunks to a fresh
+  emulator.
+* MQTT: QoS 1 messages/s from the store to a local mosquitto through :class:`MqttOutput`,
+  against a bare paho publisher (its own network thread, ``loop_start``) publishing the same
+  payloads and waiting for every PUBACK.
+
+Both need the test tree (the emulator, the broker helper): run from a source checkout.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from connect.httpkit import sha1_hex
+from connect.records import Batch, Entry
+from store import AsyncStore, Store
+
+T0 = 1_700_000_000_000
+SECRET = "benchmark-api-secret"
+
+
+def _entries(count: int) -> list[Entry]:
+    return [
+        Entry(type="sgv", date=T0 + i * 300_000, device="bench", sgv=60 + i % 300, direction="Flat")
+        for i in range(count)
+    ]
+
+
+def _filled_store(path: Path, count: int) -> Store:
+    store = Store(path)
+    store.persist_frame("bench", "entries", Batch.of(_entries(count)))
+    return store
+
+
+def _test_helper(module: str, name: str) -> Any:
+    """A helper from the test tree (emulator, broker), loaded only when a benchmark runs."""
+    return getattr(importlib.import_module(module), name)
+
+
+def _result(ours: float, ceiling: float) -> dict[str, float]:
+    return {"ours": round(ours, 1), "ceiling": round(ceiling, 1), "ratio": round(ours / ceiling, 3)}
+
+
+def bench_nightscout(records: int = 5000, chunk_size: int = 500) -> dict[str, float]:
+    """Records/s uploaded to the Nightscout emulator: the output versus a bare httpx loop."""
+    from outputs.nightscout import NightscoutOutput
+
+    NightscoutEmulator = _test_helper("tests.emulators.nightscout", "NightscoutEmulator")
+
+    async def ours(store: Store) -> float:
+        emulator = NightscoutEmulator(SECRET)
+        transport = httpx.ASGITransport(app=emulator.app)
+        async with httpx.AsyncClient(transport=transport) as client:
+            output = NightscoutOutput(
+                "http://bench.test", AsyncStore(store), client, api_secret=SECRET, chunk_size=chunk_size
+            )
+            started = time.perf_counter()
+            ok = await output.deliver_until_idle()
+            elapsed = time.perf_counter() - started
+        if not ok or emulator.count("entries") != records:
+            raise RuntimeError(f"benchmark delivery incomplete: {output.status()}")
+        return records / elapsed
+
+    async def ceiling(chunks: list[list[dict[str, Any]]]) -> float:
+        emulator = NightscoutEmulator(SECRET)
+        transport = httpx.ASGITransport(app=emulator.app)
+        headers = {"api-secret": sha1_hex(SECRET), "content-type": "application/json"}
+        async with httpx.AsyncClient(transport=transport) as client:
+            started = time.perf_counter()
+            for chunk in chunks:
+                body = json.dumps(chunk, separators=(",", ":")).encode("utf-8")
+                response = await client.post(
+                    "http://bench.test/api/v1/entries", content=body, headers=headers
+                )
+                response.raise_for_status()
+            elapsed = time.perf_counter() - started
+        if emulator.count("entries") != records:
+            raise RuntimeError("benchmark ceiling incomplete")
+        return records / elapsed
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = _filled_store(Path(tmp) / "bench.db", records)
+        try:
+            docs = [p.doc for p in store.pending("ceiling", "entries", limit=records)]
+            chunks = [docs[i : i + chunk_size] for i in range(0, len(docs), chunk_size)]
+            top = trio.run(ceiling, chunks)
+            mine = trio.run(ours, store)
+        finally:
+            store.close()
+    return _result(mine, top)
+
+
+def bench_mqtt(messages: int = 5000, broker_url: str | None = None) -> dict[str, float]:
+    """QoS 1 messages/s to mosquitto: the output versus a bare paho publisher with loop_start.
+
+    Without ``broker_url`` a private mosquitto is started on a free loopback port.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from outputs.mqtt import MqttOutput, payload_of
+    from outputs.settings import mqtt_target
+
+    def ceiling(host: str, port: int, payloads: list[bytes]) -> float:
+        done = threading.Event()
+        acked = [0]
+
+        def on_publish(_c: Any, _u: Any, _mid: int, _rc: Any, _p: Any) -> None:
+            acked[0] += 1
+            if acked[0] == len(payloads):
+                done.set()
+
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-ceiling")
+        client.max_inflight_messages_set(100)
+        client.max_queued_messages_set(0)
+        client.on_publish = on_publish
+        client.connect(host, port)
+        client.loop_start()
+        try:
+            started = time.perf_counter()
+            for payload in payloads:
+                client.publish("bench/ceiling", payload, qos=1)
+            if not done.wait(120):
+                raise RuntimeError("benchmark ceiling: PUBACKs missing")
+            elapsed = time.perf_counter() - started
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return len(payloads) / elapsed
+
+    async def ours(url: str, store: Store) -> float:
+        output = MqttOutput(mqtt_target(url), AsyncStore(store), topic_prefix="bench", client_id="bench-ours")
+        started = time.perf_counter()
+        ok = await output.deliver_until_idle()
+        elapsed = time.perf_counter() - started
+        if not ok:
+            raise RuntimeError(f"benchmark delivery incomplete: {output.status()}")
+        return messages / elapsed
+
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = None
+        if broker_url is None:
+            broker = _test_helper("tests.mosquitto", "Broker")(Path(tmp) / "broker")
+            broker.start()
+            broker_url = broker.url
+        store = _filled_store(Path(tmp) / "bench.db", messages)
+        try:
+            target = mqtt_target(broker_url)
+            payloads = [payload_of(p.doc) for p in store.pending("ceiling", "entries", limit=messages)]
+            top = ceiling(target.host, target.port, payloads)
+            mine = trio.run(ours, broker_url, store)
+        finally:
+            store.close()
+            if broker is not None:
+                broker.stop()
+    return _result(mine, top)
+
+
+if __name__ == "__main__":
+    print("nightscout", bench_nightscout())
+    print("mqtt", bench_mqtt())

@@ -1,0 +1,499 @@
+"""MQTT output: every record, as its Nightscout JSON, on ``{prefix}/{collection}/{device}``.
+
+paho-mqtt has no trio integration, so paho is driven through its external-loop API and never
+starts a thread of its own: ``connect()`` (a blocking TCP/TLS handshake) runs in
+``trio.to_thread``; afterwards trio waits on paho's socket (``wait_readable`` /
+``wait_writable``) and calls ``loop_read`` / ``loop_write`` / ``loop_misc`` in the trio thread,
+so every paho callback runs there too. When paho closes its socket, ``on_socket_close`` calls
+``trio.lowlevel.notify_closing`` so a task blocked on that socket wakes instead of hanging.
+
+Delivery is at-least-once: a chunk is published with QoS 1 and the cursor moves past it only
+when the broker acknowledged every message (PUBACK). A connection lost in between means the
+chunk is published again after reconnecting; a fresh paho client is made for every connection,
+so paho's own in-flight state never outlives a connection and the store cursor alone decides
+what is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import ssl
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import paho.mqtt.client as mqtt
+import structlog
+import trio
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from connect.clock import wall_ms
+from connect.errors import ConnectError, OutputAuthError, TransientError
+from connect.records import COLLECTIONS, Collection
+from connect.redact import register_secret
+from outputs.delivery import Clock, Output, RetryPolicy
+from outputs.settings import MqttTarget, mqtt_target
+from store.database import Pending
+
+if TYPE_CHECKING:
+    from store.aio import AsyncStore
+    from store.database import Store
+
+log = structlog.get_logger("outputs.mqtt")
+
+#: CONNACK reason codes that mean "your credentials", not "try later" (v3 codes 4 and 5 map here)
+AUTH_REASONS: Final = frozenset({134, 135})
+#: characters a topic level must not contain
+_TOPIC_UNSAFE: Final = str.maketrans({"/": "_", "+": "_", "#": "_", "\0": "_"})
+
+
+def topic_level(value: Any) -> str:
+    """A device name made safe as one topic level (no separators, no wildcards)."""
+    text = str(value or "").translate(_TOPIC_UNSAFE).strip()
+    return text or "unknown"
+
+
+def payload_of(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def records_after(store: Store, collection: Collection, after: int, limit: int) -> list[Pending]:
+    """Records with ``seq`` above ``after`` (not the cursor: the pipeline reads ahead of it)."""
+    rows = store.conn.execute(
+        f"SELECT seq, json FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+    )
+    return [Pending(seq=int(seq), doc=json.loads(doc)) for seq, doc in rows]
+
+
+def _newest_delivered_sgv(store: Store, output: str) -> dict[str, Any] | None:
+    """The newest sgv the broker has acknowledged (runs on the store's worker thread)."""
+    cursor = store.cursor(output, "entries")
+    row = store.conn.execute(
+        "SELECT json FROM entries WHERE type = 'sgv' AND seq <= ? ORDER BY date DESC LIMIT 1", (cursor,)
+    ).fetchone()
+    if row is None:
+        return None
+    doc: dict[str, Any] = json.loads(row[0])
+    return doc
+
+
+class AckGroup:
+    """Messages published together; done when the broker acknowledged all of them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.unacked: set[int] = set()
+        self.done = trio.Event()
+
+    def acknowledged(self, mid: int) -> None:
+        self.unacked.discard(mid)
+        self.check()
+
+    def check(self) -> None:
+        if not self.unacked:
+            self.done.set()
+
+
+class _Link:
+    """One broker connection: paho's client plus the trio tasks that move its bytes."""
+
+    def __init__(self, client: mqtt.Client, *, qos: int, display: str) -> None:
+        self.client = client
+        self.qos = qos
+        self.display = display
+        self.error: ConnectError | None = None
+        self.scope: trio.CancelScope | None = None
+        self.connected = trio.Event()
+        self.write_wanted = trio.Event()
+        #: message id → the group of messages it belongs to, until the broker acknowledges it
+        self.waiting: dict[int, AckGroup] = {}
+        self.closing = False
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+
+    # --- paho callbacks (always in the trio thread: they run inside loop_read/write/misc) ---
+
+    def _on_connect(self, _c: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            code = int(reason.value)
+            if code in AUTH_REASONS:
+                self.fail(OutputAuthError(f"MQTT broker {self.display} refused the login ({reason})"))
+            else:
+                self.fail(TransientError(f"MQTT broker {self.display} refused the connection ({reason})"))
+            return
+        self.connected.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if not self.closing:
+            self.fail(TransientError(f"MQTT connection to {self.display} lost ({reason})"))
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: Any, _props: Any) -> None:
+        if reason.is_failure:  # MQTT 5 only: the broker refused this message
+            self.fail(TransientError(f"MQTT broker {self.display} refused a message ({reason})"))
+            return
+        group = self.waiting.pop(mid, None)
+        if group is not None:
+            group.acknowledged(mid)
+
+    def _on_socket_close(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        # a task blocked in wait_readable/wait_writable on this socket must wake up
+        trio.lowlevel.notify_closing(sock)
+
+    def _on_register_write(self, _c: mqtt.Client, _u: Any, _sock: Any) -> None:
+        self.write_wanted.set()
+
+    # --- control ---------------------------------------------------------------------------------
+
+    def fail(self, error: ConnectError) -> None:
+        """End this connection with ``error`` (the first error wins)."""
+        if self.error is None and not self.closing:
+            self.error = error
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def finish(self) -> None:
+        """End this connection cleanly."""
+        self.closing = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def _check(self, rc: MQTTErrorCode, what: str) -> bool:
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return True
+        self.fail(
+            TransientError(f"MQTT connection to {self.display}: {what} failed ({mqtt.error_string(rc)})")
+        )
+        return False
+
+    # --- the tasks ------------------------------------------------------------------------------
+
+    async def reader(self) -> None:
+        client = self.client
+        while True:
+            sock = client.socket()
+            if sock is None:
+                self.fail(TransientError(f"MQTT connection to {self.display} closed"))
+                return
+            pending = getattr(sock, "pending", None)
+            # TLS may hold decrypted bytes the OS socket no longer signals
+            if not (pending is not None and pending() > 0):
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except (trio.ClosedResourceError, OSError):
+                    self.fail(TransientError(f"MQTT connection to {self.display} closed"))
+                    return
+            try:
+                rc = client.loop_read()
+            except OSError as exc:
+                self.fail(
+                    TransientError(f"MQTT connection to {self.display}: read failed ({type(exc).__name__})")
+                )
+                return
+            if not self._check(rc, "read"):
+                return
+
+    async def writer(self) -> None:
+        client = self.client
+        while True:
+            if not client.want_write():
+                self.write_wanted = trio.Event()
+                if not client.want_write():
+                    await self.write_wanted.wait()
+                continue
+            sock = client.socket()
+            if sock is None:
+                self.fail(TransientError(f"MQTT connection to {self.display} closed"))
+                return
+            try:
+                await trio.lowlevel.wait_writable(sock)
+                rc = client.loop_write()
+            except (trio.ClosedResourceError, OSError):
+                self.fail(TransientError(f"MQTT connection to {self.display} closed"))
+                return
+            if not self._check(rc, "write"):
+                return
+
+    async def keepalive(self, interval: float) -> None:
+        """paho's pings and ping timeouts (it measures keepalive on the monotonic clock)."""
+        while True:
+            await trio.sleep(interval)
+            if not self._check(self.client.loop_misc(), "keepalive"):
+                return
+
+    async def guard(self, fn: Callable[[_Link], Awaitable[None]]) -> None:
+        """Run the connection's work; its end (or its error) ends the connection."""
+        try:
+            await fn(self)
+        except ConnectError as exc:
+            self.fail(exc)
+        else:
+            self.finish()
+
+    def publish(self, messages: Sequence[tuple[str, bytes, bool]]) -> AckGroup:
+        """Hand ``messages`` to paho (the writer task sends them); their PUBACKs complete the group."""
+        group = AckGroup(len(messages))
+        for topic, payload, retain in messages:
+            info = self.client.publish(topic, payload, qos=self.qos, retain=retain)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise TransientError(f"MQTT publish to {self.display} failed ({mqtt.error_string(info.rc)})")
+            if not info.is_published():
+                group.unacked.add(info.mid)
+                self.waiting[info.mid] = group
+        group.check()
+        self.write_wanted.set()
+        return group
+
+    async def acknowledged(self, group: AckGroup, *, within: float) -> None:
+        """Wait until the broker acknowledged every message of ``group``."""
+        with trio.move_on_after(within) as scope:
+            await group.done.wait()
+        if scope.cancelled_caught:
+            raise TransientError(
+                f"MQTT broker {self.display} acknowledged {group.size - len(group.unacked)} of "
+                f"{group.size} messages in {within:g} s"
+            )
+
+    def close(self) -> None:
+        """Say goodbye when the connection is healthy; always release the socket."""
+        client = self.client
+        sock = client.socket()
+        if sock is None:
+            return
+        if self.error is None:
+            self.closing = True
+            try:
+                client.disconnect()
+                client.loop_write()
+            except OSError:
+                pass
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+
+
+class MqttOutput(Output):
+    """Publishes the store's records to an MQTT broker, QoS 1 by default."""
+
+    def __init__(
+        self,
+        target: MqttTarget,
+        astore: AsyncStore,
+        *,
+        topic_prefix: str = "nightscout",
+        qos: int = 1,
+        retain_current: bool = False,
+        ca_file: str | Path | None = None,
+        client_id: str | None = None,
+        group_size: int = 250,
+        window: int = 8,
+        inflight: int = 0,
+        keepalive: int = 60,
+        connect_timeout: float = 15.0,
+        ack_timeout: float = 60.0,
+        name: str = "mqtt",
+        clock: Clock = wall_ms,
+        rng: random.Random | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__(name, astore, clock=clock, rng=rng, policy=policy)
+        self.broker = target
+        register_secret(target.password)
+        self.topic_prefix = topic_prefix.strip("/")
+        self.qos = qos
+        self.retain_current = retain_current
+        self.ca_file = None if ca_file is None else str(ca_file)
+        self.client_id = client_id or f"nightscout-connect-{uuid.uuid4().hex[:12]}"
+        self.group_size = group_size
+        self.window = window
+        #: paho's own in-flight limit (0: none; the window above bounds what is outstanding)
+        self.inflight = inflight
+        self.keepalive = keepalive
+        self.connect_timeout = connect_timeout
+        self.ack_timeout = ack_timeout
+        self._connected = False
+        #: date of the newest sgv published on {prefix}/current during this run
+        self._current_date: int | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, astore: AsyncStore, *, clock: Clock = wall_ms, rng: random.Random | None = None
+    ) -> MqttOutput:
+        return cls(
+            mqtt_target(settings.mqtt_url.get_secret_value()),
+            astore,
+            topic_prefix=settings.mqtt_topic_prefix,
+            qos=settings.mqtt_qos,
+            retain_current=settings.mqtt_retain_current,
+            ca_file=settings.mqtt_ca_file,
+            client_id=settings.mqtt_client_id,
+            clock=clock,
+            rng=rng,
+        )
+
+    def target(self) -> str:
+        return self.broker.display()
+
+    def status(self) -> dict[str, Any]:
+        snapshot = super().status()
+        snapshot["connected"] = self._connected
+        return snapshot
+
+    def topic(self, collection: Collection, doc: dict[str, Any]) -> str:
+        return f"{self.topic_prefix}/{collection}/{topic_level(doc.get('device'))}"
+
+    @property
+    def current_topic(self) -> str:
+        return f"{self.topic_prefix}/current"
+
+    # --- the connection ---------------------------------------------------------------------
+
+    def _make_client(self, client_id: str) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+            # paho would otherwise reconnect synchronously inside loop_read on some CONNACKs
+            reconnect_on_failure=False,
+        )
+        if self.broker.username is not None:
+            client.username_pw_set(self.broker.username, self.broker.password)
+        if self.broker.tls:
+            client.tls_set(ca_certs=self.ca_file)  # None: the system's CAs
+        client.max_inflight_messages_set(self.inflight)
+        client.max_queued_messages_set(0)
+        client.connect_timeout = self.connect_timeout
+        return client
+
+    async def _with_connection(
+        self, body: Callable[[_Link], Awaitable[None]], *, client_id: str | None = None
+    ) -> None:
+        """Connect, run ``body`` while the connection lives, disconnect; raise what ended it."""
+        client = self._make_client(client_id or self.client_id)
+        broker = self.broker
+        try:
+            # a blocking TCP connect and TLS handshake; paho sends CONNECT before returning
+            await trio.to_thread.run_sync(
+                lambda: client.connect(broker.host, broker.port, keepalive=self.keepalive),
+                abandon_on_cancel=True,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise TransientError(
+                f"MQTT broker {self.target()}: TLS certificate not trusted ({exc.reason})"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise TransientError(f"MQTT broker {self.target()} unreachable ({type(exc).__name__})") from None
+        link = _Link(client, qos=self.qos, display=self.target())
+        try:
+            async with trio.open_nursery() as nursery:
+                link.scope = nursery.cancel_scope
+                nursery.start_soon(link.reader)
+                nursery.start_soon(link.writer)
+                nursery.start_soon(link.keepalive, max(1.0, self.keepalive / 4))
+                nursery.start_soon(link.guard, lambda lk: self._session(lk, body))
+        finally:
+            self._connected = False
+            link.close()
+        if link.error is not None:
+            raise link.error
+
+    async def _session(self, link: _Link, body: Callable[[_Link], Awaitable[None]]) -> None:
+        with trio.move_on_after(self.connect_timeout) as scope:
+            await link.connected.wait()
+        if scope.cancelled_caught:
+            raise TransientError(f"MQTT broker {self.target()} sent no CONNACK in {self.connect_timeout:g} s")
+        self._connected = True
+        log.info("mqtt connected", output=self.name, broker=self.target())
+        if self.retain_current:
+            await self._republish_current(link)
+        await body(link)
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        await self._with_connection(self._serve_link)
+
+    async def _serve_link(self, link: _Link) -> None:
+        while True:
+            self._new_pass()
+            async with self._lock:
+                await self._deliver_pending(link)
+            await self._idle()
+
+    async def _deliver_once(self) -> None:
+        async def one_pass(link: _Link) -> None:
+            async with self._lock:
+                await self._deliver_pending(link)
+
+        self._state = "delivering"
+        # a client id of its own: sharing run()'s would make the broker drop one of the two
+        await self._with_connection(one_pass, client_id=f"{self.client_id}-once")
+
+    async def _deliver_pending(self, link: _Link) -> None:
+        """Everything past the cursor, pipelined: up to ``window`` groups in flight at once.
+
+        Groups are acknowledged in order and the cursor follows the acknowledged prefix, so a
+        connection lost midway re-publishes at most the groups that were in flight. Keeping the
+        pipe full matters: a burst that drains completely waits on the broker's last PUBACKs
+        (small segments, Nagle) once per burst.
+        """
+        for collection in COLLECTIONS:
+            after = int(await self.astore.cursor(self.name, collection))
+            in_flight: deque[tuple[list[Pending], AckGroup]] = deque()
+            exhausted = False
+            while True:
+                while not exhausted and len(in_flight) < self.window:
+                    group = await self._records_after(collection, after, self.group_size)
+                    if not group:
+                        exhausted = True
+                        break
+                    in_flight.append((group, link.publish(self._messages(collection, group))))
+                    after = group[-1].seq
+                if not in_flight:
+                    break
+                group, acks = in_flight.popleft()
+                await link.acknowledged(acks, within=self.ack_timeout)
+                await self._accepted(collection, group)
+
+    async def _records_after(self, collection: Collection, after: int, limit: int) -> list[Pending]:
+        rows: list[Pending] = await self.astore.call(
+            records_after, self.astore.store, collection, after, limit
+        )
+        return rows
+
+    def _messages(self, collection: Collection, group: Sequence[Pending]) -> list[tuple[str, bytes, bool]]:
+        messages = [(self.topic(collection, p.doc), payload_of(p.doc), False) for p in group]
+        current = self._newer_current(collection, [p.doc for p in group])
+        if current is not None:
+            messages.append((self.current_topic, payload_of(current), True))
+            # one connection delivers in order: later groups compare against this one
+            self._current_date = int(current["date"])
+        return messages
+
+    def _newer_current(self, collection: Collection, docs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+        """The group's newest sgv when it is newer than what {prefix}/current holds."""
+        if not self.retain_current or collection != "entries":
+            return None
+        sgvs = [d for d in docs if d.get("type") == "sgv" and isinstance(d.get("date"), int)]
+        if not sgvs:
+            return None
+        newest = max(sgvs, key=lambda d: int(d["date"]))
+        if self._current_date is not None and int(newest["date"]) <= self._current_date:
+            return None
+        return newest
+
+    async def _republish_current(self, link: _Link) -> None:
+        """Retained messages do not survive every broker restart: restate the newest one."""
+        doc: dict[str, Any] | None = await self.astore.call(
+            _newest_delivered_sgv, self.astore.store, self.name
+        )
+        self._current_date = None if doc is None else int(doc["date"])
+        if doc is not None:
+            acks = link.publish([(self.current_topic, payload_of(doc), True)])
+            await link.acknowledged(acks, within=self.ack_timeout)

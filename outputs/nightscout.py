@@ -1,0 +1,339 @@
+"""Nightscout output: the store's records uploaded through Nightscout's REST API v1.
+
+* ``POST /api/v1/{entries,treatments,devicestatus,profile}`` with a JSON array of up to
+  ``chunk_size`` documents; HTTP 200 moves the cursor past them.
+* Credentials go in the ``api-secret`` header only, never in a URL (URLs end up in proxy and
+  access logs): the SHA-1 hex of ``API_SECRET``, or of an access token. Nightscout matches an
+  ``api-secret`` value against its subjects' token digests too, so a token needs no JWT exchange
+  and no ``?token=`` query. A ``?token=`` found in the configured endpoint is moved there.
+* 401/403: :class:`OutputAuthError`, retried on a slow ladder (5 min → 1 h). 404/405 and
+  redirects mean the endpoint is wrong: same slow ladder, nothing set aside. 408/425/429/5xx,
+  timeouts and connection errors: retried with capped backoff. Any other 4xx: the chunk is
+  halved until the refused record is alone, and that record is set aside (kept in the store,
+  counted, shown in status) so one bad record never holds back the ones after it.
+
+Duplicates. Entries (upsert on sysTime + type) and treatments (upsert on identifier, or
+created_at + eventType) are idempotent on the server, so a resend is harmless. Devicestatus
+and profile are plain inserts: a resend makes a duplicate. For those two collections an
+*attempt cursor* (the cursor of ``<name>.attempted``) is advanced in the store before every
+POST. When it is ahead of the delivery cursor, an earlier POST may have reached the site
+without us seeing the answer (a timeout, a 5xx after a partial insert, a crash or SIGKILL
+between the POST and the cursor update); before sending those records again, the site is asked
+which of them it already holds (by ``identifier``, or device + ``created_at``), and only the
+missing ones are posted. The only window left is a site that stored a record but does not yet
+return it on the very next read.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import httpx
+import structlog
+
+from connect.clock import wall_ms
+from connect.errors import (
+    ConfigError,
+    OutputAuthError,
+    ProtocolError,
+    RateLimited,
+    RequestRejected,
+    TransientError,
+)
+from connect.httpkit import json_body, retry_after_seconds, send, sha1_hex
+from connect.records import COLLECTIONS, Collection, iso_from_ms, ms_from_iso
+from connect.redact import describe_error, redact_text, register_secret
+from outputs.delivery import Clock, Output, RetryPolicy
+from outputs.settings import nightscout_target
+
+if TYPE_CHECKING:
+    from store.aio import AsyncStore
+    from store.database import Pending
+
+log = structlog.get_logger("outputs.nightscout")
+
+API: Final = "/api/v1"
+#: collections Nightscout v1 inserts without dedupe: a resend is a duplicate
+NON_IDEMPOTENT: Final[frozenset[str]] = frozenset({"devicestatus", "profile"})
+#: epoch ms of 2000-01-01: an explicit lower bound, so the site adds no implicit 4-day window
+EPOCH_2000_MS: Final = 946_684_800_000
+
+#: collection → (path, query, time fields in order of preference) for "your newest record"
+NEWEST_QUERIES: Final[dict[str, tuple[str, dict[str, str], tuple[str, ...]]]] = {
+    "entries": (
+        f"{API}/entries.json",
+        {"count": "1", "find[date][$gte]": str(EPOCH_2000_MS)},
+        ("date", "dateString", "sysTime", "mills"),
+    ),
+    "treatments": (
+        f"{API}/treatments.json",
+        {"count": "1", "find[created_at][$gte]": iso_from_ms(EPOCH_2000_MS)},
+        ("created_at", "date", "mills", "timestamp"),
+    ),
+    "devicestatus": (
+        f"{API}/devicestatus.json",
+        {"count": "1", "find[created_at][$gte]": iso_from_ms(EPOCH_2000_MS)},
+        ("created_at", "date", "mills"),
+    ),
+    "profile": (f"{API}/profile.json", {"count": "1"}, ("startDate", "created_at", "mills", "date")),
+}
+
+
+class ChunkRejected(RequestRejected):
+    """The site refused a request for good (a 4xx other than auth, 404/405, 408, 425, 429)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def doc_ms(doc: Mapping[str, Any], keys: Iterable[str]) -> int | None:
+    """The first usable time among ``keys`` of a document the site returned (epoch ms)."""
+    for key in keys:
+        value = doc.get(key)
+        try:
+            if isinstance(value, bool) or value is None or value == "":
+                continue
+            if isinstance(value, (int, float)):
+                return int(value)
+            if isinstance(value, str):
+                return int(value) if value.isdigit() else ms_from_iso(value)
+        except (ValueError, OverflowError):
+            continue
+    return None
+
+
+def identity_keys(collection: str, doc: Mapping[str, Any]) -> set[str]:
+    """Keys under which a devicestatus/profile document is recognised at the site."""
+    keys: set[str] = set()
+    identifier = doc.get("identifier")
+    if isinstance(identifier, str) and identifier:
+        keys.add(f"id:{identifier}")
+    if collection == "devicestatus":
+        when = doc_ms(doc, ("created_at", "date", "mills"))
+        if when is not None:
+            keys.add(f"at:{doc.get('device')}|{when}")
+    else:
+        when = doc_ms(doc, ("startDate", "mills", "created_at"))
+        if when is not None:
+            keys.add(f"start:{when}")
+    return keys
+
+
+def _short_reason(response: httpx.Response) -> str:
+    """Nightscout's one-line ``message`` for an error, when it sent one (never the request)."""
+    try:
+        body = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(message, str) or not message:
+        return ""
+    return ": " + redact_text(message[:120])
+
+
+class NightscoutOutput(Output):
+    """Uploads the store to one Nightscout site."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        astore: AsyncStore,
+        client: httpx.AsyncClient,
+        *,
+        api_secret: str | None = None,
+        token: str | None = None,
+        chunk_size: int = 500,
+        timeout: float = 30.0,
+        name: str = "nightscout",
+        clock: Clock = wall_ms,
+        rng: random.Random | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__(name, astore, clock=clock, rng=rng, policy=policy)
+        site = nightscout_target(endpoint)
+        token = token or site.token
+        register_secret(api_secret, token)
+        # the API secret wins when both are set: it always grants write access
+        credential = api_secret or token
+        if not credential:
+            raise ConfigError("the Nightscout output needs CONNECT_API_SECRET or a token")
+        self.base_url = site.base_url
+        self.client = client
+        self.chunk_size = chunk_size
+        self.timeout = timeout
+        self.attempt_name = f"{name}.attempted"
+        self._headers = {
+            "api-secret": sha1_hex(credential),
+            "accept": "application/json",
+            "content-type": "application/json",
+        }
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Any,
+        astore: AsyncStore,
+        client: httpx.AsyncClient,
+        *,
+        clock: Clock = wall_ms,
+        rng: random.Random | None = None,
+    ) -> NightscoutOutput:
+        secret = settings.api_secret.get_secret_value() if settings.api_secret is not None else None
+        token = (
+            settings.nightscout_token.get_secret_value() if settings.nightscout_token is not None else None
+        )
+        return cls(
+            settings.nightscout_endpoint,
+            astore,
+            client,
+            api_secret=secret,
+            token=token,
+            chunk_size=settings.nightscout_chunk_size,
+            timeout=settings.nightscout_timeout,
+            clock=clock,
+            rng=rng,
+        )
+
+    def target(self) -> str:
+        return self.base_url
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    async def _call(
+        self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: bytes | None = None
+    ) -> Any:
+        """One request; the parsed JSON answer of a 2xx, else the error the status maps to."""
+        what = f"{method} {path}"
+        request = self.client.build_request(
+            method, self.base_url + path, params=params, content=body, headers=self._headers,
+            timeout=self.timeout,
+        )  # fmt: skip
+        response = await send(self.client, request, what=what)
+        status = response.status_code
+        if 200 <= status < 300:
+            return json_body(response, what=what)
+        reason = _short_reason(response)
+        if status in (401, 403):
+            raise OutputAuthError(f"{what}: HTTP {status}{reason} (check CONNECT_API_SECRET or the token)")
+        if status in (404, 405) or 300 <= status < 400:
+            raise ConfigError(f"{what}: HTTP {status} (is CONNECT_NIGHTSCOUT_ENDPOINT the site's address?)")
+        if status == 429:
+            raise RateLimited(f"{what}: HTTP 429", retry_after=retry_after_seconds(response))
+        if status in (408, 425) or status >= 500:
+            raise TransientError(f"{what}: HTTP {status}{reason}", retry_after=retry_after_seconds(response))
+        raise ChunkRejected(f"{what}: HTTP {status}{reason}", status=status)
+
+    async def _get_list(self, path: str, params: Mapping[str, str]) -> list[dict[str, Any]]:
+        body = await self._call("GET", path, params=params)
+        if not isinstance(body, list):
+            raise ProtocolError(f"GET {path}: expected a JSON array, got {type(body).__name__}")
+        return [doc for doc in body if isinstance(doc, dict)]
+
+    async def newest(self, collection: str) -> int | None:
+        """Epoch ms of the site's newest record in ``collection`` (None: the site has none).
+
+        Gap analysis on an empty store: the runtime starts from here instead of the backfill
+        horizon, so an existing site is not uploaded again. Raises OutputAuthError,
+        TransientError, ProtocolError… like any delivery.
+        """
+        path, params, keys = NEWEST_QUERIES[collection]
+        docs = await self._get_list(path, params)
+        times = [t for t in (doc_ms(doc, keys) for doc in docs) if t is not None]
+        return max(times) if times else None
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        while True:
+            self._new_pass()
+            async with self._lock:
+                await self._deliver_pending()
+            await self._idle()
+
+    async def _deliver_once(self) -> None:
+        async with self._lock:
+            self._state = "delivering"
+            await self._deliver_pending()
+
+    async def _deliver_pending(self) -> None:
+        for collection in COLLECTIONS:
+            await self._deliver_collection(collection)
+
+    async def _deliver_collection(self, collection: Collection) -> None:
+        limit = self.chunk_size
+        while True:
+            chunk = await self._pending(collection, limit)
+            if not chunk:
+                return
+            try:
+                await self._send_chunk(collection, chunk)
+            except ChunkRejected as exc:
+                self._last_error = describe_error(exc)
+                self._last_error_at = self.clock()
+                if len(chunk) > 1:
+                    # find the refused record(s): the rest of the chunk goes through
+                    limit = max(1, len(chunk) // 2)
+                    continue
+                await self._set_aside(collection, chunk, exc.status, self._last_error or "rejected")
+                continue
+            await self._accepted(collection, chunk)
+            limit = min(self.chunk_size, limit * 2)
+
+    async def _send_chunk(self, collection: Collection, chunk: Sequence[Pending]) -> None:
+        docs = [p.doc for p in chunk]
+        if collection in NON_IDEMPOTENT:
+            attempted = int(await self.astore.cursor(self.attempt_name, collection))
+            if attempted >= chunk[0].seq:
+                uncertain = [p.doc for p in chunk if p.seq <= attempted]
+                try:
+                    present = await self._already_stored(collection, uncertain)
+                except ChunkRejected as exc:
+                    # a site that refuses the check would otherwise hold this collection back
+                    # forever; a possible duplicate status is the lesser harm
+                    log.warning("cannot check for records already sent", output=self.name,
+                                collection=collection, error=describe_error(exc))  # fmt: skip
+                    present = set()
+                docs = [d for d in docs if not (identity_keys(collection, d) & present)]
+                if len(docs) < len(chunk):
+                    log.info(
+                        "not resending records the site already holds", output=self.name,
+                        collection=collection, records=len(chunk) - len(docs),
+                    )  # fmt: skip
+                if not docs:
+                    return
+            # written before the POST: after a crash, the records up to here may be at the site
+            await self.astore.advance(self.attempt_name, collection, chunk[-1].seq)
+        body = json.dumps(docs, separators=(",", ":")).encode("utf-8")
+        await self._call("POST", f"{API}/{collection}", body=body)
+
+    async def _already_stored(self, collection: Collection, docs: Sequence[dict[str, Any]]) -> set[str]:
+        """Identity keys of the site's copies of ``docs`` (devicestatus / profile)."""
+        present: set[str] = set()
+        if collection == "devicestatus":
+            by_device: dict[str, list[int]] = {}
+            for doc in docs:
+                when = doc_ms(doc, ("created_at", "date"))
+                if when is not None:
+                    by_device.setdefault(str(doc.get("device")), []).append(when)
+            for device, times in by_device.items():
+                found = await self._get_list(
+                    f"{API}/devicestatus.json",
+                    {
+                        "find[device]": device,
+                        "find[created_at][$gte]": iso_from_ms(min(times)),
+                        "find[created_at][$lte]": iso_from_ms(max(times)),
+                        "count": str(2 * len(times) + 50),
+                    },
+                )
+                for doc in found:
+                    present |= identity_keys(collection, doc)
+        else:
+            # v1 lists profiles newest first and has no filter worth trusting: read enough of them
+            found = await self._get_list(f"{API}/profile.json", {"count": str(len(docs) + 50)})
+            for doc in found:
+                present |= identity_keys(collection, doc)
+        return present

@@ -1,0 +1,169 @@
+"""Settings of the remote outputs (Nightscout REST, MQTT): enabled by their settings being present.
+
+Field names are unique across every settings model of a run, because the CLI composes one
+model from the core's, the source's and these fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+
+import attrs
+import pydantic
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MQTT_SCHEMES = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True, "tls": True}
+
+
+class OutputSettings(BaseSettings):
+    """Where delivered data goes besides the local store."""
+
+    model_config = SettingsConfigDict(env_prefix="CONNECT_", extra="ignore")
+
+    nightscout_endpoint: str | None = Field(
+        default=None,
+        description="Nightscout site to upload to (host name or URL); enables the Nightscout output",
+    )
+    api_secret: SecretStr | None = Field(
+        default=None, description="the Nightscout site's API_SECRET (sent as its SHA-1)"
+    )
+    nightscout_token: SecretStr | None = Field(
+        default=None,
+        description="a Nightscout access token instead of the API secret (also read from ?token= in the endpoint)",
+    )
+    nightscout_chunk_size: int = Field(default=500, ge=1, le=5000, description="records per upload request")
+    nightscout_timeout: float = Field(default=30.0, gt=0, le=600, description="seconds per upload request")
+
+    mqtt_url: SecretStr | None = Field(
+        default=None, description="MQTT broker, mqtt://user:pass@host:1883 or mqtts://…; enables MQTT"
+    )
+    mqtt_topic_prefix: str = Field(
+        default="nightscout", min_length=1, description="first level of every topic"
+    )
+    mqtt_qos: int = Field(default=1, ge=0, le=2, description="QoS of published messages")
+    mqtt_retain_current: bool = Field(
+        default=False, description="publish the newest sgv retained on {prefix}/current"
+    )
+    mqtt_ca_file: Path | None = Field(
+        default=None, description="CA bundle for mqtts:// (the system CAs when unset)"
+    )
+    mqtt_client_id: str | None = Field(default=None, description="MQTT client id (random when unset)")
+
+    @pydantic.field_validator("nightscout_endpoint")
+    @classmethod
+    def _endpoint_shape(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        # parse now so a bad value is reported with the other settings problems
+        nightscout_target(value)
+        return value.strip()
+
+    @pydantic.field_validator("api_secret")
+    @classmethod
+    def _secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < 12:
+            # Nightscout refuses to start with a shorter API_SECRET, so this one cannot match
+            raise ValueError("Nightscout's API_SECRET has at least 12 characters")
+        return value
+
+    @pydantic.field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        mqtt_target(value.get_secret_value())
+        return value
+
+    @pydantic.field_validator("mqtt_topic_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value or any(c in value for c in "+#\0"):
+            raise ValueError("must be a topic without wildcards (+, #)")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _nightscout_needs_credentials(self) -> OutputSettings:
+        if self.nightscout_endpoint is None:
+            return self
+        target = nightscout_target(self.nightscout_endpoint)
+        if self.api_secret is None and self.nightscout_token is None and target.token is None:
+            raise ValueError(
+                "CONNECT_NIGHTSCOUT_ENDPOINT needs CONNECT_API_SECRET or a token "
+                "(CONNECT_NIGHTSCOUT_TOKEN or ?token= in the endpoint)"
+            )
+        return self
+
+
+@attrs.frozen
+class NightscoutTarget:
+    """A Nightscout site's base URL (no query, no credentials) and a token found in it."""
+
+    base_url: str
+    token: str | None = attrs.field(default=None, repr=False)
+
+
+def nightscout_target(endpoint: str) -> NightscoutTarget:
+    """Normalise an endpoint: scheme defaults to https, ``/api/v1`` and ``?token=`` are split off."""
+    text = endpoint.strip()
+    if "://" not in text:
+        text = "https://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be a host name or an http(s) URL")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials; use CONNECT_API_SECRET")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    token = next((v for k, v in query if k == "token" and v), None)
+    rest = [(k, v) for k, v in query if k != "token"]
+    if rest:
+        raise ValueError("takes no query parameters other than token")
+    path = parts.path.rstrip("/")
+    for suffix in ("/api/v1", "/api"):
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+            break
+    base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    return NightscoutTarget(base_url=base, token=token)
+
+
+@attrs.frozen
+class MqttTarget:
+    """A broker address parsed from ``CONNECT_MQTT_URL``."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+
+    def display(self) -> str:
+        """The address for status and logs: no credentials."""
+        scheme = "mqtts" if self.tls else "mqtt"
+        return f"{scheme}://{self.host}:{self.port}"
+
+
+def mqtt_target(url: str) -> MqttTarget:
+    """Parse ``mqtt://user:pass@host:1883`` / ``mqtts://…`` (default ports 1883 and 8883)."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in MQTT_SCHEMES:
+        raise ValueError("must start with mqtt:// or mqtts://")
+    tls = MQTT_SCHEMES[scheme]
+    if not parts.hostname:
+        raise ValueError("has no host")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ValueError("has a bad port") from None
+    return MqttTarget(
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )

@@ -1,0 +1,289 @@
+"""MQTT output against a real mosquitto: every record published, PUBACK-driven cursor,
+reconnect across a broker restart, login refusal, retained current, TLS, no secrets in logs."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from connect.logs import configure
+from connect.records import Batch, DeviceStatus, Entry, Record, Treatment
+from outputs.delivery import RetryPolicy
+from outputs.mqtt import MqttOutput, topic_level
+from outputs.settings import mqtt_target
+from store import AsyncStore, Store
+from tests.mosquitto import Broker, Subscriber, make_tls_files
+
+T0 = 1_700_000_000_000
+FAST = RetryPolicy(base=0.1, cap=0.5, auth_base=0.5, auth_cap=1.0, jitter=0.0)
+
+
+def readings(n: int, start: int = T0, device: str = "sim-cgm") -> list[Entry]:
+    return [
+        Entry(type="sgv", date=start + i * 300_000, device=device, sgv=80 + i % 150, direction="Flat")
+        for i in range(n)
+    ]
+
+
+def persist(store: Store, records: list[Record]) -> None:
+    store.persist_frame("sim", "main", Batch.of(records))
+
+
+async def eventually(predicate: Callable[[], Any], *, timeout: float = 20.0) -> None:
+    with trio.fail_after(timeout):
+        while True:
+            result = predicate()
+            if hasattr(result, "__await__"):
+                result = await result
+            if result:
+                return
+            await trio.sleep(0.02)
+
+
+async def caught_up(out: MqttOutput, astore: AsyncStore, *, timeout: float = 20.0) -> None:
+    """The store's lag (not the status' cached one) is zero and the output sits idle."""
+
+    async def check() -> bool:
+        return out.state == "idle" and await astore.lag(out.name) == 0
+
+    await eventually(check, timeout=timeout)
+
+
+def identifiers(messages: list[tuple[str, bytes, bool]], prefix: str = "nightscout/entries/") -> list[str]:
+    return [json.loads(payload)["identifier"] for topic, payload, _ in messages if topic.startswith(prefix)]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "store.db")
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def output(broker: Broker, astore: AsyncStore, url: str | None = None, **kwargs: Any) -> MqttOutput:
+    return MqttOutput(mqtt_target(url or broker.url), astore, policy=FAST, **kwargs)
+
+
+async def test_every_record_is_published_on_its_topic(mosquitto: Broker, store: Store) -> None:
+    sub = Subscriber(mosquitto.port, "nightscout/#").start()
+    entries = readings(700)  # more than one chunk
+    treatment = Treatment(event_type="Meal Bolus", date=T0 + 60_000, device="pump", carbs=30.0, insulin=2.5)
+    statuses = [DeviceStatus(device="loop://iPhone", date=T0 + i * 300_000, payload={"pump": {"reservoir": 90 - i}})
+                for i in range(3)]  # fmt: skip
+    persist(store, [*entries, treatment, *statuses])
+    astore = AsyncStore(store)
+    out = output(mosquitto, astore)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(out.run)
+            await caught_up(out, astore)
+            await eventually(lambda: len(sub.snapshot()) >= 704)
+            nursery.cancel_scope.cancel()
+    finally:
+        sub.stop()
+    messages = sub.snapshot()
+    assert len(messages) == 704  # nothing failed, so nothing was sent twice
+    by_topic: dict[str, list[dict[str, Any]]] = {}
+    for topic, payload, retain in messages:
+        assert not retain
+        by_topic.setdefault(topic, []).append(json.loads(payload))
+    assert set(by_topic) == {
+        "nightscout/entries/sim-cgm", "nightscout/treatments/pump", "nightscout/devicestatus/loop:__iPhone",
+    }  # fmt: skip
+    assert by_topic["nightscout/entries/sim-cgm"] == store.docs("entries", newest_first=False)
+    assert by_topic["nightscout/treatments/pump"] == store.docs("treatments")
+    assert by_topic["nightscout/devicestatus/loop:__iPhone"] == store.docs("devicestatus", newest_first=False)
+    assert store.cursor("mqtt", "entries") == store.max_seq("entries")
+    status = out.status()
+    assert status["state"] == "idle" and status["delivered"] == 704 and status["connected"] is False
+    assert status["target"] == mosquitto.url
+
+
+async def test_wake_delivers_new_frames_and_cursor_waits_for_the_broker(
+    mosquitto: Broker, store: Store
+) -> None:
+    sub = Subscriber(mosquitto.port, "nightscout/#").start()
+    astore = AsyncStore(store)
+    out = output(mosquitto, astore)
+    batches = [readings(5, start=T0 + k * 1_500_000) for k in range(3)]
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(out.run)
+            for batch in batches:
+                persist(store, list(batch))
+                out.wake()
+                await caught_up(out, astore)
+            assert out.status()["connected"] is True
+            # the broker goes away: new records stay pending, the cursor does not move
+            mosquitto.stop()
+            before = store.cursor("mqtt", "entries")
+            persist(store, readings(4, start=T0 + 10 * 1_500_000))
+            out.wake()
+            await eventually(lambda: out.state == "backing_off")
+            await trio.sleep(0.3)
+            assert store.cursor("mqtt", "entries") == before
+            assert await astore.lag("mqtt") == 4
+            assert "lost" in out.status()["last_error"] or "unreachable" in out.status()["last_error"]
+            nursery.cancel_scope.cancel()
+    finally:
+        sub.stop()
+    assert len(identifiers(sub.snapshot())) == 15
+
+
+async def test_broker_restart_mid_stream_loses_nothing(
+    mosquitto_factory: Callable[..., Broker], store: Store
+) -> None:
+    broker = mosquitto_factory(persistence=True)
+    # a subscriber with a persistent session: the broker keeps its queue across the restart
+    sub = Subscriber(broker.port, "nightscout/#", client_id="restart-watcher", persistent=True).start()
+    astore = AsyncStore(store)
+    out = output(broker, astore, group_size=50, window=4)
+    first = readings(1500)
+    second = readings(300, start=T0 + 1500 * 300_000)
+    persist(store, list(first))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(out.run)
+            # stop the broker while chunks are in flight
+            await eventually(lambda: store.cursor("mqtt", "entries") >= 300)
+            sub.expect_reconnect()
+            broker.stop()
+            persist(store, list(second))
+            out.wake()
+            await eventually(lambda: out.state == "backing_off")
+            assert await astore.lag("mqtt") > 0
+            broker.start()
+            sub.wait_resubscribed()
+            await caught_up(out, astore, timeout=30)
+            expected = {e.identifier for e in [*first, *second]}
+            await eventually(lambda: set(identifiers(sub.snapshot())) >= expected, timeout=30)
+            nursery.cancel_scope.cancel()
+    finally:
+        sub.stop()
+    received = identifiers(sub.snapshot())
+    assert set(received) == expected
+    # at least once: anything sent twice was in flight (at most 4 groups of 50) when the broker stopped
+    assert len(received) - len(expected) <= 4 * 50
+    assert store.cursor("mqtt", "entries") == store.max_seq("entries")
+
+
+async def test_refused_login_is_an_auth_error_and_the_password_stays_secret(
+    mosquitto_factory: Callable[..., Broker], store: Store
+) -> None:
+    password = "correct-horse-battery-staple"
+    broker = mosquitto_factory(users={"cgm": password})
+    persist(store, list(readings(20)))
+    astore = AsyncStore(store)
+    logs = io.StringIO()
+    configure(fmt="json", level="debug", stream=logs)
+    try:
+        wrong = output(broker, astore, url=f"mqtt://cgm:not-the-{password}@127.0.0.1:{broker.port}")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wrong.run)
+            await eventually(lambda: wrong.state == "auth_error")
+            nursery.cancel_scope.cancel()
+        status = wrong.status()
+        assert status["failures"] >= 1 and "refused the login" in status["last_error"]
+        assert await astore.lag("mqtt") == 20
+        assert status["retry_at"] is not None
+
+        sub = Subscriber(broker.port, "nightscout/#", username="cgm", password=password).start()
+        right = output(broker, astore, url=f"mqtt://cgm:{password}@127.0.0.1:{broker.port}")
+        try:
+            assert await right.deliver_until_idle()
+            await eventually(lambda: len(sub.snapshot()) == 20)
+        finally:
+            sub.stop()
+        texts = [logs.getvalue(), json.dumps(status), json.dumps(right.status()), repr(right.broker)]
+    finally:
+        configure(fmt="json", level="warning", stream=io.StringIO())
+    assert "refused the login" in logs.getvalue()
+    for text in texts:
+        assert password not in text
+    assert right.status()["target"] == f"mqtt://127.0.0.1:{broker.port}"
+
+
+async def test_retained_current_is_the_newest_sgv_and_survives_a_broker_restart(
+    mosquitto: Broker, store: Store
+) -> None:
+    astore = AsyncStore(store)
+    out = output(mosquitto, astore, retain_current=True)
+    entries = readings(30)
+    # an older reading persisted later must not replace the current one
+    late_old = Entry(type="sgv", date=T0 - 600_000, device="sim-cgm", sgv=55)
+    meter = Entry(type="mbg", date=T0 + 40 * 300_000, device="meter", mbg=140)
+    persist(store, list(entries))
+
+    async def retained() -> dict[str, Any]:
+        sub = Subscriber(mosquitto.port, "nightscout/current").start()
+        try:
+            await eventually(lambda: len(sub.snapshot()) == 1)
+        finally:
+            sub.stop()
+        topic, payload, retain = sub.snapshot()[0]
+        assert topic == "nightscout/current" and retain
+        doc: dict[str, Any] = json.loads(payload)
+        return doc
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(out.run)
+        await caught_up(out, astore)
+        assert (await retained())["identifier"] == entries[-1].identifier
+        persist(store, [late_old, meter])
+        out.wake()
+        await caught_up(out, astore)
+        assert (await retained())["identifier"] == entries[-1].identifier
+        # without persistence the broker forgets retained messages: the output restates it
+        mosquitto.restart()
+        await eventually(lambda: out.status()["connected"] is False)
+        await eventually(lambda: out.status()["connected"] is True)
+        assert (await retained())["identifier"] == entries[-1].identifier
+        nursery.cancel_scope.cancel()
+
+
+async def test_tls_with_a_private_ca(
+    mosquitto_factory: Callable[..., Broker], store: Store, tmp_path: Path
+) -> None:
+    files = make_tls_files(tmp_path / "tls")
+    if files is None:
+        pytest.skip("openssl is not installed")
+    ca = files[0]
+    broker = mosquitto_factory(tls=files)
+    persist(store, list(readings(10)))
+    astore = AsyncStore(store)
+    untrusted = output(broker, astore)  # the system CAs do not know this broker
+    assert not await untrusted.deliver_until_idle(attempts=1)
+    assert "not trusted" in untrusted.status()["last_error"]
+    sub = Subscriber(broker.port, "nightscout/#", tls_ca=ca).start()
+    try:
+        trusted = output(broker, astore, ca_file=ca)
+        assert await trusted.deliver_until_idle()
+        await eventually(lambda: len(sub.snapshot()) == 10)
+    finally:
+        sub.stop()
+    assert trusted.status()["target"].startswith("mqtts://")
+
+
+async def test_deliver_until_idle_reports_an_unreachable_broker(store: Store) -> None:
+    persist(store, list(readings(3)))
+    astore = AsyncStore(store)
+    from tests.mosquitto import free_port
+
+    out = MqttOutput(mqtt_target(f"mqtt://127.0.0.1:{free_port()}"), astore, policy=FAST)
+    assert not await out.deliver_until_idle(attempts=2, max_wait=0.1)
+    assert out.status()["state"] == "backing_off"
+    assert "unreachable" in out.status()["last_error"]
+    assert await astore.lag("mqtt") == 3
+
+
+def test_topic_levels_are_safe() -> None:
+    assert topic_level("share2") == "share2"
+    assert topic_level("xDrip+/#1") == "xDrip___1"
+    assert topic_level(None) == "unknown"
+    assert topic_level("  ") == "unknown"
