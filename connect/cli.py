@@ -17,6 +17,7 @@ import structlog
 import trio
 from pydantic_settings import CliApp, SettingsError
 
+from api.settings import ApiSettings, check_bind
 from connect import daemon as daemon_mod
 from connect.builder import Builder
 from connect.contract import SourceInfo
@@ -40,7 +41,8 @@ commands:
   run       run every loop of the configured source forever (the daemon)
   once      one frame per loop, deliver, then exit (non-zero if any failed)
   check     validate settings and try the login; writes no data
-  demo      the simulated CGM into a local store, with live logs
+  demo      the simulated CGM into a local store, with live logs and the API
+  serve     the HTTP API alone over an existing store
   diagram   print the machines as mermaid, md or dot (--format)
 
 Every setting is a --flag or a CONNECT_* variable; `nightscout-connect <command> --help` lists them.
@@ -68,11 +70,11 @@ def _source_name(args: Sequence[str]) -> str:
 
 
 def load_settings(
-    args: Sequence[str], *, defaults: dict[str, Any] | None = None
+    args: Sequence[str], *, defaults: dict[str, Any] | None = None, source_name: str | None = None
 ) -> tuple[CoreSettings, SourceInfo]:
     """Parse flags and environment for the selected source; raise :class:`UsageError` on problems."""
     try:
-        source = load_source(_source_name(args))
+        source = load_source(source_name or _source_name(args))
     except ConfigError as exc:
         raise UsageError([str(exc)]) from None
     apply_legacy_env(source.legacy_env)
@@ -84,6 +86,11 @@ def load_settings(
     except SettingsError as exc:
         raise UsageError([f"settings: {exc}"]) from None
     register_secret(*secret_values(settings))
+    if isinstance(settings, ApiSettings):
+        try:
+            check_bind(settings)
+        except ConfigError as exc:
+            raise UsageError([str(exc)]) from None
     return settings, source
 
 
@@ -131,6 +138,33 @@ def cmd_demo(args: Sequence[str]) -> int:
             await daemon_mod.run_forever(daemon)
 
     trio.run(main)
+    return EXIT_OK
+
+
+def cmd_serve(args: Sequence[str]) -> int:
+    """The HTTP API alone over an existing store, showing the status its daemon last saved."""
+    settings, _ = load_settings(args, source_name="sim")
+    _configure_logs(settings)
+    if not isinstance(settings, ApiSettings) or check_bind(settings) is None:
+        raise UsageError(["--http-bind / CONNECT_HTTP_BIND: serve needs an address (it is 0)"])
+    path = settings.store_path
+    if path == ":memory:" or not os.path.exists(path):
+        raise UsageError([f"--store-path / CONNECT_STORE_PATH: no store at {path!r}"])
+    from store.reader import StoreReader
+
+    reader = StoreReader(path)
+
+    async def main() -> None:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(daemon_mod.watch_signals, scope)
+                binds = await nursery.start(daemon_mod.serve_api, settings, path, reader.saved_status)
+                structlog.get_logger("connect.serve").info("serving the store", store=path, on=binds)
+
+    try:
+        trio.run(main)
+    finally:
+        reader.close()
     return EXIT_OK
 
 
@@ -184,6 +218,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": cmd_run,
     "once": cmd_once,
     "check": cmd_check,
+    "serve": cmd_serve,
     "demo": cmd_demo,
     "diagram": cmd_diagram,
 }
@@ -204,8 +239,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.lines:
             print(f"nightscout-connect: {line}", file=sys.stderr)
         return EXIT_USAGE
+    except BaseExceptionGroup as group:
+        # a settings problem found only at start (a port already taken) arrives wrapped by trio
+        config, rest = group.split(ConfigError)
+        if config is None or rest is not None:
+            raise
+        for leaf in _leaves(config):
+            print(f"nightscout-connect: {leaf}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as exc:
+        print(f"nightscout-connect: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def entry() -> None:

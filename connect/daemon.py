@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,12 +12,15 @@ import httpx
 import structlog
 import trio
 
+from api.settings import ApiSettings, check_bind
 from connect.builder import Builder
 from connect.contract import SourceInfo
 from connect.httpkit import USER_AGENT
 from connect.redact import redact
-from connect.runtime import SourceRuntime
+from connect.runtime import GapFinder, SourceRuntime
 from connect.settings import CoreSettings
+from outputs import Output, build_outputs
+from outputs.nightscout import NightscoutOutput
 from store import AsyncStore, Store
 
 log = structlog.get_logger("connect.daemon")
@@ -46,7 +49,7 @@ class Daemon:
     astore: AsyncStore
     client: httpx.AsyncClient
     runtime: SourceRuntime
-    outputs: list[Any] = attrs.Factory(list)
+    outputs: list[Output] = attrs.Factory(list)
     _status_dirty: trio.Event = attrs.Factory(trio.Event)
 
     def status(self) -> dict[str, Any]:
@@ -78,6 +81,15 @@ class Daemon:
                 await self.save_status()
 
 
+def _gap_finder(outputs: list[Output]) -> GapFinder | None:
+    """On an empty store, a source starts where the Nightscout site already is (so an existing
+    site is not uploaded again), not ``backfill_days`` back."""
+    for output in outputs:
+        if isinstance(output, NightscoutOutput):
+            return output.newest
+    return None
+
+
 @asynccontextmanager
 async def open_daemon(settings: CoreSettings, source: SourceInfo) -> AsyncIterator[Daemon]:
     """Build the daemon's parts; close the HTTP client and the store on the way out."""
@@ -89,14 +101,22 @@ async def open_daemon(settings: CoreSettings, source: SourceInfo) -> AsyncIterat
             driver.generate_driver(builder)
             plan = builder.build()
             astore = AsyncStore(store)
+            outputs = build_outputs(settings, astore, client)
             runtime = SourceRuntime(
                 plan,
                 astore,
                 backfill_days=settings.backfill_days,
                 account=settings.account or None,
+                gap_finder=_gap_finder(outputs),
             )
             daemon = Daemon(
-                settings=settings, source=source, store=store, astore=astore, client=client, runtime=runtime
+                settings=settings,
+                source=source,
+                store=store,
+                astore=astore,
+                client=client,
+                runtime=runtime,
+                outputs=outputs,
             )
             runtime.on_persist = daemon.persisted
             yield daemon
@@ -116,17 +136,51 @@ async def watch_signals(
             return
 
 
+async def serve_api(
+    settings: ApiSettings,
+    store_path: str,
+    status: Callable[[], dict[str, Any]],
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The HTTP API over the store file, until cancelled; reports the bound addresses."""
+    from api import create_app, serve
+    from store.reader import StoreReader
+
+    bind = check_bind(settings)
+    if bind is None or store_path == ":memory:":
+        if bind is not None:
+            log.warning("api not started: it reads the store from a file, and this store is in memory")
+        task_status.started([])
+        return
+    reader = StoreReader(store_path)
+    try:
+        app = create_app(reader, status, settings)
+        await serve(app, bind, task_status=task_status)
+    finally:
+        reader.close()
+
+
 async def run_forever(daemon: Daemon) -> None:
     """``run``: every loop forever until a signal arrives."""
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             await nursery.start(watch_signals, scope)
             await nursery.start(daemon.status_task)
+            if isinstance(daemon.settings, ApiSettings):
+                binds = await nursery.start(
+                    serve_api, daemon.settings, daemon.settings.store_path, daemon.status
+                )
+                if binds:
+                    log.info("api listening", on=binds)
             for output in daemon.outputs:
                 await nursery.start(output.run)
             await nursery.start(daemon.runtime.run)
             log.info(
-                "running", source=daemon.runtime.key, loops=[loop.spec.name for loop in daemon.runtime.loops]
+                "running",
+                source=daemon.runtime.key,
+                loops=[loop.spec.name for loop in daemon.runtime.loops],
+                outputs=[output.name for output in daemon.outputs],
             )
     log.info("stopped")
 

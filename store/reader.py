@@ -342,6 +342,15 @@ class StoreReader:
                 result[output] = per
         return result
 
+    def saved_status(self, key: str = "daemon") -> dict[str, Any]:
+        """The status snapshot a daemon last wrote into this store (``serve`` shows it)."""
+        with self.connection() as conn:
+            row = conn.execute("SELECT json FROM machine_status WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return {"sources": [], "outputs": []}
+        loaded = json.loads(row[0])
+        return loaded if isinstance(loaded, dict) else {"sources": [], "outputs": []}
+
     def ping(self) -> int:
         """Check that the store can be read; returns its schema version."""
         with self.connection() as conn:
