@@ -67,6 +67,18 @@ class Daemon:
     async def save_status(self) -> None:
         await self.astore.save_status("daemon", self.status())
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The source's loops, the delivery tasks and the status row, until cancelled.
+
+        No signal handling and no API: this is what an embedding program starts, once per
+        account, in its own nursery (``run_forever`` adds both around it)."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.status_task)
+            for output in self.outputs:
+                await nursery.start(output.run)
+            await nursery.start(self.runtime.run)
+            task_status.started()
+
     async def status_task(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keeps the status row current: after frames, and once a minute at most otherwise."""
         task_status.started()
@@ -166,16 +178,13 @@ async def run_forever(daemon: Daemon) -> None:
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             await nursery.start(watch_signals, scope)
-            await nursery.start(daemon.status_task)
             if isinstance(daemon.settings, ApiSettings):
                 binds = await nursery.start(
                     serve_api, daemon.settings, daemon.settings.store_path, daemon.status
                 )
                 if binds:
                     log.info("api listening", on=binds)
-            for output in daemon.outputs:
-                await nursery.start(output.run)
-            await nursery.start(daemon.runtime.run)
+            await nursery.start(daemon.run)
             log.info(
                 "running",
                 source=daemon.runtime.key,
