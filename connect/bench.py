@@ -112,6 +112,7 @@ def optional_benches() -> dict[str, Callable[[], dict[str, float]]]:
     for module, names in (
         ("outputs.bench", ("bench_nightscout", "bench_mqtt")),
         ("api.bench", ("bench_api",)),
+        ("connect.bench_accounts", ("bench_accounts",)),
     ):
         try:
             mod: Any = __import__(module, fromlist=list(names))
@@ -133,6 +134,10 @@ def main() -> None:
         "bench_nightscout": ("delivery to Nightscout emulator, records/s", "bare httpx loop"),
         "bench_mqtt": ("delivery to mosquitto, QoS 1 messages/s", "bare paho publisher"),
         "bench_api": ("API entries.json?count=288, requests/s", "bare ASGI app, same bytes"),
+        "bench_accounts": (
+            "accounts polled/s (200 runtimes, one frame each)",
+            "fetch+transform+persist direct",
+        ),
     }
     for name, fn in optional_benches().items():
         label, ceiling = labels.get(name, (name, "ceiling"))
@@ -147,6 +152,11 @@ def main() -> None:
             f"{label:<{width}}  {result['ours']:>12,.0f}  {result['ceiling']:>12,.0f}  "
             f"{result['ratio']:>6.2f}  {ceiling}"
         )
+        if "bytes_per_account" in result:
+            print(
+                f"{'  memory per account, KiB':<{width}}  {result['bytes_per_account'] / 1024:>12,.1f}  "
+                f"{result['ceiling_bytes'] / 1024:>12,.1f}  {'':>6}  the same plan and store, no runtime"
+            )
 
 
 if __name__ == "__main__":
