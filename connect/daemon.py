@@ -72,12 +72,18 @@ class Daemon:
 
         No signal handling and no API: this is what an embedding program starts, once per
         account, in its own nursery (``run_forever`` adds both around it)."""
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.status_task)
-            for output in self.outputs:
-                await nursery.start(output.run)
-            await nursery.start(self.runtime.run)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.status_task)
+                for output in self.outputs:
+                    await nursery.start(output.run)
+                await nursery.start(self.runtime.run)
+                task_status.started()
+        finally:
+            # the status task's last save may run before the loops have stopped; now every task
+            # has finished, so the row `serve` shows says what the machines ended in
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self.save_status()
 
     async def status_task(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keeps the status row current: after frames, and once a minute at most otherwise."""

@@ -9,7 +9,9 @@ shape the design:
   forward from the checkpoint in windows of at most a day. Results come newest first, so a
   full page means older documents are still missing: the read pages *down* inside the window
   (``$lte`` the oldest date seen) until a page comes back short, and shrinks the window when a
-  day is too dense to page through.
+  day is too dense to page through. A short page is trusted only when it is shorter than a page
+  the site has already returned (or than one proven complete); otherwise one more read below it
+  tells a complete window from a silent count cap, whose size then becomes the page size.
 * Uploaders post late (phones offline, batched uploads), so the lower bound never starts later
   than :data:`LATE_UPLOAD_MS` before now. Re-read documents keep their identifiers, so the
   store treats them as no-ops.
@@ -248,6 +250,10 @@ class NightscoutSource:
         if self.endpoint.token:
             self._auth_params.append(("token", self.endpoint.token))
         self.page_sizes: dict[str, int] = {name: spec.page_size for name, spec in SPECS.items()}
+        #: the longest page the site ever returned, per collection: its count cap is at least that
+        self._largest_page: dict[str, int] = {}
+        #: the longest short page that a read below it proved complete
+        self._short_confirmed: dict[str, int] = {}
 
     @property
     def has_credentials(self) -> bool:
@@ -396,6 +402,8 @@ class NightscoutSource:
         high_op = "$lte"
         found: list[Any] = []
         pages = 0
+        confirming: int | None = None
+        seen: set[str] = set()
         while True:
             if pages >= self.max_pages_per_window:
                 raise _TooDense(pages)
@@ -406,9 +414,29 @@ class NightscoutSource:
             ]
             page = await self._get_list(spec.path, params, what=what)
             pages += 1
+            # the page below starts at the last page's oldest instant ($lte), so it repeats the
+            # documents at that boundary: only documents not seen yet say the window goes on
+            fresh = [doc for doc in page if _doc_id(doc) is None or _doc_id(doc) not in seen]
+            seen.update(i for i in map(_doc_id, page) if i is not None)
             found.extend(page)
-            if len(page) < size:
-                return self._within(spec, found, lower, upper), pages
+            n = len(page)
+            if confirming is not None:
+                if not fresh:
+                    self._short_confirmed[spec.name] = max(
+                        self._short_confirmed.get(spec.name, 0), confirming
+                    )
+                    return self._within(spec, found, lower, upper), pages
+                # documents below a short page: the site caps count there; page at its size
+                log.info("the site caps count; paging at its size", collection=spec.name, count=confirming)
+                size = self.page_sizes[spec.name] = confirming
+                confirming = None
+            largest = self._largest_page[spec.name] = max(self._largest_page.get(spec.name, 0), n)
+            if n < size:
+                if n == 0 or n < largest or n <= self._short_confirmed.get(spec.name, 0):
+                    return self._within(spec, found, lower, upper), pages
+                # as long as a page this long was never seen, a short page may be a silent
+                # count cap (a proxy, a patched site): read on below it once to be sure
+                confirming = n
             keys = [k for k in (spec.key(doc) for doc in page) if k is not None]
             if not keys:
                 raise ProtocolError(f"{what}: a full page without {spec.field} values")
@@ -472,6 +500,11 @@ class NightscoutSource:
             # the profile in effect may be years old: always carry it (unchanged, it is a no-op)
             keep.append(newest)
         return Batch.of(keep)
+
+
+def _doc_id(doc: Any) -> str | None:
+    value = doc.get("_id") if isinstance(doc, Mapping) else None
+    return value if isinstance(value, str) else None
 
 
 def _records(collection: Collection, docs: Sequence[Any]) -> list[Record]:

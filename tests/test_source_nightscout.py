@@ -249,11 +249,24 @@ async def test_thirty_days_of_entries_arrive_complete_in_one_frame() -> None:
     assert checkpoint == {"entries": NOW}
     assert {e.device for e in got} == {"xDrip-DexcomG6"}
     requests = window_params(emu, "/api/v1/entries")
-    assert len(requests) == 30
+    # one read per day, plus one below the first short page: it proves the site cuts no pages
+    assert len(requests) == 31
     for params in requests:
         low, high = int(params["find[date][$gt]"]), int(params["find[date][$lte]"])
         assert 0 < high - low <= DAY_MS
         assert int(params["count"]) <= 1000
+
+
+@pytest.mark.parametrize("cap", [100, 288, 287, 2])
+async def test_a_site_that_silently_caps_count_still_gives_everything(cap: int) -> None:
+    emu = NightscoutEmulator(SECRET, now=Clock(), max_count=cap)
+    docs = sgv_series(NOW - 3 * DAY_MS + 4 * MIN, 864)
+    emu.seed_entries(docs)
+    src = source(emu, max_pages_per_window=400)
+    batches = await backfill(src.fetch_entries, src.transform, {}, days=3)
+    got = [e.identifier for b in batches for e in b.entries]
+    assert len(got) == len(set(got)) == 864
+    assert set(got) == expected_ids("entries", docs)
 
 
 async def test_a_small_frame_budget_backfills_over_many_frames_without_gaps_or_repeats() -> None:
@@ -348,7 +361,8 @@ async def test_an_error_after_complete_windows_keeps_them_and_the_next_frame_con
     docs = sgv_series(NOW - 10 * DAY_MS + MIN, 2880)
     emu.seed_entries(docs)
     src = source(emu)
-    emu.fail_next(1, 500, path="/api/v1/entries", skip=3)
+    # three windows complete (the first takes two reads: one proves its short page complete)
+    emu.fail_next(1, 500, path="/api/v1/entries", skip=4)
     lk = last_known({}, days=10)
     raw = await src.fetch_entries(None, lk)
     assert isinstance(raw, WindowRead)
