@@ -18,6 +18,18 @@ def _redact_event(_logger: Any, _method: str, event: structlog.types.EventDict) 
     return redacted
 
 
+class _ThroughStructlog(logging.Handler):
+    """Sends the standard library's records (hypercorn, httpx, paho) through our processors, so
+    the same redaction applies to them as to our own lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's malformed format string must not break logging
+            message = str(record.msg)
+        structlog.get_logger(record.name).log(record.levelno, message, library=True)
+
+
 def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog once per process. ``fmt`` is auto, json or console."""
     out = stream or sys.stderr
@@ -48,3 +60,7 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None =
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    # libraries log at WARNING and above only: httpx's INFO lines carry full URLs (tokens)
+    root = logging.getLogger()
+    root.handlers = [_ThroughStructlog()]
+    root.setLevel(logging.WARNING)
