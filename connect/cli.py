@@ -1,15 +1,19 @@
 """The command line: ``nightscout-connect <command> [--flags]``.
 
 Commands: run (the daemon), once (cron mode), check (settings and login, nothing written),
-demo (the simulated CGM into a store with the API up), diagram (the machines as text).
+demo (the simulated CGM into a store with the API up), diagram (the machines as text),
+login (CareLink's first login, which needs a person at a browser) and capture (one frame's
+HTTP exchanges, secrets replaced, saved for a maintainer).
 Bad settings exit 2 with one line per problem; nothing prints a traceback for them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -27,8 +31,15 @@ from connect.redact import describe_error, register_secret
 from connect.settings import (
     CoreSettings,
     apply_legacy_env,
+    apply_node_values,
     describe_validation,
+    env_for,
+    env_notes,
     extra_settings_models,
+    field_names,
+    infer_source,
+    installed_legacy_env,
+    legacy_env_for,
     load_source,
     recognised_env,
     secret_values,
@@ -44,6 +55,8 @@ commands:
   demo      the simulated CGM into a local store, with live logs and the API
   serve     the HTTP API alone over an existing store
   diagram   print the machines as mermaid, md or dot (--format)
+  login     login carelink [--import FILE]: CareLink's first login (a person at a browser)
+  capture   capture DIR: one frame per loop, each HTTP exchange saved to DIR, secrets replaced
 
 Every setting is a --flag or a CONNECT_* variable; `nightscout-connect <command> --help` lists them.
 """
@@ -59,13 +72,29 @@ class UsageError(Exception):
         self.lines = list(lines)
 
 
-def _source_name(args: Sequence[str]) -> str:
-    """The source named by ``--source`` (flags win) or CONNECT_SOURCE, before full parsing."""
+def _flag_source(args: Sequence[str]) -> str | None:
     for i, arg in enumerate(args):
         if arg == "--source" and i + 1 < len(args):
             return args[i + 1]
         if arg.startswith("--source="):
             return arg.split("=", 1)[1]
+    return None
+
+
+def _source_name(args: Sequence[str]) -> str:
+    """The source named by ``--source`` (flags win) or CONNECT_SOURCE, before full parsing.
+
+    Without either, the old variables of exactly one source (``BRIDGE_USER_NAME`` …) choose
+    it, as the single-vendor bridges they come from did; otherwise it is the simulator.
+    """
+    flag = _flag_source(args)
+    if flag is not None:
+        return flag
+    if "CONNECT_SOURCE" not in os.environ:
+        inferred = infer_source(os.environ)
+        if inferred is not None:
+            os.environ["CONNECT_SOURCE"] = inferred[0]
+            return inferred[0]
     return os.environ.get("CONNECT_SOURCE", "sim")
 
 
@@ -77,7 +106,8 @@ def load_settings(
         source = load_source(source_name or _source_name(args))
     except ConfigError as exc:
         raise UsageError([str(exc)]) from None
-    apply_legacy_env(source.legacy_env)
+    apply_node_values()
+    apply_legacy_env(legacy_env_for(source))
     model = settings_model(source)
     try:
         settings = CliApp.run(model, cli_args=list(args), **(defaults or {}))
@@ -168,14 +198,42 @@ def cmd_serve(args: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def cmd_check(args: Sequence[str]) -> int:
-    settings, source = load_settings(args)
-    _configure_logs(settings)
+def env_report(source: SourceInfo, args: Sequence[str], given: Mapping[str, str]) -> list[str]:
+    """What ``check`` prints about the environment: the source, the variables it recognised
+    (old names included), those it ignored, and a line of advice per ignored one that has some."""
     models = [settings_model(source)]
-    used, ignored = recognised_env(models, os.environ)
-    print(f"source: {source.name} — {source.description}")
-    print("recognised variables: " + (", ".join(used) if used else "none"))
-    print("ignored variables: " + (", ".join(ignored) if ignored else "none"))
+    legacy = legacy_env_for(source)
+    others = {
+        old: name
+        for name, names in installed_legacy_env().items()
+        if name != source.name
+        for old in names
+        if old not in legacy
+    }
+    used, ignored = recognised_env(models, given, legacy=legacy, other_legacy=others)
+    inferred = None if _flag_source(args) is not None else infer_source(given)
+    chosen = f" (chosen by {inferred[1]}: CONNECT_SOURCE is not set)" if inferred else ""
+    known = [env_for(name) for name in field_names(models)]
+    notes = env_notes(ignored, given, legacy=legacy, other_legacy=others, known=known)
+    return [
+        f"source: {source.name} — {source.description}{chosen}",
+        "recognised variables: " + (", ".join(used) if used else "none"),
+        "ignored variables: " + (", ".join(ignored) if ignored else "none"),
+        *(f"  {note}" for note in notes),
+    ]
+
+
+def cmd_check(args: Sequence[str]) -> int:
+    given = dict(os.environ)  # as the user set it, before old names are copied to ours
+    try:
+        settings, source = load_settings(args)
+    except UsageError:
+        # the list still helps most here: a typo is often why a required setting is missing
+        with contextlib.suppress(ConfigError):
+            print("\n".join(env_report(load_source(_source_name(args)), args, given)))
+        raise
+    _configure_logs(settings)
+    print("\n".join(env_report(source, args, given)))
 
     async def main() -> str | None:
         async with daemon_mod.http_client() as client:
@@ -197,6 +255,88 @@ def cmd_check(args: Sequence[str]) -> int:
         return EXIT_FAILED
     print("login: ok" if source.name != "sim" else "login: not needed")
     return EXIT_OK
+
+
+#: vendors whose first login needs a person (the names a user might type for each)
+LOGIN_VENDORS = {"carelink": "minimedcarelink", "minimedcarelink": "minimedcarelink"}
+
+
+def cmd_login(args: Sequence[str]) -> int:
+    """``login carelink [--import FILE] [--flags]``: the first login, at a terminal."""
+    if not args or args[0].startswith("-"):
+        raise UsageError(["login: name the vendor: nightscout-connect login carelink [--import FILE]"])
+    vendor, rest = args[0], list(args[1:])
+    if vendor.lower() not in LOGIN_VENDORS:
+        raise UsageError(
+            [
+                f"login: {vendor!r} has no interactive login; only carelink needs one (the other "
+                "sources log in with their CONNECT_* credentials)"
+            ]
+        )
+    import_from: Path | None = None
+    flags: list[str] = []
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--import":
+            if i + 1 >= len(rest):
+                raise UsageError(["--import: name the token file to import (such as logindata.json)"])
+            import_from = Path(rest[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--import="):
+            import_from = Path(arg.split("=", 1)[1])
+        else:
+            flags.append(arg)
+        i += 1
+    if import_from is not None and not import_from.is_file():
+        raise UsageError([f"--import: no file at {str(import_from)!r}"])
+    settings, _ = load_settings(flags, source_name=LOGIN_VENDORS[vendor.lower()])
+    _configure_logs(settings)
+    from sources.carelink.login import run_login
+    from sources.carelink.settings import CareLinkSettings
+
+    if not isinstance(settings, CareLinkSettings):  # the model above always is one
+        raise UsageError(["login: the CareLink settings could not be loaded"])
+    return run_login(settings, import_from=import_from)
+
+
+def cmd_capture(args: Sequence[str]) -> int:
+    """``capture DIR [--flags]``: one frame per loop, every HTTP exchange saved, secrets replaced."""
+    from connect.capture import FrameResult, Recorder, capture_frames, existing_capture, write_capture
+
+    if not args or args[0].startswith("-"):
+        raise UsageError(
+            ["capture: name a directory for the files: nightscout-connect capture DIR [--flags]"]
+        )
+    directory, flags = Path(args[0]), list(args[1:])
+    if directory.exists() and not directory.is_dir():
+        raise UsageError([f"capture: {str(directory)!r} is not a directory"])
+    if existing := existing_capture(directory):
+        raise UsageError(
+            [
+                f"capture: {str(directory)!r} already holds {len(existing)} captured exchanges; name an empty directory"
+            ]
+        )
+    # a capture is for showing a problem, not for history: one day back unless asked otherwise
+    defaults = {} if "CONNECT_BACKFILL_DAYS" in os.environ else {"backfill_days": 1.0}
+    settings, source = load_settings(flags, defaults=defaults)
+    _configure_logs(settings)
+    recorder = Recorder()
+    result = FrameResult(ok=False, counts={})
+    try:
+        result = trio.run(capture_frames, settings, source, recorder)
+    finally:
+        written = write_capture(directory, recorder.exchanges, settings)
+        stored = ", ".join(f"{n} {c}" for c, n in result.counts.items() if n) or "no records"
+        print(f"captured {len(written)} HTTP exchanges of {source.name} into {directory}")
+        print(f"frames: {'ok' if result.ok else 'failed'} ({stored}; nothing was stored or delivered)")
+        if written:
+            print(
+                "passwords, tokens, cookies, ids and names are replaced by placeholders such as "
+                "<password-1>; read the files before sending them"
+            )
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def cmd_diagram(args: Sequence[str]) -> int:
@@ -221,6 +361,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": cmd_serve,
     "demo": cmd_demo,
     "diagram": cmd_diagram,
+    "login": cmd_login,
+    "capture": cmd_capture,
 }
 
 

@@ -7,10 +7,11 @@ for the selected source only, so that source's required fields are required and 
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Any, Literal, cast
+from typing import Any, Final, Literal, cast
 
 import pydantic
 from pydantic import Field
@@ -103,15 +104,121 @@ def source_config(bases: Sequence[type[BaseSettings]]) -> dict[str, Any]:
     return merged
 
 
+#: the Nightscout site's own variables. nightscout-connect running inside a site wrote to that
+#: site, so a connector moved out of it with the same environment keeps writing there
+SITE_LEGACY_ENV: Final[Mapping[str, str]] = {
+    "BASE_URL": "CONNECT_NIGHTSCOUT_ENDPOINT",
+    "API_SECRET": "CONNECT_API_SECRET",
+}
+#: an old name is passed over when one of these is set too: nightscout-connect lets a Share
+#: region set the new way win over the bridge's server
+LEGACY_UNLESS: Final[Mapping[str, tuple[str, ...]]] = {"BRIDGE_SERVER": ("CONNECT_SHARE_REGION",)}
+#: nightscout-connect's CareLink portal hosts: as CONNECT_CARELINK_SERVER they picked a region,
+#: while here that variable sends every request to one server (a proxy or an emulator)
+CARELINK_PORTAL_REGIONS: Final[Mapping[str, str]] = {
+    "carelink.minimed.com": "us",
+    "carelink.minimed.eu": "eu",
+}
+#: nightscout-connect variables whose value is translated rather than copied
+NODE_TRANSLATED: Final = frozenset({"CONNECT_DEBUG"})
+#: variables nightscout-connect (or the Nightscout plugin it replaced) reads that have no use
+#: here, and what to do instead; `check` prints these beside the ignored list
+NODE_ONLY: Final[Mapping[str, str]] = {
+    "CONNECT_CARELINK_PASSWORD": "CareLink's login needs a person at a browser: run "
+    "`nightscout-connect login carelink` once; no CareLink password is kept",
+    "CARELINK_PASSWORD": "CareLink's login needs a person at a browser: run `nightscout-connect login carelink`",
+    "MMCONNECT_PASSWORD": "CareLink's login needs a person at a browser: run `nightscout-connect login carelink`",
+    "CONNECT_LANGUAGE_CODE": "the CareLink API read here takes no language",
+    "MONGO_CONNECTION": "CareLink tokens live in CONNECT_CARELINK_TOKEN_FILE here, data in CONNECT_STORE_PATH",
+    "CONNECT_LINK_UP_USER_AGENT": "the LibreLinkUp app's user agent is built in",
+    "CONNECT_LINK_UP_PROXY": "set HTTPS_PROXY instead (the HTTP client reads it)",
+    "CONNECT_LINK_UP_STEALTH_TLS": "not needed here",
+    "CONNECT_LINK_UP_MAX_RETRIES": "retries and their backoff are built in (THEORY.md)",
+    "CONNECT_LINK_UP_RETRY_INTERVAL_MS": "retries and their backoff are built in (THEORY.md)",
+    "CONNECT_LINK_UP_REQUEST_TIMEOUT_MS": "request timeouts are built in (30 s)",
+    "CONNECT_LINK_UP_STARTUP_JITTER_MS": "polls are aligned to the readings, with jitter built in",
+    "CONNECT_LINK_UP_INTERVAL_JITTER_MS": "polls are aligned to the readings, with jitter built in",
+    "CONNECT_GLOOKO_AUTH_MODE": "this Glooko source always signs in through the API",
+    "CONNECT_GLOOKO_DATA_MODE": "this Glooko source always reads each v2 feed past its own checkpoint",
+    "CONNECT_GLOOKO_USE_V3_GRAPH": "this Glooko source reads the v2 feeds",
+    "CONNECT_GLOOKO_IMPORT_PROFILE": "this Glooko source imports no profile",
+    "CONNECT_GLOOKO_SKIP_ENTRIES": "this Glooko source always stores its CGM readings",
+    "CONNECT_OUTPUT": "outputs are enabled by their own settings; the local store always runs",
+    "CONNECT_FS_PREFIX": "the local store (CONNECT_STORE_PATH) replaces the filesystem output",
+    "CONNECT_FS_LABEL": "the local store (CONNECT_STORE_PATH) replaces the filesystem output",
+}
+TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
+
+
+def legacy_env_for(source: SourceInfo | None) -> dict[str, str]:
+    """Old name → our name, for one run: the source's own and the Nightscout site's."""
+    return {**SITE_LEGACY_ENV, **(source.legacy_env if source is not None else {})}
+
+
+def _legacy_applies(old: str, new: str, env: Mapping[str, str]) -> bool:
+    return old in env and new not in env and not any(k in env for k in LEGACY_UNLESS.get(old, ()))
+
+
 def apply_legacy_env(legacy: Mapping[str, str], environ: dict[str, str] | None = None) -> list[str]:
     """Copy old variable names (e.g. ``BRIDGE_USER_NAME``) to ours when ours are unset."""
     env = os.environ if environ is None else environ
     used = []
     for old, new in legacy.items():
-        if old in env and new not in env:
+        if _legacy_applies(old, new, env):
             env[new] = env[old]
             used.append(old)
     return used
+
+
+def apply_node_values(environ: dict[str, str] | None = None) -> list[str]:
+    """Translate nightscout-connect values whose meaning is spelled differently here.
+
+    ``CONNECT_DEBUG=true`` means ``CONNECT_LOG_LEVEL=debug``; ``CONNECT_CARELINK_SERVER`` naming
+    one of Medtronic's CareLink portals means that portal's region (here the variable would
+    send every request, discovery included, to that one host).
+    """
+    env = os.environ if environ is None else environ
+    used = []
+    debug = env.get("CONNECT_DEBUG", "").strip().lower()
+    if debug in TRUE_WORDS and "CONNECT_LOG_LEVEL" not in env:
+        env["CONNECT_LOG_LEVEL"] = "debug"
+        used.append("CONNECT_DEBUG")
+    server = env.get("CONNECT_CARELINK_SERVER", "").strip().lower()
+    host = server.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    if host in CARELINK_PORTAL_REGIONS:
+        env.setdefault("CONNECT_CARELINK_REGION", CARELINK_PORTAL_REGIONS[host])
+        del env["CONNECT_CARELINK_SERVER"]
+        used.append("CONNECT_CARELINK_SERVER")
+    return used
+
+
+def installed_legacy_env() -> dict[str, dict[str, str]]:
+    """Source name → its old variable names (for every installed source that loads)."""
+    out: dict[str, dict[str, str]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            info = ep.load()
+        except Exception:  # a broken third-party source must not break `check`
+            continue
+        if isinstance(info, SourceInfo):
+            out[ep.name] = dict(info.legacy_env)
+    return out
+
+
+def infer_source(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(source, the variables that name it) when CONNECT_SOURCE is unset and exactly one source's
+    old variables are present: the bridges those names come from read one vendor each."""
+    if "CONNECT_SOURCE" in environ:
+        return None
+    found = {
+        name: sorted(old for old in legacy if old in environ)
+        for name, legacy in installed_legacy_env().items()
+    }
+    found = {name: olds for name, olds in found.items() if olds}
+    if len(found) != 1:
+        return None
+    ((name, olds),) = found.items()
+    return name, ", ".join(olds)
 
 
 def flag_for(field: str) -> str:
@@ -143,12 +250,63 @@ def field_names(models: Iterable[type[BaseSettings]]) -> set[str]:
 
 
 def recognised_env(
-    models: Sequence[type[BaseSettings]], environ: Mapping[str, str]
+    models: Sequence[type[BaseSettings]],
+    environ: Mapping[str, str],
+    *,
+    legacy: Mapping[str, str] | None = None,
+    other_legacy: Mapping[str, str] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """``CONNECT_*`` variables a model set reads, and those nothing reads (typos show up here)."""
+    """Variables a run reads, and those it does not (typos show up here), as the user set them.
+
+    ``environ`` is the environment before old names were copied to ours. Recognised: each
+    ``CONNECT_*`` variable some field reads, each old name of ``legacy`` whose target is read
+    and not set as well, and nightscout-connect names whose value is translated. Ignored: every
+    other ``CONNECT_*`` variable, old names shadowed by ours, and old names of ``other_legacy``
+    (old name → the source that reads it) or :data:`NODE_ONLY` that this run has no use for.
+    """
     known = {env_for(name) for name in field_names(models)}
-    present = sorted(k for k in environ if k.startswith("CONNECT_"))
-    return [k for k in present if k in known], [k for k in present if k not in known]
+    legacy = legacy or {}
+    recognised: set[str] = set()
+    ignored: set[str] = set()
+    for name in environ:
+        if name.startswith("CONNECT_"):
+            (recognised if name in known or name in NODE_TRANSLATED else ignored).add(name)
+    for old, new in legacy.items():
+        if old in environ:
+            (recognised if new in known and _legacy_applies(old, new, environ) else ignored).add(old)
+    for old in (*(other_legacy or {}), *NODE_ONLY):
+        if old in environ and old not in legacy and not old.startswith("CONNECT_"):
+            ignored.add(old)
+    return sorted(recognised), sorted(ignored)
+
+
+def env_notes(
+    names: Iterable[str],
+    environ: Mapping[str, str],
+    *,
+    legacy: Mapping[str, str] | None = None,
+    other_legacy: Mapping[str, str] | None = None,
+    known: Iterable[str] = (),
+) -> list[str]:
+    """One line per ignored variable that has a reason: a nightscout-connect setting not needed
+    here, an old name one of ours overrides, another source's old name, or a near miss of one of
+    the ``known`` variables (a typo)."""
+    legacy, other_legacy = legacy or {}, other_legacy or {}
+    candidates = sorted(set(known))
+    notes = []
+    for name in names:
+        winner = next((k for k in (legacy.get(name), *LEGACY_UNLESS.get(name, ())) if k in environ), None)
+        if name in NODE_ONLY:
+            notes.append(f"{name}: {NODE_ONLY[name]}")
+        elif name in legacy and winner is not None:
+            notes.append(f"{name}: {winner} is set too and wins")
+        elif name in other_legacy:
+            notes.append(
+                f"{name}: read by the {other_legacy[name]} source (CONNECT_SOURCE={other_legacy[name]})"
+            )
+        elif near := difflib.get_close_matches(name, candidates, n=1, cutoff=0.85):
+            notes.append(f"{name}: nothing reads it; did you mean {near[0]}?")
+    return notes
 
 
 def secret_values(settings: BaseSettings) -> list[str]:
