@@ -17,13 +17,16 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import structlog
 import trio
 
 from connect.httpkit import sha1_hex
+from connect.logs import configure
 from connect.records import Batch, Entry
 from store import AsyncStore, Store
 
@@ -53,9 +56,28 @@ def _result(ours: float, ceiling: float) -> dict[str, float]:
     return {"ours": round(ours, 1), "ceiling": round(ceiling, 1), "ratio": round(ours / ceiling, 3)}
 
 
-def bench_nightscout(records: int = 5000, chunk_size: int = 500) -> dict[str, float]:
+def _best_of(rounds: int, ours: Callable[[], float], ceiling: Callable[[], float]) -> dict[str, float]:
+    """Alternate the two measurements and keep the best of each: on a shared machine the best
+    run is the one least disturbed by everything else."""
+    mine: list[float] = []
+    top: list[float] = []
+    for _ in range(rounds):
+        top.append(ceiling())
+        mine.append(ours())
+    return _result(max(mine), max(top))
+
+
+def _quiet_logs() -> None:
+    """Delivery logs every chunk at debug level; a benchmark prints its table and nothing else."""
+    if not structlog.is_configured():
+        configure(fmt="json", level="warning")
+
+
+def bench_nightscout(records: int = 20_000, chunk_size: int = 500, rounds: int = 5) -> dict[str, float]:
     """Records/s uploaded to the Nightscout emulator: the output versus a bare httpx loop."""
     from outputs.nightscout import NightscoutOutput
+
+    _quiet_logs()
 
     NightscoutEmulator = _test_helper("tests.emulators.nightscout", "NightscoutEmulator")
 
@@ -95,18 +117,22 @@ def bench_nightscout(records: int = 5000, chunk_size: int = 500) -> dict[str, fl
         try:
             docs = [p.doc for p in store.pending("ceiling", "entries", limit=records)]
             chunks = [docs[i : i + chunk_size] for i in range(0, len(docs), chunk_size)]
-            top = trio.run(ceiling, chunks)
-            mine = trio.run(ours, store)
+
+            def mine() -> float:
+                store.conn.execute("DELETE FROM cursors")  # deliver everything again
+                return trio.run(ours, store)
+
+            return _best_of(rounds, mine, lambda: trio.run(ceiling, chunks))
         finally:
             store.close()
-    return _result(mine, top)
 
 
-def bench_mqtt(messages: int = 5000, broker_url: str | None = None) -> dict[str, float]:
+def bench_mqtt(messages: int = 10_000, broker_url: str | None = None, rounds: int = 5) -> dict[str, float]:
     """QoS 1 messages/s to mosquitto: the output versus a bare paho publisher with loop_start.
 
     Without ``broker_url`` a private mosquitto is started on a free loopback port.
     """
+    _quiet_logs()
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -158,14 +184,18 @@ def bench_mqtt(messages: int = 5000, broker_url: str | None = None) -> dict[str,
         store = _filled_store(Path(tmp) / "bench.db", messages)
         try:
             target = mqtt_target(broker_url)
+            url = broker_url
             payloads = [payload_of(p.doc) for p in store.pending("ceiling", "entries", limit=messages)]
-            top = ceiling(target.host, target.port, payloads)
-            mine = trio.run(ours, broker_url, store)
+
+            def mine() -> float:
+                store.conn.execute("DELETE FROM cursors")  # publish everything again
+                return trio.run(ours, url, store)
+
+            return _best_of(rounds, mine, lambda: ceiling(target.host, target.port, payloads))
         finally:
             store.close()
             if broker is not None:
                 broker.stop()
-    return _result(mine, top)
 
 
 if __name__ == "__main__":

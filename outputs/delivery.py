@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import random
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import attrs
 import structlog
@@ -31,12 +31,19 @@ if TYPE_CHECKING:
     import httpx
 
     from store.aio import AsyncStore
-    from store.database import Pending
 
 log = structlog.get_logger("outputs")
 
 State = Literal["idle", "delivering", "backing_off", "auth_error", "error"]
 Clock = Callable[[], int]
+
+
+class Sequenced(Protocol):
+    """A record read from the store for delivery: all the cursor needs is its ``seq``."""
+
+    @property
+    def seq(self) -> int: ...
+
 
 #: wake up now and then even without a persisted frame: covers records written by other means
 SAFETY_WAKE_S: Final = 900.0
@@ -134,6 +141,7 @@ class Output(abc.ABC):
                 await self._serve()
             except ConnectError as exc:
                 delay = self._failed(exc)
+                await self.refresh()  # the pass may have moved the cursor before it failed
                 await self._sleep_backing_off(delay)
 
     async def deliver_until_idle(self, *, attempts: int = 3, max_wait: float = 60.0) -> bool:
@@ -141,9 +149,13 @@ class Output(abc.ABC):
 
         Transient failures are retried ``attempts`` times in all, waiting at most ``max_wait``
         seconds between tries; refused credentials end at once. Records the remote side refused
-        for good count as not delivered.
+        for good count as not delivered. With nothing pending the remote side is not contacted,
+        and the state (say, an error met during gap analysis) stays as it is.
         """
-        rejected_before = int(await self.astore.rejected_count(self.name))
+        await self.refresh()
+        if self._lag == 0:
+            return True
+        rejected_before = self._rejected
         for attempt in range(1, attempts + 1):
             try:
                 await self._deliver_once()
@@ -188,11 +200,7 @@ class Output(abc.ABC):
         self._wakeup = trio.Event()
         self._state = "delivering"
 
-    async def _pending(self, collection: Collection, limit: int) -> list[Pending]:
-        rows: list[Pending] = await self.astore.pending(self.name, collection, limit=limit)
-        return rows
-
-    async def _accepted(self, collection: Collection, chunk: Sequence[Pending]) -> None:
+    async def _accepted(self, collection: Collection, chunk: Sequence[Sequenced]) -> None:
         """The remote side took ``chunk``: move the cursor past it."""
         await self.astore.advance(self.name, collection, chunk[-1].seq)
         self._delivered += len(chunk)
@@ -200,7 +208,7 @@ class Output(abc.ABC):
         log.debug("delivered", output=self.name, collection=collection, records=len(chunk))
 
     async def _set_aside(
-        self, collection: Collection, chunk: Sequence[Pending], status: int, error: str
+        self, collection: Collection, chunk: Sequence[Sequenced], status: int, error: str
     ) -> None:
         """The remote side refused ``chunk`` for good: keep it, count it, move past it."""
         await self.astore.set_aside(
@@ -213,6 +221,13 @@ class Output(abc.ABC):
             "records rejected", output=self.name, collection=collection, records=len(chunk),
             first_seq=chunk[0].seq, last_seq=chunk[-1].seq, status=status, error=error,
         )  # fmt: skip
+
+    def _noted(self, exc: ConnectError) -> None:
+        """A failure outside delivery (gap analysis): shown in status, no backoff of its own."""
+        self._last_error = describe_error(exc)
+        self._last_error_at = self.clock()
+        if isinstance(exc, OutputAuthError) and self._state == "idle":
+            self._state = "auth_error"
 
     def _succeeded(self) -> None:
         self._failures = 0
@@ -283,4 +298,4 @@ def build_outputs(
     return outputs
 
 
-__all__ = ["SAFETY_WAKE_S", "Output", "RetryPolicy", "State", "build_outputs"]
+__all__ = ["SAFETY_WAKE_S", "Output", "RetryPolicy", "Sequenced", "State", "build_outputs"]

@@ -408,10 +408,11 @@ class MqttOutput(Output):
             await link.connected.wait()
         if scope.cancelled_caught:
             raise TransientError(f"MQTT broker {self.target()} sent no CONNACK in {self.connect_timeout:g} s")
-        self._connected = True
         log.info("mqtt connected", output=self.name, broker=self.target())
         if self.retain_current:
             await self._republish_current(link)
+        # connected in status: ready to deliver, the retained current restated
+        self._connected = True
         await body(link)
 
     # --- delivery ---------------------------------------------------------------------------

@@ -10,7 +10,9 @@
   redirects mean the endpoint is wrong: same slow ladder, nothing set aside. 408/425/429/5xx,
   timeouts and connection errors: retried with capped backoff. Any other 4xx: the chunk is
   halved until the refused record is alone, and that record is set aside (kept in the store,
-  counted, shown in status) so one bad record never holds back the ones after it.
+  counted, shown in status) so one bad record never holds back the ones after it. Ten refused
+  one after another look like a site that refuses everything: the pass ends there and backs off
+  on the slow ladder, instead of sending one request per record.
 
 Duplicates. Entries (upsert on sysTime + type) and treatments (upsert on identifier, or
 created_at + eventType) are idempotent on the server, so a resend is harmless. Devicestatus
@@ -31,12 +33,14 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
 import httpx
 import structlog
 
 from connect.clock import wall_ms
 from connect.errors import (
     ConfigError,
+    ConnectError,
     OutputAuthError,
     ProtocolError,
     RateLimited,
@@ -51,13 +55,15 @@ from outputs.settings import nightscout_target
 
 if TYPE_CHECKING:
     from store.aio import AsyncStore
-    from store.database import Pending
+    from store.database import Store
 
 log = structlog.get_logger("outputs.nightscout")
 
 API: Final = "/api/v1"
 #: collections Nightscout v1 inserts without dedupe: a resend is a duplicate
 NON_IDEMPOTENT: Final[frozenset[str]] = frozenset({"devicestatus", "profile"})
+#: records refused one by one in a row before a pass stops setting them aside and backs off
+REFUSED_IN_A_ROW: Final = 10
 #: epoch ms of 2000-01-01: an explicit lower bound, so the site adds no implicit 4-day window
 EPOCH_2000_MS: Final = 946_684_800_000
 
@@ -80,6 +86,27 @@ NEWEST_QUERIES: Final[dict[str, tuple[str, dict[str, str], tuple[str, ...]]]] = 
     ),
     "profile": (f"{API}/profile.json", {"count": "1"}, ("startDate", "created_at", "mills", "date")),
 }
+
+
+@attrs.frozen
+class Row:
+    """A record waiting for upload: its ``seq`` and its Nightscout JSON as the store keeps it."""
+
+    seq: int
+    text: str
+
+    def doc(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.text)
+        return value
+
+
+def pending_rows(store: Store, output: str, collection: Collection, limit: int) -> list[Row]:
+    """Records past ``output``'s cursor, oldest change first (runs on the store's worker thread)."""
+    after = store.cursor(output, collection)
+    rows = store.conn.execute(
+        f"SELECT seq, json FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+    )
+    return [Row(seq=int(seq), text=str(text)) for seq, text in rows]
 
 
 class ChunkRejected(RequestRejected):
@@ -238,10 +265,15 @@ class NightscoutOutput(Output):
 
         Gap analysis on an empty store: the runtime starts from here instead of the backfill
         horizon, so an existing site is not uploaded again. Raises OutputAuthError,
-        TransientError, ProtocolError… like any delivery.
+        TransientError, ProtocolError… like any delivery, and shows the error in status.
         """
         path, params, keys = NEWEST_QUERIES[collection]
-        docs = await self._get_list(path, params)
+        try:
+            docs = await self._get_list(path, params)
+        except ConnectError as exc:
+            # the source's frame fails on this; the status must say it was the site
+            self._noted(exc)
+            raise
         times = [t for t in (doc_ms(doc, keys) for doc in docs) if t is not None]
         return max(times) if times else None
 
@@ -263,10 +295,17 @@ class NightscoutOutput(Output):
         for collection in COLLECTIONS:
             await self._deliver_collection(collection)
 
+    async def _rows(self, collection: Collection, limit: int) -> list[Row]:
+        rows: list[Row] = await self.astore.call(
+            pending_rows, self.astore.store, self.name, collection, limit
+        )
+        return rows
+
     async def _deliver_collection(self, collection: Collection) -> None:
         limit = self.chunk_size
+        refused_in_a_row = 0
         while True:
-            chunk = await self._pending(collection, limit)
+            chunk = await self._rows(collection, limit)
             if not chunk:
                 return
             try:
@@ -279,16 +318,25 @@ class NightscoutOutput(Output):
                     limit = max(1, len(chunk) // 2)
                     continue
                 await self._set_aside(collection, chunk, exc.status, self._last_error or "rejected")
+                refused_in_a_row += 1
+                if refused_in_a_row >= REFUSED_IN_A_ROW:
+                    # more likely a site (or a proxy) that refuses every upload than that many
+                    # bad records: not one request per record, but a pause on the slow ladder
+                    raise ConfigError(
+                        f"{self.base_url} refused {refused_in_a_row} {collection} records in a row "
+                        f"(last: {self._last_error}); uploads paused"
+                    ) from None
                 continue
+            refused_in_a_row = 0
             await self._accepted(collection, chunk)
             limit = min(self.chunk_size, limit * 2)
 
-    async def _send_chunk(self, collection: Collection, chunk: Sequence[Pending]) -> None:
-        docs = [p.doc for p in chunk]
+    async def _send_chunk(self, collection: Collection, chunk: Sequence[Row]) -> None:
+        rows = list(chunk)
         if collection in NON_IDEMPOTENT:
             attempted = int(await self.astore.cursor(self.attempt_name, collection))
             if attempted >= chunk[0].seq:
-                uncertain = [p.doc for p in chunk if p.seq <= attempted]
+                uncertain = [r.doc() for r in chunk if r.seq <= attempted]
                 try:
                     present = await self._already_stored(collection, uncertain)
                 except ChunkRejected as exc:
@@ -297,17 +345,18 @@ class NightscoutOutput(Output):
                     log.warning("cannot check for records already sent", output=self.name,
                                 collection=collection, error=describe_error(exc))  # fmt: skip
                     present = set()
-                docs = [d for d in docs if not (identity_keys(collection, d) & present)]
-                if len(docs) < len(chunk):
+                rows = [r for r in rows if not (identity_keys(collection, r.doc()) & present)]
+                if len(rows) < len(chunk):
                     log.info(
                         "not resending records the site already holds", output=self.name,
-                        collection=collection, records=len(chunk) - len(docs),
+                        collection=collection, records=len(chunk) - len(rows),
                     )  # fmt: skip
-                if not docs:
+                if not rows:
                     return
             # written before the POST: after a crash, the records up to here may be at the site
             await self.astore.advance(self.attempt_name, collection, chunk[-1].seq)
-        body = json.dumps(docs, separators=(",", ":")).encode("utf-8")
+        # the store keeps each document as compact JSON: the body is made without parsing them
+        body = ("[" + ",".join(r.text for r in rows) + "]").encode("utf-8")
         await self._call("POST", f"{API}/{collection}", body=body)
 
     async def _already_stored(self, collection: Collection, docs: Sequence[dict[str, Any]]) -> set[str]:

@@ -2,6 +2,7 @@
 
 Tests that need it take the ``mosquitto`` / ``mosquitto_factory`` fixtures from conftest.py. A
 missing broker skips those tests on a developer machine and fails them when ``CI`` is set.
+``MOSQUITTO_BINARY`` names the broker to use; a path that does not exist counts as not installed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +22,9 @@ BINARY_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosqui
 
 def find_binary(name: str = "mosquitto") -> str | None:
     """The path of a mosquitto tool (``mosquitto``, ``mosquitto_passwd``, ``mosquitto_sub``)."""
+    override = os.environ.get("MOSQUITTO_BINARY") if name == "mosquitto" else None
+    if override:
+        return override if Path(override).is_file() else None
     found = shutil.which(name)
     if found:
         return found
@@ -243,3 +248,64 @@ class Subscriber:
     def snapshot(self) -> list[tuple[str, bytes, bool]]:
         with self.lock:
             return list(self.messages)
+
+
+class Throttle:
+    """A TCP forwarder on a free loopback port towards ``127.0.0.1:port``: bytes travel towards
+    the broker at ``rate`` bytes/s, answers at full speed. A slow link to the broker, for tests
+    that must catch a publisher in the middle of a stream."""
+
+    def __init__(self, port: int, rate: float) -> None:
+        self.target = port
+        self.rate = rate
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, name=f"throttle-{self.port}", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, self.rate), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, rate: float | None) -> None:
+        try:
+            while True:
+                data = src.recv(512 if rate else 65536)
+                if not data:
+                    break
+                dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        with self.lock:
+            for sock in self.sockets:
+                sock.close()

@@ -114,6 +114,10 @@ async def test_two_days_down_then_everything_arrives_once_in_order(
         assert len({d["identifier"] for d in docs}) == count, collection  # none twice
         assert dates(docs, field) == sorted(dates(docs, field)), collection  # arrived in date order
     assert dates(emulator.entries) == [reading(i).date for i in range(frames)]
+    # the site's upserts would hide a resent entry or treatment: nothing was uploaded twice
+    assert emulator.received == {
+        "entries": frames, "treatments": frames // 12, "devicestatus": frames, "profile": 0,
+    }  # fmt: skip
     status = out.status()
     assert status["lag"] == 0 and status["rejected"] == 0 and status["delivered"] == 2 * frames + frames // 12
     assert status["last_error"] == "TransientError: POST /api/v1/entries: HTTP 503"
@@ -249,29 +253,17 @@ async def test_a_wrong_endpoint_is_not_mistaken_for_rejected_records(
 
 
 async def test_no_duplicate_devicestatus_after_a_lost_answer(
-    autojump_clock: trio.abc.Clock, store: Store
+    autojump_clock: trio.abc.Clock, store: Store, site: tuple[NightscoutEmulator, httpx.AsyncClient]
 ) -> None:
-    emulator = NightscoutEmulator(SECRET, now=VirtualClock(T0))
-    lost = {"left": 1}
-
-    async def answer_lost(scope: Any, receive: Any, send: Any) -> None:
-        """The site stores the POST, but its answer never reaches the uploader."""
-        if scope["type"] == "http" and scope["method"] == "POST" and lost["left"]:
-            lost["left"] -= 1
-
-            async def swallow(_message: Any) -> None:
-                return None
-
-            await emulator.app(scope, receive, swallow)
-            raise httpx.ReadTimeout("the answer was lost")
-        await emulator.app(scope, receive, send)
-
+    emulator, client = site
+    # the site stores the POST, but its answer never reaches the uploader
+    emulator.fail_next(1, "lost", method="POST")
     persist(store, [status_doc(i) for i in range(30)])
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=answer_lost)) as client:
-        out = make_output(store, client)
-        assert await out.deliver_until_idle()
+    out = make_output(store, client)
+    assert await out.deliver_until_idle()
     docs = emulator.devicestatus
     assert len(docs) == 30 and len({d["identifier"] for d in docs}) == 30
+    assert emulator.received["devicestatus"] == 30  # the lost one was not posted again
     gets = emulator.requests_to("/api/v1/devicestatus.json", "GET")
     assert len(gets) == 1  # the site was asked once what it already had
 
@@ -341,3 +333,28 @@ async def test_deliver_until_idle_reports_failure(
     emulator.down = False
     assert await out.deliver_until_idle()
     assert out.status()["lag"] == 0 and out.status()["state"] == "idle"
+
+
+async def test_a_site_refusing_every_upload_gets_no_request_per_record(
+    autojump_clock: trio.abc.Clock, store: Store, site: tuple[NightscoutEmulator, httpx.AsyncClient]
+) -> None:
+    emulator, client = site
+    persist(store, [reading(i) for i in range(288)])
+    emulator.fail_next(10_000, 400, method="POST")  # a proxy that answers 400 to any upload
+    out = make_output(store, client)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(out.run)
+        await trio.sleep(3 * 3600)
+        status = out.status()
+        posts = len(emulator.requests_to("/api/v1/entries", "POST"))
+        # halving to one record, then ten of them: a pass ends there and waits 5 min, 10, 20…
+        assert status["state"] == "error" and "refused 10 entries records in a row" in status["last_error"]
+        assert posts <= 6 * (9 + 10) and status["rejected"] <= 6 * 10
+        assert status["lag"] == 288 - status["rejected"]  # status is current while backing off
+        # the site takes uploads again: everything not set aside arrives
+        emulator.clear_faults()
+        await trio.sleep(3600)
+        nursery.cancel_scope.cancel()
+    status = out.status()
+    assert status["state"] == "idle" and status["lag"] == 0
+    assert len(emulator.entries) + status["rejected"] == 288 and len(emulator.entries) >= 288 - 60

@@ -10,8 +10,9 @@ One thing a real site does not do: ``count`` above :attr:`NightscoutEmulator.max
 by default) is clamped. That is the emulator's model of server-side limits (proxies, memory,
 request timeouts): a client that wants everything must page instead of asking for it at once.
 
-Tests drive it with :meth:`seed` / :meth:`seed_entries`, read :attr:`entries` and the request
-log, and inject faults (:meth:`fail_next`, :attr:`down`, :meth:`fail_post_status`). The app is
+Tests drive it with :meth:`seed` / :meth:`seed_entries`, read :attr:`entries`, the request log
+and :attr:`received` (documents uploaded, resends included), slow it down with :attr:`latency`,
+and inject faults (:meth:`fail_next`, :attr:`down`, :meth:`fail_post_status`). The app is
 plain ASGI, so it runs in-process under ``httpx.ASGITransport`` (trio or asyncio) and, through
 :func:`serve_in_thread`, on a loopback port for end-to-end tests.
 """
@@ -479,6 +480,13 @@ class NightscoutEmulator:
         self._version: dict[str, int] = dict.fromkeys(COLLECTIONS, 0)
         self._indexes: dict[tuple[str, str], tuple[int, _DateIndex]] = {}
         self.requests: list[LoggedRequest] = []
+        #: documents each collection's POSTs carried and the site accepted, resends included
+        #: (``count`` is what it holds after its dedupe rules)
+        self.received: dict[str, int] = dict.fromkeys(COLLECTIONS, 0)
+        #: seconds every answer is held after the request was handled (0: none). The site has
+        #: already stored a POST when its answer is still on the way: the window a crashed or
+        #: killed uploader leaves behind.
+        self.latency = 0.0
         self.down = False
         self._faults: list[_Fault] = []
         self._post_faults: list[tuple[int, str]] = []
@@ -635,8 +643,10 @@ class NightscoutEmulator:
 
         ``status`` is an HTTP status (500 answers a Mongo error body, 503 an HTML proxy page,
         429 carries ``Retry-After``), or one of ``"timeout"``, ``"disconnect"`` (the connection
-        breaks), ``"html"`` (200 with a captive-portal page), ``"truncated"`` (200 with half a
-        JSON body) and ``"object"`` (200 with a JSON object where an array belongs).
+        breaks), ``"lost"`` (the request is carried out, a POST stored, but the answer never
+        comes: a timeout for the client), ``"html"`` (200 with a captive-portal page),
+        ``"truncated"`` (200 with half a JSON body) and ``"object"`` (200 with a JSON object
+        where an array belongs).
         ``path`` limits the fault to paths starting with it.
         """
         self._faults.append(_Fault(status, n, path, method, retry_after, skip))
@@ -688,20 +698,27 @@ class NightscoutEmulator:
                 media_type="text/html",
             )  # fmt: skip
         elif fault is not None:
-            if fault.kind in ("timeout", "disconnect"):
+            if fault.kind == "lost":
+                await self._answer(request)  # carried out; the answer is what gets lost
+            if fault.kind in ("timeout", "disconnect", "lost"):
                 self.requests.append(LoggedRequest(method, path, 0, query))
-                await self._break(fault.kind, send)
+                await self._break("disconnect" if fault.kind == "disconnect" else "timeout", send)
                 return
             response = self._fault_response(fault)
         else:
-            try:
-                response = await self._handle(request)
-            except _Abort as abort:
-                response = abort.response
-            except MongoError as error:
-                response = _status_error(500, "Mongo Error", str(error))
+            response = await self._answer(request)
         self.requests.append(LoggedRequest(method, path, response.status_code, query))
+        if self.latency > 0:
+            await anyio.sleep(self.latency)
         await response(scope, receive, send)
+
+    async def _answer(self, request: Request) -> Response:
+        try:
+            return await self._handle(request)
+        except _Abort as abort:
+            return abort.response
+        except MongoError as error:
+            return _status_error(500, "Mongo Error", str(error))
 
     async def _break(self, kind: int | str, send: Any) -> None:
         if not self.over_socket:
@@ -1046,6 +1063,7 @@ class NightscoutEmulator:
                 stored = [self._insert_devicestatus(d) for d in docs]
             else:
                 stored = [self._insert_profile(d) for d in docs]
+            self.received[collection] += len(docs)
         return _json(stored)
 
     @staticmethod
