@@ -72,6 +72,16 @@ class Builder:
     ) -> None:
         if self._session is not None:
             raise ConfigError(f"{self.source}: support_session called twice")
+        if refresh_after is not None and refresh is None:
+            # renewing means refreshing; a session that must simply end after a while is what
+            # expire_after says (the runtime then logs in again)
+            raise ConfigError(
+                f"{self.source}: support_session(refresh_after=…) needs a refresh coroutine; "
+                "use expire_after to log in again after a time"
+            )
+        for name, value in (("refresh_after", refresh_after), ("expire_after", expire_after)):
+            if value is not None and value <= timedelta(0):
+                raise ConfigError(f"{self.source}: support_session({name}=…) must be positive")
         self._session = SessionSpec(
             authenticate=authenticate,
             authorize=authorize,

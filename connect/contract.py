@@ -62,7 +62,11 @@ AlignSchedule = Callable[[LastKnown, int], int]
 
 
 class BuilderLike(Protocol):
-    """The two calls a source's ``generate_driver`` makes (see :class:`connect.builder.Builder`)."""
+    """The two calls a source's ``generate_driver`` makes (see :class:`connect.builder.Builder`).
+
+    ``refresh_after`` (renew the session after a while) needs a ``refresh`` coroutine; a session
+    that simply ends is ``expire_after``, after which the runtime logs in again.
+    """
 
     def support_session(
         self,

@@ -23,15 +23,17 @@ from connect.clock import wall_ms
 from connect.contract import Grant, LastKnown
 from connect.errors import (
     AuthRejected,
+    ConfigError,
     ConnectError,
     ProtocolError,
+    RequestRejected,
     SessionExpired,
     TransientError,
 )
 from connect.records import Batch
 from connect.redact import describe_error
 from machines import CycleMachine, FetchMachine, PollerMachine, SessionMachine
-from machines.timing import align_schedule, backoff, rejected_delay
+from machines.timing import align_schedule, backoff, failed_login_delay, rejected_delay
 from store.aio import AsyncStore
 
 Clock = Callable[[], int]
@@ -64,7 +66,15 @@ async def sleep_until_ms(clock: Clock, due_ms: int) -> None:
 
 
 class SessionDriver:
-    """Runs the Session machine: one login in flight per account, shared by every loop."""
+    """Runs the Session machine: one login in flight per account, shared by every loop.
+
+    Logins are paced on their own clock (``not_before``), apart from the frames that ask for
+    them: a login that failed for a passing reason, or whose session the vendor refused before
+    it delivered any data, waits :func:`machines.timing.failed_login_delay`; one that retrying
+    cannot fix (refused credentials, a lockout, a setting or an action only a person can take)
+    waits :func:`machines.timing.rejected_delay` in ``rejected``. A frame that asks in the
+    meantime gets an error carrying the remaining wait as ``retry_after``, never a login.
+    """
 
     def __init__(
         self,
@@ -90,23 +100,31 @@ class SessionDriver:
     def _fresh(self, now: int) -> bool:
         return self.machine.usable and (self.expires_at is None or now < self.expires_at)
 
+    def _current(self, now: int) -> bool:
+        """The session may be handed out as it is (fresh, and no renewal due)."""
+        return self._fresh(now) and (self.refresh_at is None or now < self.refresh_at)
+
     async def acquire(self, loop: str) -> Any:
         """The current session value, logging in (once, for every waiting loop) when needed."""
         if self.spec is None:
             return None
-        now = self.clock()
-        if self._fresh(now) and (self.refresh_at is None or now < self.refresh_at):
+        if self._current(self.clock()):
             return self.value
         self.poller.send("session_required", loop=loop)
         async with self._lock:
             now = self.clock()
-            if self._fresh(now) and (self.refresh_at is None or now < self.refresh_at):
+            if self._current(now):
                 return self.value  # another loop logged in while this one waited
-            if self.machine.current_state_value == "active" and not self._fresh(now):
-                self.machine.send("expire")
-            if self.machine.current_state_value == "active" and self.spec.refresh is not None:
-                if await self._refresh():
-                    return self.value
+            if self.machine.current_state_value == "active":
+                if self._fresh(now) and self.spec.refresh is not None:
+                    if await self._refresh():
+                        return self.value
+                else:
+                    # past its lifetime — or due for renewal without a way to refresh (a spec
+                    # made without the builder, which refuses that): the session ends here, so
+                    # the login below always starts from a state that allows one
+                    self.machine.send("expire")
+                    self.value = None
             return await self._login()
 
     async def _refresh(self) -> bool:
@@ -114,29 +132,40 @@ class SessionDriver:
         self.machine.send("refresh")
         try:
             grant = await self.spec.refresh(self.value)
-        except AuthRejected as error:
-            self._rejected(error)
-            raise
         except ConnectError as error:
+            if isinstance(error, (AuthRejected, ConfigError)):
+                self._rejected(error)
+                raise
             self.machine.send("fail", error=error)  # refreshing → expired: log in fully
             return False
+        except trio.Cancelled:
+            self.machine.send("expire")  # never leave a half-done refresh behind
+            self.value = None
+            raise
         self._accept(grant)
         self.machine.send("refreshed")
         return True
+
+    def _waiting(self, state: str, wait: float) -> ConnectError:
+        """What a frame is told while logins are paused: the cause, and how long is left."""
+        last = self.machine.last_error
+        # the cause's own words (redacted wherever the error is shown), so status says what to fix
+        cause = (str(last) or type(last).__name__) if last is not None else "the last login did not work"
+        text = f"{cause} (no login for {wait:.0f} s more)"
+        if state == "rejected":
+            if isinstance(last, ConfigError):
+                return ConfigError(text, retry_after=wait)
+            if isinstance(last, RequestRejected):
+                return RequestRejected(text, retry_after=wait)
+            return AuthRejected(text, retry_after=wait)
+        return TransientError(text, retry_after=wait)
 
     async def _login(self) -> Any:
         assert self.spec is not None
         state = self.machine.current_state_value
         now = self.clock()
-        if state in ("rejected", "failed") and now < self.not_before:
-            wait = (self.not_before - now) / 1000.0
-            error: ConnectError
-            if state == "rejected":
-                error = AuthRejected(
-                    "credentials were refused; waiting before trying again", retry_after=wait
-                )
-            else:
-                error = TransientError("login failed recently; waiting before trying again", retry_after=wait)
+        if state in ("rejected", "failed", "expired") and now < self.not_before:
+            error = self._waiting(state, (self.not_before - now) / 1000.0)
             self.poller.send("session_error", error=error)
             raise error
         if state == "rejected":
@@ -147,11 +176,14 @@ class SessionDriver:
             self.machine.send("authenticated")
             grant = await self.spec.authorize(authn)
             self.machine.send("authorized")
-        except AuthRejected as exc:
-            self._rejected(exc)
-            raise
         except ConnectError as exc:
-            self._failed(exc)
+            if exc.retryable:
+                self._failed(exc)
+            else:
+                # refused credentials, a lockout, an app version the vendor no longer accepts,
+                # terms only a person may accept, a patient that is not there: asking again
+                # soon cannot help and may lock the account, so wait as for a wrong password
+                self._rejected(exc)
             raise
         except trio.Cancelled:
             self._failed(None)
@@ -183,8 +215,9 @@ class SessionDriver:
             if self.spec.refresh_after is None
             else now + int(self.spec.refresh_after.total_seconds() * 1000)
         )
+        self.not_before = 0
 
-    def _rejected(self, error: AuthRejected) -> None:
+    def _rejected(self, error: ConnectError) -> None:
         self.machine.send("reject", error=error)
         wait = max(rejected_delay(self.machine.rejections), error.retry_after or 0.0)
         self.not_before = self.clock() + int(wait * 1000)
@@ -196,23 +229,46 @@ class SessionDriver:
         if self.machine.current_state_value in ("authenticating", "authorizing"):
             self.machine.send("fail", error=error)
         retry_after = error.retry_after if error is not None else None
-        wait = max(
-            backoff(self.machine.failures, base=5.0, cap=600.0, rand=self.rng.random()), retry_after or 0.0
-        )
+        wait = max(failed_login_delay(self.machine.failures, rand=self.rng.random()), retry_after or 0.0)
+        if self.machine.rejections:
+            # the vendor refused these credentials (or locked the account) and has not accepted
+            # them since: until it does, each attempt keeps the pace of a retry after a refusal,
+            # or a passing 5xx right after a lockout would restart the count at one minute
+            wait = max(wait, rejected_delay(self.machine.rejections))
         self.not_before = self.clock() + int(wait * 1000) if error is not None else 0
         self.value = None
         self.poller.send("session_error", error=error)
         if error is not None:
             log.warning("login failed", error=describe_error(error), wait_s=round(wait))
 
+    def confirm(self, used: Any) -> None:
+        """A fetch succeeded with ``used``: the session works, so its login was productive."""
+        if used is self.value and self.machine.usable and not self.machine.proven:
+            self.machine.send("confirm")
+
     def invalidate(self, used: Any, error: BaseException) -> None:
-        """A fetch was told its session is dead: drop it, unless a newer one already replaced it."""
+        """A fetch was told its session is dead: drop it, unless a newer one already replaced it.
+
+        A session that dies before any fetch succeeded with it counts as an unproductive login
+        (the machine adds a failure), and the next login waits as after a failed one: a vendor
+        that accepts the password but refuses every session must not get a login per frame.
+        """
         if used is not self.value:
             return
         if self.machine.current_state_value in ("active", "established", "refreshing"):
+            proven = self.machine.proven
             self.machine.send("invalidate", error=error)
             self.value = None
-            log.info("session invalidated", error=describe_error(error))
+            if proven:
+                log.info("session invalidated", error=describe_error(error))
+                return
+            retry_after = getattr(error, "retry_after", None) or 0.0
+            wait = max(failed_login_delay(self.machine.failures, rand=self.rng.random()), retry_after)
+            self.not_before = self.clock() + int(wait * 1000)
+            log.warning(
+                "session refused before it delivered data", error=describe_error(error),
+                wait_s=round(wait),
+            )  # fmt: skip
 
     def status(self) -> dict[str, Any]:
         m = self.machine
@@ -312,6 +368,7 @@ class LoopDriver:
                 last_known = await self._last_known()
                 fm.send("gaps_known", last_known=dict(last_known.values))
                 raw = await self.spec.fetch(session, last_known)
+                rt.session.confirm(session)  # the vendor honoured it: that login was worth it
                 fm.send("fetched")
                 batch = self.spec.transform(raw, last_known)
                 fm.send("transformed", batch=batch)

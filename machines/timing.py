@@ -33,6 +33,23 @@ def rejected_delay(rejections: int, *, base: float = 1800.0, cap: float = 6 * 36
     return backoff(max(rejections, 1), base=base, cap=cap, jitter=0.0)
 
 
+#: the first wait after a login that failed for a passing reason, and the longest one
+LOGIN_RETRY_BASE_S = 60.0
+LOGIN_RETRY_CAP_S = 1800.0
+
+
+def failed_login_delay(failures: int, *, rand: float = 0.0) -> float:
+    """Seconds to wait before logging in again after ``failures`` unproductive logins in a row.
+
+    An unproductive login is one that failed for a passing reason (5xx, timeout, a garbled
+    answer) or whose session was refused before it delivered any data. Logins are the requests
+    vendors watch for abuse and lock accounts over, so they are paced on their own scale —
+    a minute, doubling to half an hour — never at the pace of a frame's data retries. That
+    keeps a long outage to a handful of login attempts an hour (at most seven in the first).
+    """
+    return backoff(failures, base=LOGIN_RETRY_BASE_S, cap=LOGIN_RETRY_CAP_S, jitter=0.2, rand=rand)
+
+
 def align_schedule(
     last_known_ms: int | None,
     now_ms: int,

@@ -18,7 +18,7 @@ import attrs
 import structlog
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, example, given, note, settings
 from hypothesis import strategies as st
 
 from connect.builder import Builder
@@ -324,13 +324,106 @@ def play(schedule: dict[str, Any]) -> Run:
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def login_log(run: Run) -> list[str]:
+    """The login conversation, one line per request (minutes into the run), for failure notes."""
+    return [
+        f"{(r.time_ms - START) / 60_000:.1f} {r.kind} {r.region} {r.status} {r.fault or ''}"
+        for r in run.emulator.requests
+        if r.kind in ("login", "step", "connections")
+    ]
+
+
+def quiet_schedule(**changes: Any) -> dict[str, Any]:
+    schedule: dict[str, Any] = {
+        "windows": [], "events": [], "publish_delay_ms": 10_000, "auto_accept": False,
+        "sensor_info": False, "token_ms": 15_552_000_000, "seed": 1,
+    }  # fmt: skip
+    schedule.update(changes)
+    return schedule
+
+
+# Each example is seven hours of virtual time (about a second of real time), so shrinking a
+# failure would take minutes: the phases leave it out, and the note below says what happened.
+@settings(
+    max_examples=10,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(schedule=schedules())
+# the schedule that found the login storm: connections failing (429, then 5xx-like) for 45
+# minutes while the account moves region; each frame attempt logged in again after 5 s
+@example(schedule=quiet_schedule(windows=[("http429", "connections", 10, 45)], events=[("move", 12)]))
+@example(schedule=quiet_schedule(windows=[("http500", "login", 0, 45), ("timeout", "connections", 40, 45)]))
 def test_random_fault_schedules_lose_nothing_and_duplicate_nothing(schedule: dict[str, Any]) -> None:
     run = play(schedule)
+    note("\n".join(login_log(run)))
     check_invariants(run)
     # faults end within the first four hours; the loop is back well before the end
     stored = run.entries()
     assert stored and stored[-1][0] >= run.end_ms - 90 * 60_000, "the loop did not recover"
     # and the 12 h graph filled every gap: the stored series runs unbroken to the end
     assert set(run.patient.times(stored[0][0] - 1, stored[-1][0])) == {d for d, _, _ in stored}
+
+
+# --- logins the vendor must never see in a burst ------------------------------------------------------
+
+
+async def test_a_login_outage_costs_a_handful_of_logins(autojump_clock: trio.abc.Clock) -> None:
+    """The connections call fails for 45 minutes right after a region move (a redirect login).
+
+    Each attempt is a full login (the redirect only once), and attempts are paced a minute
+    apart, doubling: at most seven logical logins in the hour, plus the one redirect.
+    """
+
+    async def outage(emu: LinkUpEmulator, account: Account, clock: VirtualClock) -> None:
+        emu.schedule("http500", START + 10 * 60_000, START + 55 * 60_000, on="connections")
+        await trio.sleep(12 * 60)
+        emu.move_account(account, "eu2")
+        emu.expire_tokens()
+
+    run = await simulate(4, events=outage)
+    check_invariants(run)
+    logins = run.requests("login")
+    redirects = sum(
+        1 for r in run.emulator.requests if r.kind == "login" and r.region == "eu" and r.time_ms > START
+    )
+    assert redirects == 1
+    for i, t in enumerate(logins):
+        assert sum(1 for u in logins[i:] if u < t + HOUR) <= 8, login_log(run)
+    assert run.runtime.status()["session"]["state"] == "active"
+
+
+async def test_a_session_refused_on_every_graph_is_not_a_login_per_frame(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """For 45 minutes every graph call kills every token (HTTP 401): logins succeed, sessions die.
+
+    A session that never delivered a graph counts as a failed login, so the next one waits.
+    """
+
+    async def refuse(emu: LinkUpEmulator, account: Account, clock: VirtualClock) -> None:
+        emu.schedule("expire", START + 10 * 60_000, START + 55 * 60_000, on="graph")
+
+    run = await simulate(4, events=refuse)
+    check_invariants(run)
+    logins = run.requests("login")
+    for i, t in enumerate(logins):
+        assert sum(1 for u in logins[i:] if u < t + HOUR) <= 7, login_log(run)
+    assert 3 <= len(logins) <= 9
+    status = run.runtime.status()
+    assert status["session"]["state"] == "active" and status["session"]["failures"] == 0
+
+
+async def test_an_outdated_app_version_waits_for_a_person(autojump_clock: trio.abc.Clock) -> None:
+    """Status 920 at login is a setting to change, not a passing fault: the session is rejected."""
+    run = await simulate(6, emulator_kw={"minimum_version": "9.0.0"})
+    logins = run.requests("login")
+    assert 2 <= len(logins) <= 4, login_log(run)  # after an hour, then 2 h, 4 h
+    for i, t in enumerate(logins):
+        assert sum(1 for u in logins[i:] if u < t + HOUR) <= 1
+    status = run.runtime.status()
+    assert status["session"]["state"] == "rejected"
+    assert "CONNECT_LINK_UP_VERSION=9.0.0" in status["session"]["last_error"]
+    assert "CONNECT_LINK_UP_VERSION" in status["loops"]["LibreLinkUp"]["last_error"]
+    assert run.requests("graph") == [] and run.entries() == []

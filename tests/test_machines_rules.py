@@ -68,7 +68,16 @@ choose = {"choice": st.integers(0, 255)}
 
 
 SESSION_FORWARD = frozenset(
-    {"session_required", "authenticated", "authorized", "session_resolved", "refresh", "refreshed", "retry"}
+    {
+        "session_required",
+        "authenticated",
+        "authorized",
+        "session_resolved",
+        "refresh",
+        "refreshed",
+        "retry",
+        "confirm",
+    }
 )
 FETCH_FORWARD = frozenset(
     {"start", "ready", "session_ok", "gaps_known", "fetched", "transformed", "persisted", "finish", "retry"}
@@ -116,10 +125,17 @@ class SessionRules(MachineRules):
         self.entries_authenticating = 0
         self.rejections = 0
         self.failures = 0
+        self.proven = False
 
     def snapshot(self) -> dict[str, Any]:
         sm = self.sm
-        return {"logins": sm.logins, "rej": sm.rejections, "fail": sm.failures, "err": sm.last_error}
+        return {
+            "logins": sm.logins,
+            "rej": sm.rejections,
+            "fail": sm.failures,
+            "err": sm.last_error,
+            "proven": sm.proven,
+        }
 
     @rule(event=st.sampled_from([*events_of(SESSION_TABLE), "unknown"]), error=errors, **choose)
     def send(self, event: str, error: Any, choice: int) -> None:
@@ -137,13 +153,18 @@ class SessionRules(MachineRules):
             self.entries_authenticating += 1
         if event == "reject":
             self.rejections += 1
-        if event == "fail":
-            self.failures += 1
-        if target == "active":  # a login or a refresh worked
-            self.rejections = self.failures = 0
+        if event == "fail" or (event == "invalidate" and not self.proven):
+            self.failures += 1  # a failed login, or a session refused before any data
+        if event == "confirm":  # a fetch worked with the session: the logins paid off
+            self.failures = 0
+        if target == "active" and event != "confirm":  # a login or a refresh was accepted
+            self.rejections = 0
+        # only a fetch proves a session; a new one (a login, a refresh) starts unproven
+        still_proven = self.proven and target in ("active", "refreshing") and event != "refreshed"
+        self.proven = event == "confirm" or still_proven
         if event in ("fail", "reject", "invalidate"):
             assert self.sm.last_error is error
-        if target == "active":
+        if target == "active" and event != "confirm":
             assert self.sm.last_error is None
         self.state = target
         assert self.sm.current_state_value == target
@@ -158,9 +179,14 @@ class SessionRules(MachineRules):
         assert sm.rejections == self.rejections
         assert sm.failures == self.failures
         assert sm.usable is (sm.current_state_value in ("active", "refreshing"))
-        # active means the last login or refresh worked: nothing is owed any more
+        assert sm.proven is self.proven
+        assert not sm.proven or sm.usable
+        # active means the last login or refresh was accepted: no rejection is owed any more,
+        # and once a fetch proved the session, no failure either
         if sm.current_state_value == "active":
-            assert sm.rejections == sm.failures == 0
+            assert sm.rejections == 0
+        if sm.proven:
+            assert sm.failures == 0
         if sm.current_state_value == "rejected":
             assert sm.rejections >= 1
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from machines.timing import align_schedule, backoff, rejected_delay
+from machines.timing import align_schedule, backoff, failed_login_delay, rejected_delay
 
 PROPS = settings(max_examples=100, deadline=None)
 
@@ -128,6 +128,37 @@ def test_rejected_delay_known_values() -> None:
         21_600,
     ]
     assert rejected_delay(10**12) == SIX_HOURS
+
+
+# ---------------------------------------------------------------------------------------------
+# failed_login_delay
+
+MINUTE = 60.0
+
+
+@PROPS
+@given(failures=st.integers(min_value=1, max_value=10**6), rand=rands)
+def test_failed_login_delay_is_between_most_of_a_minute_and_half_an_hour(failures: int, rand: float) -> None:
+    assert 0.8 * MINUTE <= failed_login_delay(failures, rand=rand) <= HALF_HOUR
+
+
+@PROPS
+@given(rands=st.lists(rands, min_size=40, max_size=40))
+def test_failed_logins_in_a_row_stay_a_handful_an_hour(rands: list[float]) -> None:
+    """However the jitter falls, a login that keeps failing is tried at most 7 times in any hour."""
+    times = [0.0]
+    for failures, rand in enumerate(rands, start=1):
+        times.append(times[-1] + failed_login_delay(failures, rand=rand))
+    for i, t in enumerate(times):
+        assert sum(1 for u in times[i:] if u < t + 3600) <= 7
+    # and once the cap is reached, at most three an hour
+    late = [t for t in times if t >= 6 * 3600]
+    for i, t in enumerate(late):
+        assert sum(1 for u in late[i:] if u < t + 3600) <= 3
+
+
+def test_failed_login_delay_known_values() -> None:
+    assert [failed_login_delay(n) for n in range(0, 8)] == [0, 60, 120, 240, 480, 960, 1800, 1800]
 
 
 # ---------------------------------------------------------------------------------------------

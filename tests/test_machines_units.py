@@ -51,6 +51,8 @@ SESSION_TABLE: frozenset[tuple[str, str, str]] = frozenset(
         ("reject", "authorizing", "rejected"),
         ("reject", "refreshing", "rejected"),
         ("retry", "rejected", "inactive"),
+        ("confirm", "active", "active"),
+        ("confirm", "refreshing", "refreshing"),
     }
 )
 
@@ -379,7 +381,7 @@ def test_session_rejections_grow_and_reset_on_active() -> None:
     assert (sm.rejections, sm.failures, sm.last_error) == (0, 0, None)
 
 
-def test_session_failures_grow_and_reset_on_active() -> None:
+def test_session_failures_grow_and_reset_only_when_a_fetch_confirms() -> None:
     sm = SessionMachine()
     for count in range(1, 4):
         sm.session_required()
@@ -396,7 +398,10 @@ def test_session_failures_grow_and_reset_on_active() -> None:
     sm.authenticated()
     sm.authorized()
     sm.session_resolved()
-    assert (sm.failures, sm.rejections, sm.last_error) == (0, 0, None)
+    # the vendor took the password, but whether the session works only a fetch can tell
+    assert (sm.failures, sm.rejections, sm.last_error, sm.proven) == (3, 0, None, False)
+    sm.confirm()
+    assert (sm.current_state_value, sm.failures, sm.proven) == ("active", 0, True)
     # a failed refresh falls back to a full login and counts as a failure
     sm = active_session(can_refresh=True)
     sm.refresh()
@@ -406,7 +411,39 @@ def test_session_failures_grow_and_reset_on_active() -> None:
     sm.authenticated()
     sm.authorized()
     sm.session_resolved()
+    assert sm.failures == 1
+    sm.confirm()
     assert sm.failures == 0
+
+
+def test_session_refused_before_any_data_is_an_unproductive_login() -> None:
+    sm = active_session()
+    error = SessionExpired("HTTP 401")
+    sm.invalidate(error=error)  # never confirmed: the login bought nothing
+    assert (sm.current_state_value, sm.failures, sm.last_error) == ("expired", 1, error)
+    for _ in range(2):
+        sm.session_required()
+        sm.authenticated()
+        sm.authorized()
+        sm.session_resolved()
+        sm.invalidate(error=error)
+    assert sm.failures == 3
+    # a session that delivered data and then died (a token revoked, a lifetime over) is not
+    sm.session_required()
+    sm.authenticated()
+    sm.authorized()
+    sm.session_resolved()
+    sm.confirm()
+    sm.invalidate(error=error)
+    assert (sm.failures, sm.proven) == (0, False)
+    # a refreshed session is a new one: it is proven again by its own first fetch
+    sm = active_session(can_refresh=True)
+    sm.confirm()
+    sm.refresh()
+    sm.refreshed()
+    assert not sm.proven
+    sm.invalidate(error=error)
+    assert sm.failures == 1
 
 
 def test_session_refresh_rejected_lands_in_rejected() -> None:
