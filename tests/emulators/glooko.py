@@ -34,6 +34,8 @@ import anyio
 import attrs
 import httpx
 
+from tests.emulators.asgi import not_http, read_body, respond
+
 COOKIE_NAME: Final = "_logbook-web_session"
 FIVE_MIN: Final = 300_000
 HOUR: Final = 3_600_000
@@ -254,27 +256,10 @@ class GlookoEmulator:
     async def __call__(
         self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
     ) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
+        if await not_http(scope, receive, send):
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        answer = await self._handle(scope, body)
-        headers = [(k.encode(), v.encode()) for k, v in answer.headers]
-        headers.append((b"content-length", str(len(answer.body)).encode()))
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-        await send({"type": "http.response.body", "body": answer.body})
+        answer = await self._handle(scope, await read_body(receive))
+        await respond(send, answer.status, answer.headers, answer.body)
 
     async def _handle(self, scope: dict[str, Any], body: bytes) -> _Answer:
         now = self.now()

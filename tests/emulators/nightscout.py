@@ -43,6 +43,8 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tests.emulators.asgi import not_http
+
 DAY_MS = 86_400_000
 #: query.js: deltaAgo = 2 × TWO_DAYS when a query says nothing about the date
 IMPLICIT_WINDOW_MS = 4 * DAY_MS
@@ -678,15 +680,7 @@ class NightscoutEmulator:
     # --- ASGI -----------------------------------------------------------------------------
 
     async def _asgi(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
+        if await not_http(scope, receive, send):
             return
         request = Request(scope, receive)
         method, path = request.method, request.url.path
