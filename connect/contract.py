@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import httpx
 from pydantic_settings import BaseSettings
 
 from connect.records import Batch
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 @attrs.frozen(kw_only=True)
@@ -120,3 +122,11 @@ class SourceInfo:
     legacy_env: Mapping[str, str] = attrs.field(factory=dict)
     #: base URL used when no server is configured, for `check` output
     default_server: str = ""
+
+
+def own_settings(model: type[S], settings: Any) -> S:
+    """A source's own settings out of the composed model of a run (which holds every field of
+    core, source, outputs and API), or ``settings`` itself when it already is one."""
+    if isinstance(settings, model):
+        return settings
+    return model.model_validate(settings, from_attributes=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from connect.contract import SourceInfo
+from connect.contract import SourceInfo, own_settings
 from sources.carelink.client import CareLink, Session
 from sources.carelink.const import CLOUD_HOSTS, LOOP_NAME
 from sources.carelink.settings import CareLinkSettings
@@ -27,8 +27,7 @@ from sources.carelink.transform import transform
 
 def make(settings: Any, client: httpx.AsyncClient, **options: Any) -> CareLink:
     """Bind settings and the daemon's HTTP client into a driver (``clock=`` for tests)."""
-    if not isinstance(settings, CareLinkSettings):
-        settings = CareLinkSettings.model_validate(settings, from_attributes=True)
+    settings = own_settings(CareLinkSettings, settings)
     return CareLink(settings, client, **options)
 
 

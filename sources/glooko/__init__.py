@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from connect.contract import SourceInfo
+from connect.contract import SourceInfo, own_settings
 from sources.glooko.client import Glooko, GlookoSession
 from sources.glooko.const import FEEDS, HOSTS
 from sources.glooko.settings import GlookoSettings
@@ -23,8 +23,7 @@ from sources.glooko.transform import Page, transform, window
 
 def make(settings: Any, client: httpx.AsyncClient) -> Glooko:
     """Bind settings and the daemon's HTTP client into a driver."""
-    if not isinstance(settings, GlookoSettings):
-        settings = GlookoSettings.model_validate(settings, from_attributes=True)
+    settings = own_settings(GlookoSettings, settings)
     return Glooko(settings, client)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from connect.contract import SourceInfo
+from connect.contract import SourceInfo, own_settings
 from sources.linkup.client import LinkUpClient, Login, Session, classify
 from sources.linkup.const import DEFAULT_REGION, LOOP_NAME, REGION_HOSTS
 from sources.linkup.driver import LinkUp
@@ -24,8 +24,7 @@ from sources.linkup.transform import direction_for, parse_timestamp, transform
 
 def make(settings: Any, client: httpx.AsyncClient) -> LinkUp:
     """Bind settings and the daemon's HTTP client into a driver."""
-    if not isinstance(settings, LinkUpSettings):
-        settings = LinkUpSettings.model_validate(settings, from_attributes=True)
+    settings = own_settings(LinkUpSettings, settings)
     return LinkUp(settings, client)
 
 
