@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import pydantic
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from connect.contract import Grant, LastKnown
 from connect.errors import (
@@ -24,6 +30,7 @@ from connect.settings import apply_legacy_env, describe_validation
 from sources.dexcomshare import SOURCE, DexcomShareSettings, endpoint_for, make, read_window
 from sources.dexcomshare.client import DexcomShare
 from sources.dexcomshare.const import MAX_COUNT, MAX_MINUTES
+from sources.dexcomshare.faults import SessionRefused, list_answer, uuid_answer
 from tests.emulators.dexcom import APPLICATION_IDS, BASE_URLS, ShareEmulator, TimeoutTransport
 
 NOW = 1_750_000_000_000
@@ -252,6 +259,7 @@ async def test_repeated_bad_passwords_lock_the_account(world: World) -> None:
         ("SSO_AuthenticateMaxAttemptsExceeed", "authenticate", AccountLocked),
         ("SSO_AuthenticateMaxAttemptsExceeded", "login", AccountLocked),  # newer pydexcom's spelling
         ("SSO_InternalError", "authenticate", AuthRejected),  # "Cannot Authenticate by AccountName"
+        ("SSO_AuthenticateMaxAttemptsExceeed", "read", AccountLocked),
         ("InvalidArgument", "authenticate", AuthRejected),
         ("InvalidArgument", "read", SessionExpired),
         ("SomethingNobodyDocumented", "read", TransientError),
@@ -262,6 +270,8 @@ async def test_every_vendor_code_maps_to_one_error(
 ) -> None:
     driver = world.driver()
     session = await world.session(driver) if endpoint == "read" else ""
+    if session:
+        await driver.fetch(session, last_known(NOW - FIVE_MIN))  # a session that served a read
     world.emulator.inject("code", code=code, endpoint=endpoint)
     with pytest.raises(ConnectError) as info:
         if endpoint == "read":
@@ -340,9 +350,10 @@ async def test_bodies_that_are_not_json_are_protocol_errors(world: World, kind: 
     world.emulator.inject(kind, endpoint="read")
     with pytest.raises(ProtocolError):
         await driver.fetch(session, last_known(NOW - FIVE_MIN))
-    world.emulator.inject(kind, endpoint="authenticate")
-    with pytest.raises(ProtocolError):
-        await driver.authenticate()
+    for step in ("authenticate", "login"):
+        world.emulator.inject(kind, endpoint=step)
+        with pytest.raises(ProtocolError):
+            await world.session(world.driver())  # a new driver: it knows no account id yet
 
 
 async def test_cdn_error_pages_are_transient(world: World) -> None:
@@ -391,7 +402,6 @@ async def test_requests_have_the_protocol_shape(world: World) -> None:
     assert [r.method for r in seen] == ["POST"] * 3
     assert all(r.headers["accept"] == "application/json" for r in seen)
     assert all(r.headers["content-type"] == "application/json" for r in seen)
-    import json
 
     assert json.loads(seen[0].content) == {
         "accountName": "publisher", "password": PASSWORD, "applicationId": APPLICATION_IDS["us"],
@@ -399,3 +409,310 @@ async def test_requests_have_the_protocol_shape(world: World) -> None:
     assert set(json.loads(seen[1].content)) == {"accountId", "password", "applicationId"}
     assert json.loads(seen[2].content) == {}
     assert set(seen[2].url.params) == {"sessionId", "minutes", "maxCount"}
+
+
+async def test_internal_error_by_account_id_from_the_server_is_rejected_credentials(world: World) -> None:
+    driver = world.driver()
+    account_id = await driver.authenticate()
+    world.emulator.inject("code", code="SSO_InternalError", endpoint="login",
+                          message="Cannot Authenticate by AccountId")  # fmt: skip
+    with pytest.raises(AuthRejected) as info:
+        await driver.authorize(account_id)
+    assert type(info.value) is AuthRejected
+    world.emulator.inject("code", code="SSO_InternalError", endpoint="login", message="Database unavailable")
+    with pytest.raises(TransientError):
+        await driver.authorize(account_id)
+    assert [r.code for r in world.emulator.requests[-2:]] == ["SSO_InternalError"] * 2
+
+
+# --- sessions: log in again once, and with step 2 only ------------------------------------------
+
+
+async def test_logging_in_again_skips_step_one(world: World) -> None:
+    driver = world.driver()
+    first = await world.session(driver)
+    second = await world.session(driver)
+    assert first != second
+    assert [r.endpoint for r in world.emulator.requests] == ["authenticate", "login", "login"]
+
+
+@pytest.mark.parametrize("how", ["password", "zero_uuid", "lockout"])
+async def test_a_refused_login_forgets_the_account_id(world: World, how: str) -> None:
+    driver = world.driver()
+    await world.session(driver)
+    if how == "password":
+        world.emulator.change_password(world.account, NOW, NOW + 1)
+    else:
+        world.emulator.inject(how, endpoint="login")
+    with pytest.raises(AuthRejected):
+        await world.session(driver)
+    world.now += 1 if how != "lockout" else world.emulator.lockout_ms
+    await world.session(driver)  # the next attempt starts from the account name again
+    endpoints = [r.endpoint for r in world.emulator.requests]
+    assert endpoints == ["authenticate", "login", "login", "authenticate", "login"]
+
+
+async def test_a_transient_login_failure_keeps_the_account_id(world: World) -> None:
+    driver = world.driver()
+    await world.session(driver)
+    world.emulator.inject("html500", endpoint="login")
+    with pytest.raises(TransientError):
+        await world.session(driver)
+    await world.session(driver)
+    assert [r.endpoint for r in world.emulator.requests] == ["authenticate", "login", "login", "login"]
+
+
+@pytest.mark.parametrize("code", ["SessionIdNotFound", "SessionNotValid", "InvalidArgument"])
+async def test_session_error_on_a_used_session_is_retryable_on_a_fresh_one_it_is_not(
+    world: World, code: str
+) -> None:
+    driver = world.driver()
+    used = await world.session(driver)
+    await driver.fetch(used, last_known(NOW - FIVE_MIN))
+    world.emulator.inject("code", code=code, endpoint="read")
+    with pytest.raises(SessionExpired) as info:
+        await driver.fetch(used, last_known(NOW - FIVE_MIN))
+    # the session ended after serving reads: drop it, log in again, retry within the frame
+    assert type(info.value) is SessionExpired and info.value.retryable
+    fresh = await world.session(driver)
+    world.emulator.inject("code", code=code, endpoint="read")
+    with pytest.raises(SessionExpired) as info:
+        await driver.fetch(fresh, last_known(NOW - FIVE_MIN))
+    # a new session refused at once: drop it too, but no second login in the same frame
+    assert type(info.value) is SessionRefused and not info.value.retryable
+    assert code in str(info.value) and fresh not in str(info.value)
+    # once a session has served a read it is a used one
+    await driver.fetch(fresh, last_known(NOW - FIVE_MIN))
+    world.emulator.inject("code", code=code, endpoint="read")
+    with pytest.raises(SessionExpired) as info:
+        await driver.fetch(fresh, last_known(NOW - FIVE_MIN))
+    assert type(info.value) is SessionExpired
+
+
+# --- rate limits and lockouts -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retry_after", [None, 60, 7200])
+async def test_429_with_a_lockout_body_is_a_lockout(world: World, retry_after: int | None) -> None:
+    driver = world.driver()
+    world.emulator.inject("lockout429", endpoint="authenticate", retry_after=retry_after)
+    with pytest.raises(AccountLocked) as info:
+        await driver.authenticate()
+    assert info.value.retry_after == max(1800, retry_after or 0)
+    assert world.emulator.requests[-1].status == 429
+    assert world.emulator.requests[-1].code == "SSO_AuthenticateMaxAttemptsExceeed"
+    assert len(world.emulator.lockouts) == 1  # the emulator locked the account too
+    with pytest.raises(AccountLocked):
+        await world.driver().authenticate()
+
+
+def _response(status: int, body: bytes, **headers: str) -> httpx.Response:
+    return httpx.Response(status, content=body, headers={"content-type": "application/json", **headers})
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "header", "error", "retry_after"),
+    [
+        (500, "ServiceUnavailable", "120", TransientError, 120),
+        (500, "Unknown", None, TransientError, None),
+        (500, "SessionNotValid", "30", SessionExpired, 30),
+        (500, "SSO_AuthenticateMaxAttemptsExceeded", "60", AccountLocked, 1800),
+        (500, "SSO_AuthenticateMaxAttemptsExceeed", "86400", AccountLocked, 21600),  # bounded
+        (429, "SSO_AuthenticateMaxAttemptsExceeed", None, AccountLocked, 1800),
+        (429, "SessionIdNotFound", "45", RateLimited, 45),  # a 429 is a rate limit whatever it says
+        (429, "AccountPasswordInvalid", None, RateLimited, None),
+        (503, None, "inf", TransientError, None),  # a nonsense header is ignored
+        (429, None, "nan", RateLimited, 0),
+        (429, None, "999999999", RateLimited, 21600),
+        (403, None, None, RateLimited, 900),  # a ban page: stay away, never log in again
+    ],
+)
+def test_retry_after_travels_with_the_mapped_error(
+    status: int, code: str | None, header: str | None, error: type[ConnectError], retry_after: float | None
+) -> None:
+    from tests.emulators.dexcom import fault_body
+
+    body = b"<html>blocked</html>" if code is None else json.dumps(fault_body(code, NOW)).encode()
+    response = _response(status, body, **({} if header is None else {"retry-after": header}))
+    with pytest.raises(ConnectError) as info:
+        list_answer(response, step="read")
+    assert type(info.value) is error
+    assert info.value.retry_after == retry_after
+
+
+# --- any answer at all is a value or a typed error ----------------------------------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
+_codes = st.sampled_from(
+    ["AccountPasswordInvalid", "SSO_AuthenticatePasswordInvalid", "SSO_AuthenticateAccountNotFound",
+     "SSO_AuthenticateMaxAttemptsExceeed", "SSO_AuthenticateMaxAttemptsExceeded", "SSO_InternalError",
+     "InvalidArgument", "SessionIdNotFound", "SessionNotValid"]
+) | st.text(max_size=40)  # fmt: skip
+_fault_bodies = st.builds(
+    lambda code, message: {"Code": code, "Message": message, "SubCode": "<OnlineException />",
+                           "TypeName": "FaultException"},
+    _codes, st.sampled_from(["", "Cannot Authenticate by AccountName", "Session not active"]) | st.text(max_size=20),
+)  # fmt: skip
+_reading = st.fixed_dictionaries(
+    {"WT": st.integers(946_684_800_000, 4_102_444_800_000).map(lambda ms: f"Date({ms})"),
+     "Value": st.integers(39, 401) | _json_values},
+    optional={"Trend": st.sampled_from(["Flat", "DoubleUp", 4, "?"]) | _json_values, "DT": _json_values},
+)  # fmt: skip
+_documents = st.one_of(
+    _json_values,
+    _fault_bodies,
+    st.lists(_reading, max_size=4),
+    st.uuids().map(str),
+    st.just("00000000-0000-0000-0000-000000000000"),
+)
+
+
+@st.composite
+def _answers(draw: st.DrawFn) -> httpx.Response:
+    status = draw(st.sampled_from([200, 204, 301, 400, 401, 403, 404, 408, 429, 500, 502, 503, 524]))
+    body = json.dumps(draw(_documents)).encode()
+    how = draw(st.sampled_from(["json", "json", "truncated", "bytes", "html"]))
+    if how == "truncated":
+        body = body[: draw(st.integers(0, max(0, len(body) - 1)))]
+    elif how == "bytes":
+        body = draw(st.binary(max_size=40))
+    elif how == "html":
+        body = b"<!DOCTYPE html><html><title>Just a moment...</title></html>"
+    headers = {"content-type": draw(st.sampled_from(["application/json", "text/html", "text/plain"]))}
+    retry_after = draw(
+        st.none() | st.integers(-10, 10**9).map(str) | st.sampled_from(["inf", "-inf", "nan", "soon", ""])
+    )
+    if retry_after is not None:
+        headers["retry-after"] = retry_after
+    return httpx.Response(status, content=body, headers=headers)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(_answers(), st.sampled_from(["authenticate", "login", "read"]))
+def test_any_answer_is_a_value_or_a_typed_error(response: httpx.Response, step: str) -> None:
+    from sources.dexcomshare.payload import transform
+
+    try:
+        if step == "read":
+            value = list_answer(response, step="read")
+            transform(value, last_known(NOW - FIVE_MIN))
+        else:
+            value = uuid_answer(response, step=step)  # type: ignore[arg-type]
+            assert isinstance(value, str) and len(value) == 36
+    except ConnectError as error:
+        if response.status_code < 300:
+            assert type(error) is ProtocolError  # a 2xx can only be malformed
+        delay = error.retry_after
+        assert delay is None or 0 <= delay <= 6 * 3600, delay
+        if isinstance(error, AccountLocked):
+            assert delay is not None and delay >= 1800
+        return
+    assert response.status_code < 300  # only a success gives a value
+
+
+@hsettings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(["SessionIdNotFound", "SessionNotValid"]),
+    st.sampled_from([400, 500, 502, 503]),
+    st.sampled_from(["authenticate", "login", "read"]),
+)
+def test_session_codes_always_expire_the_session(code: str, status: int, step: str) -> None:
+    from tests.emulators.dexcom import fault_body
+
+    response = _response(status, json.dumps(fault_body(code, NOW, session=str(uuid4()))).encode())
+    with pytest.raises(SessionExpired):
+        list_answer(response, step=step)  # type: ignore[arg-type]
+
+
+@hsettings(max_examples=100, deadline=None)
+@given(
+    st.text(max_size=20), st.sampled_from([400, 429, 500, 503]), st.sampled_from(["authenticate", "login"])
+)
+def test_lockout_is_matched_by_prefix(suffix: str, status: int, step: str) -> None:
+    body = json.dumps({"Code": "SSO_AuthenticateMaxAttempts" + suffix, "Message": ""}).encode()
+    with pytest.raises(AccountLocked) as info:
+        uuid_answer(_response(status, body), step=step)  # type: ignore[arg-type]
+    assert info.value.retry_after is not None and info.value.retry_after >= 1800
+
+
+# --- the whole configuration path, as the command line reads it ----------------------------------
+
+
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith(("CONNECT_", "BRIDGE_"))]:
+        monkeypatch.delenv(key)
+    for key in SOURCE.legacy_env.values():
+        # load_settings copies BRIDGE_* into os.environ itself; setting then deleting makes
+        # monkeypatch remember these as unset, so that copy is undone after the test
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "expected"),
+    [
+        (
+            {"CONNECT_SHARE_ACCOUNT_NAME": "pub", "CONNECT_SHARE_PASSWORD": "pw", "CONNECT_SHARE_REGION": "jp"},
+            [],
+            ("pub", "pw", "https://share.dexcom.jp/ShareWebServices/Services/", "jp"),
+        ),
+        (
+            {"BRIDGE_USER_NAME": "old", "BRIDGE_PASSWORD": "oldpw", "BRIDGE_SERVER": "EU"},
+            [],
+            ("old", "oldpw", "https://shareous1.dexcom.com/ShareWebServices/Services/", "ous"),
+        ),
+        (
+            {"BRIDGE_USER_NAME": "old", "BRIDGE_PASSWORD": "oldpw", "CONNECT_SHARE_ACCOUNT_NAME": "new",
+             "CONNECT_SHARE_SERVER": "http://127.0.0.1:8080"},
+            [],
+            ("new", "oldpw", "http://127.0.0.1:8080/ShareWebServices/Services/", "us"),
+        ),
+        (
+            {"CONNECT_SHARE_PASSWORD": "pw"},
+            ["--share-account-name", "flagged", "--share-region", "ous"],
+            ("flagged", "pw", "https://shareous1.dexcom.com/ShareWebServices/Services/", "ous"),
+        ),
+    ],
+)  # fmt: skip
+def test_connect_source_dexcomshare_reads_its_settings(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], args: list[str], expected: tuple[str, ...]
+) -> None:
+    from connect.cli import load_settings
+
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("CONNECT_SOURCE", "dexcomshare")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    loaded, source = load_settings(args)
+    assert source is SOURCE
+    assert all(os.environ.get(k) == v for k, v in env.items())
+    driver = make(loaded, httpx.AsyncClient())
+    name, password, base, region = expected
+    assert (driver.account_name, driver._password) == (name, password)
+    assert driver.endpoint.base_url == base
+    assert driver.endpoint.region.application_id == APPLICATION_IDS[region]
+    assert password not in repr(loaded)
+
+
+def test_connect_source_dexcomshare_without_credentials_names_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from connect.cli import UsageError, load_settings
+
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("CONNECT_SOURCE", "dexcomshare")
+    monkeypatch.setenv("CONNECT_SHARE_REGION", "mars")
+    with pytest.raises(UsageError) as info:
+        load_settings([])
+    text = "\n".join(info.value.lines)
+    for name in ("CONNECT_SHARE_ACCOUNT_NAME", "CONNECT_SHARE_PASSWORD", "CONNECT_SHARE_REGION"):
+        assert name in text
+
+
+def test_no_share_setting_leaks_out_of_the_settings_tests() -> None:
+    # runs after the tests above (file order): what load_settings copied must be gone again
+    assert not [k for k in os.environ if k.startswith("CONNECT_SHARE_")]

@@ -7,8 +7,12 @@ hard-coded base URLs are pointed at that port (protocols/06-python-clients.md).
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pydexcom
@@ -20,32 +24,53 @@ from pydexcom.errors import AccountError, AccountErrorEnum, ServerError, ServerE
 from connect.clock import wall_ms
 from connect.contract import LastKnown
 from connect.errors import AuthRejected
-from sources.dexcomshare import DexcomShareSettings, make
-from tests.emulators.dexcom import PATH_PREFIX, TRENDS, Account, ShareEmulator
+from sources.dexcomshare import DexcomShareSettings, make, read_window
+from tests.emulators.dexcom import (
+    APPLICATION_IDS,
+    CODES,
+    HOSTS,
+    PATH_PREFIX,
+    TRENDS,
+    ZERO_UUID,
+    Account,
+    ShareEmulator,
+)
 from tests.emulators.serve import serve_in_thread
 
 PASSWORD = "p@$$w0rd"
 
 
+class ManualClock:
+    """The emulator's time: starts at the wall clock, then moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.ms = wall_ms()
+
+    def __call__(self) -> int:
+        return self.ms
+
+
 class Served:
-    def __init__(self, emulator: ShareEmulator, url: str) -> None:
+    def __init__(self, emulator: ShareEmulator, url: str, clock: ManualClock) -> None:
         self.emulator = emulator
         self.url = url
+        self.clock = clock
 
 
 @pytest.fixture(params=["us", "ous", "jp"])
 def served(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     region = request.param
-    emulator = ShareEmulator(default_region=region)
+    clock = ManualClock()
+    emulator = ShareEmulator(default_region=region, now=clock)
     with serve_in_thread(emulator) as url:
         # pydexcom reads its base URL from this dict when a Dexcom object is built
         monkeypatch.setitem(pydexcom.dexcom.DEXCOM_BASE_URLS, pydexcom.Region(region), url + PATH_PREFIX)
-        yield Served(emulator, url)
+        yield Served(emulator, url, clock)
 
 
 def add_publisher(served: Served) -> Account:
     return served.emulator.add_account(
-        "u$ern@me", PASSWORD, served.emulator.default_region, first_reading_ms=wall_ms() - 86_400_000
+        "u$ern@me", PASSWORD, served.emulator.default_region, first_reading_ms=served.clock.ms - 86_400_000
     )
 
 
@@ -56,6 +81,9 @@ def region_of(served: Served) -> pydexcom.Region:
 def test_pydexcom_logs_in_and_reads_readings(served: Served) -> None:
     account = add_publisher(served)
     dexcom = pydexcom.Dexcom(username="u$ern@me", password=PASSWORD, region=region_of(served))
+    # the client really talks to the emulator over a socket, not to Dexcom and not to a mock
+    assert dexcom._base_url == served.url + PATH_PREFIX and served.url.startswith("http://127.0.0.1:")
+    assert [r.endpoint for r in served.emulator.requests] == ["authenticate", "login"]
     assert dexcom.account_id == account.account_id
     readings = dexcom.get_glucose_readings(minutes=60, max_count=12)
     assert 11 <= len(readings) <= 12
@@ -87,10 +115,8 @@ def test_pydexcom_logs_in_by_account_id(served: Served) -> None:
 def test_pydexcom_logs_in_again_when_the_session_dies(served: Served) -> None:
     account = add_publisher(served)
     dexcom = pydexcom.Dexcom(username="u$ern@me", password=PASSWORD, region=region_of(served))
-    served.emulator.expire_sessions(account, at_ms=wall_ms() + 1)
-    import time
-
-    time.sleep(0.01)
+    served.emulator.expire_sessions(account, at_ms=served.clock.ms + 1)
+    served.clock.ms += 1
     assert dexcom.get_latest_glucose_reading() is not None
     endpoints = [r.endpoint for r in served.emulator.requests]
     assert endpoints == ["authenticate", "login", "read", "login", "read"]
@@ -174,20 +200,21 @@ def test_raw_wire_format(served: Served) -> None:
 
 @pytest.mark.parametrize("served", ["us"], indirect=True)
 async def test_our_driver_over_a_loopback_port(served: Served) -> None:
-    add_publisher(served)
+    account = add_publisher(served)
     settings = DexcomShareSettings(
         share_account_name="u$ern@me",
         share_password=PASSWORD,
         share_server=served.url,  # type: ignore[arg-type]
     )
-    now = wall_ms()
+    now = served.clock.ms
     async with httpx.AsyncClient(timeout=10) as client:
         driver = make(settings, client)
         grant = await driver.authorize(await driver.authenticate())
         known = LastKnown(values={"entries": now - 3_600_000}, backfill_from=0, now=now)
         batch = driver.transform(await driver.fetch(grant.value, known), known)
-        assert 12 <= len(batch.entries) <= 15
-        assert datetime.fromtimestamp(batch.entries[-1].date / 1000, tz=UTC) <= datetime.now(tz=UTC)
+        minutes, count = read_window(known)
+        expected = [t for t in account.published(now) if t >= now - minutes * 60_000][-count:]
+        assert [e.date for e in batch.entries] == expected and 12 <= len(expected) <= 15
         with pytest.raises(AuthRejected):
             await make(
                 DexcomShareSettings(
@@ -209,9 +236,176 @@ def test_legacy_wire_forms_parse_in_our_transform(served: Served) -> None:
     assert raw[0]["WT"].startswith("/Date(") and isinstance(raw[0]["Trend"], int)
     from sources.dexcomshare.payload import transform
 
-    batch = transform(raw, LastKnown(values={}, backfill_from=0, now=wall_ms()))
+    batch = transform(raw, LastKnown(values={}, backfill_from=0, now=served.clock.ms))
     by_time = {int(r["WT"][len("/Date(") : -len(")/")]): r for r in raw}
     assert [e.date for e in batch.entries] == sorted(by_time)
     for entry in batch.entries:
         reading = by_time[entry.date]
         assert entry.sgv == reading["Value"] and entry.trend == reading["Trend"]
+
+
+# --- every documented answer shape, on the wire ---------------------------------------------------
+
+
+@pytest.mark.parametrize("served", ["us"], indirect=True)
+@pytest.mark.parametrize("code", sorted(CODES))
+def test_every_documented_fault_has_the_recorded_shape(served: Served, code: str) -> None:
+    add_publisher(served)
+    served.emulator.inject("code", code=code, endpoint="authenticate")
+    answer = requests.post(
+        served.url + PATH_PREFIX + "General/AuthenticatePublisherAccount",
+        json={"accountName": "u$ern@me", "password": PASSWORD, "applicationId": APPLICATION_IDS["us"]},
+        timeout=10,
+    )
+    assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
+    body = answer.json()
+    assert list(body) == ["Code", "Message", "SubCode", "TypeName"]
+    assert body["Code"] == code and body["TypeName"] == "FaultException" and body["Message"]
+    if code == "SessionNotValid":  # late-2025 servers: a JSON-encoded string
+        assert json.loads(body["SubCode"])["OnlineException"]["TypeString"] == "SessionNotValid"
+    else:
+        assert body["SubCode"].startswith("<OnlineException ") and f'ErrorCode="{code}"' in body["SubCode"]
+    assert served.emulator.requests[-1].code == code
+    # the server spells its lockout with three "e"; asking for it locks the account for real
+    assert (len(served.emulator.lockouts) == 1) is code.startswith("SSO_AuthenticateMaxAttempts")
+
+
+def _post(served: Served, endpoint: str, body: object, **params: str) -> requests.Response:
+    return requests.post(served.url + PATH_PREFIX + endpoint, json=body, params=params, timeout=10)
+
+
+@pytest.mark.parametrize("served", ["us"], indirect=True)
+def test_injected_faults_on_the_wire(served: Served) -> None:
+    account = add_publisher(served)
+    em = served.emulator
+    auth = {"accountName": "u$ern@me", "password": PASSWORD, "applicationId": APPLICATION_IDS["us"]}
+    em.inject("http429", endpoint="authenticate", retry_after=120)
+    limited = _post(served, "General/AuthenticatePublisherAccount", auth)
+    assert limited.status_code == 429 and limited.headers["retry-after"] == "120"
+    em.inject("ban", endpoint="authenticate")
+    ban = _post(served, "General/AuthenticatePublisherAccount", auth)
+    assert ban.status_code == 403 and ban.headers["content-type"].startswith("text/html")
+    assert "Cloudflare" in ban.text and ban.headers["server"].startswith("cloudflare")
+    em.inject("html500", endpoint="authenticate")
+    assert _post(served, "General/AuthenticatePublisherAccount", auth).status_code == 500
+    em.inject("truncated", endpoint="authenticate")
+    truncated = _post(served, "General/AuthenticatePublisherAccount", auth)
+    assert truncated.status_code == 200 and json.dumps(account.account_id).startswith(truncated.text)
+    assert truncated.text != json.dumps(account.account_id)
+    em.inject("nonjson", endpoint="authenticate")
+    assert _post(served, "General/AuthenticatePublisherAccount", auth).text == ""
+    em.inject("zero_uuid")
+    assert _post(served, "General/AuthenticatePublisherAccount", auth).json() == ZERO_UUID
+    assert _post(served, "General/AuthenticatePublisherAccount", auth).json() == account.account_id
+    # a lockout that arrives as a rate limit: 429, the lockout body, and the account is locked
+    em.inject("lockout429", retry_after=None)
+    locked = _post(served, "General/AuthenticatePublisherAccount", auth)
+    assert locked.status_code == 429 and "retry-after" not in locked.headers
+    assert locked.json()["Code"] == "SSO_AuthenticateMaxAttemptsExceeed"
+    assert (
+        _post(served, "General/AuthenticatePublisherAccount", auth)
+        .json()["Code"]
+        .startswith("SSO_AuthenticateMaxAttempts")
+    )
+    assert [n.until_ms - n.told_ms for n in em.lockouts] == [em.lockout_ms, em.lockout_ms]
+    kinds = [r.fault for r in em.requests]
+    assert kinds == [
+        "http429",
+        "ban",
+        "html500",
+        "truncated",
+        "nonjson",
+        "zero_uuid",
+        None,
+        "lockout429",
+        None,
+    ]
+
+
+@pytest.mark.parametrize("served", ["us"], indirect=True)
+def test_session_expiry_and_lifetime_on_the_wire(served: Served) -> None:
+    account = add_publisher(served)
+    served.emulator.session_ttl_ms = 3_600_000
+    auth = {"accountId": account.account_id, "password": PASSWORD, "applicationId": APPLICATION_IDS["us"]}
+    session = _post(served, "General/LoginPublisherAccountById", auth).json()
+    read = {"sessionId": session, "minutes": "15", "maxCount": "2"}
+    assert len(_post(served, "Publisher/ReadPublisherLatestGlucoseValues", {}, **read).json()) == 2
+    served.clock.ms += 3_600_000  # past the lifetime: "not valid"
+    assert _post(served, "Publisher/ReadPublisherLatestGlucoseValues", {}, **read).json()["Code"] == (
+        "SessionNotValid"
+    )
+    session = _post(served, "General/LoginPublisherAccountById", auth).json()
+    read["sessionId"] = session
+    served.clock.ms += 1
+    served.emulator.expire_sessions(account)  # killed (password change, another login): "not found"
+    assert _post(served, "Publisher/ReadPublisherLatestGlucoseValues", {}, **read).json()["Code"] == (
+        "SessionIdNotFound"
+    )
+    # the legacy one-step login still answers a session id
+    legacy = _post(served, "General/LoginPublisherAccountByName",
+                   {"accountName": "u$ern@me", "password": PASSWORD, "applicationId": APPLICATION_IDS["us"]})  # fmt: skip
+    read["sessionId"] = legacy.json()
+    assert len(_post(served, "Publisher/ReadPublisherLatestGlucoseValues", {}, **read).json()) == 2
+    # the all-zero session: an empty, non-JSON body
+    read["sessionId"] = ZERO_UUID
+    assert _post(served, "Publisher/ReadPublisherLatestGlucoseValues", {}, **read).text == ""
+
+
+def test_one_emulator_holds_accounts_in_every_region() -> None:
+    emulator = ShareEmulator(now=lambda: 1_750_000_000_000)
+    accounts = {
+        r: emulator.add_account("same-name", f"pw-{r}", r, first_reading_ms=0) for r in ("us", "ous", "jp")
+    }
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=emulator)) as client:
+            for host, region in HOSTS.items():
+                for app_region, app_id in APPLICATION_IDS.items():
+                    answer = await client.post(
+                        f"https://{host}{PATH_PREFIX}General/AuthenticatePublisherAccount",
+                        json={
+                            "accountName": "same-name",
+                            "password": f"pw-{region}",
+                            "applicationId": app_id,
+                        },
+                    )
+                    if app_id == APPLICATION_IDS[region]:
+                        assert answer.json() == accounts[region].account_id, (host, app_region)
+                    else:  # Japan's application id on the other hosts, or theirs on Japan's
+                        assert answer.json()["Code"] == "AccountPasswordInvalid"
+
+    import trio
+
+    trio.run(main)
+
+
+# --- the command line, end to end ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("served", ["us"], indirect=True)
+def test_cli_once_with_the_bridge_variables(served: Served, tmp_path: Path) -> None:
+    """``CONNECT_SOURCE=dexcomshare`` with the old ``BRIDGE_*`` names, against the emulator."""
+    account = add_publisher(served)
+    store = tmp_path / "share.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNECT_", "BRIDGE_"))}
+    env.update(
+        CONNECT_SOURCE="dexcomshare", CONNECT_STORE_PATH=str(store), CONNECT_BACKFILL_DAYS="2",
+        CONNECT_LOG_FORMAT="json", BRIDGE_USER_NAME="u$ern@me", BRIDGE_PASSWORD=PASSWORD,
+        BRIDGE_SERVER=served.url,
+    )  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "connect", "once"], env=env, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+    assert account.account_id not in result.stdout + result.stderr
+    conn = sqlite3.connect(store)
+    stored = [row[0] for row in conn.execute("SELECT date FROM entries ORDER BY date")]
+    assert stored == sorted(served.emulator.served(account)) and len(stored) >= 287
+    assert [r.endpoint for r in served.emulator.requests] == ["authenticate", "login", "read"]
+    # a wrong password: one refused login, exit status 1, nothing stored
+    env.update(BRIDGE_PASSWORD="not the password", CONNECT_STORE_PATH=str(tmp_path / "other.db"))
+    refused = subprocess.run([sys.executable, "-m", "connect", "once"], env=env, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+    assert refused.returncode == 1, refused.stderr
+    assert "AccountPasswordInvalid" in refused.stdout + refused.stderr
+    assert [r.endpoint for r in served.emulator.requests][3:] == ["authenticate"]

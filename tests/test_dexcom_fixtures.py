@@ -14,7 +14,7 @@ from connect.errors import AuthRejected, SessionExpired
 from connect.records import Entry, to_nightscout
 from sources.dexcomshare.faults import list_answer, uuid_answer
 from sources.dexcomshare.payload import transform
-from tests.emulators.dexcom import fault_body
+from tests.emulators.dexcom import ShareEmulator, fault_body
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dexcom_share"
 NOW = 1_745_081_100_000
@@ -26,6 +26,24 @@ def recorded(name: str) -> httpx.Response:
     return httpx.Response(
         status, content=(FIXTURES / name).read_bytes(), headers={"content-type": "application/json"}
     )
+
+
+#: where the copies came from (the project's protocol notes), when that tree is present
+SHARED = Path("/work/shared/protocols/fixtures/dexcom_share")
+
+
+def test_fixtures_are_unchanged_copies_with_their_source_noted() -> None:
+    names = sorted(p.name for p in FIXTURES.glob("*.json"))
+    notes = (FIXTURES / "SOURCES.md").read_text()
+    assert "gagebenne/pydexcom" in notes and "MIT" in notes
+    for name in names:
+        assert f"| {name} |" in notes, f"{name} has no source line in SOURCES.md"
+    if not SHARED.is_dir():
+        pytest.skip("the protocol notes' fixture tree is not present here")
+    # every recorded Dexcom payload was copied, byte for byte
+    assert sorted(p.name for p in SHARED.glob("*.json")) == names
+    for name in names:
+        assert (SHARED / name).read_bytes() == (FIXTURES / name).read_bytes(), name
 
 
 def test_every_fixture_is_covered() -> None:
@@ -109,3 +127,18 @@ def test_emulator_fault_bodies_match_the_recorded_ones(name: str, code: str) -> 
     emulated = fault_body(code, NOW, session="33333333-3333-3333-3333-333333333333")
     assert list(emulated) == list(recorded_body)  # same keys, same order
     assert _shape(emulated) == _shape(recorded_body)
+
+
+def test_emulator_readings_have_the_recorded_shape() -> None:
+    (recorded_reading,) = json.loads((FIXTURES / "read_publisher_latest_glucose_values.200.json").read_text())
+    account = ShareEmulator().add_account("x", "y", first_reading_ms=1_745_081_013_817)
+    emulated = account.record(3)
+    assert list(emulated) == list(recorded_reading)
+    for key, value in recorded_reading.items():
+        assert type(emulated[key]) is type(value), key
+        if isinstance(value, str) and value.startswith("Date("):
+            pattern = re.sub(r"\d+", r"\\d+", re.escape(value))
+            assert re.fullmatch(pattern, emulated[key]), (key, emulated[key])
+    # and it goes through the same transform to the same kind of record
+    (entry,) = transform([emulated], LAST_KNOWN).entries
+    assert entry.date == account.reading_time(3) and entry.sgv == emulated["Value"]

@@ -190,3 +190,30 @@ def test_readings_without_a_glucose_value_are_skipped_not_fatal() -> None:
         {"WT": "Date(1745080713817)", "Value": 99, "Trend": 4},
     ]
     assert [e.sgv for e in transform(payload, LK).entries] == [99]
+
+
+@SETTINGS
+@given(valid_payloads, st.data())
+def test_a_time_sent_twice_keeps_the_first_version(
+    payload: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    """The answer is newest first: of two readings with one time, the first is the server's current one."""
+    if not payload:
+        return
+    original = data.draw(st.sampled_from(payload))
+    changed = {**original, "Value": data.draw(st.integers(SGV_RANGE[0], SGV_RANGE[1])), "Trend": "DoubleUp"}
+    first = transform([*payload, changed], LK)  # the change comes after: it loses
+    assert first == transform(payload, LK)
+    second = transform([changed, *payload], LK)  # the change comes first: it wins
+    (entry,) = [e for e in second.entries if e.date == parse_share_date(original["WT"])]
+    assert entry.sgv == changed["Value"] and entry.direction == "DoubleUp"
+    assert len(second.entries) == len(first.entries)
+
+
+@SETTINGS
+@given(st.integers(0, 9), st.sampled_from(["{}", " {} ", "0{}"]))
+def test_trend_numbers_sent_as_text_are_numbers(number: int, form: str) -> None:
+    (entry,) = transform(
+        [{"WT": "Date(1745081013817)", "Value": 100, "Trend": form.format(number)}], LK
+    ).entries
+    assert entry.trend == number and entry.direction == NS_DIRECTIONS[number]

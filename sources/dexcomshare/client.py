@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 from datetime import timedelta
 from typing import Any
 
 import httpx
 
 from connect.contract import Backoff, BuilderLike, Grant, LastKnown
-from connect.errors import AuthRejected
+from connect.errors import AuthRejected, SessionExpired
 from connect.httpkit import send
 from connect.records import Batch
 from connect.redact import register_secret
@@ -24,7 +25,8 @@ from sources.dexcomshare.const import (
     SESSION_LIFETIME_S,
     ZERO_UUID,
 )
-from sources.dexcomshare.faults import list_answer, uuid_answer
+from sources.dexcomshare.faults import SessionRefused, list_answer, uuid_answer
+from sources.dexcomshare.schedule import PollPlanner
 from sources.dexcomshare.settings import DexcomShareSettings, Endpoint, endpoint_for
 
 LOOP_NAME = "DexcomShareEntries"
@@ -48,7 +50,12 @@ def read_window(last_known: LastKnown) -> tuple[int, int]:
 
 
 class DexcomShare:
-    """One publisher account on one Share host."""
+    """One publisher account on one Share host.
+
+    The account id of step 1 never changes, so it is kept: logging in again after a session
+    ends is the single ``LoginPublisherAccountById`` request pydexcom makes too. A refused
+    login forgets it, so the next attempt starts again from the account name.
+    """
 
     def __init__(self, settings: DexcomShareSettings, client: httpx.AsyncClient) -> None:
         self.client = client
@@ -56,6 +63,12 @@ class DexcomShare:
         self._password = settings.share_password.get_secret_value()
         register_secret(self._password)
         self.endpoint: Endpoint = endpoint_for(settings.share_server, settings.share_region)
+        self._account_id: str | None = None
+        #: the newest session from a login while no read has succeeded with it yet
+        self._untried_session: str | None = None
+        #: when to read next: the reading phase plus the learned upload delay
+        self.planner = PollPlanner(interval_ms=READING_INTERVAL_MS)
+        self.rng = random.Random()
 
     def _post(
         self, path: str, *, body: dict[str, str], params: dict[str, Any] | None = None
@@ -65,7 +78,9 @@ class DexcomShare:
         )
 
     async def authenticate(self) -> str:
-        """Step 1: account name and password to the account id."""
+        """Step 1: account name and password to the account id (once; then it is known)."""
+        if self._account_id is not None:
+            return self._account_id
         request = self._post(
             AUTHENTICATE_PATH,
             body={
@@ -79,6 +94,7 @@ class DexcomShare:
         if account_id == ZERO_UUID:
             raise AuthRejected("dexcomshare authenticate: the server answered the empty account id")
         register_secret(account_id)
+        self._account_id = account_id
         return account_id
 
     async def authorize(self, account_id: str) -> Grant:
@@ -91,15 +107,26 @@ class DexcomShare:
                 "applicationId": self.endpoint.region.application_id,
             },
         )
-        response = await send(self.client, request, what="dexcomshare login")
-        session_id = uuid_answer(response, step="login")
-        if session_id == ZERO_UUID:
-            raise AuthRejected("dexcomshare login: the server answered the empty session id")
+        try:
+            response = await send(self.client, request, what="dexcomshare login")
+            session_id = uuid_answer(response, step="login")
+            if session_id == ZERO_UUID:
+                raise AuthRejected("dexcomshare login: the server answered the empty session id")
+        except AuthRejected:
+            # the password changed, or the account id is not (or no longer) this account's
+            self._account_id = None
+            raise
         register_secret(session_id)
+        self._untried_session = session_id
         return Grant(value=session_id, expires_in=float(SESSION_LIFETIME_S))
 
     async def fetch(self, session: str, last_known: LastKnown) -> Any:
-        """Step 3: the readings since the checkpoint (newest first, as the server sends them)."""
+        """Step 3: the readings since the checkpoint (newest first, as the server sends them).
+
+        A session error on a session that already served reads means it ended: the frame logs
+        in again once and retries. On a session that never served a read it is
+        :class:`SessionRefused`, which ends the frame: the next login waits for the next frame.
+        """
         minutes, count = read_window(last_known)
         request = self._post(
             READ_GLUCOSE_PATH,
@@ -107,10 +134,28 @@ class DexcomShare:
             params={"sessionId": session, "minutes": minutes, "maxCount": count},
         )
         response = await send(self.client, request, what="dexcomshare read")
-        return list_answer(response, step="read")
+        try:
+            answer = list_answer(response, step="read")
+        except SessionExpired as error:
+            if session == self._untried_session:
+                self._untried_session = None
+                raise SessionRefused(f"{error} (on a session fresh from a login)") from None
+            raise
+        if session == self._untried_session:
+            self._untried_session = None
+        self.planner.observe(
+            polled_at=last_known.now,
+            before=last_known.values.get("entries"),
+            times=payload.reading_times(answer),
+        )
+        return answer
 
     def transform(self, raw: Any, last_known: LastKnown) -> Batch:
         return payload.transform(raw, last_known)
+
+    def align(self, last_known: LastKnown, now: int) -> int:
+        """Epoch ms of the next read after a successful one (see :class:`PollPlanner`)."""
+        return self.planner.next_poll(last_known.values.get("entries"), now, self.rng.random())
 
     def generate_driver(self, builder: BuilderLike) -> None:
         builder.support_session(
@@ -125,6 +170,7 @@ class DexcomShare:
             fetch=self.fetch,
             transform=self.transform,
             collections=("entries",),
+            align_schedule=self.align,
             expected_interval=timedelta(milliseconds=READING_INTERVAL_MS),
             frame_retries=2,
             frame_backoff=Backoff(base=5.0, cap=60.0),

@@ -125,6 +125,9 @@ INVALID_ARGUMENT_CODE: Final = "InvalidArgument"
 #: Dexcom publishes no lockout length; xDrip4iOS tells users to wait ten minutes, so wait
 #: well beyond that before the next attempt
 LOCKOUT_SECONDS: Final = 1800.0
+#: a Retry-After longer than this is taken as this: a misconfigured proxy must not park the
+#: loop for days (the rejected state's own ceiling is the same six hours)
+MAX_RETRY_AFTER_SECONDS: Final = 6 * 3600.0
 #: a Cloudflare ban page carries no Retry-After: stay away this long
 BAN_SECONDS: Final = 900.0
 #: sessions live about a day (nightscout-connect expires them after 24 h); stop using one a

@@ -7,6 +7,7 @@ copied: for session errors it contains the session id.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Final, Literal
 
@@ -31,10 +32,25 @@ from sources.dexcomshare.const import (
     INVALID_ARGUMENT_CODE,
     LOCKOUT_PREFIX,
     LOCKOUT_SECONDS,
+    MAX_RETRY_AFTER_SECONDS,
     SESSION_CODES,
 )
 
 Step = Literal["authenticate", "login", "read"]
+
+
+class SessionRefused(SessionExpired):
+    """A session fresh from a login was refused before it served a single read.
+
+    The session is still dropped (this is a :class:`SessionExpired`), but the frame is not
+    retried: one new login per session error, and a server that keeps refusing new sessions
+    is asked again only at the loop's backoff pace, never in a burst of logins.
+    """
+
+    retryable = False
+    kind = "session_refused"
+
+
 _SAFE_CODE: Final = re.compile(r"[A-Za-z0-9_.]{1,80}")
 
 
@@ -56,8 +72,23 @@ def _fault_body(response: httpx.Response) -> tuple[str, str] | None:
     return code, message if isinstance(message, str) else ""
 
 
-def error_for_code(code: str, message: str, *, step: Step) -> ConnectError:
-    """The error for a vendor fault ``Code`` met at ``step``."""
+def error_for_code(code: str, message: str, *, step: Step, retry_after: float | None = None) -> ConnectError:
+    """The error for a vendor fault ``Code`` met at ``step``.
+
+    ``retry_after`` (a Retry-After header beside the fault) is kept on the error; a lockout
+    waits at least :data:`LOCKOUT_SECONDS` whatever the header says.
+    """
+    error = _error_for_code(code, message, step=step)
+    if retry_after is not None:
+        retry_after = min(retry_after, MAX_RETRY_AFTER_SECONDS)
+    if isinstance(error, AccountLocked):
+        error.retry_after = max(LOCKOUT_SECONDS, retry_after or 0.0)
+    elif retry_after is not None:
+        error.retry_after = retry_after
+    return error
+
+
+def _error_for_code(code: str, message: str, *, step: Step) -> ConnectError:
     what = _what(step)
     shown = code if _SAFE_CODE.fullmatch(code) else "unrecognised code"
     if code in SESSION_CODES:
@@ -86,24 +117,39 @@ def raise_for_response(response: httpx.Response, *, step: Step) -> None:
     if status < 300:
         return
     what = _what(step)
+    fault = _fault_body(response) if status >= 400 else None
+    header = _retry_after(response)
     if status == 429:
-        raise RateLimited(f"{what}: HTTP 429", retry_after=retry_after_seconds(response))
-    fault = _fault_body(response)
-    if fault is not None and status >= 400:
-        raise error_for_code(*fault, step=step)
+        if fault is not None and fault[0].startswith(LOCKOUT_PREFIX):
+            # a rate limit that says the account is locked: wait for the lock, not the limiter
+            raise error_for_code(*fault, step=step, retry_after=header)
+        raise RateLimited(f"{what}: HTTP 429", retry_after=header)
+    if fault is not None:
+        raise error_for_code(*fault, step=step, retry_after=header)
     if status in (401, 403):
         # Share never answers a bad session with 401/403; these come from the CDN in front
         # of it (a ban page). Logging in again would only make the ban longer.
-        raise RateLimited(f"{what}: HTTP {status} (blocked)", retry_after=_ban_seconds(response))
+        raise RateLimited(f"{what}: HTTP {status} (blocked)", retry_after=_ban_seconds(header))
     if status == 400 and step == "read":
         # a malformed session id: the only query value that is not a plain number
         raise SessionExpired(f"{what}: HTTP 400")
-    check_status(response, what=what)
+    try:
+        check_status(response, what=what)
+    except ConnectError as error:
+        error.retry_after = header  # the bounded value, not the raw header
+        raise
     raise RequestRejected(f"{what}: HTTP {status}")  # 3xx: not something Share does
 
 
-def _ban_seconds(response: httpx.Response) -> float:
+def _retry_after(response: httpx.Response) -> float | None:
+    """The Retry-After header in seconds, bounded; a value that is not a finite number is ignored."""
     seconds = retry_after_seconds(response)
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(seconds, MAX_RETRY_AFTER_SECONDS)
+
+
+def _ban_seconds(seconds: float | None) -> float:
     return BAN_SECONDS if seconds is None else max(seconds, 1.0)
 
 

@@ -110,6 +110,24 @@ def entries_from_payload(payload: object) -> list[Entry]:
     return list(entries.values())
 
 
+def reading_times(payload: object) -> list[int]:
+    """The reading times in an answer, skipping anything malformed; never raises.
+
+    Only the read schedule uses them: whether the answer is usable is :func:`transform`'s call.
+    """
+    times: list[int] = []
+    if not isinstance(payload, list):
+        return times
+    for reading in payload:
+        if not isinstance(reading, Mapping):
+            continue
+        try:
+            times.append(_reading_time(reading))
+        except ProtocolError:
+            continue
+    return times
+
+
 def transform(raw: object, last_known: LastKnown) -> Batch:
     """The frame's batch: entries, unique by identifier, oldest first.
 

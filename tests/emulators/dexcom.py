@@ -19,7 +19,8 @@ Faults are injected either for the next N matching requests (:meth:`ShareEmulato
 for a window of time (:meth:`ShareEmulator.schedule`); account events (sessions killed,
 password changed for a while, account locked) are placed in time with :meth:`expire_sessions`,
 :meth:`change_password` and :meth:`lock`. Every request is recorded (time, endpoint, account,
-status, fault) so tests can count logins and reads and check the quiet periods.
+status, vendor code, fault) so tests can count logins and reads and check the quiet periods,
+and the emulator notes how many logins of one account were ever in flight at once.
 """
 
 from __future__ import annotations
@@ -100,8 +101,10 @@ CODES: Final[dict[str, tuple[str, int, int, int, str, str, str]]] = {
 #: every fault kind :meth:`ShareEmulator.inject` / :meth:`schedule` understand
 FAULT_KINDS: Final = frozenset(
     {
-        "code",  # HTTP 500 with the vendor body for ``code``
+        "code",  # HTTP 500 with the vendor body for ``code`` (``message`` overrides its Message);
+        #          a lockout code also locks the account, as the real lockout does
         "http429",  # 429 with Retry-After
+        "lockout429",  # 429 whose body is the lockout fault (Retry-After too, unless None); locks
         "ban",  # a Cloudflare HTML block page (403 unless ``status`` says otherwise)
         "html500",  # an HTML 500 page from the CDN
         "hang",  # no answer for ``hang_s`` seconds, then the CDN's 524 timeout page
@@ -112,7 +115,13 @@ FAULT_KINDS: Final = frozenset(
         "lockout",  # the account locks now; the answer is the lockout fault
     }
 )
-_DEFAULT_ENDPOINTS: Final = {"zero_uuid": AUTH_ENDPOINTS, "lockout": AUTH_ENDPOINTS}
+_DEFAULT_ENDPOINTS: Final = {
+    "zero_uuid": AUTH_ENDPOINTS,
+    "lockout": AUTH_ENDPOINTS,
+    "lockout429": AUTH_ENDPOINTS,
+}
+#: a ``code`` fault with a code that starts so locks the account, as the real lockout does
+LOCKOUT_PREFIX: Final = "SSO_AuthenticateMaxAttempts"
 
 
 def share_date(ms: int, offset: str | None = None, *, legacy: bool = False) -> str:
@@ -233,6 +242,8 @@ class Fault:
     start_ms: int | None = None
     end_ms: int | None = None
     code: str = "SessionIdNotFound"
+    #: the fault's ``Message`` instead of the usual one for ``code``
+    message: str | None = None
     retry_after: int | None = 60
     status: int = 403
     hang_s: float = 100.0
@@ -260,6 +271,8 @@ class Request:
     params: dict[str, str]
     status: int = 0
     fault: str | None = None
+    #: the ``Code`` of a vendor fault answer (natural or injected)
+    code: str | None = None
     #: reading times in a complete 200 answer
     served: tuple[int, ...] = ()
 
@@ -311,6 +324,10 @@ class ShareEmulator:
         self.faults: list[Fault] = []
         self.requests: list[Request] = []
         self.lockouts: list[LockoutNotice] = []
+        #: login requests (either step) being answered right now, per account id
+        self.logins_in_flight: dict[str | None, int] = {}
+        #: the most logins of one account that were ever in flight at the same time
+        self.max_logins_in_flight: dict[str | None, int] = {}
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -429,8 +446,19 @@ class ShareEmulator:
         if scope["method"] != "POST":
             request.status = 405
             return _html(405, "Method Not Allowed")
-        answer = await self._answer(request, name or "", parsed, params)
+        login = endpoint in AUTH_ENDPOINTS
+        if login:
+            count = self.logins_in_flight.get(request.account_id, 0) + 1
+            self.logins_in_flight[request.account_id] = count
+            peak = self.max_logins_in_flight.get(request.account_id, 0)
+            self.max_logins_in_flight[request.account_id] = max(peak, count)
+        try:
+            answer = await self._answer(request, name or "", parsed, params)
+        finally:
+            if login:
+                self.logins_in_flight[request.account_id] -= 1
         request.status = answer.status
+        request.code = _fault_code(answer)
         return answer
 
     def _attribute(self, endpoint: str, body: Any, params: dict[str, str], region: str) -> str | None:
@@ -479,10 +507,17 @@ class ShareEmulator:
     async def _faulty(self, fault: Fault, request: Request, params: dict[str, str]) -> _Answer:
         kind = fault.kind
         if kind == "code":
-            return self._vendor_fault(fault.code, session=_session_param(params) or "")
+            if fault.code.startswith(LOCKOUT_PREFIX):
+                self._lock_by_request(request)
+            return self._vendor_fault(fault.code, session=_session_param(params) or "", message=fault.message)
         if kind == "http429":
             headers = {} if fault.retry_after is None else {"retry-after": str(fault.retry_after)}
             return _Answer(429, b"Too Many Requests", "text/plain", **headers)
+        if kind == "lockout429":
+            self._lock_by_request(request)
+            body = self._vendor_fault(LOCKOUT_CODE).body
+            headers = {} if fault.retry_after is None else {"retry-after": str(fault.retry_after)}
+            return _Answer(429, body, **headers)
         if kind == "ban":
             return _html(fault.status, "Access denied | share2.dexcom.com used Cloudflare to restrict access")
         if kind == "html500":
@@ -503,6 +538,13 @@ class ShareEmulator:
                 self.lock(account, request.time_ms)
             return self._lockout_answer(account, request.time_ms)
         raise AssertionError(kind)
+
+    def _lock_by_request(self, request: Request) -> None:
+        """The account of ``request`` is locked from now on, and the client has been told so."""
+        account = self.account_by_id(request.account_id or "")
+        if account is not None:
+            self.lock(account, request.time_ms)
+            self._lockout_answer(account, request.time_ms)
 
     # --- the protocol proper -----------------------------------------------------------------
 
@@ -609,16 +651,20 @@ class ShareEmulator:
         request.served = tuple(account.reading_time(i) for i in indexes)
         return _json([account.record(i) for i in indexes])
 
-    def _vendor_fault(self, code: str, *, session: str = "", field: str = "") -> _Answer:
-        return _json(fault_body(code, self.now(), session=session, field=field), status=500)
+    def _vendor_fault(
+        self, code: str, *, session: str = "", field: str = "", message: str | None = None
+    ) -> _Answer:
+        return _json(fault_body(code, self.now(), session=session, field=field, message=message), status=500)
 
 
-def fault_body(code: str, now_ms: int, *, session: str = "", field: str = "") -> dict[str, str]:
+def fault_body(
+    code: str, now_ms: int, *, session: str = "", field: str = "", message: str | None = None
+) -> dict[str, str]:
     """The JSON body of a Share fault, shaped like the recorded ones."""
     message_t, type_, category, severity, type_s, category_s, severity_s = CODES.get(
         code, ("Unexpected error", 1, 1, 2, code, "General", "Severe")
     )
-    message = message_t.format(session=session, field=field)
+    message = message_t.format(session=session, field=field) if message is None else message
     thrown = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
     local = thrown.astimezone(timezone(timedelta(hours=-4)))
     if code == "SessionNotValid":
@@ -648,6 +694,17 @@ def fault_body(code: str, now_ms: int, *, session: str = "", field: str = "") ->
             "<OnlineException " + " ".join(f"{k}={quoteattr(v)}" for k, v in attributes.items()) + " />"
         )
     return {"Code": code, "Message": message, "SubCode": sub_code, "TypeName": "FaultException"}
+
+
+def _fault_code(answer: _Answer) -> str | None:
+    if answer.status < 400 or not answer.headers["content-type"].startswith("application/json"):
+        return None
+    try:
+        body = json.loads(answer.body)
+    except ValueError:
+        return None  # a truncated fault body
+    code = body.get("Code") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _killed(account: Account, session: Session, now: int) -> bool:
