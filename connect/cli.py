@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,20 @@ def _source_name(args: Sequence[str]) -> str:
     return os.environ.get("CONNECT_SOURCE", "sim")
 
 
+@contextlib.contextmanager
+def _translated_environ(source: SourceInfo) -> Iterator[None]:
+    """nightscout-connect's names and values translated into ours while the settings are read,
+    and the process environment as it was afterwards (an embedding program's included)."""
+    saved = dict(os.environ)
+    try:
+        apply_node_values()
+        apply_legacy_env(legacy_env_for(source))
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def load_settings(
     args: Sequence[str], *, defaults: dict[str, Any] | None = None, source_name: str | None = None
 ) -> tuple[CoreSettings, SourceInfo]:
@@ -106,11 +120,10 @@ def load_settings(
         source = load_source(source_name or _source_name(args))
     except ConfigError as exc:
         raise UsageError([str(exc)]) from None
-    apply_node_values()
-    apply_legacy_env(legacy_env_for(source))
     model = settings_model(source)
     try:
-        settings = CliApp.run(model, cli_args=list(args), **(defaults or {}))
+        with _translated_environ(source):
+            settings = CliApp.run(model, cli_args=list(args), **(defaults or {}))
     except pydantic.ValidationError as exc:
         raise UsageError(describe_validation(exc)) from None
     except SettingsError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -102,3 +103,22 @@ def test_batch_groups_sorts_dedupes_and_vouches_for_newest() -> None:
     assert batch.entries == (b, a)
     assert len(batch) == 3
     assert batch.newest() == {"entries": 1_700_000_900_000, "treatments": 1_700_000_000_000}
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("120", 120.0), ("-5", 0.0), ("nan", None), ("inf", None), ("-inf", None), ("soon", None), ("", None)],
+)
+def test_retry_after_header_is_read_and_nonsense_ignored(header: str, expected: float | None) -> None:
+    from connect.httpkit import retry_after_seconds
+
+    response = httpx.Response(429, headers={"retry-after": header} if header else {})
+    assert retry_after_seconds(response) == expected
+
+
+def test_retry_after_as_an_http_date() -> None:
+    from connect.httpkit import retry_after_seconds
+
+    response = httpx.Response(503, headers={"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"})
+    now = 1_792_567_650.0  # 30 seconds before that date
+    assert retry_after_seconds(response, now=now) == pytest.approx(30.0)
