@@ -84,3 +84,29 @@ def json_body(response: httpx.Response, *, what: str) -> Any:
         raise ProtocolError(
             f"{what}: HTTP {response.status_code} body is not JSON ({kind}, {len(response.content)} bytes)"
         ) from None
+
+
+def server_base(text: str, what: str) -> tuple[str, str]:
+    """``("scheme://host[:port]", "/path")`` of a configured server override.
+
+    A bare host name means https. Raises ValueError naming the problem; the message never
+    echoes credentials the text might carry (``user:password@host``).
+    """
+    from connect.redact import redact_text
+
+    text = text.strip()
+    shown = redact_text(text)
+    candidate = text if "://" in text else f"https://{text}"
+    try:
+        url = httpx.URL(candidate)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ValueError(f"{what} {shown!r} is not a host name or URL ({exc})") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"{what} {shown!r} must use http or https")
+    if not url.host:
+        raise ValueError(f"{what} {shown!r} has no host")
+    if url.userinfo or url.query or url.fragment:
+        raise ValueError(f"{what} {shown!r} must not carry credentials, a query or a fragment")
+    port = f":{url.port}" if url.port is not None else ""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{url.scheme}://{host}{port}", url.path.rstrip("/")

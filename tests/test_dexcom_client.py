@@ -522,7 +522,7 @@ def _response(status: int, body: bytes, **headers: str) -> httpx.Response:
         (429, "SessionIdNotFound", "45", RateLimited, 45),  # a 429 is a rate limit whatever it says
         (429, "AccountPasswordInvalid", None, RateLimited, None),
         (503, None, "inf", TransientError, None),  # a nonsense header is ignored
-        (429, None, "nan", RateLimited, 0),
+        (429, None, "nan", RateLimited, None),
         (429, None, "999999999", RateLimited, 21600),
         (403, None, None, RateLimited, 900),  # a ban page: stay away, never log in again
     ],

@@ -436,8 +436,6 @@ class CareLink:
         builder.support_session(
             authenticate=self.authenticate,
             authorize=self.authorize,
-            refresh=None,
-            refresh_after=None,
             expire_after=timedelta(seconds=FALLBACK_TOKEN_LIFETIME_S),
         )
         builder.register_loop(

@@ -8,7 +8,7 @@ import httpx
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from connect.redact import redact_text
+from connect import httpkit
 
 
 class CareLinkSettings(BaseSettings):
@@ -81,22 +81,8 @@ def server_base(server: str) -> str:
     A bare host name means https. Raises ValueError naming the problem (never echoing
     credentials a URL might carry).
     """
-    text = server.strip()
-    shown = redact_text(text)
-    candidate = text if "://" in text else f"https://{text}"
-    try:
-        url = httpx.URL(candidate)
-    except (httpx.InvalidURL, ValueError) as exc:
-        raise ValueError(f"CareLink server {shown!r} is not a host name or URL ({exc})") from None
-    if url.scheme not in ("http", "https"):
-        raise ValueError(f"CareLink server {shown!r} must use http or https")
-    if not url.host:
-        raise ValueError(f"CareLink server {shown!r} has no host")
-    if url.userinfo or url.query or url.fragment:
-        raise ValueError(f"CareLink server {shown!r} must not carry credentials, a query or a fragment")
-    port = f":{url.port}" if url.port is not None else ""
-    host = f"[{url.host}]" if ":" in url.host else url.host
-    return f"{url.scheme}://{host}{port}{url.path.rstrip('/')}"
+    base, path = httpkit.server_base(server, "CareLink server")
+    return f"{base}{path}"
 
 
 def rebase(url: str, base: str | None) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from connect.contract import SourceInfo
+from connect.contract import SourceInfo, own_settings
 from sources.dexcomshare.client import LOOP_NAME, DexcomShare, read_window
 from sources.dexcomshare.const import PATH_PREFIX, REGIONS
 from sources.dexcomshare.payload import transform
@@ -21,9 +21,7 @@ from sources.dexcomshare.settings import DexcomShareSettings, endpoint_for
 
 def make(settings: Any, client: httpx.AsyncClient) -> DexcomShare:
     """Bind settings and the daemon's HTTP client into a driver."""
-    if not isinstance(settings, DexcomShareSettings):
-        settings = DexcomShareSettings.model_validate(settings, from_attributes=True)
-    return DexcomShare(settings, client)
+    return DexcomShare(own_settings(DexcomShareSettings, settings), client)
 
 
 SOURCE = SourceInfo(

@@ -161,8 +161,6 @@ class DexcomShare:
         builder.support_session(
             authenticate=self.authenticate,
             authorize=self.authorize,
-            refresh=None,
-            refresh_after=None,
             expire_after=timedelta(seconds=SESSION_LIFETIME_S),
         )
         builder.register_loop(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import attrs
-import httpx
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from connect.redact import redact_text
+from connect.httpkit import server_base
 from sources.dexcomshare.const import DEFAULT_REGION, PATH_PREFIX, REGION_ALIASES, REGIONS, Region
 
 
@@ -76,22 +75,7 @@ def endpoint_for(server: str | None, region: str) -> Endpoint:
     if alias is not None:
         named = REGIONS[alias]
         return Endpoint(f"https://{named.host}{PATH_PREFIX}", named)
-    # a URL with user:password@ must not be echoed back in an error message
-    shown = redact_text(text)
-    candidate = text if "://" in text else f"https://{text}"
-    try:
-        url = httpx.URL(candidate)
-    except (httpx.InvalidURL, ValueError) as exc:
-        raise ValueError(f"Share server {shown!r} is not a host name or URL ({exc})") from None
-    if url.scheme not in ("http", "https"):
-        raise ValueError(f"Share server {shown!r} must use http or https")
-    if not url.host:
-        raise ValueError(f"Share server {shown!r} has no host")
-    if url.userinfo or url.query or url.fragment:
-        raise ValueError(f"Share server {shown!r} must not carry credentials, a query or a fragment")
-    path = url.path.rstrip("/")
+    base, path = server_base(text, "Share server")
     if not path.endswith(PATH_PREFIX.rstrip("/")):
         path += PATH_PREFIX.rstrip("/")
-    port = f":{url.port}" if url.port is not None else ""
-    host = f"[{url.host}]" if ":" in url.host else url.host
-    return Endpoint(f"{url.scheme}://{host}{port}{path}/", chosen)
+    return Endpoint(f"{base}{path}/", chosen)

@@ -179,8 +179,6 @@ class Glooko:
         builder.support_session(
             authenticate=self.authenticate,
             authorize=self.authorize,
-            refresh=None,
-            refresh_after=None,
             expire_after=timedelta(seconds=SESSION_LIFETIME_S),
         )
         for feed in FEEDS:

@@ -80,8 +80,6 @@ class LinkUp:
         builder.support_session(
             authenticate=self.authenticate,
             authorize=self.authorize,
-            refresh=None,
-            refresh_after=None,
             # used only when a login does not say how long its token lasts
             expire_after=timedelta(hours=12),
         )
