@@ -40,6 +40,8 @@ import anyio
 import attrs
 import httpx
 
+from tests.emulators.asgi import not_http, read_body, respond
+
 PATH_PREFIX: Final = "/ShareWebServices/Services/"
 AUTHENTICATE: Final = "General/AuthenticatePublisherAccount"
 LOGIN_BY_ID: Final = "General/LoginPublisherAccountById"
@@ -402,33 +404,17 @@ class ShareEmulator:
     async def __call__(
         self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
     ) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
+        if await not_http(scope, receive, send):
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        answer = await self._handle(scope, body)
-        headers = [(k.encode(), v.encode()) for k, v in answer.headers.items()]
-        headers += [
-            (b"content-length", str(len(answer.body)).encode()),
-            (b"server", b"cloudflare"),
-            (b"cf-ray", f"{uuid.uuid4().hex[:16]}-PHL".encode()),
-            (b"x-trace-id", str(uuid.uuid4()).encode()),
-            (b"cache-control", b"no-cache, no-store, max-age=0, must-revalidate"),
+        answer = await self._handle(scope, await read_body(receive))
+        headers = [
+            *answer.headers.items(),
+            ("server", "cloudflare"),
+            ("cf-ray", f"{uuid.uuid4().hex[:16]}-PHL"),
+            ("x-trace-id", str(uuid.uuid4())),
+            ("cache-control", "no-cache, no-store, max-age=0, must-revalidate"),
         ]
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-        await send({"type": "http.response.body", "body": answer.body})
+        await respond(send, answer.status, headers, answer.body)
 
     async def _handle(self, scope: dict[str, Any], body: bytes) -> _Answer:
         now = self.now()
