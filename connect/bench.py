@@ -150,7 +150,7 @@ def main() -> None:
     for label, ceiling, result in rows:
         print(
             f"{label:<{width}}  {result['ours']:>12,.0f}  {result['ceiling']:>12,.0f}  "
-            f"{result['ratio']:>6.2f}  {ceiling}"
+            f"{result['ratio']:>6.2g}  {ceiling}"
         )
         if "bytes_per_account" in result:
             print(
