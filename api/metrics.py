@@ -67,8 +67,12 @@ class ConnectCollector:
             "time of each loop's last successful frame",
             labels=["source", "loop"],
         )
+        loop_state = GaugeMetricFamily(
+            f"{PREFIX}_loop_state", "1 for each loop's current state", labels=["source", "loop", "state"]
+        )
         for view in st.loops(snapshot):
             labels = [view.source, view.name]
+            loop_state.add_metric([*labels, view.state], 1)
             frames.add_metric([*labels, "ok"], view.count("frames_ok"))
             frames.add_metric([*labels, "failed"], view.count("frames_failed"))
             missing.add_metric(labels, view.count("frames_missing"))
@@ -76,11 +80,17 @@ class ConnectCollector:
             success = st.number(view.data.get("last_success"))
             if success is not None:
                 last_success.add_metric(labels, success / 1000)
-        yield from (frames, missing, written, last_success)
+        yield from (frames, missing, written, last_success, loop_state)
 
         logins = CounterMetricFamily(f"{PREFIX}_logins", "vendor logins per source", labels=["source"])
         rejections = CounterMetricFamily(
             f"{PREFIX}_login_rejections", "logins the vendor refused, per source", labels=["source"]
+        )
+        session_failures = CounterMetricFamily(
+            f"{PREFIX}_session_failures", "failed login attempts per source", labels=["source"]
+        )
+        session_state = GaugeMetricFamily(
+            f"{PREFIX}_session_state", "1 for each source's session state", labels=["source", "state"]
         )
         for source in st.sources(snapshot):
             session = source.get("session")
@@ -89,7 +99,9 @@ class ConnectCollector:
             name = st.text(source.get("source"), "unknown")
             logins.add_metric([name], st.number(session.get("logins")) or 0)
             rejections.add_metric([name], st.number(session.get("rejections")) or 0)
-        yield from (logins, rejections)
+            session_failures.add_metric([name], st.number(session.get("failures")) or 0)
+            session_state.add_metric([name, st.text(session.get("state"), "unknown")], 1)
+        yield from (logins, rejections, session_failures, session_state)
 
         delivered = CounterMetricFamily(
             f"{PREFIX}_delivered", "records delivered per output", labels=["output"]
@@ -97,11 +109,15 @@ class ConnectCollector:
         failures = CounterMetricFamily(
             f"{PREFIX}_delivery_failures", "failed delivery attempts per output", labels=["output"]
         )
+        output_state = GaugeMetricFamily(
+            f"{PREFIX}_output_state", "1 for each output's current state", labels=["output", "state"]
+        )
         for output in st.outputs(snapshot):
             name = str(output["name"])
             delivered.add_metric([name], st.number(output.get("delivered")) or 0)
             failures.add_metric([name], st.number(output.get("failures")) or 0)
-        yield from (delivered, failures)
+            output_state.add_metric([name, st.text(output.get("state"), "unknown")], 1)
+        yield from (delivered, failures, output_state)
 
     def _store(self, output_names: list[str]) -> Iterator[Metric]:
         up = GaugeMetricFamily(f"{PREFIX}_store_up", "1 when the store could be read")

@@ -414,7 +414,20 @@ class LoopDriver:
         values = await rt.store.checkpoints(rt.key, self.spec.name)
         for collection in self.spec.collections:
             if collection not in values and rt.gap_finder is not None:
-                newest = await rt.gap_finder(collection)
+                try:
+                    newest = await rt.gap_finder(collection)
+                except ConnectError as error:
+                    # The site cannot say where it stands (down, or refusing our secret). Waiting
+                    # for it would lose whatever the vendor forgets meanwhile, so readings and
+                    # treatments start from the backfill (the site's upserts make resends
+                    # harmless); devicestatus and profile, which a site never deduplicates, start
+                    # now rather than risk doubling an existing site's history.
+                    newest = None if collection in ("entries", "treatments") else now
+                    log.warning(
+                        "gap analysis failed; starting without it",
+                        source=rt.key, loop=self.spec.name, collection=collection,
+                        error=describe_error(error), from_ms=newest,
+                    )  # fmt: skip
                 if newest is not None:
                     values[collection] = newest
         return LastKnown(values=values, backfill_from=rt.backfill_from(now), now=now)

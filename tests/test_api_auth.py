@@ -215,3 +215,37 @@ def test_malformed_binds_are_config_errors(bind):
     with pytest.raises(ConfigError) as info:
         check_bind(ApiSettings(http_bind=bind, http_secret=SECRET))
     assert "CONNECT_HTTP_BIND" in str(info.value)
+
+
+def test_the_default_bind_is_loopback_1338(monkeypatch):
+    for name in ("CONNECT_HTTP_BIND", "CONNECT_HTTP_SECRET", "CONNECT_HTTP_READABLE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = ApiSettings()
+    assert settings.http_bind == "127.0.0.1:1338" and settings.http_secret is None
+    assert settings.http_readable is False
+    assert check_bind(settings) == "127.0.0.1:1338"
+
+
+@pytest.mark.parametrize("form", sorted(ACCEPTED) + sorted(set(REFUSED) - {"nothing", "basic auth only"}))
+def test_every_credential_is_compared_in_constant_time(store_path, monkeypatch, form):
+    """Each offered credential goes through hmac.compare_digest; a plain == would leak timing."""
+    import api.auth
+
+    seen: list[tuple[bytes, bytes]] = []
+    real = api.auth.hmac.compare_digest
+
+    def spy(a, b):
+        seen.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(api.auth.hmac, "compare_digest", spy)
+    headers, query = {**ACCEPTED, **REFUSED}[form]
+    app, reader = make_app(store_path)
+    with ApiClient(app) as c:
+        response = c.get(
+            f"/api/v1/entries.json?{query}" if query else "/api/v1/entries.json", headers=headers
+        )
+    reader.close()
+    assert response.status_code == (200 if form in ACCEPTED else 401)
+    assert seen, "no constant-time comparison was made"
+    assert all(isinstance(a, bytes) and isinstance(b, bytes) for a, b in seen)

@@ -72,7 +72,9 @@ def test_py_nightscout_reads_what_the_store_holds(store_path):
         datetime.fromisoformat(d["created_at"].replace("Z", "+00:00")) for d in expected_treatments
     ]
     assert [s.device for s in statuses] == ["pump"] * 3
-    assert profiles is not None
+    expected_profiles = stored(store_path, "profile")
+    assert len(profiles.profile_definitions) == len(expected_profiles) == 1
+    assert profiles.profile_definitions[0].defaultProfile == expected_profiles[0]["defaultProfile"]
 
 
 def test_py_nightscout_with_a_wrong_secret_gets_401(store_path):

@@ -1,6 +1,7 @@
 """The status page in a real headless browser: the rendered DOM has one point per stored reading
 of the last 24 hours, the newest reading with its arrow, the machines; and a screenshot is kept
-in artifacts/status-page.png."""
+as status-page.png in $TEST_ARTIFACTS (default: artifacts/ at the top of the repository, which
+git ignores)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.emulators.serve import serve_in_thread
 from tests.test_api_support import SECRET, make_app, now_ms, populate, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
-SCREENSHOT = REPO / "artifacts" / "status-page.png"
+SCREENSHOT = Path(os.environ.get("TEST_ARTIFACTS") or REPO / "artifacts") / "status-page.png"
 
 
 def chromium() -> str:

@@ -340,3 +340,44 @@ def test_deltas_from_the_page_equal_deltas_looked_up(mixed_store, filters, limit
     fast = reader.doc_texts("entries", built, limit)
     looked_up = reader.doc_texts("entries", built, limit, page_deltas=False)
     assert fast == looked_up
+
+
+READ_PATHS = [
+    "/api/v1/entries.json",
+    "/api/v1/entries/sgv.json",
+    "/api/v1/entries/current.json",
+    "/api/v1/treatments.json",
+    "/api/v1/devicestatus.json",
+    "/api/v1/profile.json",
+    "/api/v1/status.json",
+    "/api/connect/status",
+    "/metrics",
+    "/",
+]
+_KEYS = st.one_of(
+    st.sampled_from(["count", "find", "find[date]", "find[type]", "find[device]", "find[created_at]"]),
+    st.builds(
+        lambda field, op: f"find[{field}][{op}]",
+        st.sampled_from(["date", "dateString", "created_at", "type", "device", "sgv", "x", ""]),
+        st.sampled_from(["$gte", "$gt", "$lte", "$lt", "$eq", "$ne", "$in", "$where", "", "[x]"]),
+    ),
+    st.text(max_size=20),
+)
+_VALUES = st.one_of(
+    st.integers(min_value=-(10**25), max_value=10**25).map(str),
+    st.sampled_from(["", " ", "2024-01-18T00:00:00Z", "2024-01-18T00:00:00 02:00", "nan", "1e309", "0x10"]),
+    st.text(max_size=30),
+)
+
+
+@given(
+    path=st.sampled_from(READ_PATHS),
+    params=st.lists(st.tuples(_KEYS, _VALUES), max_size=4),
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_query_string_gets_a_500(world, path, params):
+    response = world["client"].get(path, params=params)
+    assert response.status_code in (200, 400), (path, params, response.text)
+    if response.status_code == 400:
+        body = response.json()
+        assert body["status"] == 400 and body["message"] == "Bad Request" and body["description"]

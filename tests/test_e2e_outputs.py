@@ -261,17 +261,24 @@ def test_once_with_the_site_unreachable_fails_and_shows_the_error(tmp_path: Path
     assert query(db, "SELECT count(*) FROM cursors WHERE output = 'nightscout'") == [(0,)]
 
 
-def test_once_on_an_empty_store_with_the_site_unreachable_names_the_site(tmp_path: Path) -> None:
+def test_once_on_an_empty_store_with_the_site_unreachable_keeps_the_data_and_names_the_site(
+    tmp_path: Path,
+) -> None:
     db = tmp_path / "store.db"
     dead = f"http://127.0.0.1:{free_port()}"
     result = run("once", **nightscout_env(dead, db, CONNECT_BACKFILL_DAYS="1"))
     assert result.returncode == 1, result.stderr
-    # gap analysis could not ask the site, so nothing was fetched and nothing was stored
-    assert stored(db, "entries") == []
+    # gap analysis could not ask the site; the vendor's data is kept anyway (the whole backfill),
+    # waiting for the site in the store
+    assert len(stored(db, "entries")) == 288
+    assert "gap analysis failed" in result.stderr
     ns = output_status(db, "nightscout")
-    assert ns["last_error"].startswith("TransientError: GET /api/v1/entries.json: ConnectError")
+    assert ns["last_error"].startswith("TransientError: GET /api/v1/entries.json: ConnectError") or ns[
+        "last_error"
+    ].startswith("TransientError: POST /api/v1/entries: ConnectError")
+    assert ns["lag"] >= 288
     (loop,) = saved_status(db)["sources"][0]["loops"].values()
-    assert loop["frames_failed"] == 1 and "GET /api/v1/entries.json" in loop["last_error"]
+    assert loop["frames_failed"] == 0 and loop["frames_ok"] == 1
 
 
 def test_first_backfill_starts_where_the_site_already_is(

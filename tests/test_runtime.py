@@ -417,3 +417,61 @@ async def test_refresh_after_renews_through_refresh_not_a_login(autojump_clock: 
     assert vendor.logins == 1
     assert 5 <= len(refreshes) <= 6
     assert rt.loops[0].cycle.frames_failed == 0
+
+
+# --- gap analysis on an empty store ----------------------------------------------------------------
+
+
+def _recording_plan(seen: list[LastKnown]) -> Builder:
+    async def fetch(session: Any, last_known: LastKnown) -> None:
+        seen.append(last_known)
+
+    builder = Builder("fake")
+    builder.register_loop(
+        "Everything",
+        fetch=fetch,
+        transform=lambda raw, last_known: Batch.of([]),
+        collections=("entries", "treatments", "devicestatus"),
+        expected_interval=timedelta(minutes=5),
+    )
+    return builder
+
+
+async def test_an_empty_store_starts_where_the_site_already_is() -> None:
+    clock = VirtualClock(START)
+    asked: list[str] = []
+
+    async def site_newest(collection: str) -> int | None:
+        asked.append(collection)
+        return {"entries": START - 3_600_000, "treatments": None}.get(collection, START - 60_000)
+
+    seen: list[LastKnown] = []
+    rt = SourceRuntime(
+        _recording_plan(seen).build(), AsyncStore(Store(":memory:")), clock=clock, backfill_days=2,
+        gap_finder=site_newest,
+    )  # fmt: skip
+    assert await rt.run_once()
+    assert sorted(asked) == ["devicestatus", "entries", "treatments"]
+    (lk,) = seen
+    assert lk.get("entries") == START - 3_600_000
+    assert lk.get("treatments") == START - 2 * 86_400_000  # the site has none: the backfill
+    assert lk.get("devicestatus") == START - 60_000
+
+
+async def test_a_site_that_cannot_answer_does_not_hold_the_store_back() -> None:
+    clock = VirtualClock(START)
+
+    async def site_down(collection: str) -> int | None:
+        raise TransientError("Nightscout: connection refused")
+
+    seen: list[LastKnown] = []
+    rt = SourceRuntime(
+        _recording_plan(seen).build(), AsyncStore(Store(":memory:")), clock=clock, backfill_days=2,
+        gap_finder=site_down,
+    )  # fmt: skip
+    assert await rt.run_once(), "the frame runs: the vendor's data must not wait for the site"
+    (lk,) = seen
+    # readings and treatments: the whole backfill (the site's upserts absorb any overlap)
+    assert lk.get("entries") == lk.get("treatments") == START - 2 * 86_400_000
+    # devicestatus is never deduplicated by a site: no history that might double it
+    assert lk.get("devicestatus") == START
