@@ -277,6 +277,9 @@ class SessionDriver:
             "logins": m.logins,
             "rejections": m.rejections,
             "failures": m.failures,
+            # the current session has served data (a login alone proves little: some vendors
+            # take the password and then refuse every read)
+            "proven": m.proven,
             "expires_at": self.expires_at,
             "not_before": self.not_before or None,
             "last_error": describe_error(m.last_error),
