@@ -462,18 +462,140 @@ def test_align_schedule() -> None:
     driver = make(settings(), httpx.AsyncClient())
     spread = driver.spread_ms
     assert 0 <= spread < 10_000
+    lag = driver.planner.lag_ms
+    assert lag == 15_000
     last = T0
-    # no reading yet: one interval
-    assert driver.align_schedule(known(T0), T0) == T0 + 300_000
-    # just stored a reading: the next one's time plus the publish buffer and spread
-    due = last + 300_000 + 20_000 + spread
+    # no reading yet: one interval (plus the planner's lag and this account's offset)
+    assert driver.align_schedule(known(T0), T0) == T0 + 300_000 + lag + spread
+    # just stored a reading: the next one's time plus the lag and the offset
+    due = last + 300_000 + lag + spread
     assert driver.align_schedule(known(T0 + 30_000, entries=last), T0 + 30_000) == due
-    # polled at due and it was not there yet: one more try a minute later
-    assert driver.align_schedule(known(due + 1, entries=last), due + 1) == due + 60_000
-    # still not there: back on the regular slots
-    assert driver.align_schedule(known(due + 60_001, entries=last), due + 60_001) == due + 300_000
+    # the same account always gets the same offset; another account (usually) another one
+    assert make(settings(), httpx.AsyncClient()).spread_ms == spread
+    others = {
+        make(settings(link_up_username=f"f{n}@example.com"), httpx.AsyncClient()).spread_ms for n in range(8)
+    }
+    assert len(others) > 1
+    # polled at due and the reading was not there yet: one recheck half a minute later
+    driver.planner.observe(polled_at=due, before=last, times=[last - 300_000, last])
+    assert driver.align_schedule(known(due, entries=last), due) == due + 30_000 + spread
+    # the recheck found it: the lag grows to the middle of the two polls
+    found = due + 30_000 + spread
+    driver.planner.observe(polled_at=found, before=last, times=[last, last + 300_000])
+    assert driver.planner.lag_ms == ((due - (last + 300_000)) + (found - (last + 300_000))) // 2
+    new_last = last + 300_000
+    assert driver.align_schedule(known(found, entries=new_last), found) == (
+        new_last + 300_000 + driver.planner.lag_ms + spread
+    )
     # a long gap: one request per slot, no extra retries
-    late = last + 3_600_000 + 5_000
-    assert driver.align_schedule(known(late, entries=last), late) == last + 3_600_000 + 20_000 + spread
+    late = new_last + 3_600_000 + 5_000
+    due_late = driver.align_schedule(known(late, entries=new_last), late)
+    assert due_late > late and (due_late - new_last) % 300_000 == driver.planner.lag_ms + spread
     for now in range(T0, T0 + 4_000_000, 7_777):
-        assert driver.align_schedule(known(now, entries=last), now) > now
+        assert driver.align_schedule(known(now, entries=new_last), now) > now
+
+
+# --- login answers the service sends when it is unhappy -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "kw", "error", "retry_after"),
+    [
+        ("lock", {}, AccountLocked, 1234),  # the lockout body: its own seconds, not a default
+        ("http429", {"retry_after": 77}, RateLimited, 77),  # Retry-After honoured
+        ("http429", {"retry_after": None}, RateLimited, 60),
+        ("nonjson", {}, RateLimited, 900),  # an HTML page with HTTP 200: blocked, back off
+        ("ban", {"status": 430}, RateLimited, 900),
+        ("version", {}, ConfigError, 3600),
+    ],
+)
+async def test_login_refusals_carry_their_wait(
+    emu: LinkUpEmulator,
+    clock: Clock,
+    fault: str,
+    kw: dict[str, Any],
+    error: type[ConnectError],
+    retry_after: float,
+) -> None:
+    emu.lock_seconds = 1234
+    account = emu.add_account("follower@example.com", PASSWORD)
+    emu.inject(fault, on="login", **kw)
+    async with emu.client() as client:
+        driver = make(settings(), client)
+        with pytest.raises(error) as caught:
+            await driver.authenticate()
+        assert type(caught.value) is error and caught.value.retry_after == retry_after
+        assert_clean(str(caught.value), account, emu)
+        if fault == "lock":
+            assert "1234 s" in str(caught.value) and not caught.value.retryable
+            clock.ms += 1_234_000
+        await driver.authenticate()  # once the wait is over, the login goes through
+
+
+def test_trend_arrow_table() -> None:
+    from sources.linkup import direction_for
+
+    # protocols/02-librelinkup.md §9, written out independently of the driver's table
+    table = {
+        0: "NOT COMPUTABLE",
+        1: "SingleDown",
+        2: "FortyFiveDown",
+        3: "Flat",
+        4: "FortyFiveUp",
+        5: "SingleUp",
+        6: "NOT COMPUTABLE",
+        -1: "NOT COMPUTABLE",
+    }
+    assert {arrow: direction_for(arrow) for arrow in table} == table
+    for missing in (None, True, "3", 3.0):
+        assert direction_for(missing) == "NOT COMPUTABLE"
+
+
+def test_every_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "CONNECT_SOURCE": "linkup",
+        "CONNECT_LINK_UP_USERNAME": "f@example.com",
+        "CONNECT_LINK_UP_PASSWORD": PASSWORD,
+        "CONNECT_LINK_UP_REGION": "us",
+        "CONNECT_LINK_UP_SERVER": "http://127.0.0.1:8089/",
+        "CONNECT_LINK_UP_PATIENT_ID": "abc-123",
+        "CONNECT_LINK_UP_VERSION": "4.17.1",
+        "CONNECT_LINK_UP_PRODUCT": "llu.ios",
+        "CONNECT_LINK_UP_INTERVAL": "3",
+        "CONNECT_LINK_UP_AUTO_ACCEPT_TERMS": "false",
+        "CONNECT_LINK_UP_SENSOR_INFO": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    s = LinkUpSettings()  # type: ignore[call-arg]
+    assert s.link_up_region == "US" and s.link_up_patient_id == "abc-123"
+    assert not s.link_up_auto_accept_terms and s.link_up_sensor_info
+    driver = make(s, httpx.AsyncClient())
+    assert driver.client.endpoint.base_url == "http://127.0.0.1:8089" and driver.client.endpoint.custom
+    headers = driver.client._headers("tok", "acc")
+    assert headers["version"] == "4.17.1" and headers["product"] == "llu.ios"
+    assert headers["authorization"] == "Bearer tok" and headers["account-id"] == "acc"
+    assert driver.interval_ms == 180_000 and driver.planner.interval_ms == 180_000
+    builder = Builder("linkup")
+    driver.generate_driver(builder)
+    (loop,) = builder.build().loops
+    assert loop.expected_interval == timedelta(minutes=3)
+    assert loop.collections == ("entries", "treatments", "devicestatus")
+    # without a server the region picks the host; the default version is today's app
+    monkeypatch.delenv("CONNECT_LINK_UP_SERVER")
+    monkeypatch.delenv("CONNECT_LINK_UP_VERSION")
+    s = LinkUpSettings()  # type: ignore[call-arg]
+    assert make(s, httpx.AsyncClient()).client.endpoint.base_url == "https://api-us.libreview.io"
+    assert s.link_up_version == "4.16.0"
+
+
+async def test_patient_by_id_reads_that_patients_graph(emu: LinkUpEmulator) -> None:
+    account = emu.add_account("follower@example.com", PASSWORD, patients=3)
+    wanted = account.patients[2]
+    async with emu.client() as client:
+        driver, session = await connect(emu, client, link_up_patient_id=wanted.patient_id.upper())
+        raw = await driver.fetch(session, known())
+    assert session.patient_id == wanted.patient_id and session.patients == 3
+    assert emu.requests[-1].path == f"/llu/connections/{wanted.patient_id}/graph"
+    batch = driver.transform(raw, known())
+    assert batch.entries and all(e.sgv == wanted.value(e.date) for e in batch.entries)
+    assert emu.served_times(wanted) and not emu.served_times(account.patients[0])

@@ -187,6 +187,8 @@ async def test_login_fixture_success() -> None:
         login = await make(settings(), client).authenticate()
     assert login.token == "parp"
     assert login.account_id == sha256_hex("xx")
+    # the header is SHA-256 over the UTF-8 user id, 64 lower-case hex digits (an independent vector)
+    assert login.account_id == "5dde896887f6754c9b15bfe3a441ae4806df2fde94001311e08bf110622e0bbe"
     assert login.lifetime_s == 15_552_000.0  # duration is in ms: 180 days
     assert login.endpoint.base_url == "https://api-eu.libreview.io"
     (request,) = rec.requests
@@ -340,3 +342,28 @@ async def test_graph_fixture_through_fetch_and_transform() -> None:
         driver = make(settings(), client)
         raw = await driver.fetch(Session(login=login, patient_id=pid), known())
     assert len(driver.transform(raw, known()).entries) == 9
+
+
+#: every recorded payload and the tests above that read it; a new recording must join a test
+COVERED = {
+    *GRAPHS,
+    "pylibrelinkup__logbook_response.json",
+    "pylibrelinkup__login_response.json",
+    "pylibrelinkup__realworldevidence_consent_response.json",
+    "pylibrelinkup__redirect_response.json",
+    "pylibrelinkup__privacy_policy_response.json",
+    "pylibrelinkup__terms_of_use_response.json",
+    "pylibrelinkup__email_verification_response.json",
+    "pylibrelinkup__patient_not_found.json",
+}
+SHARED = Path("/work/shared/protocols/fixtures/librelinkup")
+
+
+def test_every_recorded_payload_is_exercised() -> None:
+    recorded = {p.name for p in FIXTURES.glob("*.json")}
+    assert recorded == COVERED, recorded ^ COVERED
+    if SHARED.is_dir():  # the copies here are the recordings of the protocol notes, unchanged
+        shared = {p.name for p in SHARED.glob("*.json")}
+        assert shared <= recorded, shared - recorded
+        for name in shared:
+            assert (SHARED / name).read_bytes() == (FIXTURES / name).read_bytes(), name

@@ -134,9 +134,10 @@ def test_our_driver_reads_the_same_socket(served: tuple[LinkUpEmulator, str]) ->
         async with httpx.AsyncClient(timeout=10) as client:
             driver = make(settings, client)
             grant = await driver.authorize(await driver.authenticate())
-            raw = await driver.fetch(grant.value, None)  # type: ignore[arg-type]
             now = emulator.now()
-            return driver.transform(raw, LastKnown(values={}, backfill_from=now - 86_400_000, now=now))
+            last_known = LastKnown(values={}, backfill_from=now - 86_400_000, now=now)
+            raw = await driver.fetch(grant.value, last_known)
+            return driver.transform(raw, last_known)
 
     batch = trio.run(ours)
     our_times = {e.date for e in batch.entries}

@@ -82,10 +82,13 @@ async def simulate(
     account_kw: dict[str, Any] | None = None,
     settings_kw: dict[str, Any] | None = None,
     seed: int = 1,
+    phase_ms: int | None = None,
 ) -> Run:
     clock = VirtualClock(START)
     emulator = LinkUpEmulator(now=clock, **(emulator_kw or {}))
     account = emulator.add_account(EMAIL, PASSWORD, region="eu", **(account_kw or {}))
+    if phase_ms is not None:
+        account.patients[0].phase_ms = phase_ms
     store = Store(":memory:")
     timed = TimedStore(store, clock)
     source_settings = LinkUpSettings(link_up_username=EMAIL, link_up_password=password, **(settings_kw or {}))
@@ -177,6 +180,79 @@ async def test_healthy_loop_latency_and_request_rate(autojump_clock: trio.abc.Cl
     status = run.runtime.status()
     assert status["session"]["state"] == "active"
     assert status["loops"]["LibreLinkUp"]["frames_failed"] == 0
+
+
+def settled_latencies(run: Run, after_ms: int) -> list[int]:
+    """How long each reading published after ``after_ms`` waited between visible and stored."""
+    served = run.emulator.served_times(run.patient)
+    return [
+        run.timed.stored_at[t] - run.emulator.available_at(t)
+        for t in served
+        if run.emulator.available_at(t) > after_ms
+    ]
+
+
+def graph_requests_per_hour(run: Run) -> list[int]:
+    graph = run.requests("graph")
+    hours = (run.end_ms - START) // HOUR
+    return [sum(1 for t in graph if START + h * HOUR <= t < START + (h + 1) * HOUR) for h in range(hours)]
+
+
+# A phone that uploads late: each reading reaches LibreLinkUp 30-120 s after its time. Polling
+# at a fixed buffer after the reading's time then finds only the one before, and every reading
+# waits a whole interval (or costs a second request); the schedule has to learn the delay.
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    delay_s=st.integers(30, 120),
+    spread_s=st.integers(0, 10),
+    phase_s=st.integers(0, 299),
+    seed=st.integers(0, 2**16),
+)
+@example(delay_s=100, spread_s=0, phase_s=50, seed=1)
+@example(delay_s=45, spread_s=5, phase_s=200, seed=2)
+def test_slow_uploader_keeps_latency_low_and_requests_few(
+    delay_s: int, spread_s: int, phase_s: int, seed: int
+) -> None:
+    hours = 6
+
+    async def main() -> Run:
+        return await simulate(
+            hours,
+            emulator_kw={"publish_delay_ms": delay_s * 1000, "publish_spread_ms": spread_s * 1000},
+            phase_ms=phase_s * 1000,
+            seed=seed,
+        )
+
+    run = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    check_invariants(run)
+    waits = settled_latencies(run, START + HOUR)  # the first hour is for learning the delay
+    assert len(waits) >= (hours - 1) * 12 - 2
+    assert all(w >= 0 for w in waits)
+    assert statistics.median(waits) <= 30_000, sorted(waits)
+    per_hour = graph_requests_per_hour(run)
+    assert all(n <= 14 for n in per_hour[1:]), per_hour
+    assert sum(per_hour) <= 14 * hours, per_hour
+    assert run.runtime.status()["loops"]["LibreLinkUp"]["frames_failed"] == 0
+
+
+async def test_uploads_late_by_a_varying_delay_wait_less_than_an_interval(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Each reading visible anywhere from 30 to 120 s after its time, independently.
+
+    One poll per reading can only come after the slowest of them, so a reading waits about
+    the difference (half of the 90 s spread on the median), never a whole interval as a rule.
+    """
+    run = await simulate(6, emulator_kw={"publish_delay_ms": 30_000, "publish_spread_ms": 90_000})
+    check_invariants(run)
+    delays = [run.emulator.available_at(t) - t for t in run.emulator.served_times(run.patient)]
+    assert min(delays) < 50_000 and max(delays) > 100_000  # the spread really is wide
+    waits = sorted(settled_latencies(run, START + HOUR))
+    assert len(waits) >= 5 * 12 - 2
+    assert statistics.median(waits) <= 60_000, waits
+    assert waits[int(len(waits) * 0.9)] <= 120_000, waits
+    per_hour = graph_requests_per_hour(run)
+    assert all(n <= 14 for n in per_hour[1:]), per_hour
 
 
 async def test_short_tokens_are_renewed_before_they_expire(autojump_clock: trio.abc.Clock) -> None:

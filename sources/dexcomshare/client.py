@@ -26,8 +26,8 @@ from sources.dexcomshare.const import (
     ZERO_UUID,
 )
 from sources.dexcomshare.faults import SessionRefused, list_answer, uuid_answer
-from sources.dexcomshare.schedule import PollPlanner
 from sources.dexcomshare.settings import DexcomShareSettings, Endpoint, endpoint_for
+from sources.schedule import PollPlanner
 
 LOOP_NAME = "DexcomShareEntries"
 #: readings asked for beyond the gap since the checkpoint: a reading published late, with a

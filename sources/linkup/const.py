@@ -89,11 +89,8 @@ LOOP_NAME: Final = "LibreLinkUp"
 
 #: readings arrive about every five minutes in the graph (Libre 3 fixtures)
 READING_INTERVAL_MS: Final = 300_000
-#: how long after a reading's time we expect it to be served, and a per-account spread
-PUBLISH_BUFFER_MS: Final = 20_000
+#: the spread of many accounts' polls over a few seconds (a fixed offset per account)
 SPREAD_MS: Final = 10_000
-#: a reading that has not appeared by then is asked for once more before the next slot
-OVERDUE_RETRY_MS: Final = 60_000
 #: readings dated further ahead than this are clock trouble and would poison the checkpoint
 FUTURE_TOLERANCE_MS: Final = 15 * 60_000
 

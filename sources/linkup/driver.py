@@ -12,9 +12,10 @@ from connect.contract import Backoff, BuilderLike, Grant, LastKnown
 from connect.errors import ProtocolError
 from connect.records import Batch
 from sources.linkup.client import LinkUpClient, Login, Session
-from sources.linkup.const import LOOP_NAME, OVERDUE_RETRY_MS, PUBLISH_BUFFER_MS, SPREAD_MS
+from sources.linkup.const import LOOP_NAME, SPREAD_MS
 from sources.linkup.settings import LinkUpSettings
-from sources.linkup.transform import transform
+from sources.linkup.transform import reading_times, transform
+from sources.schedule import PollPlanner
 
 
 class LinkUp:
@@ -24,10 +25,12 @@ class LinkUp:
         self.settings = settings
         self.client = LinkUpClient(settings, http)
         self.interval_ms = settings.link_up_interval * 60_000
-        # a fixed per-account offset spreads many accounts over the buffer without randomness,
-        # so align_schedule stays a pure function of its arguments
+        # a fixed per-account offset spreads many accounts over the planner's jitter without
+        # randomness, so the schedule depends only on what the reads returned
         digest = hashlib.sha256(settings.link_up_username.encode("utf-8")).digest()
         self.spread_ms = int.from_bytes(digest[:4], "big") % SPREAD_MS
+        #: when to read next: the readings' phase plus the learned delay until LibreLinkUp serves them
+        self.planner = PollPlanner(interval_ms=self.interval_ms, jitter_ms=SPREAD_MS)
 
     # --- session -----------------------------------------------------------------------------
 
@@ -46,7 +49,13 @@ class LinkUp:
     async def fetch(self, session: Any, last_known: LastKnown) -> Any:
         if not isinstance(session, Session):
             raise ProtocolError("LibreLinkUp: fetch was given no session")
-        return await self.client.graph(session)
+        answer = await self.client.graph(session)
+        try:
+            times = reading_times(answer)
+        except ProtocolError:
+            times = []  # the transform reports the payload; the planner learns nothing from it
+        self.planner.observe(polled_at=last_known.now, before=last_known.values.get("entries"), times=times)
+        return answer
 
     def transform(self, raw: Any, last_known: LastKnown) -> Batch:
         return transform(raw, last_known, sensor_info=self.settings.link_up_sensor_info)
@@ -54,22 +63,15 @@ class LinkUp:
     def align_schedule(self, last_known: LastKnown, now_ms: int) -> int:
         """When to ask next: just after the next reading should have been published.
 
-        Readings fall every interval in the phase of the newest stored one. When the expected
-        reading has not shown up by its time, ask once more a minute later, then go back to the
-        regular slots (so a sensor gap costs one request per slot, not a retry storm).
+        Readings fall every interval in the phase of the newest stored one and LibreLinkUp
+        serves each some seconds to minutes after its time (the phone uploads it first). The
+        :class:`PollPlanner` learns that delay from the reads: a poll that misses its reading
+        is checked again once shortly after, and a delay longer than the estimate moves later
+        polls back, so a slow uploader costs neither a whole interval per reading nor two
+        requests per reading. A sensor gap costs one request per slot.
         """
-        interval = self.interval_ms
-        if not last_known.has("entries"):
-            return now_ms + interval
-        last = last_known.get("entries")
-        extra = PUBLISH_BUFFER_MS + self.spread_ms
-        due = last + interval + extra
-        if now_ms < due:
-            return due
-        if now_ms - due < OVERDUE_RETRY_MS and now_ms - last < 2 * interval:
-            return due + OVERDUE_RETRY_MS
-        steps = (now_ms - extra - last) // interval + 1
-        return last + steps * interval + extra
+        newest = last_known.values.get("entries")
+        return self.planner.next_poll(newest, now_ms, self.spread_ms / SPREAD_MS)
 
     def collections(self) -> tuple[str, ...]:
         if self.settings.link_up_sensor_info:

@@ -180,6 +180,22 @@ def _sensor_records(
     return out
 
 
+def reading_times(raw: object) -> list[int]:
+    """The times of the readings a graph response holds (history and current), oldest first.
+
+    What a poll saw, for the schedule; a payload without usable items is a ProtocolError.
+    """
+    try:
+        connection, graph = graph_parts(raw)
+        current = _current_item(connection)
+        items = [*graph, *([] if current is None else [current])]
+        return sorted({date for date, sgv in map(_parse_item, items) if sgv is not None})
+    except ProtocolError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise ProtocolError(f"LibreLinkUp graph payload unusable ({type(exc).__name__})") from None
+
+
 def transform(raw: object, last_known: LastKnown, *, sensor_info: bool = False) -> Batch:
     """The records of one graph response that are newer than ``last_known``."""
     try:

@@ -16,7 +16,8 @@ address) means ``default_region``. Data calls must reach the account's own regio
 not honoured elsewhere: an emulator assumption, the protocol notes are silent on it).
 
 Readings are a live stream: every ``interval_ms`` (5 min, as the graph fixtures show) on a
-per-patient phase with the odd extra second, visible ``publish_delay_ms`` after their time,
+per-patient phase with the odd extra second, visible ``publish_delay_ms`` after their time
+(plus a fixed share of ``publish_spread_ms`` per reading, for a phone that uploads late),
 judged by the injectable ``now`` (epoch ms) so a test can run on
 :class:`connect.clock.VirtualClock`. The graph holds the last 12 h *before* the current reading;
 the current one is ``connection.glucoseMeasurement`` (with ``TrendArrow``), as on the real service.
@@ -320,6 +321,7 @@ class LinkUpEmulator:
         default_region: str = "eu",
         minimum_version: str = MINIMUM_VERSION,
         publish_delay_ms: int = 10_000,
+        publish_spread_ms: int = 0,
         lock_failures: int = 3,
         lock_interval_s: int = 60,
         lock_seconds: int = 300,
@@ -328,6 +330,8 @@ class LinkUpEmulator:
         self.default_region = default_region
         self.minimum_version = minimum_version
         self.publish_delay_ms = publish_delay_ms
+        #: each reading waits a further 0 … spread ms (fixed per reading time): a slow uploader
+        self.publish_spread_ms = publish_spread_ms
         self.lock_failures = lock_failures
         self.lock_interval_s = lock_interval_s
         self.lock_seconds = lock_seconds
@@ -402,7 +406,12 @@ class LinkUpEmulator:
         return {t: at for (pid, t), at in self.served.items() if pid == patient.patient_id}
 
     def available_at(self, reading_ms: int) -> int:
-        return reading_ms + self.publish_delay_ms
+        """When a reading becomes visible: its time, the delay, and its share of the spread."""
+        extra = 0
+        if self.publish_spread_ms > 0:
+            digest = hashlib.sha256(f"publish:{reading_ms}".encode()).digest()
+            extra = int.from_bytes(digest[:4], "big") % (self.publish_spread_ms + 1)
+        return reading_ms + self.publish_delay_ms + extra
 
     # --- ASGI ----------------------------------------------------------------------------------
 
@@ -704,7 +713,7 @@ class LinkUpEmulator:
         visible = now - self.publish_delay_ms
         index = patient.index_at_or_before(visible)
         while (t := patient.reading_time(index)) > visible - 86_400_000:
-            if not patient.in_gap(t):
+            if not patient.in_gap(t) and self.available_at(t) <= now:
                 return t
             index -= 1
         return None
@@ -773,7 +782,9 @@ class LinkUpEmulator:
         current = self._current(patient, now)
         history: list[int] = []
         if current is not None:
-            history = list(patient.times(current - GRAPH_SPAN_MS, current - 1))
+            history = [
+                t for t in patient.times(current - GRAPH_SPAN_MS, current - 1) if self.available_at(t) <= now
+            ]
         if record:
             for t in [*history, *([] if current is None else [current])]:
                 self.served.setdefault((patient.patient_id, t), now)
@@ -793,7 +804,11 @@ class LinkUpEmulator:
 
     def _logbook(self, ticket: Ticket, patient: Patient, now: int) -> _Answer:
         visible = now - self.publish_delay_ms
-        events = [t for i, t in enumerate(patient.times(visible - LOGBOOK_SPAN_MS, visible)) if i % 36 == 0]
+        events = [
+            t
+            for i, t in enumerate(patient.times(visible - LOGBOOK_SPAN_MS, visible))
+            if i % 36 == 0 and self.available_at(t) <= now
+        ]
         return _json(
             {
                 "status": 0,

@@ -15,7 +15,7 @@ import attrs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sources.dexcomshare.schedule import CEILING_MS, FLOOR_MS, JITTER_MS, RECHECK_MS, PollPlanner
+from sources.schedule import CEILING_MS, FLOOR_MS, JITTER_MS, RECHECK_MS, PollPlanner
 from tests.test_dexcom_driver import (
     MIN_MS,
     START,

@@ -1,7 +1,8 @@
 """When to read next: just after the next reading becomes readable, learned from the reads.
 
-A sensor reading carries the time it was measured, but Share serves it only once the phone
-has uploaded it, some seconds (sometimes a minute or two) later. Polling at
+A sensor reading carries the time it was measured, but a vendor cloud (Dexcom Share,
+LibreLinkUp) serves it only once the phone has uploaded it, some seconds (sometimes a minute or
+two) later. Polling at
 ``newest + interval + buffer`` with a fixed buffer works while that delay is shorter than the
 buffer; when it is longer, every poll arrives just before the reading it is for, finds only
 the one before, and each reading waits a whole interval for the next poll.
