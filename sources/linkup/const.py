@@ -87,8 +87,6 @@ UNKNOWN_DIRECTION: Final = "NOT COMPUTABLE"
 DEVICE: Final = "nightscout-connect-librelinkup"
 LOOP_NAME: Final = "LibreLinkUp"
 
-#: readings arrive about every five minutes in the graph (Libre 3 fixtures)
-READING_INTERVAL_MS: Final = 300_000
 #: the spread of many accounts' polls over a few seconds (a fixed offset per account)
 SPREAD_MS: Final = 10_000
 #: readings dated further ahead than this are clock trouble and would poison the checkpoint
