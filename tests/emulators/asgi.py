@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -38,3 +39,19 @@ async def respond(send: Send, status: int, headers: Iterable[tuple[str, str]], b
     raw.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+class Answer(Exception):
+    """An emulator's answer; raised from deep inside a handler (or returned) to end it."""
+
+    def __init__(
+        self, status: int, body: bytes | str, content_type: str = "application/json", **headers: str
+    ):
+        super().__init__(status)
+        self.status = status
+        self.body = body.encode() if isinstance(body, str) else body
+        self.headers = {"content-type": content_type, **headers}
+
+
+def json_answer(value: Any, status: int = 200, **headers: str) -> Answer:
+    return Answer(status, json.dumps(value, separators=(",", ":")), **headers)

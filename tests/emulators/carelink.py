@@ -42,6 +42,8 @@ import anyio
 import attrs
 import httpx
 
+from tests.emulators.asgi import Answer as _Answer
+from tests.emulators.asgi import json_answer as _json
 from tests.emulators.asgi import not_http, read_body, respond
 
 DISCOVERY_PATHS: Final = (
@@ -127,20 +129,6 @@ class Logged:
     fault: str | None = None
     #: for display/message answers: the reading times (UTC) the payload carried
     served: tuple[int, ...] = ()
-
-
-class _Answer(Exception):
-    def __init__(
-        self, status: int, body: bytes | str, content_type: str = "application/json", **headers: str
-    ):
-        super().__init__(status)
-        self.status = status
-        self.body = body.encode() if isinstance(body, str) else body
-        self.headers = {"content-type": content_type, **headers}
-
-
-def _json(value: Any, status: int = 200, **headers: str) -> _Answer:
-    return _Answer(status, json.dumps(value, separators=(",", ":")), **headers)
 
 
 def _html(status: int, title: str) -> _Answer:

@@ -40,6 +40,8 @@ import anyio
 import attrs
 import httpx
 
+from tests.emulators.asgi import Answer as _Answer
+from tests.emulators.asgi import json_answer as _json
 from tests.emulators.asgi import not_http, read_body, respond
 
 PATH_PREFIX: Final = "/ShareWebServices/Services/"
@@ -286,20 +288,6 @@ class LockoutNotice:
     account_id: str
     told_ms: int
     until_ms: int
-
-
-class _Answer(Exception):
-    """Control flow: an answer decided deep inside a handler."""
-
-    def __init__(self, status: int, body: bytes, content_type: str = "application/json", **headers: str):
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.headers = {"content-type": content_type, **headers}
-
-
-def _json(value: Any, status: int = 200) -> _Answer:
-    return _Answer(status, json.dumps(value, separators=(",", ":")).encode())
 
 
 class ShareEmulator:

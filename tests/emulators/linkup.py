@@ -45,6 +45,8 @@ import anyio
 import attrs
 import httpx
 
+from tests.emulators.asgi import Answer as _Answer
+from tests.emulators.asgi import json_answer as _json
 from tests.emulators.asgi import not_http, read_body, respond
 from tests.emulators.serve import serve_forever, serve_in_thread
 
@@ -286,20 +288,6 @@ class Request:
     fault: str | None = None
     #: the lockout seconds of a lock answer, for quiet-period checks
     lockout_s: int | None = None
-
-
-class _Answer(Exception):
-    """An answer (raised from deep inside a handler or returned)."""
-
-    def __init__(self, status: int, body: bytes, content_type: str = "application/json", **headers: str):
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.headers = {"content-type": content_type, **headers}
-
-
-def _json(value: Any, status: int = 200) -> _Answer:
-    return _Answer(status, json.dumps(value, separators=(",", ":")).encode("utf-8"))
 
 
 def _html(status: int, title: str) -> _Answer:
