@@ -45,6 +45,7 @@ import httpx
 from tests.emulators.asgi import Answer as _Answer
 from tests.emulators.asgi import json_answer as _json
 from tests.emulators.asgi import not_http, read_body, respond
+from tests.emulators.scripted import Fault, Logged
 
 DISCOVERY_PATHS: Final = (
     "/connect/carepartner/v13/discover/android/3.6",
@@ -100,35 +101,6 @@ def old_local(ms: int) -> str:
 def iso_local(ms: int, suffix: str = "Z") -> str:
     t = datetime.fromtimestamp(ms / 1000, tz=UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}{suffix}"
-
-
-@attrs.define
-class Fault:
-    kind: str
-    endpoints: frozenset[str] | None = None
-    times: int | None = 1
-    start_ms: int | None = None
-    end_ms: int | None = None
-    retry_after: int = 30
-    hang_s: float = 120.0
-
-    def matches(self, endpoint: str, now: int) -> bool:
-        if self.endpoints is not None and endpoint not in self.endpoints:
-            return False
-        if self.start_ms is not None:
-            return self.start_ms <= now < (self.end_ms if self.end_ms is not None else now + 1)
-        return self.times is None or self.times > 0
-
-
-@attrs.define
-class Logged:
-    time_ms: int
-    method: str
-    endpoint: str
-    status: int = 0
-    fault: str | None = None
-    #: for display/message answers: the reading times (UTC) the payload carried
-    served: tuple[int, ...] = ()
 
 
 def _html(status: int, title: str) -> _Answer:

@@ -31,10 +31,10 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import anyio
-import attrs
 import httpx
 
 from tests.emulators.asgi import not_http, read_body, respond
+from tests.emulators.scripted import Fault, Logged
 
 COOKIE_NAME: Final = "_logbook-web_session"
 FIVE_MIN: Final = 300_000
@@ -57,35 +57,6 @@ STREAMS: Final = {
     "scheduledBasals": (HOUR, 0),
     "foods": (6 * HOUR, 3 * HOUR + 10 * 60_000),
 }
-
-
-@attrs.define
-class Fault:
-    kind: str
-    endpoints: frozenset[str] | None = None
-    times: int | None = 1
-    start_ms: int | None = None
-    end_ms: int | None = None
-    retry_after: int = 30
-    hang_s: float = 60.0
-
-    def matches(self, endpoint: str, now: int) -> bool:
-        if self.endpoints is not None and endpoint not in self.endpoints:
-            return False
-        if self.start_ms is not None:
-            return self.start_ms <= now < (self.end_ms if self.end_ms is not None else now + 1)
-        return self.times is None or self.times > 0
-
-
-@attrs.define
-class Logged:
-    time_ms: int
-    method: str
-    endpoint: str
-    status: int = 0
-    fault: str | None = None
-    #: UTC times of the records a complete 200 answer carried
-    served: tuple[int, ...] = ()
 
 
 class _Answer(Exception):
