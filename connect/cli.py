@@ -51,6 +51,7 @@ USAGE = """usage: nightscout-connect <command> [--flags]
 commands:
   run       run every loop of the configured source forever (the daemon)
   once      one frame per loop, deliver, then exit (non-zero if any failed)
+            (both take --accounts-dir DIR: one account per DIR/NAME.env, all in one process)
   check     validate settings and try the login; writes no data
   demo      the simulated CGM into a local store, with live logs and the API
   serve     the HTTP API alone over an existing store
@@ -141,7 +142,44 @@ def _configure_logs(settings: CoreSettings, *, fmt: str | None = None, level: st
     configure(fmt=fmt or settings.log_format, level=level or settings.log_level)
 
 
+def _accounts_dir(args: Sequence[str]) -> tuple[Path | None, list[str]]:
+    """``--accounts-dir DIR`` taken out of the flags: (DIR or None, the other flags)."""
+    rest: list[str] = []
+    directory: Path | None = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--accounts-dir":
+            if i + 1 >= len(args):
+                raise UsageError(["--accounts-dir: name a directory of NAME.env files"])
+            directory = Path(args[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--accounts-dir="):
+            directory = Path(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+        i += 1
+    return directory, rest
+
+
+def _run_accounts(directory: Path, args: Sequence[str], *, once: bool) -> int:
+    """``run`` / ``once`` over every account file in ``directory``, in one trio run."""
+    from connect import accounts
+
+    loaded = accounts.load_accounts(directory, args)
+    fmt, level = accounts.log_options(loaded)
+    configure(fmt=fmt, level=level)
+    if once:
+        return EXIT_OK if trio.run(accounts.once_accounts, loaded) else EXIT_FAILED
+    trio.run(accounts.run_accounts, loaded)
+    return EXIT_OK
+
+
 def cmd_run(args: Sequence[str]) -> int:
+    directory, args = _accounts_dir(args)
+    if directory is not None:
+        return _run_accounts(directory, args, once=False)
     settings, source = load_settings(args)
     _configure_logs(settings)
 
@@ -154,6 +192,9 @@ def cmd_run(args: Sequence[str]) -> int:
 
 
 def cmd_once(args: Sequence[str]) -> int:
+    directory, args = _accounts_dir(args)
+    if directory is not None:
+        return _run_accounts(directory, args, once=True)
     settings, source = load_settings(args)
     _configure_logs(settings)
 
