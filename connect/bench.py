@@ -113,6 +113,7 @@ def optional_benches() -> dict[str, Callable[[], dict[str, float]]]:
         ("outputs.bench", ("bench_nightscout", "bench_mqtt")),
         ("api.bench", ("bench_api",)),
         ("connect.bench_accounts", ("bench_accounts",)),
+        ("connect.bench_backfill", ("bench_backfill",)),
     ):
         try:
             mod: Any = __import__(module, fromlist=list(names))
@@ -134,6 +135,10 @@ def main() -> None:
         "bench_nightscout": ("delivery to Nightscout emulator, records/s", "bare httpx loop"),
         "bench_mqtt": ("delivery to mosquitto, QoS 1 messages/s", "bare paho publisher"),
         "bench_api": ("API entries.json?count=288, requests/s", "bare ASGI app, same bytes"),
+        "bench_backfill": (
+            "backfill from a Nightscout, entries/s (30 days)",
+            "bare httpx loop, same windows",
+        ),
         "bench_accounts": (
             "accounts polled/s (200 runtimes, one frame each)",
             "fetch+transform+persist direct",

@@ -7,6 +7,7 @@ as Nightscout API v3 computes it) so that every write anywhere is an idempotent 
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -69,8 +70,12 @@ def ms_from_iso(text: str) -> int:
     return int(round(parsed.timestamp() * 1000))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def make_identifier(*parts: object) -> str:
-    """UUID v5 over the parts joined by ``_`` (Nightscout v3: device_date[_eventType])."""
+    """UUID v5 over the parts joined by ``_`` (Nightscout v3: device_date[_eventType]).
+
+    Cached: a record's identifier is asked for by the transform, the store and the outputs,
+    and a backfill hashes tens of thousands of them."""
     return str(uuid.uuid5(NIGHTSCOUT_NAMESPACE, "_".join(str(p) for p in parts)))
 
 

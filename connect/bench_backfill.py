@@ -1,0 +1,83 @@
+"""Benchmark: backfill entries/s from an emulated Nightscout.
+
+Ours is the whole path — the ``nightscout`` source's windows and paging, the machines, the
+runtime and the store — copying 30 days of 5-minute entries in one frame. The ceiling reads the
+same day windows with a bare httpx loop and decodes the JSON, storing nothing. Both talk to the
+same in-process emulator, so the emulator's own cost is in both figures.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Any
+
+import httpx
+import trio
+from pydantic import SecretStr
+
+from connect.builder import Builder
+from connect.httpkit import sha1_hex
+from connect.runtime import SourceRuntime
+from sources.nightscout import NightscoutSettings, make
+from store import AsyncStore, Store
+
+DAY_MS = 86_400_000
+SECRET = "benchmark-api-secret"
+
+
+def bench_backfill(days: int = 30, rounds: int = 3) -> dict[str, float]:
+    emulators: Any = importlib.import_module("tests.emulators.nightscout")
+    now = int(time.time() * 1000) // 300_000 * 300_000
+    docs = emulators.sgv_series(now - days * DAY_MS + 300_000, days * 288)
+
+    def site() -> Any:
+        emulator = emulators.NightscoutEmulator(SECRET, now=lambda: now)
+        emulator.seed_entries(docs)
+        return emulator
+
+    async def ours() -> float:
+        emulator = site()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=emulator.app)) as client:
+            settings = NightscoutSettings(
+                source_endpoint="http://bench.test",
+                source_api_secret=SecretStr(SECRET),
+                source_collections="entries",
+            )
+            builder = Builder("nightscout")
+            make(settings, client).generate_driver(builder)
+            store = Store(":memory:")
+            runtime = SourceRuntime(builder.build(), AsyncStore(store), clock=lambda: now, backfill_days=days)
+            started = time.perf_counter()
+            ok = await runtime.run_once()
+            elapsed = time.perf_counter() - started
+            stored = store.count("entries")
+            store.close()
+        if not ok or stored != len(docs):
+            raise RuntimeError(f"backfill incomplete: {stored} of {len(docs)}")
+        return stored / elapsed
+
+    async def ceiling() -> float:
+        emulator = site()
+        headers = {"api-secret": sha1_hex(SECRET)}
+        read = 0
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=emulator.app)) as client:
+            started = time.perf_counter()
+            for day in range(days):
+                low = now - (days - day) * DAY_MS
+                params = {"find[date][$gt]": str(low), "find[date][$lte]": str(low + DAY_MS), "count": "1000"}
+                response = await client.get(
+                    "http://bench.test/api/v1/entries.json", params=params, headers=headers
+                )
+                read += len(response.json())
+            elapsed = time.perf_counter() - started
+        if read != len(docs):
+            raise RuntimeError(f"ceiling read {read} of {len(docs)}")
+        return read / elapsed
+
+    from connect.logs import configure
+
+    configure(fmt="json", level="warning")
+    mine = max(trio.run(ours) for _ in range(rounds))
+    top = max(trio.run(ceiling) for _ in range(rounds))
+    return {"ours": mine, "ceiling": top, "ratio": mine / top}
