@@ -142,25 +142,33 @@ def _configure_logs(settings: CoreSettings, *, fmt: str | None = None, level: st
     configure(fmt=fmt or settings.log_format, level=level or settings.log_level)
 
 
-def _accounts_dir(args: Sequence[str]) -> tuple[Path | None, list[str]]:
-    """``--accounts-dir DIR`` taken out of the flags: (DIR or None, the other flags)."""
+def _take_option(args: Sequence[str], flag: str, missing: str) -> tuple[str | None, list[str]]:
+    """A command's own ``--flag VALUE`` (or ``--flag=VALUE``) taken out before the settings see
+    the rest: (the value or None, the other arguments). ``missing`` is the usage line when the
+    flag comes without a value."""
     rest: list[str] = []
-    directory: Path | None = None
+    value: str | None = None
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg == "--accounts-dir":
+        if arg == flag:
             if i + 1 >= len(args):
-                raise UsageError(["--accounts-dir: name a directory of NAME.env files"])
-            directory = Path(args[i + 1])
+                raise UsageError([f"{flag}: {missing}"])
+            value = args[i + 1]
             i += 2
             continue
-        if arg.startswith("--accounts-dir="):
-            directory = Path(arg.split("=", 1)[1])
+        if arg.startswith(f"{flag}="):
+            value = arg.split("=", 1)[1]
         else:
             rest.append(arg)
         i += 1
-    return directory, rest
+    return value, rest
+
+
+def _accounts_dir(args: Sequence[str]) -> tuple[Path | None, list[str]]:
+    """``--accounts-dir DIR`` taken out of the flags: (DIR or None, the other flags)."""
+    directory, rest = _take_option(args, "--accounts-dir", "name a directory of NAME.env files")
+    return (None if directory is None else Path(directory)), rest
 
 
 def _run_accounts(directory: Path, args: Sequence[str], *, once: bool) -> int:
@@ -327,22 +335,8 @@ def cmd_login(args: Sequence[str]) -> int:
                 "sources log in with their CONNECT_* credentials)"
             ]
         )
-    import_from: Path | None = None
-    flags: list[str] = []
-    i = 0
-    while i < len(rest):
-        arg = rest[i]
-        if arg == "--import":
-            if i + 1 >= len(rest):
-                raise UsageError(["--import: name the token file to import (such as logindata.json)"])
-            import_from = Path(rest[i + 1])
-            i += 2
-            continue
-        if arg.startswith("--import="):
-            import_from = Path(arg.split("=", 1)[1])
-        else:
-            flags.append(arg)
-        i += 1
+    imported, flags = _take_option(rest, "--import", "name the token file to import (such as logindata.json)")
+    import_from = None if imported is None else Path(imported)
     if import_from is not None and not import_from.is_file():
         raise UsageError([f"--import: no file at {str(import_from)!r}"])
     settings, _ = load_settings(flags, source_name=LOGIN_VENDORS[vendor.lower()])
@@ -396,12 +390,8 @@ def cmd_capture(args: Sequence[str]) -> int:
 def cmd_diagram(args: Sequence[str]) -> int:
     from connect.diagram import render
 
-    fmt = "mermaid"
-    for i, arg in enumerate(args):
-        if arg == "--format" and i + 1 < len(args):
-            fmt = args[i + 1]
-        elif arg.startswith("--format="):
-            fmt = arg.split("=", 1)[1]
+    chosen, _ = _take_option(args, "--format", "name one of mermaid, md or dot")
+    fmt = chosen or "mermaid"
     if fmt not in ("mermaid", "md", "dot"):
         raise UsageError([f"--format: must be mermaid, md or dot, not {fmt!r}"])
     print(render(fmt))
