@@ -45,7 +45,7 @@ import httpx
 from tests.emulators.asgi import Answer as _Answer
 from tests.emulators.asgi import json_answer as _json
 from tests.emulators.asgi import not_http, read_body, respond
-from tests.emulators.scripted import Fault, Logged
+from tests.emulators.scripted import Fault, FaultScript, Logged
 
 DISCOVERY_PATHS: Final = (
     "/connect/carepartner/v13/discover/android/3.6",
@@ -121,8 +121,10 @@ class Grant:
     used: bool = False
 
 
-class CareLinkEmulator:
+class CareLinkEmulator(FaultScript):
     """The ASGI app: one CareLink login (patient or care partner) and one pump's data."""
+
+    fault_kinds = FAULT_KINDS
 
     def __init__(
         self,
@@ -173,31 +175,10 @@ class CareLinkEmulator:
         self.current: dict[int, str] = {}
         self.revoked: set[int] = set()
         self.access: dict[str, int] = {}
-        self.faults: list[Fault] = []
         self.log: list[Logged] = []
+        super().__init__()
 
     # --- set-up and queries ---------------------------------------------------------------
-
-    def inject(self, kind: str, *, endpoint: str | Iterable[str] | None = None, times: int | None = 1,
-               **params: Any) -> Fault:  # fmt: skip
-        """Answer the next ``times`` requests to ``endpoint`` (``None``: any) with a fault."""
-        fault = Fault(kind, self._endpoints(kind, endpoint), times, **params)
-        self.faults.append(fault)
-        return fault
-
-    def schedule(self, kind: str, start_ms: int, end_ms: int, *, endpoint: str | Iterable[str] | None = None,
-                 **params: Any) -> Fault:  # fmt: skip
-        fault = Fault(kind, self._endpoints(kind, endpoint), None, start_ms, end_ms, **params)
-        self.faults.append(fault)
-        return fault
-
-    @staticmethod
-    def _endpoints(kind: str, endpoint: str | Iterable[str] | None) -> frozenset[str] | None:
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}")
-        if endpoint is None:
-            return None
-        return frozenset([endpoint] if isinstance(endpoint, str) else endpoint)
 
     def issue_tokens(self, *, ttl_s: int | None = None) -> dict[str, Any]:
         """Tokens as a finished login would hold them (a test's token file, without a browser)."""
@@ -461,14 +442,6 @@ class CareLinkEmulator:
         if answer.status != 200:
             entry.served = ()
         return answer
-
-    def _fault_for(self, endpoint: str, now: int) -> Fault | None:
-        for fault in self.faults:
-            if fault.matches(endpoint, now):
-                if fault.times is not None and fault.start_ms is None:
-                    fault.times -= 1
-                return fault
-        return None
 
     async def _faulty(self, fault: Fault, scope: dict[str, Any], headers: dict[str, str], body: bytes,
                       entry: Logged) -> _Answer:  # fmt: skip

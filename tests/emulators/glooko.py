@@ -26,7 +26,7 @@ import secrets
 import time
 import urllib.parse
 import zoneinfo
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -34,7 +34,7 @@ import anyio
 import httpx
 
 from tests.emulators.asgi import not_http, read_body, respond
-from tests.emulators.scripted import Fault, Logged
+from tests.emulators.scripted import Fault, FaultScript, Logged
 
 COOKIE_NAME: Final = "_logbook-web_session"
 FIVE_MIN: Final = 300_000
@@ -77,8 +77,10 @@ def _html(status: int, title: str) -> _Answer:
     return _Answer(status, page, "text/html; charset=utf-8")
 
 
-class GlookoEmulator:
+class GlookoEmulator(FaultScript):
     """The ASGI app: one Glooko account with a pump, a CGM and a food log."""
+
+    fault_kinds = FAULT_KINDS
 
     def __init__(
         self,
@@ -111,30 +113,10 @@ class GlookoEmulator:
         self.code_in_sign_in = code_in_sign_in
         self.deleted_every = deleted_every
         self.sessions: dict[str, int] = {}
-        self.faults: list[Fault] = []
         self.log: list[Logged] = []
+        super().__init__()
 
     # --- set-up and queries ---------------------------------------------------------------
-
-    def inject(self, kind: str, *, endpoint: str | Iterable[str] | None = None, times: int | None = 1,
-               **params: Any) -> Fault:  # fmt: skip
-        fault = Fault(kind, self._endpoints(kind, endpoint), times, **params)
-        self.faults.append(fault)
-        return fault
-
-    def schedule(self, kind: str, start_ms: int, end_ms: int, *, endpoint: str | Iterable[str] | None = None,
-                 **params: Any) -> Fault:  # fmt: skip
-        fault = Fault(kind, self._endpoints(kind, endpoint), None, start_ms, end_ms, **params)
-        self.faults.append(fault)
-        return fault
-
-    @staticmethod
-    def _endpoints(kind: str, endpoint: str | Iterable[str] | None) -> frozenset[str] | None:
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}")
-        if endpoint is None:
-            return None
-        return frozenset([endpoint] if isinstance(endpoint, str) else endpoint)
 
     def expire_sessions(self) -> None:
         """Every cookie issued so far stops working now (the web session was reset)."""
@@ -252,14 +234,6 @@ class GlookoEmulator:
         if answer.status != 200:
             entry.served = ()
         return answer
-
-    def _fault_for(self, endpoint: str, now: int) -> Fault | None:
-        for fault in self.faults:
-            if fault.matches(endpoint, now):
-                if fault.times is not None and fault.start_ms is None:
-                    fault.times -= 1
-                return fault
-        return None
 
     async def _faulty(self, fault: Fault, scope: dict[str, Any], headers: dict[str, str], params: dict[str, str],
                       body: bytes, entry: Logged) -> _Answer:  # fmt: skip

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import attrs
 
 
@@ -36,3 +39,43 @@ class Logged:
     fault: str | None = None
     #: UTC times of the readings a complete 200 answer carried
     served: tuple[int, ...] = ()
+
+
+class FaultScript:
+    """What an emulator offers tests for faults: ``inject`` (the next few requests), ``schedule``
+    (a window of the emulator's clock), and ``_fault_for`` for its handler."""
+
+    #: the fault kinds this emulator knows how to answer with
+    fault_kinds: frozenset[str] = frozenset()
+
+    def __init__(self) -> None:
+        self.faults: list[Fault] = []
+
+    def inject(self, kind: str, *, endpoint: str | Iterable[str] | None = None, times: int | None = 1,
+               **params: Any) -> Fault:  # fmt: skip
+        """Answer the next ``times`` requests to ``endpoint`` (``None``: any) with a fault."""
+        fault = Fault(kind, self._endpoints(kind, endpoint), times, **params)
+        self.faults.append(fault)
+        return fault
+
+    def schedule(self, kind: str, start_ms: int, end_ms: int, *, endpoint: str | Iterable[str] | None = None,
+                 **params: Any) -> Fault:  # fmt: skip
+        """Answer every request to ``endpoint`` during ``[start_ms, end_ms)`` with a fault."""
+        fault = Fault(kind, self._endpoints(kind, endpoint), None, start_ms, end_ms, **params)
+        self.faults.append(fault)
+        return fault
+
+    def _endpoints(self, kind: str, endpoint: str | Iterable[str] | None) -> frozenset[str] | None:
+        if kind not in self.fault_kinds:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        if endpoint is None:
+            return None
+        return frozenset([endpoint] if isinstance(endpoint, str) else endpoint)
+
+    def _fault_for(self, endpoint: str, now: int) -> Fault | None:
+        for fault in self.faults:
+            if fault.matches(endpoint, now):
+                if fault.times is not None and fault.start_ms is None:
+                    fault.times -= 1
+                return fault
+        return None
