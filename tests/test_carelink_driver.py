@@ -9,14 +9,11 @@ rotated refresh token again (the emulator would revoke the whole login, as Auth0
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import random
 import stat
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +25,13 @@ from hypothesis import strategies as st
 
 from connect.builder import Builder
 from connect.clock import VirtualClock
-from connect.logs import configure
 from connect.runtime import SourceRuntime
 from sources.carelink import LOOP_NAME, make
 from sources.carelink.settings import CareLinkSettings
 from sources.carelink.tokens import TokenData, write_token_file
 from store import AsyncStore, Store
 from tests.emulators.carelink import CareLinkEmulator
+from tests.logcapture import captured_logs
 
 START = 1_750_000_000_000  # June 2025
 MINUTE = 60_000
@@ -42,16 +39,6 @@ HOUR = 60 * MINUTE
 TTL_S = 1800
 DATA_FAULTS = ("500", "503html", "401", "429", "html", "truncated", "nonjson", "timeout")
 TOKEN_FAULTS = ("500", "429", "timeout", "html", "503html")
-
-
-@contextmanager
-def captured_logs() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure(fmt="json", level="debug", stream=stream)
-    try:
-        yield stream
-    finally:
-        configure(fmt="json", level="warning", stream=io.StringIO())
 
 
 class Scenario:

@@ -8,12 +8,9 @@ record, nor cause more than one sign-in per expiry or refusal.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -24,11 +21,11 @@ from hypothesis import strategies as st
 
 from connect.builder import Builder
 from connect.clock import VirtualClock
-from connect.logs import configure
 from connect.runtime import SourceRuntime
 from sources.glooko import FEEDS, GlookoSettings, make
 from store import AsyncStore, Store
 from tests.emulators.glooko import GlookoEmulator
+from tests.logcapture import captured_logs
 
 START = 1_749_513_600_000  # 2025-06-10T00:00:00Z: summer time in Berlin for weeks either side
 MINUTE = 60_000
@@ -38,16 +35,6 @@ PASSWORD = "correct horse battery"
 DATA = ("readings", "normalBoluses", "scheduledBasals", "foods")
 DATA_FAULTS = ("500", "503html", "401", "429", "html", "truncated", "nonjson", "timeout")
 SIGNIN_FAULTS = ("500", "503html", "429", "html", "timeout")
-
-
-@contextmanager
-def captured_logs() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure(fmt="json", level="debug", stream=stream)
-    try:
-        yield stream
-    finally:
-        configure(fmt="json", level="warning", stream=io.StringIO())
 
 
 class Scenario:
