@@ -28,7 +28,7 @@ from connect.cli import UsageError, load_settings
 from connect.contract import SourceInfo
 from connect.errors import ConfigError
 from connect.redact import describe_error
-from connect.settings import SITE_LEGACY_ENV, CoreSettings, installed_legacy_env
+from connect.settings import SITE_LEGACY_ENV, CoreSettings, installed_legacy_env, preserved_environ
 
 log = structlog.get_logger("connect.accounts")
 
@@ -78,22 +78,16 @@ def _settings_names() -> set[str]:
 @contextlib.contextmanager
 def account_environ(pairs: Mapping[str, str], *, defaults: Mapping[str, str]) -> Iterator[None]:
     """``os.environ`` as one account sees it while the block runs; the process's afterwards."""
-    saved = dict(os.environ)
     legacy = _settings_names()
-    env = {
-        key: value
-        for key, value in saved.items()
-        if key in PROCESS_WIDE_ENV or not (key.startswith("CONNECT_") or key in legacy)
-    }
-    env.update(defaults)
-    env.update(pairs)
-    try:
+    with preserved_environ() as saved:
+        env = {
+            key: value
+            for key, value in saved.items()
+            if key in PROCESS_WIDE_ENV or not (key.startswith("CONNECT_") or key in legacy)
+        }
         os.environ.clear()
-        os.environ.update(env)
+        os.environ.update({**env, **defaults, **pairs})
         yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def account_files(directory: Path) -> list[Path]:
@@ -177,20 +171,7 @@ async def run_account(
     started = False
     try:
         async with trio.open_nursery() as nursery:
-            if account.bind is not None and isinstance(account.settings, ApiSettings):
-                on = await nursery.start(
-                    daemon_mod.serve_api, account.settings, account.settings.store_path, daemon.status
-                )
-                if on:
-                    log.info("api listening", account=account.name, on=on)
-            await nursery.start(daemon.run)
-            log.info(
-                "running",
-                account=account.name,
-                source=daemon.runtime.key,
-                loops=[loop.spec.name for loop in daemon.runtime.loops],
-                outputs=[output.name for output in daemon.outputs],
-            )
+            await nursery.start(daemon_mod.serve_daemon, daemon)
             started = True
             task_status.started()
     except Exception as exc:

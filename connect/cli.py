@@ -41,6 +41,7 @@ from connect.settings import (
     installed_legacy_env,
     legacy_env_for,
     load_source,
+    preserved_environ,
     recognised_env,
     secret_values,
     settings_model,
@@ -103,14 +104,10 @@ def _source_name(args: Sequence[str]) -> str:
 def _translated_environ(source: SourceInfo) -> Iterator[None]:
     """nightscout-connect's names and values translated into ours while the settings are read,
     and the process environment as it was afterwards (an embedding program's included)."""
-    saved = dict(os.environ)
-    try:
+    with preserved_environ():
         apply_node_values()
         apply_legacy_env(legacy_env_for(source))
         yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def load_settings(

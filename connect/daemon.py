@@ -179,24 +179,31 @@ async def serve_api(
         reader.close()
 
 
+async def serve_daemon(
+    daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """One account's daemon with its API (when its settings bind one), until cancelled."""
+    async with trio.open_nursery() as nursery:
+        if isinstance(daemon.settings, ApiSettings):
+            binds = await nursery.start(serve_api, daemon.settings, daemon.settings.store_path, daemon.status)
+            if binds:
+                log.info("api listening", source=daemon.runtime.key, on=binds)
+        await nursery.start(daemon.run)
+        log.info(
+            "running",
+            source=daemon.runtime.key,
+            loops=[loop.spec.name for loop in daemon.runtime.loops],
+            outputs=[output.name for output in daemon.outputs],
+        )
+        task_status.started()
+
+
 async def run_forever(daemon: Daemon) -> None:
     """``run``: every loop forever until a signal arrives."""
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             await nursery.start(watch_signals, scope)
-            if isinstance(daemon.settings, ApiSettings):
-                binds = await nursery.start(
-                    serve_api, daemon.settings, daemon.settings.store_path, daemon.status
-                )
-                if binds:
-                    log.info("api listening", on=binds)
-            await nursery.start(daemon.run)
-            log.info(
-                "running",
-                source=daemon.runtime.key,
-                loops=[loop.spec.name for loop in daemon.runtime.loops],
-                outputs=[output.name for output in daemon.outputs],
-            )
+            await nursery.start(serve_daemon, daemon)
     log.info("stopped")
 
 

@@ -7,9 +7,10 @@ for the selected source only, so that source's required fields are required and 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, Final, Literal, cast
 
@@ -157,6 +158,19 @@ def legacy_env_for(source: SourceInfo | None) -> dict[str, str]:
 
 def _legacy_applies(old: str, new: str, env: Mapping[str, str]) -> bool:
     return old in env and new not in env and not any(k in env for k in LEGACY_UNLESS.get(old, ()))
+
+
+@contextlib.contextmanager
+def preserved_environ() -> Iterator[dict[str, str]]:
+    """Whatever the block does to ``os.environ`` is undone afterwards; yields a copy of it as it
+    was. Reading settings translates old names in the environment, and an embedding program
+    (or the next account's settings) must not see those translations."""
+    saved = dict(os.environ)
+    try:
+        yield saved
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def apply_legacy_env(legacy: Mapping[str, str], environ: dict[str, str] | None = None) -> list[str]:
