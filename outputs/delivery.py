@@ -22,7 +22,7 @@ import structlog
 import trio
 
 from connect.clock import wall_ms
-from connect.errors import ConfigError, ConnectError, OutputAuthError
+from connect.errors import ConfigError, ConnectError, OutputAuthError, TransientError
 from connect.records import Collection
 from connect.redact import describe_error, redact
 from machines.timing import backoff
@@ -139,8 +139,8 @@ class Output(abc.ABC):
         while True:
             try:
                 await self._serve()
-            except ConnectError as exc:
-                delay = self._failed(exc)
+            except Exception as exc:
+                delay = self._failed(_typed(exc, self.name))
                 await self.refresh()  # the pass may have moved the cursor before it failed
                 await self._sleep_backing_off(delay)
 
@@ -159,7 +159,8 @@ class Output(abc.ABC):
         for attempt in range(1, attempts + 1):
             try:
                 await self._deliver_once()
-            except ConnectError as exc:
+            except Exception as exc:
+                exc = _typed(exc, self.name)
                 delay = self._failed(exc)
                 if isinstance(exc, (OutputAuthError, ConfigError)) or attempt == attempts:
                     await self.refresh()
@@ -275,6 +276,19 @@ class Output(abc.ABC):
                 await self.refresh()
         # a frame persisted during the wait is delivered by the next pass anyway
         self._wakeup = trio.Event()
+
+
+def _typed(exc: Exception, name: str) -> ConnectError:
+    """``exc`` as an error of our tree.
+
+    A library raising what we did not foresee must not take every source and output of the
+    daemon down with it: it is shown in status and retried like a 5xx. Only its type is shown,
+    since its message may quote a URL with credentials in it.
+    """
+    if isinstance(exc, ConnectError):
+        return exc
+    log.error("unexpected error in output", output=name, error_type=type(exc).__name__)
+    return TransientError(f"{name}: unexpected {type(exc).__name__}")
 
 
 def build_outputs(

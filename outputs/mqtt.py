@@ -375,9 +375,11 @@ class MqttOutput(Output):
         self, body: Callable[[_Link], Awaitable[None]], *, client_id: str | None = None
     ) -> None:
         """Connect, run ``body`` while the connection lives, disconnect; raise what ended it."""
-        client = self._make_client(client_id or self.client_id)
         broker = self.broker
         try:
+            # inside the try: a CA bundle removed or damaged since start fails here, as a
+            # connection failure, not as a crash of the daemon
+            client = self._make_client(client_id or self.client_id)
             # a blocking TCP connect and TLS handshake; paho sends CONNECT before returning
             await trio.to_thread.run_sync(
                 lambda: client.connect(broker.host, broker.port, keepalive=self.keepalive),
@@ -387,6 +389,8 @@ class MqttOutput(Output):
             raise TransientError(
                 f"MQTT broker {self.target()}: TLS certificate not trusted ({exc.reason})"
             ) from None
+        except ssl.SSLError as exc:
+            raise TransientError(f"MQTT broker {self.target()}: TLS failed ({type(exc).__name__})") from None
         except (OSError, ValueError) as exc:
             raise TransientError(f"MQTT broker {self.target()} unreachable ({type(exc).__name__})") from None
         link = _Link(client, qos=self.qos, display=self.target())

@@ -6,6 +6,7 @@ model from the core's, the source's and these fields.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
@@ -68,6 +69,23 @@ class OutputSettings(BaseSettings):
         if len(value.get_secret_value()) < 12:
             # Nightscout refuses to start with a shorter API_SECRET, so this one cannot match
             raise ValueError("Nightscout's API_SECRET has at least 12 characters")
+        return value
+
+    @pydantic.field_validator("mqtt_ca_file")
+    @classmethod
+    def _ca_file_readable(cls, value: Path | None) -> Path | None:
+        if value is None or not str(value).strip():
+            return None
+        # checked at start: a missing bundle found only at the first TLS connect would leave the
+        # output retrying something no retry can fix
+        if not value.is_file():
+            raise ValueError(f"no CA bundle at {str(value)!r}")
+        try:
+            ssl.create_default_context(cafile=str(value))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"{str(value)!r} is not a readable PEM CA bundle ({type(exc).__name__})"
+            ) from None
         return value
 
     @pydantic.field_validator("mqtt_url")

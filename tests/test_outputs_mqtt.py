@@ -332,3 +332,18 @@ def test_a_missing_broker_skips_locally_and_fails_under_ci(ci: str) -> None:
     else:
         assert result.returncode == 0, result.stdout
         assert "SKIPPED [1]" in result.stdout and "mosquitto is not installed" in result.stdout
+
+
+async def test_a_ca_bundle_gone_since_start_is_a_delivery_error_not_a_crash(
+    store: Store, tmp_path: Path
+) -> None:
+    persist(store, list(readings(2)))
+    from tests.mosquitto import free_port
+
+    out = MqttOutput(
+        mqtt_target(f"mqtts://127.0.0.1:{free_port()}"), AsyncStore(store), policy=FAST,
+        ca_file=tmp_path / "removed.pem",
+    )  # fmt: skip
+    assert not await out.deliver_until_idle(attempts=1)
+    assert out.status()["state"] == "backing_off"
+    assert "unreachable (FileNotFoundError)" in out.status()["last_error"]

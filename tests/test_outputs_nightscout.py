@@ -358,3 +358,33 @@ async def test_a_site_refusing_every_upload_gets_no_request_per_record(
     status = out.status()
     assert status["state"] == "idle" and status["lag"] == 0
     assert len(emulator.entries) + status["rejected"] == 288 and len(emulator.entries) >= 288 - 60
+
+
+async def test_an_unforeseen_exception_is_shown_in_status_and_delivery_goes_on(
+    autojump_clock: trio.abc.Clock, store: Store, site: tuple[NightscoutEmulator, httpx.AsyncClient]
+) -> None:
+    """A library raising something outside our error tree must not stop the daemon."""
+    emulator, client = site
+    persist(store, [reading(i) for i in range(5)])
+    out = make_output(store, client)
+    real_send = client.send
+    broken = [True]
+
+    async def send(request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        if broken[0]:
+            broken[0] = False
+            raise RuntimeError("https://user:hunter2@site.example exploded")
+        return await real_send(request, **kwargs)
+
+    client.send = send  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(out.run)
+        await trio.sleep(1)
+        status = out.status()
+        assert status["state"] == "backing_off"
+        assert "unexpected RuntimeError" in status["last_error"]
+        assert "hunter2" not in str(status)
+        await trio.sleep(600)
+        assert out.status()["state"] == "idle" and out.status()["lag"] == 0
+        nursery.cancel_scope.cancel()
+    assert emulator.count("entries") == 5

@@ -150,3 +150,17 @@ async def test_an_idle_output_sleeps_until_woken(autojump_clock: trio.abc.Clock,
             await trio.sleep(0.001)
             assert len(posts) == 1 and out.state == "idle"
             nursery.cancel_scope.cancel()
+
+
+def test_a_missing_or_broken_ca_bundle_is_a_settings_error(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.setenv("CONNECT_MQTT_URL", "mqtts://broker.example")
+    clean_env.setenv("CONNECT_MQTT_CA_FILE", str(tmp_path / "nowhere.pem"))
+    with pytest.raises(pydantic.ValidationError, match="no CA bundle at"):
+        OutputSettings()
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    clean_env.setenv("CONNECT_MQTT_CA_FILE", str(garbage))
+    with pytest.raises(pydantic.ValidationError, match="not a readable PEM CA bundle"):
+        OutputSettings()
