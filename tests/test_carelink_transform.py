@@ -42,7 +42,8 @@ def test_missing_last_sgv_fixture() -> None:
     # six slots, the last is a gap marker (sg 0, no time): five readings
     assert len(entries) == 5 == sum(1 for s in raw["sgs"] if s["sg"] != 0)
     assert [e.sgv for e in entries] == [70, 69, 68, 65, 66]
-    # pump time "Oct 19, 2015 08:20:00" vs server 15:23:44Z: the pump is on UTC-7 (PDT)
+    # pump time "Oct 19, 2015 08:20:00" at its upload, which reached the server at 15:17:50Z:
+    # the pump is on UTC-7 (PDT), its clock two minutes fast
     assert iso_from_ms(entries[0].date) == "2015-10-19T14:55:00.000Z"
     assert iso_from_ms(entries[-1].date) == "2015-10-19T15:15:00.000Z"
     assert all(b.date - a.date == 300_000 for a, b in zip(entries, entries[1:], strict=False))
@@ -72,7 +73,7 @@ def test_with_trend_fixture() -> None:
     # six readings in sgs (Oct 20) plus lastSG (Oct 21 13:46), which the trimmed sgs lack
     assert len(entries) == 7
     assert sum(1 for s in raw["sgs"] if s["sg"] != 0) == 6
-    # pump "Oct 21, 2015 13:51:00" vs server 18:55:42Z: UTC-5 (CDT)
+    # pump "Oct 21, 2015 13:51:00" at its upload, which reached the server at 18:49:35Z: UTC-5 (CDT)
     assert iso_from_ms(entries[0].date) == "2015-10-20T18:21:00.000Z"
     assert entries[0].sgv == 191
     assert iso_from_ms(entries[-1].date) == "2015-10-21T18:46:00.000Z"
@@ -88,6 +89,40 @@ def test_with_trend_fixture() -> None:
 def test_fixture_wrapped_in_patient_data_is_the_same(name: str) -> None:
     raw = load(name)
     assert transform({"patientData": raw}, LK) == transform(raw, LK)
+
+
+@pytest.mark.parametrize("minutes", [11, 45, 120])
+@pytest.mark.parametrize("name", ["missingLastSgv", "withTrend"])
+def test_silent_pump_keeps_every_reading_where_it_was(name: str, minutes: int) -> None:
+    """The pump stops uploading: CareLink answers the same upload with a later currentServerTime.
+
+    In the real payloads ``sMedicalDeviceTime`` is the pump clock at its last upload (it equals
+    ``lastSensorTSAsString``), so pairing it with the time of the answer would place every
+    reading 30 minutes off, with new identifiers, after about 11 minutes of silence.
+    """
+    raw = load(name)
+    assert raw["sMedicalDeviceTime"] == raw["lastSensorTSAsString"]
+    fresh = transform(raw, LK)
+    silent = copy.deepcopy(raw)
+    silent["currentServerTime"] += minutes * 60_000
+    later = transform(silent, LK)
+    assert [(e.date, e.identifier) for e in later.entries] == [(e.date, e.identifier) for e in fresh.entries]
+    assert later == fresh  # the device status too: same upload, same record
+
+
+def test_the_upload_time_wins_over_the_time_of_the_answer() -> None:
+    """The pump clock read at its upload is paired with the server time of that upload."""
+    upload = utc("2025-03-01T06:35:40Z")
+    doc = {
+        "medicalDeviceFamily": "PARADIGM",
+        "sMedicalDeviceTime": "Mar 01, 2025 12:05:00",  # India, UTC+5:30
+        "lastMedicalDeviceDataUpdateServerTime": upload,
+        "currentServerTime": upload + 3 * HOUR + 17 * 60_000,
+        "sgs": [{"sg": 120, "datetime": "Mar 01, 2025 12:00:00", "kind": "SG"}],
+    }
+    assert PumpClock.of(doc).offset_ms == 5 * HOUR + 30 * 60_000
+    (entry,) = transform(doc, LK).entries
+    assert iso_from_ms(entry.date) == "2025-03-01T06:30:00.000Z"
 
 
 @pytest.mark.parametrize("name", ["missingLastSgv", "withTrend"])
@@ -135,8 +170,11 @@ def test_7xxg_times_labelled_utc_are_placed_by_the_phone_clock() -> None:
     assert entry.direction == "DoubleUp"
 
 
-def test_half_hour_zone_of_the_pump() -> None:
-    """India is UTC+5:30; rounding to whole hours (as minimed-connect did) would be 30 min off."""
+def test_half_hour_zone_of_the_pump_without_an_upload_time() -> None:
+    """India is UTC+5:30; rounding to whole hours (as minimed-connect did) would be 30 min off.
+
+    Without ``lastMedicalDeviceDataUpdateServerTime`` the time of the answer is the last resort.
+    """
     now = utc("2025-03-01T06:33:12Z")
     doc = {
         "medicalDeviceFamily": "GUARDIAN",
@@ -270,7 +308,10 @@ def payloads(draw: st.DrawFn) -> tuple[dict[str, Any], dict[int, int], int | Non
     count = draw(st.integers(0, 30))
     gaps = draw(st.sets(st.integers(0, max(count - 1, 0)), max_size=count))
     values = draw(st.lists(st.integers(40, 400), min_size=count, max_size=count))
-    now = first + count * 300_000 + draw(st.integers(0, 299_000))
+    # the pump's last upload reached CareLink after its newest reading; the answer comes any
+    # time later (a pump out of range uploads nothing for hours, and its clocks stay put)
+    upload = first + count * 300_000 + draw(st.integers(0, 299_000))
+    now = upload + draw(st.sampled_from([0, 30_000, 11 * 60_000, 45 * 60_000, 2 * HOUR, 9 * HOUR]))
     # the pump's clock is set by hand: a few minutes off; the phone's is exact
     drift = draw(st.integers(-9 * 60_000, 9 * 60_000)) if generation == "legacy" else 0
     local = (
@@ -290,14 +331,15 @@ def payloads(draw: st.DrawFn) -> tuple[dict[str, Any], dict[int, int], int | Non
     doc: dict[str, Any] = {
         "medicalDeviceFamily": draw(st.sampled_from(["PARADIGM", "NGP", "GUARDIAN"])),
         "currentServerTime": now,
-        "sMedicalDeviceTime": old_local(now - now % 60_000 + offset + drift),
-        "lastMedicalDeviceDataUpdateServerTime": now - 30_000,
+        # the pump's clock (whole minutes) and the server's, both at the upload
+        "sMedicalDeviceTime": old_local(upload - upload % 60_000 + offset + drift),
+        "lastMedicalDeviceDataUpdateServerTime": upload,
         "lastSGTrend": trend,
         "sgs": sgs,
     }
     if generation == "7xxG":
-        doc["lastConduitDateTime"] = iso_local(now - 30_000 + offset)
-        doc["lastConduitUpdateServerDateTime"] = now - 30_000
+        doc["lastConduitDateTime"] = iso_local(upload + offset)
+        doc["lastConduitUpdateServerDateTime"] = upload
         del doc["sMedicalDeviceTime"]
     newest = max(truth) if truth else None
     if newest is not None and draw(st.booleans()):

@@ -7,10 +7,15 @@ server time in epoch ms) taken at the same moment; their difference, rounded, is
 zone, and it places every local time on the UTC axis:
 
 * the phone's ``lastConduitDateTime`` with ``lastConduitUpdateServerDateTime`` (7xxG), else
-* the pump's ``sMedicalDeviceTime`` with ``currentServerTime`` (the server advances the former
-  even while the pump is silent, which is why minimed-connect pairs them).
+* the pump's ``sMedicalDeviceTime`` with ``lastMedicalDeviceDataUpdateServerTime``: both are
+  taken at the pump's last upload (in the real payloads ``sMedicalDeviceTime`` equals
+  ``lastSensorTSAsString`` and stays put while the pump is silent), else
+* as a last resort, for a payload without the upload time, ``sMedicalDeviceTime`` with
+  ``currentServerTime``, as minimed-connect pairs them. That is right only while the upload
+  is fresh: ``currentServerTime`` is the time of the answer, so after a quarter hour of pump
+  silence the rounded zone would jump by half an hour and every reading with it.
 
-Only when neither pair exists does an explicit offset in the string itself count.
+Only when no pair exists does an explicit offset in the string itself count.
 """
 
 from __future__ import annotations
@@ -161,6 +166,10 @@ class PumpClock:
                 ("lastConduitUpdateServerDateTime", "lastConduitUpdateServerTime"),
                 PHONE_ZONE_STEP_MS,
             ),
+            # the pump's clock and the server's, both at the pump's last upload
+            ("sMedicalDeviceTime", ("lastMedicalDeviceDataUpdateServerTime",), PUMP_ZONE_STEP_MS),
+            ("medicalDeviceTimeAsString", ("lastMedicalDeviceDataUpdateServerTime",), PUMP_ZONE_STEP_MS),
+            # last resort (see the module's docstring): wrong once the pump has been silent
             ("sMedicalDeviceTime", ("currentServerTime",), PUMP_ZONE_STEP_MS),
             ("medicalDeviceTimeAsString", ("currentServerTime",), PUMP_ZONE_STEP_MS),
         )
