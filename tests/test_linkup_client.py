@@ -3,8 +3,9 @@ documented error answer and injected fault, settings, scheduling — and no secr
 
 from __future__ import annotations
 
+import email.utils
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -184,6 +185,13 @@ def test_endpoints_and_redirect_targets() -> None:
     local = endpoint_for("http://127.0.0.1:8080/", "EU")
     assert (local.base_url, local.custom) == ("http://127.0.0.1:8080", True)
     assert endpoint_for("http://[::1]:9/proxy/", "EU").base_url == "http://[::1]:9/proxy"
+    # the API's own /llu prefix in a configured server is not doubled by the request paths
+    for server in ("http://127.0.0.1:8080/llu", "http://127.0.0.1:8080/llu/", "127.0.0.1:8080/llu"):
+        assert endpoint_for(server, "EU").base_url.endswith("127.0.0.1:8080"), server
+    assert endpoint_for("https://proxy.example/libre/llu", "EU").base_url == "https://proxy.example/libre"
+    assert (
+        endpoint_for("https://proxy.example/llu-mirror", "EU").base_url == "https://proxy.example/llu-mirror"
+    )
     assert redirect_endpoint(endpoint_for(None, "EU"), "eu2").base_url == "https://api-eu2.libreview.io"
     assert redirect_endpoint(endpoint_for(None, "EU"), "xx").base_url == "https://api-xx.libreview.io"
     own = endpoint_for("api-eu.libreview.io", "EU")
@@ -193,6 +201,20 @@ def test_endpoints_and_redirect_targets() -> None:
     for bad in (None, "", "../x", 7, "e u"):
         with pytest.raises(ProtocolError):
             redirect_endpoint(endpoint_for(None, "EU"), bad)
+
+
+async def test_a_server_written_with_the_llu_prefix_reaches_the_api(emu: LinkUpEmulator) -> None:
+    """``CONNECT_LINK_UP_SERVER=http://host:port/llu`` (how the API's URLs read) just works."""
+    emu.add_account("follower@example.com", PASSWORD)
+    async with emu.client() as client:
+        driver, session = await connect(emu, client, link_up_server="http://127.0.0.1:8080/llu/")
+        await driver.fetch(session, known())
+    assert [r.path for r in emu.requests] == [
+        "/llu/auth/login",
+        "/llu/connections",
+        f"/llu/connections/{session.patient_id}/graph",
+    ]
+    assert all(r.status == 200 for r in emu.requests)
 
 
 async def test_redirect_from_a_custom_server_is_a_clear_config_error(emu: LinkUpEmulator) -> None:
@@ -310,6 +332,46 @@ async def test_unknown_patient_on_graph(emu: LinkUpEmulator) -> None:
         other = Session(login=session.login, patient_id="0d3f0000-0000-0000-0000-000000000000")
         with pytest.raises(RequestRejected, match="couldNotLoadPatient"):
             await driver.fetch(other, known())
+
+
+@pytest.mark.parametrize("use", ["user", "connection"])
+async def test_a_follower_id_for_the_patient_is_rejected_with_a_hint(emu: LinkUpEmulator, use: str) -> None:
+    """``MissingCachedUser`` (a status other than 0 or 4) is a person's to fix, not a retry's."""
+    account = emu.add_account("follower@example.com", PASSWORD)
+    wrong = account.user_id if use == "user" else account.patients[0].connection_id
+    async with emu.client() as client:
+        driver, session = await connect(emu, client)
+        with pytest.raises(RequestRejected) as caught:
+            await driver.fetch(Session(login=session.login, patient_id=wrong), known())
+    error = caught.value
+    assert type(error) is RequestRejected and not error.retryable
+    assert "MissingCachedUser" in str(error) and "CONNECT_LINK_UP_PATIENT_ID" in str(error)
+    assert "follower" in str(error)
+    assert_clean(str(error), account, emu)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"status": 1, "error": {"message": "somethingElse"}}, RequestRejected),
+        ({"status": 7}, ProtocolError),  # no word of why: perhaps passing, so retried
+        ({"status": 4, "error": {}}, RequestRejected),
+    ],
+)
+async def test_graph_status_answers(body: dict[str, Any], error: type[ConnectError]) -> None:
+    from sources.linkup import LinkUpClient, Login, endpoint_for
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=body)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        client = LinkUpClient(settings(), http)
+        login = Login(token="t", account_id="a", endpoint=endpoint_for(None, "EU"), lifetime_s=None)
+        with pytest.raises(error) as caught:
+            await client.graph(Session(login=login, patient_id="p-1"))
+    assert type(caught.value) is error
+    if error is RequestRejected:
+        assert "CONNECT_LINK_UP_PATIENT_ID" in str(caught.value)
 
 
 # --- faults on the data call ------------------------------------------------------------------------
@@ -530,6 +592,40 @@ async def test_login_refusals_carry_their_wait(
             assert "1234 s" in str(caught.value) and not caught.value.retryable
             clock.ms += 1_234_000
         await driver.authenticate()  # once the wait is over, the login goes through
+
+
+@pytest.mark.parametrize("login", [True, False])
+@pytest.mark.parametrize("http_status", [429, 200])
+@pytest.mark.parametrize(
+    ("inner", "header", "wait"),
+    [
+        ({"failures": 3, "interval": 60, "lockout": 300}, "45", 300.0),  # the body's own seconds win
+        ({"failures": 3, "interval": 60}, "45", 45.0),  # no seconds in the body: the header
+        ({}, "in 600 s", None),  # an HTTP date: the time until then
+        ({}, None, "default"),
+        ({"lockout": "300"}, "nan", "default"),  # neither says anything usable
+    ],
+)
+def test_lock_body_wait_comes_from_body_then_header_then_default(
+    login: bool, http_status: int, inner: dict[str, Any], header: str | None, wait: float | str | None
+) -> None:
+    from sources.linkup import classify
+
+    body = {"status": 429, "data": {"code": 60, "data": inner, "message": "locked"}}
+    if header == "in 600 s":
+        header = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=600), usegmt=True)
+    headers = {} if header is None else {"retry-after": header}
+    response = httpx.Response(http_status, json=body, headers=headers)
+    expected_type = AccountLocked if login else RateLimited
+    with pytest.raises(expected_type) as caught:
+        classify(response, what="LibreLinkUp call", login=login)
+    got = caught.value.retry_after
+    if wait == "default":
+        assert got == (900.0 if login else 60.0)
+    elif wait is None:
+        assert got is not None and 500 < got <= 600
+    else:
+        assert got == wait
 
 
 def test_trend_arrow_table() -> None:

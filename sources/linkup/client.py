@@ -54,6 +54,13 @@ _NOT_JSON: Final = object()
 _PATH_SAFE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+#: what a graph error message is known to mean, said before the general hint
+_PATIENT_HINTS: Final[dict[str, str]] = {
+    "MissingCachedUser": "this is reported when a follower or connection id is used where the "
+    "patient's id belongs; ",
+}
+
+
 @attrs.frozen
 class Login:
     """A successful login: the bearer token, the account-id header and where the account lives."""
@@ -109,14 +116,18 @@ def classify(response: httpx.Response, *, what: str, login: bool = False) -> Any
                 retry_after=VERSION_RETRY_S,
             )
         if code == STATUS_LOCKED:
+            # the body's lockout seconds are the service's own word; a lock body without them
+            # may still come with a Retry-After header, which beats any guess of ours
             seconds = _lock_seconds(body)
+            header = httpkit.retry_after_seconds(response)
+            wait = seconds or header or (DEFAULT_BAN_S if login else DEFAULT_RATE_LIMIT_S)
             if login:
                 raise AccountLocked(
                     f"{what}: the account is locked after failed logins"
-                    + (f" for {seconds:.0f} s" if seconds else ""),
-                    retry_after=seconds or DEFAULT_BAN_S,
+                    + (f" for {wait:.0f} s" if seconds or header else ""),
+                    retry_after=wait,
                 )
-            raise RateLimited(f"{what}: throttled (status 429)", retry_after=seconds)
+            raise RateLimited(f"{what}: throttled (status 429)", retry_after=wait)
         if body.get("message") == "RequiredHeaderMissing":
             raise RequestRejected(
                 f"{what}: refused (RequiredHeaderMissing, HTTP {status}); "
@@ -338,13 +349,18 @@ class LinkUpClient:
         if not isinstance(answer, Mapping):
             raise ProtocolError(f"{what}: the answer is not an object")
         code = answer.get("status", STATUS_OK)
-        if code == STATUS_STEP:
-            error = answer.get("error")
-            message = error.get("message") if isinstance(error, Mapping) else None
+        if code == STATUS_OK:
+            return answer
+        error = answer.get("error")
+        message = error.get("message") if isinstance(error, Mapping) else None
+        if code == STATUS_STEP or (isinstance(message, str) and message):
+            # the service named why it will not serve this patient (couldNotLoadPatient with
+            # status 4; MissingCachedUser and the like with other codes): asking again gets the
+            # same answer, so this is for a person to fix, not for the frame to retry
+            hint = _PATIENT_HINTS.get(str(message), "")
             raise RequestRejected(
-                f"{what}: the service could not load the patient ({_short(message)}); check "
-                "CONNECT_LINK_UP_PATIENT_ID and the invitation in the LibreLinkUp app"
+                f"{what}: the service could not load the patient ({_short(message)}, status "
+                f"{_short(code, 12)}); {hint}check CONNECT_LINK_UP_PATIENT_ID (a patientId from "
+                "the connections list) and the invitation in the LibreLinkUp app"
             )
-        if code != STATUS_OK:
-            raise ProtocolError(f"{what}: unexpected status {_short(code, 12)}")
-        return answer
+        raise ProtocolError(f"{what}: unexpected status {_short(code, 12)}")

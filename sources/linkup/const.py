@@ -36,9 +36,11 @@ REGION_CODE: Final = re.compile(r"^[a-z][a-z0-9]{1,5}$")
 #: a configured server of this shape can follow a redirect by substituting the region
 LIBREVIEW_HOST: Final = re.compile(r"^api(?:-[a-z0-9]+)?\.libreview\.(?:io|ru)$")
 
-LOGIN_PATH: Final = "/llu/auth/login"
-CONNECTIONS_PATH: Final = "/llu/connections"
-GRAPH_PATH: Final = "/llu/connections/{patient_id}/graph"
+#: the prefix of every API path but the step acceptance
+API_PREFIX: Final = "/llu"
+LOGIN_PATH: Final = f"{API_PREFIX}/auth/login"
+CONNECTIONS_PATH: Final = f"{API_PREFIX}/connections"
+GRAPH_PATH: Final = CONNECTIONS_PATH + "/{patient_id}/graph"
 #: accepting a terms step: no ``/llu`` prefix, the step's own short-lived token as Bearer
 STEP_ACCEPT_PATH: Final = "/auth/continue/{step}"
 

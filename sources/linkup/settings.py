@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from connect.errors import ConfigError, ProtocolError
 from connect.redact import redact_text
 from sources.linkup.const import (
+    API_PREFIX,
     DEFAULT_PRODUCT,
     DEFAULT_REGION,
     DEFAULT_VERSION,
@@ -44,7 +45,7 @@ class LinkUpSettings(BaseSettings):
     link_up_server: str | None = Field(
         default=None,
         description="override the API host: a host name (https implied) or a base URL such as "
-        "http://127.0.0.1:8080",
+        "http://127.0.0.1:8080 (a trailing /llu is the API's own prefix and is dropped)",
     )
     link_up_patient_id: str | None = Field(
         default=None, description="patientId to follow when the account follows several (default: the first)"
@@ -137,6 +138,10 @@ def endpoint_for(server: str | None, region: str) -> Endpoint:
     if url.userinfo or url.query or url.fragment:
         raise ConfigError(f"LibreLinkUp server {shown!r} must not carry credentials, a query or a fragment")
     path = url.path.rstrip("/")
+    if path.endswith(API_PREFIX):
+        # the request paths carry /llu themselves: a server written as ".../llu" (as the API's
+        # own URLs read) would otherwise be asked for /llu/llu/auth/login
+        path = path.removesuffix(API_PREFIX)
     port = f":{url.port}" if url.port is not None else ""
     host = f"[{url.host}]" if ":" in url.host else url.host
     known = next((k for k, h in REGION_HOSTS.items() if h == url.host), None)

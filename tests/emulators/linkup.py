@@ -521,6 +521,10 @@ class LinkUpEmulator:
             if kind == "connections":
                 return self._connections(ticket, request.time_ms)
             patient = next((p for p in ticket.account.patients if p.patient_id == patient_id), None)
+            if patient is None and self._follower_id(ticket.account, patient_id):
+                # reported for a follower id in place of a patient id (02-librelinkup.md §6); the
+                # status that comes with it is not recorded: an emulator assumption
+                return _json({"error": {"message": "MissingCachedUser"}, "status": 1})
             if patient is None:
                 return _json({"error": {"message": "couldNotLoadPatient"}, "status": 4})
             if kind == "graph":
@@ -528,6 +532,12 @@ class LinkUpEmulator:
             return self._logbook(ticket, patient, request.time_ms)
         except _Answer as answer:
             return answer
+
+    @staticmethod
+    def _follower_id(account: Account, wanted: str | None) -> bool:
+        """Whether an id in a graph path is the follower's own or a connection's, not a patient's."""
+        ids = {account.user_id, *(p.connection_id for p in account.patients)}
+        return wanted is not None and wanted.lower() in {i.lower() for i in ids}
 
     def _version_answer(self) -> _Answer:
         return _json({"data": {"minimumVersion": self.minimum_version}, "status": 920}, status=403)
