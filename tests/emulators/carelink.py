@@ -18,7 +18,13 @@ receive (the tables here are written out independently of the driver's, on purpo
   below 3.7 get HTTP 206 "Upgrade application".
 
 Readings are a live stream on an injectable ``now`` (epoch ms): reading ``k`` has the UTC time
-``first_reading_ms + k·5 min`` and becomes visible ``publish_lag_ms`` later. Access tokens
+``first_reading_ms + k·5 min`` and becomes visible ``publish_lag_ms`` later, when the pump
+uploads it. The pump's clock fields (``sMedicalDeviceTime``, ``medicalDeviceTimeAsString``,
+``lastSensorTSAsString``) are read at that upload and paired with its server time
+``lastMedicalDeviceDataUpdateServerTime``, as in the real 2015 payloads: only
+``currentServerTime`` follows the clock. ``silence(start, end)`` stops the uploads for a
+while (a pump out of range, a phone without network): CareLink keeps answering the last
+upload, and at ``end`` the pump uploads what it recorded meanwhile. Access tokens
 expire after ``access_ttl_s`` by the same clock. Faults are injected for the next N matching
 requests or for a time window: 500s, 503 HTML pages, 401 (expired token), 429 with
 Retry-After, 200 HTML maintenance pages, truncated or non-JSON bodies, timeouts. Every
@@ -146,6 +152,7 @@ class CareLinkEmulator(FaultScript):
         gaps: Iterable[int] = (),
         seed: int = 0,
         min_app_version: tuple[int, ...] = (3, 7),
+        silences: Iterable[tuple[int, int]] = (),
     ) -> None:
         self.now: Callable[[], int] = now or (lambda: int(time.time() * 1000))
         start = self.now() if first_reading_ms is None else first_reading_ms
@@ -167,6 +174,14 @@ class CareLinkEmulator(FaultScript):
         self.gaps = set(gaps)
         self.seed = seed
         self.min_app_version = min_app_version
+        #: server-time windows [start, end) in which the pump uploads nothing
+        self.silences: list[tuple[int, int]] = [(int(a), int(b)) for a, b in silences]
+        # device serial numbers: the real payloads carry them, and a capture must hide them
+        digest = hashlib.sha256(f"carelink-emulator-{seed}".encode()).hexdigest().upper()
+        self.pump_serial = f"NG{int(digest[:8], 16) % 10_000_000:07d}H"
+        self.conduit_serial = (
+            f"{digest[8:16]}-{digest[16:20]}-{digest[20:24]}-{digest[24:28]}-{digest[28:40]}"
+        )
         self.client_secret = "mag-client-secret-" + secrets.token_hex(8)
         self.mag_identifier = "mag-" + secrets.token_hex(12)
         self.codes: dict[str, Grant] = {}
@@ -228,9 +243,26 @@ class CareLinkEmulator(FaultScript):
         wobble = ((k * 7919 + self.seed * 31) % 9) - 4
         return max(40, min(400, int(base + wobble)))
 
+    def silence(self, start_ms: int, end_ms: int) -> None:
+        """The pump uploads nothing from ``start_ms`` until ``end_ms`` (server time)."""
+        self.silences.append((start_ms, end_ms))
+
+    def upload_cutoff(self, now: int) -> int:
+        """The latest server time whose uploads CareLink holds at ``now``: inside a silence, its start."""
+        for start, end in self.silences:
+            if start <= now < end:
+                return start
+        return now
+
+    def upload_time(self, k: int) -> int:
+        """The server time reading ``k`` reached CareLink: ``publish_lag_ms`` after it was taken,
+        or when the silence it fell in ended."""
+        ready = self.reading_time(k) + self.publish_lag_ms
+        return max([ready, *(end for start, end in self.silences if start < ready < end)])
+
     def last_index(self, now: int) -> int:
         """The newest reading visible at ``now`` (−1 before the first)."""
-        visible = now - self.publish_lag_ms - self.first_reading_ms
+        visible = self.upload_cutoff(now) - self.publish_lag_ms - self.first_reading_ms
         return -1 if visible < 0 else visible // FIVE_MIN
 
     def published(self, now: int | None = None) -> dict[int, int]:
@@ -296,7 +328,9 @@ class CareLinkEmulator(FaultScript):
             sgs.append({"kind": "SG", "sg": 0, "version": 1})
         newest = next((k for k in range(last, first - 1, -1) if k >= 0 and k not in self.gaps), None)
         # the server time the pump's upload arrived, which is when its readings became visible
-        uploaded = self.reading_time(last) + self.publish_lag_ms if last >= 0 else now
+        uploaded = self.upload_time(last) if last >= 0 else now
+        # the pump's clock at that upload (whole minutes): it stays put while the pump is silent
+        pump_clock = old_local(uploaded - uploaded % 60_000 + wall)
         doc: dict[str, Any] = {
             "kind": "Main",
             "version": 1,
@@ -306,8 +340,11 @@ class CareLinkEmulator(FaultScript):
             "currentServerTime": now,
             "lastMedicalDeviceDataUpdateServerTime": uploaded,
             "lastConduitUpdateServerTime": uploaded,
-            "sMedicalDeviceTime": old_local(now - now % 60_000 + wall),
-            "medicalDeviceTimeAsString": old_local(now - now % 60_000 + wall),
+            "sMedicalDeviceTime": pump_clock,
+            "medicalDeviceTimeAsString": pump_clock,
+            "lastSensorTSAsString": pump_clock,
+            "medicalDeviceSerialNumber": self.pump_serial,
+            "conduitSerialNumber": self.conduit_serial,
             "bgUnits": "MGDL",
             "sensorState": "NORMAL" if legacy else "NO_ERROR_MESSAGE",
             "calibStatus": "LESS_THAN_TWELVE_HRS",
@@ -326,7 +363,7 @@ class CareLinkEmulator(FaultScript):
             "lastSGTrend": self.trend(newest) if newest is not None else "NONE",
             "activeInsulin": {
                 "amount": 1.25,
-                "datetime": local(now - 120_000),
+                "datetime": local(uploaded - 120_000),  # as the pump reported it then
                 "kind": "Insulin",
                 "version": 1,
             },
