@@ -12,7 +12,8 @@ Secrets are found two ways:
 
 * by name: values of fields, query parameters, form fields, headers and cookies whose names
   say what they are (passwords, tokens, cookies, session and account ids, user names, e-mail
-  addresses, first and last names, birth dates …), compared case-insensitively;
+  addresses, first and last names, birth dates, device serial numbers …), compared
+  case-insensitively;
 * by value: every secret the settings hold (passwords, user names, e-mail addresses …),
   every secret registered with :mod:`connect.redact`, and every value found by name anywhere
   in the capture are replaced wherever else they appear — inside URLs, paths, other strings,
@@ -69,7 +70,13 @@ SENSITIVE_KEYS: Final[Mapping[str, str]] = {
                      "displayname", "nickname", "patientname"), "name"),
     **dict.fromkeys(("dateofbirth", "birthdate", "dob", "birthday"), "birthdate"),
     **dict.fromkeys(("phone", "phonenumber", "mobile", "mobilephone", "telephone"), "phone"),
+    # a pump's, phone's or sensor's serial number points at one person as surely as a name
+    # (LibreLinkUp calls the sensor's ``sn``); more spellings are matched by SERIAL_SUFFIXES
+    **dict.fromkeys(("sn", "transmitterid"), "serial"),
 }  # fmt: skip
+#: a name ending in one of these holds a device serial number (``medicalDeviceSerialNumber``,
+#: ``conduitSerialNumber``, CareLink's ``cpSerialNumber`` parameter, ``sensorSerial`` …)
+SERIAL_SUFFIXES: Final = ("serialnumber", "serialnum", "serialno", "serial")
 #: names that are secret in a query string or a form (an OAuth code), not in JSON documents
 QUERY_ONLY_KEYS: Final[Mapping[str, str]] = {"code": "secret"}
 #: kinds whose values are matched without regard to case (e-mail addresses and user names are)
@@ -97,6 +104,8 @@ def key_kind(key: str, *, query: bool = False) -> str | None:
     """The placeholder word for a field name, or None when the name says nothing secret."""
     name = normal_key(key)
     kind = SENSITIVE_KEYS.get(name)
+    if kind is None and name.endswith(SERIAL_SUFFIXES):
+        kind = "serial"
     if kind is None and query:
         kind = QUERY_ONLY_KEYS.get(name)
     return kind

@@ -166,7 +166,8 @@ def test_linkup_capture_has_the_readings_and_no_secret(tmp_path: Path) -> None:
     assert_no_secret(
         files,
         [account.email, account.password, account.user_id, account.account_id, patient.patient_id,
-         patient.connection_id, *tokens, "Florentine", "Quimby", "Zebulon", "Marchetti"],
+         patient.connection_id, patient.sensor_serial, *tokens, "Florentine", "Quimby", "Zebulon",
+         "Marchetti"],
     )  # fmt: skip
 
     docs = load(files)
@@ -199,7 +200,9 @@ def test_carelink_capture_has_the_readings_and_no_secret(tmp_path: Path) -> None
     now = int(time.time() * 1000)
     emu = CareLinkEmulator(first_reading_ms=now - 4 * HOUR_MS)
     token_file = tmp_path / "carelink.json"
-    issued = emu.issue_tokens()
+    # an access token about to expire: the frame refreshes it first, and that exchange (the
+    # refresh token sent, the new access, refresh and id tokens answered) is captured too
+    issued = emu.issue_tokens(ttl_s=60)
     write_token_file(token_file, TokenData.from_json(issued, what="test"))
     with serve_in_thread(emu) as url:
         result, files = capture(
@@ -211,15 +214,30 @@ def test_carelink_capture_has_the_readings_and_no_secret(tmp_path: Path) -> None
         )
     assert result.returncode == 0, result.stderr
     every_token = [issued["access_token"], issued["refresh_token"], *emu.access, *emu.families]
-    assert_no_secret(files, [*every_token, emu.username, *emu.patients], words=["Anna", "Ben", "Example"])
+    assert len(emu.families) == 2  # the file's refresh token and the one the refresh rotated in
+    serials = [emu.pump_serial, emu.conduit_serial]
+    assert_no_secret(
+        files, [*every_token, *serials, emu.username, *emu.patients], words=["Anna", "Ben", "Example"]
+    )
 
     docs = load(files)
+    (refresh,) = by_path(docs, "/oauth/token")
+    assert refresh["response"]["status"] == 200
+    sent = dict(pair.split("=", 1) for pair in refresh["request"]["body"].split("&"))
+    assert sent["grant_type"] == "refresh_token" and PLACEHOLDER.fullmatch(sent["refresh_token"])
+    answered = refresh["response"]["body"]
+    for name in ("access_token", "refresh_token", "id_token"):
+        assert PLACEHOLDER.fullmatch(answered[name]), name
+    assert answered["refresh_token"] != sent["refresh_token"]  # rotated, and told apart
     data = by_path(docs, "/display/message")
     assert len(data) == 1 and data[0]["response"]["status"] == 200
     request = data[0]["request"]["body"]
     assert PLACEHOLDER.fullmatch(request["username"]) and PLACEHOLDER.fullmatch(request["patientId"])
     payload = data[0]["response"]["body"]["patientData"]
     assert payload["firstName"].startswith("<name-") and payload["lastName"].startswith("<name-")
+    assert PLACEHOLDER.fullmatch(payload["medicalDeviceSerialNumber"])
+    assert PLACEHOLDER.fullmatch(payload["conduitSerialNumber"])
+    assert payload["medicalDeviceSerialNumber"] != payload["conduitSerialNumber"]
     served = next(r.served for r in emu.log if r.endpoint == "data" and r.status == 200)
     first = emu.first_reading_ms
     assert [s["sg"] for s in payload["sgs"] if s["sg"]] == [emu.value((t - first) // 300_000) for t in served]
@@ -227,7 +245,8 @@ def test_carelink_capture_has_the_readings_and_no_secret(tmp_path: Path) -> None
     patients = by_path(docs, "/links/patients")[0]["response"]["body"]
     assert patients[0]["username"] == request["patientId"]
     bearer = header(data[0], "request", "authorization")
-    assert len(bearer) == 1 and re.fullmatch(r"Bearer <token-\d+>|Bearer <secret-\d+>", bearer[0])
+    # the access token the refresh answered is the one the data call sends
+    assert bearer == [f"Bearer {answered['access_token']}"]
 
 
 # --- Glooko --------------------------------------------------------------------------------------
@@ -311,6 +330,47 @@ def test_scrubber_finds_secrets_by_name_in_any_case_and_by_value_anywhere() -> N
     assert doc["request"]["body"]["note"] == f"sent by {doc['request']['body']['PassWord']} at noon"
     assert body["digest"] == doc["request"]["body"]["PassWord"][:-1] + ":sha1>"
     assert "/users/" in doc["request"]["url"] and "units=mgdl" in doc["request"]["url"]
+
+
+def test_scrubber_hides_device_serial_numbers_under_any_name() -> None:
+    """A pump's, phone's or sensor's serial number names one person: replaced by name wherever
+    it is found, and then by value everywhere else, each with its own stable placeholder."""
+    exchange = CapturedExchange(
+        index=1,
+        started=0.0,
+        method="GET",
+        url="https://vendor.test/patient/connect/data?cpSerialNumber=NG1234567H&msgType=last24hours",
+        request_headers=[],
+        request_body=b"",
+        status=200,
+        response_headers=[("content-type", "application/json")],
+        response_body=json.dumps(
+            {
+                "medicalDeviceSerialNumber": "NG1234567H",
+                "conduitSerialNumber": "7F3A9C21-5B8E-4D0A-A1C3-9E2B4F6D8A10",
+                "sensor": {"sn": "0M0008B8CD", "serial": "GT123456"},
+                "device": {"serialNumber": "SN-99-4455", "SERIAL_NO": "X-7781-QQ"},
+                "note": "pump NG1234567H paired with 7F3A9C21-5B8E-4D0A-A1C3-9E2B4F6D8A10",
+                "legacy": {"conduitSerialNumber": "0"},
+                "sg": 123,
+            }
+        ).encode(),
+    )
+    writer = CaptureWriter(Scrubber())
+    writer.learn([exchange])
+    doc = writer.render(exchange)
+    text = json.dumps(doc)
+    serials = ("NG1234567H", "7F3A9C21-5B8E-4D0A-A1C3-9E2B4F6D8A10", "0M0008B8CD", "GT123456",
+               "SN-99-4455", "X-7781-QQ")  # fmt: skip
+    for serial in serials:
+        assert serial.lower() not in text.lower(), serial
+    body = doc["response"]["body"]
+    pump, conduit = body["medicalDeviceSerialNumber"], body["conduitSerialNumber"]
+    assert re.fullmatch(r"<serial-\d+>", pump) and re.fullmatch(r"<serial-\d+>", conduit) and pump != conduit
+    assert body["note"] == f"pump {pump} paired with {conduit}"
+    assert f"cpSerialNumber={pump}&msgType=last24hours" in doc["request"]["url"]
+    assert body["legacy"]["conduitSerialNumber"] == "<serial>"  # too short to learn, still hidden
+    assert body["sg"] == 123
 
 
 def test_capture_refuses_a_directory_holding_another_capture(tmp_path: Path) -> None:
