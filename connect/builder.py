@@ -6,6 +6,7 @@ shared session (or none) and one Cycle per loop, under one Poller.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 
 import attrs
@@ -42,6 +43,10 @@ class LoopSpec:
     frame_retries: int
     frame_backoff: Backoff
     cycle_backoff: Backoff
+    #: field → value pairs that pick this loop's own records out of a Nightscout site's
+    #: (``find[device]=share2``): gap analysis asks where *this* loop left off, not where the
+    #: newest record of any uploader is. Empty: the site's newest record of the collection.
+    site_filter: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -102,6 +107,7 @@ class Builder:
         frame_retries: int = 2,
         frame_backoff: Backoff = Backoff(base=2.0, cap=60.0),
         cycle_backoff: Backoff = Backoff(base=30.0, cap=1800.0),
+        site_filter: Mapping[str, str] | None = None,
     ) -> None:
         if any(loop.name == name for loop in self._loops):
             raise ConfigError(f"{self.source}: loop {name!r} registered twice")
@@ -118,6 +124,7 @@ class Builder:
                 frame_retries=frame_retries,
                 frame_backoff=frame_backoff,
                 cycle_backoff=cycle_backoff,
+                site_filter=tuple(sorted((site_filter or {}).items())),
             )
         )
 

@@ -92,6 +92,7 @@ class BuilderLike(Protocol):
         frame_retries: int = 2,
         frame_backoff: Backoff = Backoff(base=2.0, cap=60.0),
         cycle_backoff: Backoff = Backoff(base=30.0, cap=1800.0),
+        site_filter: Mapping[str, str] | None = None,
     ) -> None: ...
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
@@ -37,7 +37,8 @@ from machines.timing import align_schedule, backoff, failed_login_delay, rejecte
 from store.aio import AsyncStore
 
 Clock = Callable[[], int]
-GapFinder = Callable[[str], Awaitable[int | None]]
+#: (collection, field → value filter) → epoch ms of the site's newest matching record, or None
+GapFinder = Callable[[str, Mapping[str, str]], Awaitable[int | None]]
 DAY_MS = 86_400_000
 
 log = structlog.get_logger("connect.runtime")
@@ -298,6 +299,8 @@ class LoopDriver:
         self.next_due: int | None = None
         self.records_written = 0
         self.last_batch: Batch | None = None
+        #: the site's answer to gap analysis, per collection (None: start from the backfill)
+        self._gap_answers: dict[str, int | None] = {}
 
     @property
     def clock(self) -> Clock:
@@ -417,23 +420,38 @@ class LoopDriver:
         values = await rt.store.checkpoints(rt.key, self.spec.name)
         for collection in self.spec.collections:
             if collection not in values and rt.gap_finder is not None:
-                try:
-                    newest = await rt.gap_finder(collection)
-                except ConnectError as error:
-                    # The site cannot say where it stands (down, or refusing our secret). Waiting
-                    # for it would lose whatever the vendor forgets meanwhile, so readings and
-                    # treatments start from the backfill (the site's upserts make resends
-                    # harmless); devicestatus and profile, which a site never deduplicates, start
-                    # now rather than risk doubling an existing site's history.
-                    newest = None if collection in ("entries", "treatments") else now
-                    log.warning(
-                        "gap analysis failed; starting without it",
-                        source=rt.key, loop=self.spec.name, collection=collection,
-                        error=describe_error(error), from_ms=newest,
-                    )  # fmt: skip
+                newest = await self._site_newest(collection, now)
                 if newest is not None:
                     values[collection] = newest
         return LastKnown(values=values, backfill_from=rt.backfill_from(now), now=now)
+
+    async def _site_newest(self, collection: str, now: int) -> int | None:
+        """Where the Nightscout site stands for what this loop writes, asked once per process.
+
+        The answer is kept: a collection a source seldom fills (treatments from a CGM-only
+        account) would otherwise cost one request to the site per frame — one failed
+        authentication each, when the secret is wrong.
+        """
+        if collection in self._gap_answers:
+            return self._gap_answers[collection]
+        rt = self.runtime
+        assert rt.gap_finder is not None
+        try:
+            newest = await rt.gap_finder(collection, dict(self.spec.site_filter))
+        except ConnectError as error:
+            # The site cannot say where it stands (down, or refusing our secret). Waiting for it
+            # would lose whatever the vendor forgets meanwhile, so readings and treatments
+            # start from the backfill (the site's upserts make resends harmless); devicestatus
+            # and profile, which a site never deduplicates, start now rather than risk doubling
+            # an existing site's history.
+            newest = None if collection in ("entries", "treatments") else now
+            log.warning(
+                "gap analysis failed; starting without it",
+                source=rt.key, loop=self.spec.name, collection=collection,
+                error=describe_error(error), from_ms=newest,
+            )  # fmt: skip
+        self._gap_answers[collection] = newest
+        return newest
 
     def status(self) -> dict[str, Any]:
         c = self.cycle

@@ -260,14 +260,17 @@ class NightscoutOutput(Output):
             raise ProtocolError(f"GET {path}: expected a JSON array, got {type(body).__name__}")
         return [doc for doc in body if isinstance(doc, dict)]
 
-    async def newest(self, collection: str) -> int | None:
-        """Epoch ms of the site's newest record in ``collection`` (None: the site has none).
+    async def newest(self, collection: str, match: Mapping[str, str] | None = None) -> int | None:
+        """Epoch ms of the site's newest record in ``collection`` whose fields equal ``match``
+        (None: the site has none).
 
         Gap analysis on an empty store: the runtime starts from here instead of the backfill
-        horizon, so an existing site is not uploaded again. Raises OutputAuthError,
+        horizon, so an existing site is not uploaded again. ``match`` (``{"device": "share2"}``)
+        keeps other uploaders' records out of the answer. Raises OutputAuthError,
         TransientError, ProtocolError… like any delivery, and shows the error in status.
         """
         path, params, keys = NEWEST_QUERIES[collection]
+        params = {**params, **{f"find[{field}]": value for field, value in (match or {}).items()}}
         try:
             docs = await self._get_list(path, params)
         except ConnectError as exc:

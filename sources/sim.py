@@ -103,6 +103,7 @@ class SimDriver:
             transform=self.transform,
             collections=("entries", "treatments"),
             expected_interval=timedelta(milliseconds=INTERVAL_MS),
+            site_filter={"device": self.settings.sim_device},
         )
 
     async def fetch(self, session: Any, last_known: LastKnown) -> SimWindow:

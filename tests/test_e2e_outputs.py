@@ -286,7 +286,9 @@ def test_first_backfill_starts_where_the_site_already_is(
 ) -> None:
     emulator, url = site
     newest = (int(time.time() * 1000) - DAY_MS) // FIVE_MIN * FIVE_MIN  # T: a day ago
-    emulator.seed_entries(sgv_series(newest - 287 * FIVE_MIN, 288, device="xDrip-DexcomG6"))
+    emulator.seed_entries(sgv_series(newest - 287 * FIVE_MIN, 288, device="nightscout-connect-sim"))
+    # another uploader's newer readings are not where this source left off
+    emulator.seed_entries(sgv_series(newest + FIVE_MIN + 60_000, 12, device="xDrip-DexcomG6"))
     db = tmp_path / "store.db"
     result = run("once", **nightscout_env(url, db, CONNECT_BACKFILL_DAYS="10"))
     assert result.returncode == 0, result.stderr
@@ -296,7 +298,7 @@ def test_first_backfill_starts_where_the_site_already_is(
     assert 287 <= len(entries) <= 289
     assert all(t["date"] > newest for t in stored(db, "treatments"))
     assert emulator.received["entries"] == len(entries)  # nothing the site had was uploaded
-    assert emulator.count("entries") == 288 + len(entries)
+    assert emulator.count("entries") == 288 + 12 + len(entries)
 
 
 def test_refused_credentials_show_in_status_and_no_secret_is_written(

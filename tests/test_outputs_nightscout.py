@@ -316,6 +316,12 @@ async def test_newest_asks_the_site_for_gap_analysis(
     assert await out.newest("entries") == old + 11 * FIVE_MIN
     assert await out.newest("treatments") == 1_699_603_200_000
     assert await out.newest("profile") == 1_685_577_600_000
+    # another uploader's newer readings do not count as where this source left off
+    emulator.seed_entries(sgv_series(old + 3_600_000, 5, device="share2"))
+    emulator.seed_entries(sgv_series(old + 86_400_000, 5, device="xDrip-DexcomG6"))
+    assert await out.newest("entries") == old + 86_400_000 + 4 * FIVE_MIN
+    assert await out.newest("entries", {"device": "share2"}) == old + 3_600_000 + 4 * FIVE_MIN
+    assert await out.newest("entries", {"device": "nobody"}) is None
     bad = make_output(store, client, api_secret="some-other-secret")
     with pytest.raises(OutputAuthError):
         await bad.newest("entries")

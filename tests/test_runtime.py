@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -422,7 +422,7 @@ async def test_refresh_after_renews_through_refresh_not_a_login(autojump_clock: 
 # --- gap analysis on an empty store ----------------------------------------------------------------
 
 
-def _recording_plan(seen: list[LastKnown]) -> Builder:
+def _recording_plan(seen: list[LastKnown], site_filter: dict[str, str] | None = None) -> Builder:
     async def fetch(session: Any, last_known: LastKnown) -> None:
         seen.append(last_known)
 
@@ -433,35 +433,42 @@ def _recording_plan(seen: list[LastKnown]) -> Builder:
         transform=lambda raw, last_known: Batch.of([]),
         collections=("entries", "treatments", "devicestatus"),
         expected_interval=timedelta(minutes=5),
+        site_filter=site_filter,
     )
     return builder
 
 
-async def test_an_empty_store_starts_where_the_site_already_is() -> None:
+async def test_an_empty_store_starts_where_the_site_already_is(autojump_clock: trio.abc.Clock) -> None:
     clock = VirtualClock(START)
-    asked: list[str] = []
+    asked: list[tuple[str, dict[str, str]]] = []
 
-    async def site_newest(collection: str) -> int | None:
-        asked.append(collection)
+    async def site_newest(collection: str, match: Mapping[str, str]) -> int | None:
+        asked.append((collection, dict(match)))
         return {"entries": START - 3_600_000, "treatments": None}.get(collection, START - 60_000)
 
     seen: list[LastKnown] = []
     rt = SourceRuntime(
-        _recording_plan(seen).build(), AsyncStore(Store(":memory:")), clock=clock, backfill_days=2,
-        gap_finder=site_newest,
+        _recording_plan(seen, {"device": "fake-cgm"}).build(), AsyncStore(Store(":memory:")),
+        clock=clock, backfill_days=2, gap_finder=site_newest,
     )  # fmt: skip
-    assert await rt.run_once()
-    assert sorted(asked) == ["devicestatus", "entries", "treatments"]
-    (lk,) = seen
+    await run_for(rt, 16 * 60)
+    # each question names the loop's own records, so other uploaders' do not count
+    assert sorted(asked) == [(c, {"device": "fake-cgm"}) for c in ("devicestatus", "entries", "treatments")]
+    lk = seen[0]
     assert lk.get("entries") == START - 3_600_000
     assert lk.get("treatments") == START - 2 * 86_400_000  # the site has none: the backfill
     assert lk.get("devicestatus") == START - 60_000
+    # the frames bring nothing, so no checkpoint exists; the site is asked once, not per frame
+    assert len(seen) >= 3 and len(asked) == 3
+    assert all(later.get("entries") == START - 3_600_000 for later in seen)
 
 
-async def test_a_site_that_cannot_answer_does_not_hold_the_store_back() -> None:
+async def test_a_site_that_cannot_answer_does_not_hold_the_store_back(autojump_clock: trio.abc.Clock) -> None:
     clock = VirtualClock(START)
+    calls = [0]
 
-    async def site_down(collection: str) -> int | None:
+    async def site_down(collection: str, match: Mapping[str, str]) -> int | None:
+        calls[0] += 1
         raise TransientError("Nightscout: connection refused")
 
     seen: list[LastKnown] = []
@@ -469,9 +476,12 @@ async def test_a_site_that_cannot_answer_does_not_hold_the_store_back() -> None:
         _recording_plan(seen).build(), AsyncStore(Store(":memory:")), clock=clock, backfill_days=2,
         gap_finder=site_down,
     )  # fmt: skip
-    assert await rt.run_once(), "the frame runs: the vendor's data must not wait for the site"
-    (lk,) = seen
+    await run_for(rt, 16 * 60)
+    # the frames run: the vendor's data must not wait for the site
+    lk = seen[0]
     # readings and treatments: the whole backfill (the site's upserts absorb any overlap)
     assert lk.get("entries") == lk.get("treatments") == START - 2 * 86_400_000
     # devicestatus is never deduplicated by a site: no history that might double it
     assert lk.get("devicestatus") == START
+    # a site refusing our secret is not asked again on every frame
+    assert len(seen) >= 3 and calls[0] == 3

@@ -17,6 +17,7 @@ from connect.redact import register_secret
 from sources.dexcomshare import payload
 from sources.dexcomshare.const import (
     AUTHENTICATE_PATH,
+    DEVICE,
     LOGIN_BY_ID_PATH,
     MAX_COUNT,
     MAX_MINUTES,
@@ -173,4 +174,5 @@ class DexcomShare:
             frame_retries=2,
             frame_backoff=Backoff(base=5.0, cap=60.0),
             cycle_backoff=Backoff(base=30.0, cap=1800.0),
+            site_filter={"device": DEVICE},
         )
