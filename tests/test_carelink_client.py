@@ -13,6 +13,7 @@ import pydantic
 import pytest
 import trio
 
+from connect.cli import UsageError, load_settings
 from connect.contract import Grant, LastKnown
 from connect.errors import (
     AuthRejected,
@@ -27,8 +28,9 @@ from connect.errors import (
 from connect.redact import describe_error
 from connect.settings import apply_legacy_env
 from sources.carelink import SOURCE, CareLink, make
+from sources.carelink.client import discovery_url
 from sources.carelink.login import code_from_redirect, finish_login, import_token_file, run_login, start_login
-from sources.carelink.settings import CareLinkSettings, rebase, server_base
+from sources.carelink.settings import CareLinkSettings, rebase, region_of, server_base
 from sources.carelink.tokens import read_token_file, write_token_file
 from tests.emulators.carelink import AUTH0_CLIENT_ID, REDIRECT_URI, CareLinkEmulator
 
@@ -486,3 +488,71 @@ def test_source_info_and_legacy_names(tmp_path: Path) -> None:
     )
     assert settings.carelink_region == "eu" and settings.country_code == "GB"
     assert "carelink_token_file" in SOURCE.settings.model_fields
+
+
+#: variables of the person running the tests that would change what the settings read
+FOREIGN = ("CONNECT_", "BRIDGE_", "LINK_UP_", "CARELINK_", "MMCONNECT_", "GLOOKO_", "API_SECRET", "BASE_URL")
+
+
+def legacy_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server: str) -> None:
+    """An older bridge's environment: MMCONNECT_* only, and the token file of this one."""
+    for name in list(os.environ):
+        if name.startswith(FOREIGN):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MMCONNECT_USER_NAME", "anna")
+    monkeypatch.setenv("MMCONNECT_SERVER", server)
+    monkeypatch.setenv("CONNECT_CARELINK_TOKEN_FILE", str(tmp_path / "token.json"))
+
+
+@pytest.mark.parametrize(
+    ("server", "region"),
+    [
+        ("EU", "eu"),
+        ("us", "us"),
+        ("carelink.minimed.eu", "eu"),
+        ("carelink.minimed.com", "us"),
+        ("https://carelink.minimed.com/", "us"),
+        ("CLCLOUD.MINIMED.EU:443", "eu"),
+    ],
+)
+def test_mmconnect_server_names_a_region_or_a_carelink_host(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server: str, region: str
+) -> None:
+    """The older bridges' MMCONNECT_SERVER held EU, US or the portal's host: each is a region."""
+    legacy_environment(monkeypatch, tmp_path, server)
+    settings, source = load_settings([], source_name="minimedcarelink")
+    assert source.name == "minimedcarelink"
+    assert isinstance(settings, CareLinkSettings)
+    assert settings.carelink_region == region
+    assert settings.carelink_server is None  # a portal host is a region, not a server override
+    assert discovery_url(settings).startswith(f"https://clcloud.minimed.{'eu' if region == 'eu' else 'com'}/")
+    assert "CONNECT_CARELINK_REGION" not in os.environ  # the translation was for this read only
+
+
+def test_mmconnect_server_naming_another_host_is_blamed_by_its_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An unknown host cannot be placed: the one line names MMCONNECT_SERVER, the variable the
+    person set, and where a proxy goes instead, without echoing the value."""
+    legacy_environment(monkeypatch, tmp_path, "proxy.example.org:8080")
+    with pytest.raises(UsageError) as caught:
+        load_settings([], source_name="minimedcarelink")
+    (line,) = caught.value.lines
+    assert "MMCONNECT_SERVER" in line and "CONNECT_CARELINK_SERVER" in line
+    assert "proxy.example.org" not in line
+    # set the new way, a wrong region is still told the new way
+    monkeypatch.delenv("MMCONNECT_SERVER")
+    monkeypatch.setenv("CONNECT_CARELINK_REGION", "asia")
+    with pytest.raises(UsageError) as caught:
+        load_settings([], source_name="minimedcarelink")
+    (line,) = caught.value.lines
+    assert "CONNECT_CARELINK_REGION" in line and "MMCONNECT_SERVER" not in line
+
+
+def test_region_of_hosts_and_names() -> None:
+    assert region_of(" Eu ") == "eu" and region_of("US") == "us"
+    assert region_of("carelink-login.minimed.eu") == "eu"
+    assert region_of("https://user@clcloud.minimed.com:8443/x") == "us"
+    assert region_of("minimed.eu.example.org") is None
+    assert region_of("evilminimed.com") is None
+    assert region_of("asia") is None

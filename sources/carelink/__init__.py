@@ -8,8 +8,9 @@ file (mode 0600). Other settings: ``CONNECT_CARELINK_REGION`` (us | eu),
 ``CONNECT_COUNTRY_CODE``, ``CONNECT_CARELINK_USERNAME``, ``CONNECT_CARELINK_PATIENT_USERNAME``
 (care partners following one of several patients) and ``CONNECT_CARELINK_SERVER`` (send every
 request to a proxy or an emulator). nightscout-connect's ``CONNECT_CARELINK_*`` names are ours;
-the older bridges' ``CARELINK_USERNAME``, ``MMCONNECT_USER_NAME``, ``MMCONNECT_SERVER`` (EU/US)
-and ``MMCONNECT_COUNTRYCODE`` are read too.
+the older bridges' ``CARELINK_USERNAME``, ``MMCONNECT_USER_NAME``, ``MMCONNECT_SERVER`` (EU, US
+or a CareLink host such as ``carelink.minimed.eu``, which stands for its region) and
+``MMCONNECT_COUNTRYCODE`` are read too.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ SOURCE = SourceInfo(
         # password they also took is of no use now: CareLink's login needs a browser)
         "CARELINK_USERNAME": "CONNECT_CARELINK_USERNAME",
         "MMCONNECT_USER_NAME": "CONNECT_CARELINK_USERNAME",
+        # EU, US or a portal host: the region setting takes all three (settings.region_of)
         "MMCONNECT_SERVER": "CONNECT_CARELINK_REGION",
         "MMCONNECT_COUNTRYCODE": "CONNECT_COUNTRY_CODE",
     },

@@ -11,6 +11,10 @@ from typing import Final
 #: the cloud ("cumulus") host per region; the discovery document is served by both
 CLOUD_HOSTS: Final[dict[str, str]] = {"us": "clcloud.minimed.com", "eu": "clcloud.minimed.eu"}
 DEFAULT_DISCOVERY_REGION: Final = "us"
+#: Medtronic's domains and the region they serve: a host in one of them (the portal
+#: ``carelink.minimed.eu`` the older bridges' ``MMCONNECT_SERVER`` could name, the cloud
+#: host, the login host) stands for its region
+REGION_DOMAINS: Final[dict[str, str]] = {"minimed.com": "us", "minimed.eu": "eu"}
 
 #: the discovery document of the CareLink Connect (carepartner) app. v11/3.2 is the version
 #: in the protocol summary; v13/3.6 is the one whose entries name the Auth0 login

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -9,6 +10,10 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connect import httpkit
+from sources.carelink.const import REGION_DOMAINS
+
+#: the older bridges' variable that the source's legacy names copy into CONNECT_CARELINK_REGION
+LEGACY_SERVER_ENV = "MMCONNECT_SERVER"
 
 
 class CareLinkSettings(BaseSettings):
@@ -25,7 +30,9 @@ class CareLinkSettings(BaseSettings):
         description="CareLink user name of the login (read from the token when not set)",
     )
     carelink_region: str | None = Field(
-        default=None, description="us or eu (found from the country or the token when not set)"
+        default=None,
+        description="us or eu, or a Medtronic host such as carelink.minimed.eu that stands for its "
+        "region (found from the country or the token when not set)",
     )
     carelink_patient_username: str | None = Field(
         default=None,
@@ -45,10 +52,17 @@ class CareLinkSettings(BaseSettings):
     def _known_region(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        region = value.strip().lower()
-        if region not in ("us", "eu"):
-            raise ValueError("use us or eu")
-        return region
+        region = region_of(value)
+        if region is not None:
+            return region
+        if os.environ.get(LEGACY_SERVER_ENV, "").strip() == value.strip():
+            # copied from the older bridges' variable: name the one the person actually set
+            raise ValueError(
+                f"the value comes from {LEGACY_SERVER_ENV}, which must be EU, US or a Medtronic "
+                "CareLink host such as carelink.minimed.eu; to send CareLink requests to another "
+                "server (a proxy) set CONNECT_CARELINK_SERVER instead"
+            )
+        raise ValueError("use us or eu")
 
     @field_validator("country_code")
     @classmethod
@@ -73,6 +87,22 @@ class CareLinkSettings(BaseSettings):
         if value is None or not value.strip():
             return None
         return server_base(value)
+
+
+def region_of(value: str) -> str | None:
+    """``us`` / ``eu`` of a region name or of a Medtronic host (a bare name or a URL), else None.
+
+    The older bridges' ``MMCONNECT_SERVER`` held EU, US or the CareLink portal's host name, and
+    the source's legacy names copy it here.
+    """
+    text = value.strip().lower()
+    if text in ("us", "eu"):
+        return text
+    host = text.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0].rstrip(".")
+    for domain, region in REGION_DOMAINS.items():
+        if host == domain or host.endswith("." + domain):
+            return region
+    return None
 
 
 def server_base(server: str) -> str:
