@@ -62,6 +62,19 @@ def iso_ms(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
+#: CareLink's lastSGTrend → Nightscout's (direction, trend number), written out here on purpose
+#: rather than taken from the source's table
+CARELINK_TRENDS = {
+    "NONE": ("Flat", 4),
+    "UP": ("SingleUp", 2),
+    "UP_DOUBLE": ("DoubleUp", 1),
+    "UP_TRIPLE": ("TripleUp", 1),
+    "DOWN": ("SingleDown", 6),
+    "DOWN_DOUBLE": ("DoubleDown", 7),
+    "DOWN_TRIPLE": ("TripleDown", 7),
+}
+
+
 @pytest.fixture
 def site() -> Iterator[tuple[NightscoutEmulator, str]]:
     emu = NightscoutEmulator(SITE_SECRET)
@@ -167,6 +180,42 @@ def test_carelink_once_fills_the_store_and_the_site(site: Any, tmp_path: Path) -
     assert stored == markers
     delivered = {(iso_ms(t["created_at"]), t["eventType"]): t["insulin"] for t in ns.treatments}
     assert delivered == markers
+
+    # the document the emulator answered (it is a pure function of the time it answered at)
+    payload, carried = emu.payload(answers[0].time_ms)
+    served_doc = payload["patientData"]
+    assert set(carried) == set(served)
+
+    # the newest reading carries lastSGTrend, and only it: in the store and on the site
+    newest = max(served)
+    direction, trend = CARELINK_TRENDS[served_doc["lastSGTrend"]]
+    directions = dict(rows(db, "SELECT date, direction FROM entries"))
+    assert directions == {t: (direction if t == newest else None) for t in served}
+    (last,) = [e for e in ns.entries if e["date"] == newest]
+    assert (last["direction"], last["trend"]) == (direction, trend)
+    assert all("direction" not in e or e["direction"] is None for e in ns.entries if e["date"] != newest)
+
+    # one device status: the pump and phone as of the pump's last upload (the server's clock)
+    uploaded = served_doc["lastMedicalDeviceDataUpdateServerTime"]
+    iob = served_doc["activeInsulin"]
+    iob_at = uploaded - 120_000  # the emulator's pump wrote the IOB two minutes before uploading
+    statuses = [
+        (d, dev, json.loads(doc)) for d, dev, doc in rows(db, "SELECT date, device, json FROM devicestatus")
+    ]
+    assert [(d, dev) for d, dev, _ in statuses] == [(uploaded, "connect-ngp")]
+    for status in (statuses[0][2], *ns.devicestatus):
+        assert iso_ms(status["created_at"]) == uploaded
+        assert status["device"] == "connect-ngp"
+        pump = status["pump"]
+        assert pump["iob"]["bolusiob"] == iob["amount"] == 1.25
+        assert iso_ms(pump["iob"]["timestamp"]) == iob_at
+        assert pump["battery"] == {"percent": served_doc["medicalDeviceBatteryLevelPercent"]}
+        assert pump["reservoir"] == served_doc["reservoirRemainingUnits"]
+        assert pump["status"]["suspended"] is False
+        assert status["uploader"] == {"battery": served_doc["conduitBatteryLevel"]}
+        assert status["connect"]["sensorState"] == served_doc["sensorState"]
+        assert status["connect"]["therapyAlgorithmState"]["autoModeShieldState"] == "AUTO_BASAL"
+    assert len(ns.devicestatus) == 1
 
 
 # --- Glooko → store → Nightscout ----------------------------------------------------------------
