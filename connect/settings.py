@@ -248,11 +248,16 @@ def describe_validation(exc: pydantic.ValidationError) -> list[str]:
     lines = []
     for error in exc.errors(include_input=False, include_url=False):
         loc = [str(part) for part in error["loc"]]
-        field = loc[0] if loc else "settings"
         message = error["msg"]
         if error["type"] == "missing":
             message = "required but not set"
-        lines.append(f"{flag_for(field)} / {env_for(field)}: {message}")
+        elif error["type"] == "value_error":
+            # pydantic's "Value error, " prefix says nothing to a person reading it
+            message = message.removeprefix("Value error, ")
+        if not loc:
+            lines.append(message)  # a check across settings: its message names them
+            continue
+        lines.append(f"{flag_for(loc[0])} / {env_for(loc[0])}: {message}")
     return lines
 
 

@@ -38,6 +38,19 @@ def test_bad_settings_exit_2_with_one_line_per_problem(tmp_path: Path) -> None:
     assert not (tmp_path / "s.db").exists()
 
 
+def test_contradicting_settings_are_one_plain_line(tmp_path: Path) -> None:
+    result = run(
+        "once", CONNECT_SOURCE="dexcomshare", CONNECT_SHARE_ACCOUNT_NAME="someone",
+        CONNECT_SHARE_PASSWORD="pw-not-shown", CONNECT_SHARE_SERVER="share.dexcom.jp",
+        CONNECT_SHARE_REGION="us", CONNECT_STORE_PATH=str(tmp_path / "s.db"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "nightscout-connect: CONNECT_SHARE_SERVER 'share.dexcom.jp' is Dexcom's jp deployment "
+        "but CONNECT_SHARE_REGION is us; set one of them"
+    ]
+
+
 def test_unknown_source_and_unknown_command_exit_2() -> None:
     result = run("once", CONNECT_SOURCE="nosuch")
     assert result.returncode == 2

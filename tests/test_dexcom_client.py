@@ -129,12 +129,33 @@ def test_legacy_bridge_variables_work(monkeypatch: pytest.MonkeyPatch) -> None:
             "https://share2.dexcom.com/ShareWebServices/Services/",
             "us",
         ),
+        # a Dexcom host names its deployment, whatever the (default) region says: Japan's host
+        # with the US application id is refused like a wrong password
+        ("share.dexcom.jp", "us", "https://share.dexcom.jp/ShareWebServices/Services/", "jp"),
+        ("SHAREOUS1.dexcom.com", "us", "https://shareous1.dexcom.com/ShareWebServices/Services/", "ous"),
     ],
 )
 def test_server_setting_forms(server: str | None, region: str, base: str, app: str) -> None:
     endpoint = endpoint_for(server, region)
     assert endpoint.base_url == base
     assert endpoint.region.application_id == APPLICATION_IDS[app]
+
+
+def test_legacy_bridge_server_naming_the_japan_host_uses_its_application_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = {"BRIDGE_USER_NAME": "u", "BRIDGE_PASSWORD": "p", "BRIDGE_SERVER": "share.dexcom.jp"}
+    apply_legacy_env(SOURCE.legacy_env, env)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s = DexcomShareSettings()  # type: ignore[call-arg]
+    assert endpoint_for(s.share_server, s.share_region).region.application_id == APPLICATION_IDS["jp"]
+
+
+def test_a_server_contradicting_an_explicit_region_is_a_settings_error() -> None:
+    with pytest.raises(pydantic.ValidationError, match="jp deployment but CONNECT_SHARE_REGION is ous"):
+        settings(share_server="share.dexcom.jp", share_region="ous")
+    assert settings(share_server="share.dexcom.jp", share_region="jp").share_region == "jp"
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import attrs
-from pydantic import Field, SecretStr, field_validator
+import httpx
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connect.httpkit import server_base
@@ -51,6 +52,18 @@ class DexcomShareSettings(BaseSettings):
         endpoint_for(value, DEFAULT_REGION)  # raises ValueError with the reason
         return value.strip()
 
+    @model_validator(mode="after")
+    def _server_matches_region(self) -> DexcomShareSettings:
+        if self.share_server is None or "share_region" not in self.model_fields_set:
+            return self
+        named = endpoint_for(self.share_server, self.share_region).region
+        if named.name != self.share_region:
+            raise ValueError(
+                f"CONNECT_SHARE_SERVER {self.share_server!r} is Dexcom's {named.name} deployment "
+                f"but CONNECT_SHARE_REGION is {self.share_region}; set one of them"
+            )
+        return self
+
 
 @attrs.frozen
 class Endpoint:
@@ -78,4 +91,12 @@ def endpoint_for(server: str | None, region: str) -> Endpoint:
     base, path = server_base(text, "Share server")
     if not path.endswith(PATH_PREFIX.rstrip("/")):
         path += PATH_PREFIX.rstrip("/")
-    return Endpoint(f"{base}{path}/", chosen)
+    # a Dexcom host names its deployment: Japan's takes another application id, and a wrong
+    # id is answered like a wrong password (and counts towards the lockout)
+    return Endpoint(f"{base}{path}/", region_of_host(base) or chosen)
+
+
+def region_of_host(base: str) -> Region | None:
+    """The region whose Share host ``base`` (``scheme://host[:port]``) is, if it is one."""
+    host = httpx.URL(base).host.lower().rstrip(".")
+    return next((r for r in REGIONS.values() if r.host == host), None)
