@@ -65,6 +65,14 @@ class TransientError(ConnectError):
     kind = "transient"
 
 
+class Unreachable(TransientError):
+    """The request never reached the remote side (no route, DNS, refused connection, no answer
+    to the connect). Nobody counted it as a login attempt, so logins after it need not wait as
+    long as after an attempt the vendor saw."""
+
+    kind = "unreachable"
+
+
 class ProtocolError(ConnectError):
     """The remote side answered something we cannot understand (bad JSON, missing fields)."""
 

@@ -17,6 +17,7 @@ from connect.errors import (
     RequestRejected,
     SessionExpired,
     TransientError,
+    Unreachable,
 )
 
 USER_AGENT = "nightscout-connect-py"
@@ -55,6 +56,9 @@ async def send(client: httpx.AsyncClient, request: httpx.Request, *, what: str) 
     """Send a request; connection problems and timeouts become :class:`TransientError`."""
     try:
         return await client.send(request)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        # before the request was sent: the remote side never saw it
+        raise Unreachable(f"{what}: {type(exc).__name__}") from None
     except httpx.TimeoutException as exc:
         raise TransientError(f"{what}: timed out ({type(exc).__name__})") from None
     except httpx.TransportError as exc:

@@ -29,11 +29,18 @@ from connect.errors import (
     RequestRejected,
     SessionExpired,
     TransientError,
+    Unreachable,
 )
 from connect.records import Batch
 from connect.redact import describe_error
 from machines import CycleMachine, FetchMachine, PollerMachine, SessionMachine
-from machines.timing import align_schedule, backoff, failed_login_delay, rejected_delay
+from machines.timing import (
+    UNREACHED_RETRY_CAP_S,
+    align_schedule,
+    backoff,
+    failed_login_delay,
+    rejected_delay,
+)
 from store.aio import AsyncStore
 
 Clock = Callable[[], int]
@@ -159,6 +166,8 @@ class SessionDriver:
             if isinstance(last, RequestRejected):
                 return RequestRejected(text, retry_after=wait)
             return AuthRejected(text, retry_after=wait)
+        if isinstance(last, Unreachable):
+            return Unreachable(text, retry_after=wait)
         return TransientError(text, retry_after=wait)
 
     async def _login(self) -> Any:
@@ -230,7 +239,9 @@ class SessionDriver:
         if self.machine.current_state_value in ("authenticating", "authorizing"):
             self.machine.send("fail", error=error)
         retry_after = error.retry_after if error is not None else None
-        wait = max(failed_login_delay(self.machine.failures, rand=self.rng.random()), retry_after or 0.0)
+        reached = not isinstance(error, Unreachable)
+        delay = failed_login_delay(self.machine.failures, rand=self.rng.random(), reached=reached)
+        wait = max(delay, retry_after or 0.0)
         if self.machine.rejections:
             # the vendor refused these credentials (or locked the account) and has not accepted
             # them since: until it does, each attempt keeps the pace of a retry after a refusal,
@@ -330,7 +341,12 @@ class LoopDriver:
     async def _wait_ready(self) -> None:
         missing = self.cycle.frames_missing
         b = self.spec.cycle_backoff
-        delay = backoff(missing, base=b.base, cap=b.cap, jitter=b.jitter, rand=self.runtime.rng.random())
+        cap = b.cap
+        if isinstance(self._frame_error(), Unreachable):
+            # the network is down, not the vendor: nobody to spare, and the data should flow
+            # again within minutes of the network coming back
+            cap = min(cap, UNREACHED_RETRY_CAP_S)
+        delay = backoff(missing, base=b.base, cap=cap, jitter=b.jitter, rand=self.runtime.rng.random())
         delay = max(delay, self.cycle.retry_after or 0.0)
         self.next_due = self.clock() + int(delay * 1000)
         await sleep_until_ms(self.clock, self.next_due)

@@ -36,9 +36,11 @@ def rejected_delay(rejections: int, *, base: float = 1800.0, cap: float = 6 * 36
 #: the first wait after a login that failed for a passing reason, and the longest one
 LOGIN_RETRY_BASE_S = 60.0
 LOGIN_RETRY_CAP_S = 1800.0
+#: the longest wait after logins that never reached the vendor (no network, DNS)
+UNREACHED_RETRY_CAP_S = 300.0
 
 
-def failed_login_delay(failures: int, *, rand: float = 0.0) -> float:
+def failed_login_delay(failures: int, *, rand: float = 0.0, reached: bool = True) -> float:
     """Seconds to wait before logging in again after ``failures`` unproductive logins in a row.
 
     An unproductive login is one that failed for a passing reason (5xx, timeout, a garbled
@@ -46,8 +48,13 @@ def failed_login_delay(failures: int, *, rand: float = 0.0) -> float:
     vendors watch for abuse and lock accounts over, so they are paced on their own scale —
     a minute, doubling to half an hour — never at the pace of a frame's data retries. That
     keeps a long outage to a handful of login attempts an hour (at most seven in the first).
+
+    A login that never ``reached`` the vendor (the network was down) was seen by nobody, so it
+    cannot count towards a lockout: those waits stop growing at five minutes, and the first
+    login after the network comes back is at most that late rather than half an hour.
     """
-    return backoff(failures, base=LOGIN_RETRY_BASE_S, cap=LOGIN_RETRY_CAP_S, jitter=0.2, rand=rand)
+    cap = LOGIN_RETRY_CAP_S if reached else UNREACHED_RETRY_CAP_S
+    return backoff(failures, base=LOGIN_RETRY_BASE_S, cap=cap, jitter=0.2, rand=rand)
 
 
 def align_schedule(

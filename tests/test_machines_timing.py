@@ -159,6 +159,15 @@ def test_failed_logins_in_a_row_stay_a_handful_an_hour(rands: list[float]) -> No
 
 def test_failed_login_delay_known_values() -> None:
     assert [failed_login_delay(n) for n in range(0, 8)] == [0, 60, 120, 240, 480, 960, 1800, 1800]
+    # logins the vendor never saw (the network was down) stop growing at five minutes
+    assert [failed_login_delay(n, reached=False) for n in range(0, 6)] == [0, 60, 120, 240, 300, 300]
+
+
+@PROPS
+@given(failures=st.integers(min_value=1, max_value=10**6), rand=rands)
+def test_unreached_logins_never_wait_longer_than_seen_ones(failures: int, rand: float) -> None:
+    unseen = failed_login_delay(failures, rand=rand, reached=False)
+    assert 0.8 * MINUTE <= unseen <= min(5 * MINUTE, failed_login_delay(failures, rand=rand))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from connect.errors import (
     SessionExpired,
     StepRequired,
     TransientError,
+    Unreachable,
 )
 from connect.records import Batch, Entry
 from connect.runtime import SourceRuntime
@@ -260,6 +261,31 @@ async def test_a_failing_login_is_retried_on_its_own_slow_clock(autojump_clock: 
     assert vendor.login_times[len(during)] <= outage_end + 30 * 60_000
     assert rt.session.machine.current_state_value == "active"
     assert rt.status()["session"]["failures"] == 0
+    assert all(loop.cycle.frames_ok >= 10 for loop in rt.loops)
+
+
+async def test_after_a_long_network_outage_the_first_login_is_minutes_late_not_half_an_hour(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Logins that never reached the vendor (no network) wait at most five minutes each.
+
+    Nobody counted them, so they cannot lock the account; pacing them like logins the vendor
+    saw would leave the data up to half an hour behind once the network is back.
+    """
+    clock = VirtualClock(START)
+    vendor = FakeVendor(clock)
+    outage_end = START + 6 * HOUR_MS + 7 * 60_000
+    vendor.authenticate_error = lambda: Unreachable("ConnectError") if clock() < outage_end else None
+    store = Store(":memory:")
+    rt = runtime(vendor, build(vendor, loops=2, session=True), store)
+    await run_for(rt, 8 * 3600)
+    during = [t for t in vendor.login_times if t < outage_end]
+    # 1, 2, 4 minutes, then every four to five: about a dozen unseen attempts an hour, no burst
+    assert all(b - a >= 48_000 for a, b in itertools.pairwise(during))
+    assert most_in_an_hour(during) <= 16
+    first_after = vendor.login_times[len(during)]
+    assert first_after <= outage_end + 5 * 60_000, (first_after - outage_end) / 1000
+    assert rt.session.machine.current_state_value == "active"
     assert all(loop.cycle.frames_ok >= 10 for loop in rt.loops)
 
 
