@@ -12,7 +12,10 @@
 Times on the wire are the pump's or phone's local wall clock labelled ``Z`` (in ``zone``), and
 the date filters compare in that same fake-UTC frame, as the real service does. Records
 happen at true UTC times on a live stream driven by an injectable ``now`` (epoch ms) and
-reach Glooko ``lag`` later (the phone or pump syncs late). Some records are soft-deleted twins.
+reach Glooko ``lag`` later (the phone or pump syncs late). A feed may also upload only at set
+times (``syncs``: a pump or meter synced once a day), so its records arrive hours to a day after
+they happened. The CGM may read every minute instead of every five. Some records are
+soft-deleted twins.
 Faults (500, HTML pages, 401, 429 with Retry-After, truncated or non-JSON bodies, timeouts)
 are injected for the next N requests or a time window; every request is logged without its
 cookie or password.
@@ -96,6 +99,8 @@ class GlookoEmulator(FaultScript):
         reading_style: str = "camel",
         code_in_sign_in: bool = True,
         deleted_every: int = 23,
+        syncs: dict[str, tuple[int, int]] | None = None,
+        reading_ms: int = FIVE_MIN,
     ) -> None:
         self.now: Callable[[], int] = now or (lambda: int(time.time() * 1000))
         self.email = email
@@ -112,6 +117,11 @@ class GlookoEmulator(FaultScript):
         self.reading_style = reading_style
         self.code_in_sign_in = code_in_sign_in
         self.deleted_every = deleted_every
+        #: feed → (period, phase) in UTC ms: the device uploads only at ``phase + k·period``
+        self.syncs = dict(syncs or {})
+        if reading_ms <= 0 or FIVE_MIN % reading_ms:
+            raise ValueError("reading_ms divides five minutes")
+        self.streams = {**STREAMS, "readings": (reading_ms, 0)}
         self.sessions: dict[str, int] = {}
         self.log: list[Logged] = []
         super().__init__()
@@ -135,20 +145,38 @@ class GlookoEmulator(FaultScript):
         local = datetime.fromtimestamp(utc_ms / 1000, tz=UTC).astimezone(self.zone)
         return local.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc_ms % 1000:03d}Z"
 
-    def times(self, feed: str, until: int) -> list[tuple[int, int]]:
-        """(index, UTC time) of every record of ``feed`` that happened by ``until``."""
-        period, phase = STREAMS[feed]
+    def times(self, feed: str, until: int, since: int | None = None) -> list[tuple[int, int]]:
+        """(index, UTC time) of every record of ``feed`` that happened by ``until`` (and at or
+        after ``since``)."""
+        period, phase = self.streams[feed]
         first = self.first_ms + phase
         if until < first:
             return []
-        return [(k, first + k * period) for k in range((until - first) // period + 1)]
+        lowest = 0 if since is None or since <= first else -((first - since) // period)
+        return [(k, first + k * period) for k in range(lowest, (until - first) // period + 1)]
+
+    def arrives(self, feed: str, t: int) -> int:
+        """When a record that happened at ``t`` reaches Glooko: after the lag, at the next upload."""
+        ready = t + self.lag_ms[feed]
+        if feed not in self.syncs:
+            return ready
+        period, phase = self.syncs[feed]
+        return ready + (phase - ready) % period
+
+    def arrived(
+        self, feed: str, now: int, since: int | None = None, until: int | None = None
+    ) -> list[tuple[int, int]]:
+        """(index, UTC time) of every record of ``feed`` Glooko holds at ``now``."""
+        end = now if until is None else min(now, until)
+        return [(k, t) for k, t in self.times(feed, end, since) if self.arrives(feed, t) <= now]
 
     def glucose(self, k: int) -> int:
         return max(40, min(400, int(140 + 70 * math.sin(k / 13.0) + (k * 7919) % 7 - 3)))
 
     def record(self, feed: str, k: int, t: int) -> dict[str, Any]:
         guid = f"{feed[:4]}-{k:08d}-{t % 99991:05d}"
-        common = {"guid": guid, "updatedAt": self.wall(t + self.lag_ms[feed]), "softDeleted": False}
+        arrival = self.wall(self.arrives(feed, t))
+        common = {"guid": guid, "updatedAt": arrival, "softDeleted": False}
         if feed == "readings":
             if self.reading_style == "snake":
                 return {"display_time": self.wall(t), "bg_value": self.glucose(k) * 100, "trend": "FLAT",
@@ -158,7 +186,7 @@ class GlookoEmulator(FaultScript):
             carbs = 0 if k % 3 == 2 else 20 + (k * 11) % 40
             return {"pumpTimestamp": self.wall(t), "pumpTimestampUtcOffset": "+00:00", "pumpGuid": "pump-1",
                     "insulinDelivered": round(0.5 + (k % 9) * 0.45, 2), "carbsInput": carbs,
-                    "syncTimestamp": self.wall(t + self.lag_ms[feed]), **common}  # fmt: skip
+                    "syncTimestamp": arrival, **common}  # fmt: skip
         if feed == "scheduledBasals":
             local = datetime.fromtimestamp(t / 1000, tz=UTC).astimezone(self.zone)
             return {"pumpTimestamp": self.wall(t), "pumpTimestampUtcOffset": "+00:00", "pumpGuid": "pump-1",
@@ -169,10 +197,12 @@ class GlookoEmulator(FaultScript):
     def deleted_twin(self, feed: str, k: int) -> bool:
         return self.deleted_every > 0 and k % self.deleted_every == 5
 
-    def visible(self, feed: str, now: int) -> list[tuple[int, dict[str, Any]]]:
-        """(UTC time, record) of every record Glooko holds at ``now``, soft-deleted twins included."""
+    def visible(self, feed: str, now: int, since: int | None = None, until: int | None = None
+                ) -> list[tuple[int, dict[str, Any]]]:  # fmt: skip
+        """(UTC time, record) of every record Glooko holds at ``now`` (soft-deleted twins included),
+        of those that happened in ``[since, until]`` when given."""
         out: list[tuple[int, dict[str, Any]]] = []
-        for k, t in self.times(feed, now - self.lag_ms[feed]):
+        for k, t in self.arrived(feed, now, since, until):
             record = self.record(feed, k, t)
             out.append((t, record))
             if self.deleted_twin(feed, k):
@@ -185,12 +215,14 @@ class GlookoEmulator(FaultScript):
         return out
 
     def expected_entries(self, now: int) -> dict[int, int]:
-        return {t: self.glucose(k) for k, t in self.times("readings", now - self.lag_ms["readings"])}
+        """UTC time → mg/dL of every reading Glooko holds at ``now``."""
+        return {t: self.glucose(k) for k, t in self.arrived("readings", now)}
 
     def expected_treatments(self, now: int) -> dict[tuple[int, str], dict[str, float]]:
+        """(UTC time, eventType) → fields of every treatment Glooko holds at ``now``."""
         out: dict[tuple[int, str], dict[str, float]] = {}
         for feed in ("normalBoluses", "scheduledBasals", "foods"):
-            for k, t in self.times(feed, now - self.lag_ms[feed]):
+            for k, t in self.arrived(feed, now):
                 r = self.record(feed, k, t)
                 if feed == "normalBoluses":
                     event = "Meal Bolus" if r["carbsInput"] else "Correction Bolus"
@@ -293,8 +325,10 @@ class GlookoEmulator(FaultScript):
             limit = int(params["limit"])
         except ValueError:
             return _json({"errors": ["invalid date or limit"]}, 422)
+        # the filter compares local wall clocks; no zone is more than 14 hours from UTC
+        near = self.visible(endpoint, self.now(), start - 15 * HOUR, end + 15 * HOUR)
         chosen = [
-            (t, r) for t, r in self.visible(endpoint, self.now())
+            (t, r) for t, r in near
             if start <= _fake_utc(r.get("timestamp") or r.get("pumpTimestamp") or r["display_time"]) < end
         ]  # fmt: skip
         chosen.sort(key=lambda pair: pair[0])
