@@ -1,9 +1,11 @@
 """The Glooko source under the real runtime, in virtual time, against the emulator.
 
 Four loops (CGM, boluses, basals, food) share one cookie session, each with its own
-checkpoint. Records reach Glooko late (the pump and phone sync late), so every loop re-reads
-its newest hours. Cookie expiry and random fault schedules must not lose or duplicate a
-record, nor cause more than one sign-in per expiry or refusal.
+checkpoints. Records reach Glooko late (the pump and phone sync late; a pump may upload once a
+day), so every loop re-reads its newest hours, and its late-sync horizon once an hour. A first
+frame, as `once` runs it, already brings the last hours. Cookie expiry, daily uploads and random
+fault schedules must not lose or duplicate a record, nor cause more than one sign-in per expiry
+or refusal.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import random
 from typing import Any
 
 import httpx
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, Phase, given, note, settings
@@ -38,24 +41,36 @@ SIGNIN_FAULTS = ("500", "503html", "429", "html", "timeout")
 
 
 class Scenario:
-    def __init__(self, *, seed: int, cookie_ttl_s: int = 86_400, style: str = "camel") -> None:
+    def __init__(self, *, seed: int, cookie_ttl_s: int = 86_400, style: str = "camel",
+                 syncs: dict[str, tuple[int, int]] | None = None, lookback_days: int = 1,
+                 first_ms: int = START - DAY + 2 * HOUR, backfill_days: float = 30) -> None:  # fmt: skip
         self.clock = VirtualClock(START)
         self.emu = GlookoEmulator(
-            # history starts inside the two-day look-back even when faults delay the first read
-            now=self.clock, first_ms=START - DAY + 2 * HOUR, cookie_ttl_s=cookie_ttl_s, reading_style=style,
-            password=PASSWORD, code_in_sign_in=seed % 2 == 0,
+            # history starts inside the one-day look-back even when faults delay the first read
+            now=self.clock, first_ms=first_ms, cookie_ttl_s=cookie_ttl_s, reading_style=style,
+            password=PASSWORD, code_in_sign_in=seed % 2 == 0, syncs=syncs,
         )  # fmt: skip
         self.settings = GlookoSettings(
             glooko_email=self.emu.email, glooko_password=PASSWORD, glooko_server="http://glooko.test",
-            glooko_timezone="Europe/Berlin", glooko_lookback_days=1,
+            glooko_timezone="Europe/Berlin", glooko_lookback_days=lookback_days,
         )  # fmt: skip
         self.store = Store(":memory:")
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.emu), follow_redirects=False)
         builder = Builder("glooko")
         make(self.settings, client).generate_driver(builder)
         self.plan = builder.build()
-        self.runtime = SourceRuntime(
-            self.plan, AsyncStore(self.store), clock=self.clock, backfill_days=30, rng=random.Random(seed)
+        self.backfill_days = backfill_days
+        self.rng = random.Random(seed)
+        self.runtime = self.new_runtime()
+
+    def new_runtime(self) -> SourceRuntime:
+        """A runtime over the same store, as each run of ``once`` from cron starts one."""
+        return SourceRuntime(
+            self.plan,
+            AsyncStore(self.store),
+            clock=self.clock,
+            backfill_days=self.backfill_days,
+            rng=self.rng,
         )
 
     async def run_for(self, ms: int) -> None:
@@ -102,13 +117,14 @@ async def test_backfill_then_live(autojump_clock: trio.testing.MockClock) -> Non
     end = s.clock()
     s.check(end, settle_ms=60 * MINUTE)
     assert s.emu.count("signin") == 1
-    # every loop has its own checkpoint, near now
+    # every loop has its own checkpoints: where it read to, near now, and its last long re-read
     marks = s.checkpoints()
     assert {loop: set(c) for loop, c in marks.items()} == {
-        "GlookoCGM": {"entries"}, "GlookoBoluses": {"treatments"}, "GlookoBasals": {"treatments"},
-        "GlookoFoods": {"treatments"},
+        "GlookoCGM": {"entries", "entries:resync"}, "GlookoBoluses": {"treatments", "treatments:resync"},
+        "GlookoBasals": {"treatments", "treatments:resync"}, "GlookoFoods": {"treatments", "treatments:resync"},
     }  # fmt: skip
-    assert all(end - 20 * MINUTE <= next(iter(c.values())) <= end for c in marks.values())
+    assert all(end - 20 * MINUTE <= c[key] <= end for c in marks.values() for key in c if ":" not in key)
+    assert all(end - 80 * MINUTE <= c[key] <= end for c in marks.values() for key in c if ":" in key)
     # a day of history in one page, then live reads
     assert s.emu.count("readings") <= 1 + 6 * 12 + 3
     assert s.emu.count("foods") <= 1 + 6 * 4 + 3
@@ -134,6 +150,53 @@ async def test_cookie_expiry_mid_run_signs_in_again(autojump_clock: trio.testing
     assert sum(1 for r in s.emu.log if r.status == 401) >= 1
 
 
+def late(s: Scenario) -> list[int]:
+    """How late (ms) each stored treatment reached Glooko."""
+    return [s.emu.arrives(feed, t) - t for feed in ("normalBoluses", "scheduledBasals", "foods")
+            for _k, t in s.emu.arrived(feed, s.clock())]  # fmt: skip
+
+
+async def test_a_pump_that_uploads_once_a_day_loses_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    """The pump syncs at 06:00 UTC and the phone's food log every eight hours: a bolus reaches
+    Glooko up to a day after it was given. Six hours of overlap lost most of them."""
+    syncs = {"normalBoluses": (DAY, 6 * HOUR), "scheduledBasals": (DAY, 6 * HOUR), "foods": (8 * HOUR, HOUR)}
+    s = Scenario(seed=5, syncs=syncs)
+    with captured_logs():
+        await s.run_for(8 * HOUR)
+    s.check(s.clock(), settle_ms=90 * MINUTE)
+    assert max(late(s)) > 20 * HOUR  # the 06:00 upload brought records from the day before
+    assert s.store.count("treatments") >= 30
+    # still about one request per frame: the long re-read replaces a frame's read once an hour
+    frames = sum(loop["frames_ok"] + loop["frames_failed"] for loop in s.runtime.status()["loops"].values())
+    data = sum(s.emu.count(feed) for feed in DATA)
+    assert data <= frames + 4
+
+
+@pytest.mark.parametrize("backfill_days", [1, 30])
+async def test_cron_runs_show_the_last_hours_first_then_fill_the_history(
+    backfill_days: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``once`` every five minutes on a fresh store, with a three-day Glooko look-back, which wins
+    over CONNECT_BACKFILL_DAYS either way: the first run already holds the last minutes'
+    readings; the next fills the history; nothing comes twice."""
+    s = Scenario(seed=6, lookback_days=3, backfill_days=backfill_days, first_ms=START - 2 * DAY - 12 * HOUR)
+    with captured_logs():
+        assert await s.new_runtime().run_once()
+        newest = s.store.newest_date("entries")
+        assert newest is not None and newest >= START - 15 * MINUTE  # the readings lag 8 minutes
+        runs = 1
+        while any(s.store.checkpoints("glooko", feed.loop).get(f"{feed.collection}:history", 0)
+                  < s.store.checkpoints("glooko", feed.loop).get(f"{feed.collection}:history_end", 0)
+                  for feed in FEEDS):  # fmt: skip
+            await trio.sleep(300)
+            assert await s.new_runtime().run_once()
+            runs += 1
+    oldest = min(d["date"] for d in s.store.docs("entries", newest_first=False))
+    assert oldest == s.emu.first_ms  # older than CONNECT_BACKFILL_DAYS=1: the Glooko look-back won
+    s.check(s.clock(), settle_ms=30 * MINUTE, expiries=runs - 1)  # each run signs in once
+    assert runs == 2  # a day and a half of history before the horizon: a day beside each live read
+
+
 @st.composite
 def fault_schedules(draw: st.DrawFn) -> list[tuple[str, str, int, int]]:
     windows = []
@@ -152,14 +215,21 @@ def fault_schedules(draw: st.DrawFn) -> list[tuple[str, str, int, int]]:
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(schedule=fault_schedules(), seed=st.integers(0, 1000), style=st.sampled_from(["camel", "snake"]))
+@given(
+    schedule=fault_schedules(),
+    seed=st.integers(0, 1000),
+    style=st.sampled_from(["camel", "snake"]),
+    uploads=st.dictionaries(st.sampled_from(["normalBoluses", "scheduledBasals", "foods"]),
+                            st.integers(30, 150).map(lambda m: (DAY, m * MINUTE)), min_size=1),
+)  # fmt: skip
 def test_random_fault_schedules_lose_nothing(
-    schedule: list[tuple[str, str, int, int]], seed: int, style: str
+    schedule: list[tuple[str, str, int, int]], seed: int, style: str, uploads: dict[str, tuple[int, int]]
 ) -> None:
-    note(f"schedule={schedule} seed={seed} style={style}")
+    """Faults, cookie expiry, and a device that uploads a day's records at once during the run."""
+    note(f"schedule={schedule} seed={seed} style={style} uploads={uploads}")
 
     async def scenario() -> None:
-        s = Scenario(seed=seed, style=style, cookie_ttl_s=3 * 3600)
+        s = Scenario(seed=seed, style=style, cookie_ttl_s=3 * 3600, syncs=uploads)
         for endpoint, kind, start, length in schedule:
             s.emu.schedule(kind, START + start, START + start + length, endpoint=endpoint)
         with captured_logs() as logs:

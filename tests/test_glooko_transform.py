@@ -1,4 +1,4 @@
-"""Glooko pages → records: local times labelled UTC, the four feeds, windows, and properties."""
+"""Glooko pages → records: local times labelled UTC, the four feeds, paging helpers, and properties."""
 
 from __future__ import annotations
 
@@ -8,25 +8,29 @@ import zoneinfo
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connect.contract import LastKnown
 from connect.errors import ProtocolError
 from connect.records import iso_from_ms, to_nightscout
-from sources.glooko.const import DAY_MS, FEEDS_BY_KEY, PAGE_LIMIT, SYNC_OVERLAP_MS
-from sources.glooko.transform import Page, transform, utc_ms, wall_text, window
+from sources.glooko.const import DAY_MS, FEEDS_BY_KEY
+from sources.glooko.transform import Frame, Page, newest_wall, transform, utc_ms, wall_ms, wall_text
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
 NOW = 1_750_000_000_000  # 2025-06-15T15:06:40Z
 HOUR = 3_600_000
 
 
-def page(key: str, items: list[Any] | Any, *, start: int = NOW - DAY_MS, end: int = NOW, now: int = NOW,
-         limit: int = PAGE_LIMIT) -> Page:  # fmt: skip
+def frame(
+    key: str, items: list[Any] | Any, *, covered: dict[str, int] | None = None, more: bool = False
+) -> Frame:
+    """One page of ``key`` (a list of items, or a whole body) as a frame that looked up to now."""
     body = {key: items} if isinstance(items, list) else items
-    return Page(feed=FEEDS_BY_KEY[key], start=start, end=end, now=now, limit=limit, body=body)
+    feed = FEEDS_BY_KEY[key]
+    marks = {feed.collection: NOW} if covered is None else covered
+    return Frame(feed=feed, pages=(Page(feed=feed, body=body),), covered=marks, more=more)
 
 
 def utc(text: str) -> int:
@@ -64,7 +68,7 @@ def test_normal_boluses() -> None:
          "softDeleted": True},
         {"pumpTimestamp": "2025-06-15T10:00:00.000Z", "insulinDelivered": 0, "carbsInput": 0},
     ]  # fmt: skip
-    batch = transform(page("normalBoluses", items), BERLIN)
+    batch = transform(frame("normalBoluses", items), BERLIN)
     got = [(iso_from_ms(t.date), t.event_type, t.insulin, t.carbs, dict(t.extra)) for t in batch.treatments]
     assert got == [
         ("2025-06-15T06:00:00.000Z", "Meal Bolus", 4.5, 45.0, {"glookoGuid": "g1"}),
@@ -78,7 +82,7 @@ def test_normal_boluses() -> None:
 def test_scheduled_basals_are_temp_basals_in_minutes() -> None:
     items = [{"pumpTimestamp": "2025-06-15T06:00:00.000Z", "startTime": 21600, "duration": 5400, "rate": 0.85,
               "segmentId": 3, "guid": "b1"}]  # fmt: skip
-    (t,) = transform(page("scheduledBasals", items), BERLIN).treatments
+    (t,) = transform(frame("scheduledBasals", items), BERLIN).treatments
     assert (t.event_type, t.rate, t.absolute, t.duration) == ("Temp Basal", 0.85, 0.85, 90.0)
     assert iso_from_ms(t.date) == "2025-06-15T04:00:00.000Z"
 
@@ -88,7 +92,7 @@ def test_foods_are_carb_corrections() -> None:
         {"timestamp": "2025-06-15T13:10:00.000Z", "carbs": 35, "guid": "f1"},
         {"timestamp": "x", "carbs": 0},
     ]
-    (t,) = transform(page("foods", items), BERLIN).treatments
+    (t,) = transform(frame("foods", items), BERLIN).treatments
     assert (t.event_type, t.carbs, iso_from_ms(t.date)) == (
         "Carb Correction",
         35.0,
@@ -101,32 +105,38 @@ def test_readings_in_both_shapes() -> None:
     snake = [{"display_time": "2025-06-15T13:10:00.000Z", "bg_value": 12300, "trend": "FLAT", "guid": "r1",
               "soft_deleted": False},
              {"display_time": "2025-06-15T13:15:00.000Z", "bg_value": 12500, "soft_deleted": True}]  # fmt: skip
-    (a,) = transform(page("readings", camel), BERLIN).entries
-    (b,) = transform(page("readings", snake), BERLIN).entries
+    (a,) = transform(frame("readings", camel), BERLIN).entries
+    (b,) = transform(frame("readings", snake), BERLIN).entries
     assert (a.sgv, a.direction, iso_from_ms(a.date)) == (123, "FortyFiveUp", "2025-06-15T11:10:00.000Z")
     assert (b.sgv, b.direction, b.date) == (123, "Flat", a.date)
-    assert transform(page("readings", camel), BERLIN).covered == {"entries": NOW}
+    assert transform(frame("readings", camel), BERLIN).covered == {"entries": NOW}
 
 
-def test_pages_say_how_far_they_looked() -> None:
-    empty = transform(page("foods", [], start=NOW - 3 * DAY_MS, end=NOW - 2 * DAY_MS), BERLIN)
-    assert empty.covered == {"treatments": NOW - 2 * DAY_MS} and empty.more is True
+def test_a_frame_of_several_pages_counts_a_record_once() -> None:
     items = [
-        {"timestamp": wall_text(NOW - 2 * HOUR + i * 300_000, BERLIN), "value": 100 + i} for i in range(4)
+        {"timestamp": wall_text(NOW - 2 * HOUR + i * 300_000, BERLIN), "value": 100 + i} for i in range(6)
     ]
-    full = transform(page("readings", items, limit=4), BERLIN)
-    assert full.more is True and full.covered == {"entries": NOW - 2 * HOUR + 3 * 300_000}
-    assert len(full.entries) == 4
+    feed = FEEDS_BY_KEY["readings"]
+    # the next page starts at the newest time of the last one, so that record comes twice
+    pages = (Page(feed=feed, body={"readings": items[:4]}), Page(feed=feed, body={"readings": items[3:]}))
+    marks = {"entries": NOW, "entries:history": NOW - DAY_MS}
+    batch = transform(Frame(feed=feed, pages=pages, covered=marks, more=True), BERLIN)
+    assert [e.sgv for e in batch.entries] == [100, 101, 102, 103, 104, 105]
+    assert batch.covered == marks and batch.more is True
+    assert batch.newest()["entries"] == NOW
 
 
-def test_window_live_backfill_and_first_start() -> None:
-    lookback = 14
-    first = LastKnown(values={}, backfill_from=NOW - 30 * DAY_MS, now=NOW)
-    assert window(first, "entries", lookback_days=lookback) == (NOW - 14 * DAY_MS, NOW - 13 * DAY_MS)
-    behind = LastKnown(values={"entries": NOW - 5 * DAY_MS}, backfill_from=0, now=NOW)
-    assert window(behind, "entries", lookback_days=lookback) == (NOW - 5 * DAY_MS, NOW - 4 * DAY_MS)
-    live = LastKnown(values={"entries": NOW - 60_000}, backfill_from=0, now=NOW)
-    assert window(live, "entries", lookback_days=lookback) == (NOW - SYNC_OVERLAP_MS, NOW)
+def test_paging_happens_in_the_local_wall_clock() -> None:
+    summer = utc("2025-06-15T10:00:00Z")
+    assert wall_ms(summer, BERLIN) == utc("2025-06-15T12:00:00Z")
+    assert wall_ms(summer, timezone(timedelta(hours=-5))) == utc("2025-06-15T05:00:00Z")
+    items = [{"pumpTimestamp": "2025-06-15T12:00:00.000Z", "insulinDelivered": 1},
+             {"pumpTimestamp": "2025-06-15T13:30:00.000+02:00", "insulinDelivered": 1, "softDeleted": True},
+             {"insulinDelivered": 1}]  # fmt: skip
+    # soft-deleted items fill pages too; a stated offset is ignored, as Glooko's labels lie
+    newest = newest_wall(Page(feed=FEEDS_BY_KEY["normalBoluses"], body={"normalBoluses": items}))
+    assert newest == utc("2025-06-15T13:30:00Z")
+    assert newest_wall(Page(feed=FEEDS_BY_KEY["foods"], body={"foods": []})) is None
 
 
 @pytest.mark.parametrize(
@@ -144,13 +154,17 @@ def test_window_live_backfill_and_first_start() -> None:
     ],
 )  # fmt: skip
 def test_malformed_pages_are_protocol_errors(key: str, body: Any) -> None:
+    feed = FEEDS_BY_KEY[key]
     with pytest.raises(ProtocolError):
-        transform(Page(feed=FEEDS_BY_KEY[key], start=NOW - DAY_MS, end=NOW, now=NOW, body=body), BERLIN)
+        transform(Frame(feed=feed, pages=(Page(feed=feed, body=body),)), BERLIN)
 
 
-def test_not_a_page() -> None:
+def test_not_a_frame() -> None:
     with pytest.raises(ProtocolError):
         transform({"readings": []}, BERLIN)
+    readings, foods = FEEDS_BY_KEY["readings"], FEEDS_BY_KEY["foods"]
+    with pytest.raises(ProtocolError):
+        transform(Frame(feed=readings, pages=(Page(feed=foods, body={"foods": []}),)), BERLIN)
 
 
 # --- properties -------------------------------------------------------------------------------------
@@ -169,7 +183,7 @@ ZONES: list[tzinfo] = [
 
 
 @st.composite
-def feed_pages(draw: st.DrawFn) -> tuple[Page, tzinfo, dict[tuple[int, str], Any]]:
+def feed_pages(draw: st.DrawFn) -> tuple[Frame, tzinfo, dict[tuple[int, str], Any]]:
     """A page built from known truth: (page, zone, (UTC time, kind) → value)."""
     zone = draw(st.sampled_from(ZONES))
     key = draw(st.sampled_from(sorted(FEEDS_BY_KEY)))
@@ -205,9 +219,13 @@ def feed_pages(draw: st.DrawFn) -> tuple[Page, tzinfo, dict[tuple[int, str], Any
         if draw(st.integers(0, 9)) == 0:  # a soft-deleted twin with other values
             twin = dict(items[-1], softDeleted=True)
             items.append(twin)
-    end = start + DAY_MS
-    now = end + draw(st.integers(0, 2 * DAY_MS))
-    return Page(feed=FEEDS_BY_KEY[key], start=start, end=end, now=now, body={key: items}), zone, truth
+    feed = FEEDS_BY_KEY[key]
+    # the items split over pages as paging would: the next page repeats the newest time
+    cut = draw(st.integers(0, len(items)))
+    bodies = [items] if cut in (0, len(items)) else [items[:cut], items[max(0, cut - 1) :]]
+    pages = tuple(Page(feed=feed, body={key: b}) for b in bodies)
+    covered = {feed.collection: start + DAY_MS, feed.collection + ":history": start}
+    return Frame(feed=feed, pages=pages, covered=covered, more=draw(st.booleans())), zone, truth
 
 
 def _observed(batch: Any) -> dict[tuple[int, str], Any]:
@@ -226,16 +244,16 @@ def _observed(batch: Any) -> dict[tuple[int, str], Any]:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(feed_pages())
-def test_transform_recovers_the_truth(case: tuple[Page, tzinfo, dict[tuple[int, str], Any]]) -> None:
+def test_transform_recovers_the_truth(case: tuple[Frame, tzinfo, dict[tuple[int, str], Any]]) -> None:
     pg, zone, truth = case
-    before = copy.deepcopy(pg.body)
+    before = copy.deepcopy([page.body for page in pg.pages])
     batch = transform(pg, zone)
-    assert pg.body == before
+    assert [page.body for page in pg.pages] == before
     assert _observed(batch) == truth
     assert transform(pg, zone) == batch
     records = [*batch.entries, *batch.treatments]
     assert len({r.identifier for r in records}) == len(records)
-    assert batch.covered == {pg.feed.collection: pg.end} and batch.more == (pg.end < pg.now)
+    assert batch.covered == pg.covered and batch.more == pg.more
     for record in records:
         json.dumps(to_nightscout(record), allow_nan=False)
 
@@ -252,21 +270,21 @@ JSON = st.recursive(
 
 
 @st.composite
-def damaged_pages(draw: st.DrawFn) -> tuple[Page, tzinfo]:
+def damaged_pages(draw: st.DrawFn) -> tuple[Frame, tzinfo]:
     pg, zone, _truth = draw(feed_pages())
-    body = copy.deepcopy(pg.body)
+    body = copy.deepcopy(pg.pages[0].body)
     items = body[pg.feed.key]
     if items and draw(st.booleans()):
         item = draw(st.sampled_from(items))
         item[draw(st.sampled_from(sorted(item)))] = draw(JSON)
     else:
         body = draw(st.one_of(JSON, st.fixed_dictionaries({pg.feed.key: JSON})))
-    return Page(feed=pg.feed, start=pg.start, end=pg.end, now=pg.now, body=body), zone
+    return attrs.evolve(pg, pages=(Page(feed=pg.feed, body=body), *pg.pages[1:])), zone
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(damaged_pages())
-def test_transform_is_total(case: tuple[Page, tzinfo]) -> None:
+def test_transform_is_total(case: tuple[Frame, tzinfo]) -> None:
     pg, zone = case
     try:
         batch = transform(pg, zone)

@@ -2,15 +2,16 @@
 
 ``authenticate`` signs in (``POST /api/v2/users/sign_in``) and keeps the first
 ``Set-Cookie``; ``authorize`` makes sure the patient code is known (from the sign-in answer,
-else ``/api/v3/session/users``). Each loop asks its feed for one window at a time; a 401
-(the cookie expired) is :class:`SessionExpired`, which makes the runtime sign in again once.
+else ``/api/v3/session/users``). Each loop reads the windows its feed's plan chose
+(``windows.py``), every page of each; a 401 (the cookie expired) is :class:`SessionExpired`,
+which makes the runtime sign in again once.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, timedelta
 from functools import partial
 from typing import Any
 
@@ -23,11 +24,14 @@ from connect.httpkit import check_status, json_body, retry_after_seconds, send
 from connect.records import Batch
 from connect.redact import register_secret
 from sources.glooko import transform as pages
+from sources.glooko import windows
 from sources.glooko.const import (
     BROWSER_UA,
     DEVICE_INFORMATION,
     FEEDS,
+    HOUR_MS,
     LAST_GUID,
+    MAX_PAGES,
     PAGE_LIMIT,
     SESSION_LIFETIME_S,
     SESSION_USERS_PATH,
@@ -78,9 +82,13 @@ def patient_code(body: Any) -> str | None:
 class Glooko:
     """One Glooko account: its session and a loop per feed."""
 
-    def __init__(self, settings: GlookoSettings, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, settings: GlookoSettings, client: httpx.AsyncClient, *, page_limit: int = PAGE_LIMIT
+    ) -> None:
         self.settings = settings
         self.client = client
+        #: records asked for per request (tests use small pages to exercise paging)
+        self.page_limit = page_limit
         self.base = settings.base()
         self.zone = settings.zone()
         self._password = settings.glooko_password.get_secret_value()
@@ -155,22 +163,55 @@ class Glooko:
 
     # --- data -------------------------------------------------------------------------
 
-    async def fetch(self, feed: Feed, session: GlookoSession, last_known: LastKnown) -> pages.Page:
-        start, end = pages.window(
-            last_known, feed.collection, lookback_days=self.settings.glooko_lookback_days
+    async def fetch(self, feed: Feed, session: GlookoSession, last_known: LastKnown) -> pages.Frame:
+        plan = windows.plan(
+            last_known,
+            feed.collection,
+            lookback_days=self.settings.glooko_lookback_days,
+            late_ms=self.settings.glooko_late_sync_hours * HOUR_MS,
         )
-        start_text = pages.wall_text(start, self.zone)
-        params = {
-            "patient": session.code,
-            "startDate": start_text,
-            "endDate": pages.wall_text(end, self.zone),
-            # the v2 endpoints answer 422 unless these come along too; their values hardly matter
-            "lastGuid": LAST_GUID,
-            "lastUpdatedAt": start_text,
-            "limit": PAGE_LIMIT,
-        }
-        body = await self._get(session, feed.path, params, what=f"glooko {feed.key}")
-        return pages.Page(feed=feed, start=start, end=end, now=last_known.now, limit=PAGE_LIMIT, body=body)
+        read: list[pages.Page] = []
+        for start, end in plan.windows:
+            read.extend(await self._read_window(feed, session, start, end))
+        return pages.Frame(feed=feed, pages=tuple(read), covered=plan.covered, more=plan.more)
+
+    async def _read_window(
+        self, feed: Feed, session: GlookoSession, start: int, end: int
+    ) -> list[pages.Page]:
+        """Every page of ``[start, end)`` (UTC ms): a full page means more lie after its newest item.
+
+        The plan's checkpoints hold only once the whole window was read, so the window is finished
+        here rather than in a later frame. Paging happens in Glooko's frame (local wall clock
+        labelled UTC), where the server compares ``startDate``; the next page starts at the newest
+        time of the last one, inclusive, so records sharing that time are not skipped (a record on
+        two pages is one record: identifiers are derived from its time).
+        """
+        first, last = pages.wall_ms(start, self.zone), pages.wall_ms(end, self.zone)
+        read: list[pages.Page] = []
+        while True:
+            since = pages.wall_text(first, UTC)
+            params = {
+                "patient": session.code,
+                "startDate": since,
+                "endDate": pages.wall_text(last, UTC),
+                # the v2 endpoints answer 422 unless these come along too; their values hardly matter
+                "lastGuid": LAST_GUID,
+                "lastUpdatedAt": since,
+                "limit": self.page_limit,
+            }
+            body = await self._get(session, feed.path, params, what=f"glooko {feed.key}")
+            page = pages.Page(feed=feed, body=body)
+            read.append(page)
+            if len(pages.items_of(page)) < self.page_limit:
+                return read
+            newest = pages.newest_wall(page)
+            if newest is None or newest <= first:
+                raise ProtocolError(f"glooko {feed.key}: a full page that does not move past its start")
+            if newest >= last:
+                return read
+            if len(read) >= MAX_PAGES:
+                raise ProtocolError(f"glooko {feed.key}: more than {MAX_PAGES} full pages in one window")
+            first = newest
 
     def transform(self, raw: Any, last_known: LastKnown) -> Batch:
         return pages.transform(raw, self.zone)

@@ -50,13 +50,27 @@ LAST_GUID: Final = str(uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/nights
 DEVICE: Final = "nightscout-connect-glooko"
 
 DAY_MS: Final = 86_400_000
-#: how much one request asks for while catching up
+HOUR_MS: Final = 3_600_000
+#: how much of a feed's history one frame reads while backfilling
 PAGE_MS: Final = DAY_MS
-#: the newest part of every feed is read again each time: Glooko receives records when the
-#: phone or pump syncs, hours after they happened, and a time cursor alone would skip them
-SYNC_OVERLAP_MS: Final = 6 * 3_600_000
+#: every frame reads at least this far back: most records reach Glooko minutes to hours after
+#: they happened (the phone or pump syncs late), and a time cursor alone would skip them
+SYNC_OVERLAP_MS: Final = 6 * HOUR_MS
+#: how often a feed re-reads its whole late-sync horizon (``CONNECT_GLOOKO_LATE_SYNC_HOURS``):
+#: a meter or pump that uploads once a day delivers a day's records at once. A record that
+#: reaches Glooko up to (horizon − this) late is therefore always read.
+RESYNC_EVERY_MS: Final = HOUR_MS
+DEFAULT_LATE_SYNC_HOURS: Final = 36
+#: while history is being read back-to-back, a live read younger than this is not repeated
+LIVE_FRESH_MS: Final = 60_000
 #: records per request; a full page means more remain in the window
 PAGE_LIMIT: Final = 1000
+#: pages one window may take before the answers are deemed not to move forward
+MAX_PAGES: Final = 50
+#: checkpoint names (after the collection's) of a feed's other marks; see ``windows.py``
+RESYNC_MARK: Final = ":resync"
+HISTORY_MARK: Final = ":history"
+HISTORY_END_MARK: Final = ":history_end"
 #: the web session cookie lasts a day (nightscout-connect renews 10 minutes early)
 SESSION_LIFETIME_S: Final = 24 * 3600 - 600
 

@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connect.redact import redact_text
-from sources.glooko.const import DEFAULT_SERVER, HOSTS
+from sources.glooko.const import DEFAULT_LATE_SYNC_HOURS, DEFAULT_SERVER, HOSTS
 
 
 class GlookoSettings(BaseSettings):
@@ -40,7 +40,18 @@ class GlookoSettings(BaseSettings):
         description="the older fixed alternative to CONNECT_GLOOKO_TIMEZONE: hours east of UTC (no summer time)",
     )
     glooko_lookback_days: int = Field(
-        default=14, ge=1, le=90, description="how far back a first start reads Glooko's history"
+        default=14,
+        ge=1,
+        le=90,
+        description="how far back a first start reads Glooko's history (for Glooko it replaces "
+        "CONNECT_BACKFILL_DAYS)",
+    )
+    glooko_late_sync_hours: int = Field(
+        default=DEFAULT_LATE_SYNC_HOURS,
+        ge=12,
+        le=168,
+        description="how late a record may reach Glooko (a pump or meter that uploads once a day) and "
+        "still be read: every feed reads this many hours again once an hour",
     )
 
     @field_validator("glooko_password")

@@ -1,13 +1,12 @@
-"""Glooko v2 pages → Nightscout records, and the windows the loops ask for. Pure.
+"""Glooko v2 answers → Nightscout records. Pure.
 
 Glooko writes the pump's and phone's local wall clock with a ``Z`` as if it were UTC
 (``pumpTimestamp: "2023-06-15T12:07:30.000Z"`` at 12:07 local). The configured zone turns
 it into UTC; query windows go the other way (UTC → local wall clock labelled ``Z``). In the
 hour a clock falls back, a wall time is ambiguous; the first (summer) reading is taken.
 
-Each feed has its own loop and checkpoint. A page says how far it looked (``covered``) so an
-empty window still moves the checkpoint, and whether more is waiting (``more``): a window
-that ended before now, or a page that came back full.
+A frame of a feed is every page of the windows ``windows.plan`` chose, each window read to its
+end, with the checkpoints that plan vouches for once they were read.
 """
 
 from __future__ import annotations
@@ -16,23 +15,13 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, tzinfo
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
-from connect.contract import LastKnown
 from connect.errors import ProtocolError
 from connect.records import Batch, Entry, Record, Treatment
-from sources.glooko.const import (
-    DAY_MS,
-    DEVICE,
-    FEEDS_BY_KEY,
-    PAGE_LIMIT,
-    PAGE_MS,
-    SYNC_OVERLAP_MS,
-    TRENDS,
-    Feed,
-)
+from sources.glooko.const import DEVICE, FEEDS_BY_KEY, TRENDS, Feed
 
 _WALL = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:?\d{2})?$"
@@ -41,32 +30,42 @@ _WALL = re.compile(
 
 @attrs.frozen(kw_only=True)
 class Page:
-    """What one request of one feed brought back, and the window it asked for (UTC ms)."""
+    """One answer of one feed."""
 
     feed: Feed
-    start: int
-    end: int
-    now: int
-    limit: int = PAGE_LIMIT
     body: Any = attrs.field(repr=False, default=None)
 
 
-def window(last_known: LastKnown, collection: str, *, lookback_days: int) -> tuple[int, int]:
-    """``[start, end)`` in UTC ms for the next request of a feed.
+@attrs.frozen(kw_only=True)
+class Frame:
+    """Every page one frame of a feed read, and what the frame's plan vouches for."""
 
-    From the checkpoint (or the backfill start), but never later than ``now − overlap`` so the
-    newest hours are read again, and never earlier than the look-back limit; one page long.
-    """
-    now = last_known.now
-    floor = now - lookback_days * DAY_MS
-    start = max(min(last_known.get(collection), now - SYNC_OVERLAP_MS), floor)
-    return start, min(start + PAGE_MS, now)
+    feed: Feed
+    pages: tuple[Page, ...]
+    covered: Mapping[str, int] = attrs.field(factory=dict)
+    more: bool = False
+
+
+#: where each feed's items keep the time they happened (readings come in several shapes)
+TIME_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "readings": ("timestamp", "displayTime", "display_time", "deviceTimestamp", "device_timestamp"),
+    "normalBoluses": ("pumpTimestamp",),
+    "scheduledBasals": ("pumpTimestamp",),
+    "foods": ("timestamp",),
+}
 
 
 def wall_text(ms: int, zone: tzinfo) -> str:
     """A UTC time as Glooko writes it: the local wall clock labelled ``Z``."""
     local = datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(zone)
     return local.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def wall_ms(ms: int, zone: tzinfo) -> int:
+    """A UTC time's local wall clock, as the epoch ms it would be were it UTC: the frame in
+    which Glooko compares ``startDate`` with its records, and so the one paging must use."""
+    offset = datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(zone).utcoffset()
+    return ms + (0 if offset is None else int(offset.total_seconds() * 1000))
 
 
 def utc_ms(text: Any, zone: tzinfo, *, what: str) -> int:
@@ -120,7 +119,7 @@ def _extra(item: Mapping[str, Any]) -> dict[str, Any]:
 
 def bolus(item: Mapping[str, Any], zone: tzinfo) -> Treatment | None:
     """A pump bolus: Meal Bolus when carbs were entered, else Correction Bolus."""
-    when = item.get("pumpTimestamp")
+    when = _first(item, *TIME_KEYS["normalBoluses"])
     if when is None:
         return None
     date = utc_ms(when, zone, what="pumpTimestamp")
@@ -142,7 +141,7 @@ def bolus(item: Mapping[str, Any], zone: tzinfo) -> Treatment | None:
 
 def basal(item: Mapping[str, Any], zone: tzinfo) -> Treatment | None:
     """A scheduled basal segment, shown as Nightscout's Temp Basal (rate U/h, minutes)."""
-    when = item.get("pumpTimestamp")
+    when = _first(item, *TIME_KEYS["scheduledBasals"])
     if when is None:
         return None
     rate = _number(item.get("rate"), what="rate")
@@ -161,7 +160,7 @@ def basal(item: Mapping[str, Any], zone: tzinfo) -> Treatment | None:
 
 
 def food(item: Mapping[str, Any], zone: tzinfo) -> Treatment | None:
-    when = item.get("timestamp")
+    when = _first(item, *TIME_KEYS["foods"])
     carbs = _number(item.get("carbs"), what="carbs")
     if when is None or not carbs:
         return None
@@ -173,7 +172,7 @@ def food(item: Mapping[str, Any], zone: tzinfo) -> Treatment | None:
 
 def reading(item: Mapping[str, Any], zone: tzinfo) -> Entry | None:
     """A CGM reading; the value may be mg/dL or mg/dL × 100 (both shapes are seen)."""
-    when = _first(item, "timestamp", "displayTime", "display_time", "deviceTimestamp", "device_timestamp")
+    when = _first(item, *TIME_KEYS["readings"])
     value = _number(_first(item, "value", "bg_value", "sgv", "glucose"), what="value")
     if when is None or not value:
         return None
@@ -206,10 +205,19 @@ def items_of(page: Page) -> list[Mapping[str, Any]]:
     return items
 
 
-def transform(page: Any, zone: tzinfo) -> Batch:
-    """The records of one page, with how far it looked and whether more is waiting."""
-    if not isinstance(page, Page) or page.feed.key not in FEEDS_BY_KEY:
-        raise ProtocolError("not a Glooko page")
+def newest_wall(page: Page) -> int | None:
+    """The latest time on a page, in Glooko's frame (see :func:`wall_ms`), soft-deleted items
+    included: they fill pages too. The next page of a window starts there."""
+    keys = TIME_KEYS[page.feed.key]
+    times = [utc_ms(when, UTC, what=page.feed.key) for item in items_of(page)
+             if (when := _first(item, *keys)) is not None]  # fmt: skip
+    return max(times, default=None)
+
+
+def records_of(page: Page, zone: tzinfo) -> list[Record]:
+    """The live records of one page (soft-deleted ones and empty ones left out)."""
+    if page.feed.key not in FEEDS_BY_KEY:
+        raise ProtocolError("not a Glooko feed")
     items = items_of(page)
     convert = CONVERTERS[page.feed.key]
     records: list[Record] = []
@@ -224,9 +232,13 @@ def transform(page: Any, zone: tzinfo) -> Batch:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ProtocolError(f"Glooko {page.feed.key} has an unusable value ({type(exc).__name__})") from None
-    covered, more = page.end, page.end < page.now
-    if len(items) >= page.limit:
-        # a full page: what lies after its newest record is still unread
-        newest = max((r.date for r in records), default=page.start)
-        covered, more = max(newest, page.start + 1), True
-    return Batch.of(records, covered={page.feed.collection: covered}, more=more)
+    return records
+
+
+def transform(frame: Any, zone: tzinfo) -> Batch:
+    """The records of one frame's pages (a record on two pages counts once), with the checkpoints
+    its plan vouches for and whether history remains."""
+    if not isinstance(frame, Frame) or any(page.feed != frame.feed for page in frame.pages):
+        raise ProtocolError("not a Glooko frame")
+    records = [record for page in frame.pages for record in records_of(page, zone)]
+    return Batch.of(records, covered=frame.covered, more=frame.more)
