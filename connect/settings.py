@@ -144,6 +144,9 @@ NODE_ONLY: Final[Mapping[str, str]] = {
     "CONNECT_GLOOKO_USE_V3_GRAPH": "this Glooko source reads the v2 feeds",
     "CONNECT_GLOOKO_IMPORT_PROFILE": "this Glooko source imports no profile",
     "CONNECT_GLOOKO_SKIP_ENTRIES": "this Glooko source always stores its CGM readings",
+    "CONNECT_GLOOKO_WEB_ORIGIN": "this Glooko source signs in through the API host (CONNECT_GLOOKO_SERVER)",
+    "CONNECT_GLOOKO_DEVICE_ID": "this Glooko source sends no device identity of its own",
+    "CONNECT_GLOOKO_SERIAL_NUMBER": "this Glooko source sends no device serial number",
     "CONNECT_OUTPUT": "outputs are enabled by their own settings; the local store always runs",
     "CONNECT_FS_PREFIX": "the local store (CONNECT_STORE_PATH) replaces the filesystem output",
     "CONNECT_FS_LABEL": "the local store (CONNECT_STORE_PATH) replaces the filesystem output",
@@ -296,6 +299,14 @@ def recognised_env(
     for old in (*(other_legacy or {}), *NODE_ONLY):
         if old in environ and old not in legacy and not old.startswith("CONNECT_"):
             ignored.add(old)
+    # a misspelt prefix (CONECT_SOURCE, CONNECT-SOURCE) is as silent a mistake as a misspelt
+    # name; only near misses of our own names are listed, not the rest of the environment
+    ours = sorted(known)
+    for name in environ:
+        if name.startswith("CONNECT_") or name in recognised or name in ignored:
+            continue
+        if difflib.get_close_matches(name.upper(), ours, n=1, cutoff=0.85):
+            ignored.add(name)
     return sorted(recognised), sorted(ignored)
 
 
@@ -323,7 +334,7 @@ def env_notes(
             notes.append(
                 f"{name}: read by the {other_legacy[name]} source (CONNECT_SOURCE={other_legacy[name]})"
             )
-        elif near := difflib.get_close_matches(name, candidates, n=1, cutoff=0.85):
+        elif near := difflib.get_close_matches(name.upper(), candidates, n=1, cutoff=0.85):
             notes.append(f"{name}: nothing reads it; did you mean {near[0]}?")
     return notes
 

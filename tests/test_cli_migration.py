@@ -157,6 +157,13 @@ def test_a_typo_is_listed_as_ignored_with_the_name_it_missed(share: Any, tmp_pat
     assert line(working.stdout, "ignored variables: ") == "ignored variables: CONNECT_SHARE_PASWORD"
     assert "login: ok" in working.stdout
 
+    # a misspelt prefix is caught the same way; the rest of the environment is not listed
+    prefix = run(tmp_path, "check", CONECT_BACKFILL_DAYS="3", OTHER_TOOL_SETTING="x", **variables)
+    assert line(prefix.stdout, "ignored variables: ") == (
+        "ignored variables: CONECT_BACKFILL_DAYS, CONNECT_SHARE_PASWORD"
+    )
+    assert "CONECT_BACKFILL_DAYS: nothing reads it; did you mean CONNECT_BACKFILL_DAYS?" in prefix.stdout
+
 
 def test_an_old_name_beside_ours_is_ignored_and_ours_is_used(share: Any, tmp_path: Path) -> None:
     _, account, share_url = share
