@@ -92,6 +92,9 @@ def test_live_reads_overlap_and_re_read_the_horizon_once_an_hour() -> None:
     wide = planned(lk(NOW, marks))
     assert wide.windows == ((NOW - 5 * MINUTE - LATE, NOW),)
     assert wide.covered == {C: NOW, "treatments:resync": NOW} and wide.more is False
+    # a clock set back does not put the next re-read off until it catches up
+    marks["treatments:resync"] = NOW + DAY_MS
+    assert planned(lk(NOW, marks)).windows == ((NOW - 5 * MINUTE - LATE, NOW),)
     # a loop stored before these marks existed re-reads at once and has no history to read
     old = planned(lk(NOW, {C: NOW - 5 * MINUTE}))
     assert old.windows == ((NOW - 5 * MINUTE - LATE, NOW),)

@@ -80,9 +80,10 @@ def plan(last_known: LastKnown, collection: str, *, lookback_days: int, late_ms:
         # what the live reads already saw between them is harmless).
         history_end = start
         covered[collection + RESYNC_MARK] = now
-    elif resynced is None or now - resynced >= RESYNC_EVERY_MS:
-        # From a horizon before the checkpoint: a record that happened just before the last read
-        # and synced after it is found even when the loop was stopped for a while.
+    elif resynced is None or not 0 <= now - resynced < RESYNC_EVERY_MS:
+        # Due (a mark in the future means the clock was set back: re-read rather than wait). From
+        # a horizon before the checkpoint: a record that happened just before the last read and
+        # synced after it is found even when the loop was stopped for a while.
         start = min(live, now) - late_ms
         covered[collection + RESYNC_MARK] = now
     else:
