@@ -149,7 +149,7 @@ def test_once_copies_thirty_days_and_a_second_once_adds_nothing(site: Any, tmp_p
         "CONNECT_SOURCE_ENDPOINT": url,
         "CONNECT_SOURCE_API_SECRET": SOURCE_SECRET,
         "CONNECT_STORE_PATH": str(db),
-        "CONNECT_BACKFILL_DAYS": "31",
+        # CONNECT_BACKFILL_DAYS left at its default, 30: the oldest reading is 4 minutes inside it
     }
     first = cli("once", **settings)
     assert first.returncode == 0, first.stderr
@@ -174,7 +174,7 @@ def test_once_copies_thirty_days_and_a_second_once_adds_nothing(site: Any, tmp_p
     assert low >= started - 31 * MIN_MS
     assert high - low <= 31 * MIN_MS
     # one request per day of the backfill (and one proving the first short page), then those two
-    assert len(entry_reads(emu)) == 31 + 1 + 2
+    assert len(entry_reads(emu)) == 30 + 1 + 2
 
 
 # --- b. SIGKILL in the middle of the backfill --------------------------------------------------------
