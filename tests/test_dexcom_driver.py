@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import itertools
 import statistics
 from collections.abc import Callable
 from datetime import timedelta
@@ -164,17 +165,22 @@ def refused(run: Run) -> list[Request]:
 
 
 def check_no_login_storm(run: Run, per_hour: int = 3, any_hour: int = 14) -> None:
-    """After a refused login, at most a few more credential checks in the following hour.
+    """After a refused login, at most a few more credential checks in the following hour, as
+    long as the credentials are refused.
 
     A credential check is an attempt the server judged: one that met no injected transport or
     server fault. Attempts the CDN or a broken server answered (a 500 page, a timeout) follow
-    the ordinary, shorter login backoff, so they are bounded separately and more loosely.
+    the ordinary, shorter login backoff, so they are bounded separately and more loosely. Once
+    the server accepts the credentials again the refusal is over: later logins (a session the
+    reads refuse, say) follow the ordinary pacing, bounded by ``any_hour`` below.
     """
     attempts = login_attempts(run)
     refusals = refused(run)
     checks = [r for r in attempts if r.fault is None or r in refusals]
+    accepted = [r.time_ms for r in run.emulator.requests if r.endpoint == "login" and r.status == 200]
     for failure in refusals:
-        later = [r for r in checks if failure.time_ms < r.time_ms <= failure.time_ms + HOUR_MS]
+        until = min([failure.time_ms + HOUR_MS, *(t for t in accepted if t > failure.time_ms)])
+        later = [r for r in checks if failure.time_ms < r.time_ms <= until]
         assert len(later) <= per_hour, f"{len(later)} credential checks within an hour of a refused login"
     for first in attempts:
         window = [r for r in attempts if first.time_ms <= r.time_ms < first.time_ms + HOUR_MS]
@@ -321,6 +327,25 @@ def test_random_fault_schedules_lose_nothing_and_never_storm(
 
 
 # --- targeted scenarios ------------------------------------------------------------------------
+
+
+def test_a_password_fixed_then_sessions_refused_is_paced_not_stormed() -> None:
+    """The password is refused for two minutes, then accepted again while reads refuse every
+    session for 45 minutes: one retry after the refusal's half hour, then the ordinary pacing of
+    sessions that never delivered (1, 2, 4 … minutes), and data again once reads work."""
+    run, client = build_run()
+    apply_schedule(run, [("password", 600, 120), ("read", 700, 2700, "code", "SessionIdNotFound", None)])
+    simulate(run, client, 3 * 3600)
+    logins = [r for r in run.emulator.requests if r.endpoint == "login"]
+    refusal = next(r for r in logins if r.code == "AccountPasswordInvalid")
+    after = [r for r in logins if r.time_ms > refusal.time_ms]
+    # nothing until the refusal's half hour is over
+    assert after[0].time_ms - refusal.time_ms >= 30 * MIN_MS * 0.99
+    gaps = [b.time_ms - a.time_ms for a, b in itertools.pairwise(after[:5])]
+    assert all(g >= 48_000 for g in gaps) and gaps == sorted(gaps), gaps
+    check_no_login_storm(run)
+    check_nothing_served_is_lost_or_doubled(run)
+    check_complete_after_quiet(run, run.at(3 * 3600) - 15 * MIN_MS)
 
 
 def test_session_expiry_mid_stream_costs_one_login() -> None:
