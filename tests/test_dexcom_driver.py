@@ -9,9 +9,9 @@ bad credentials never turn into a login storm, and a locked account hears nothin
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
-import itertools
 import statistics
 from collections.abc import Callable
 from datetime import timedelta
