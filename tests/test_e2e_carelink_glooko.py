@@ -233,8 +233,7 @@ def test_glooko_once_fills_the_store_and_the_site(site: Any, tmp_path: Path) -> 
             CONNECT_GLOOKO_PASSWORD=emu.password,
             CONNECT_GLOOKO_SERVER=url,
             CONNECT_GLOOKO_TIMEZONE="Europe/Berlin",
-            # one frame reads one day of each feed: make that day the whole history
-            CONNECT_BACKFILL_DAYS="1",
+            # a first frame reads the newest 36 hours of each feed: the whole twelve-hour history
             CONNECT_STORE_PATH=str(db),
             CONNECT_NIGHTSCOUT_ENDPOINT=ns_url,
             CONNECT_API_SECRET=SITE_SECRET,
