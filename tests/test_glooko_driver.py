@@ -240,3 +240,37 @@ def test_random_fault_schedules_lose_nothing(
             assert secret not in text
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_site_with_other_treatments_does_not_cut_a_first_start_short(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Gap analysis asks the site for each feed's own records.
+
+    The site holds a loop app's Temp Basals up to a few minutes ago, and no Glooko record.
+    Asking for the site's newest treatment of any kind would start every feed minutes ago and
+    skip three days of history; asked for their own records, the feeds read their look-back.
+    """
+    from connect.records import iso_from_ms
+    from outputs.nightscout import NightscoutOutput
+    from tests.emulators.nightscout import NightscoutEmulator
+
+    s = Scenario(seed=4, lookback_days=3, first_ms=START - 3 * DAY + 2 * HOUR)
+    secret = "site-api-secret-0123"
+    site = NightscoutEmulator(secret, now=s.clock)
+    site.seed_treatments(
+        [{"eventType": "Temp Basal", "created_at": iso_from_ms(START - m * MINUTE), "device": "loop://iPhone",
+          "rate": 0.5, "duration": 30} for m in range(5, 600, 30)]
+    )  # fmt: skip
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=site.app)) as client:
+        output = NightscoutOutput("http://site.test", AsyncStore(s.store), client, api_secret=secret)
+        s.runtime = SourceRuntime(
+            s.plan, AsyncStore(s.store), clock=s.clock, backfill_days=30, rng=s.rng, gap_finder=output.newest
+        )
+        await s.run_for(8 * HOUR)
+    s.check(s.clock(), settle_ms=60 * MINUTE)
+    for event in ("Carb Correction", "Temp Basal", "Meal Bolus"):
+        dates = [d["date"] for d in s.store.docs("treatments") if d["eventType"] == event]
+        assert min(dates) < START - 2 * DAY, f"the {event} history was read"
+    asked = [r for r in site.requests if r.path == "/api/v1/treatments.json"]
+    assert len(asked) == 3  # once per treatment feed, not once per frame

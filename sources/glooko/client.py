@@ -27,6 +27,7 @@ from sources.glooko import transform as pages
 from sources.glooko import windows
 from sources.glooko.const import (
     BROWSER_UA,
+    DEVICE,
     DEVICE_INFORMATION,
     FEEDS,
     HOUR_MS,
@@ -232,4 +233,6 @@ class Glooko:
                 frame_retries=2,
                 frame_backoff=Backoff(base=10.0, cap=120.0),
                 cycle_backoff=Backoff(base=150.0, cap=1800.0),
+                # gap analysis: this feed's own records on the site, not a loop app's treatments
+                site_filter={"device": DEVICE, **({"eventType": feed.event_type} if feed.event_type else {})},
             )

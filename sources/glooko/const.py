@@ -84,13 +84,20 @@ class Feed:
     key: str
     collection: str
     interval_s: int
+    #: the one Nightscout eventType the feed writes, when it writes only one: gap analysis then
+    #: asks the site for this feed's newest record, not the newest of every Glooko feed
+    event_type: str | None = None
 
 
 FEEDS: Final[tuple[Feed, ...]] = (
     Feed("GlookoCGM", "/api/v2/cgm/readings", "readings", "entries", 300),
+    # Meal Bolus or Correction Bolus: the site is asked for any Glooko treatment; the hourly
+    # re-read of the late-sync horizon covers what the answer may overstate
     Feed("GlookoBoluses", "/api/v2/pumps/normal_boluses", "normalBoluses", "treatments", 300),
-    Feed("GlookoBasals", "/api/v2/pumps/scheduled_basals", "scheduledBasals", "treatments", 900),
-    Feed("GlookoFoods", "/api/v2/foods", "foods", "treatments", 900),
+    Feed(
+        "GlookoBasals", "/api/v2/pumps/scheduled_basals", "scheduledBasals", "treatments", 900, "Temp Basal"
+    ),
+    Feed("GlookoFoods", "/api/v2/foods", "foods", "treatments", 900, "Carb Correction"),
 )
 FEEDS_BY_KEY: Final[dict[str, Feed]] = {feed.key: feed for feed in FEEDS}
 
