@@ -4,6 +4,7 @@ the damaged terms-of-use capture, an unknown patient)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -89,8 +90,40 @@ def test_graph_fixture_current_uses_glucose_measurement_not_item() -> None:
 def test_graph_fixture_only_newer_than_last_known() -> None:
     raw = load("pylibrelinkup__graph_response.json")
     batch = transform(raw, known(entries=HISTORY[4][0]))
-    assert [e.date for e in batch.entries] == [d for d, _ in HISTORY[5:]] + [CURRENT[0]]
+    # what is newer, and the history of the half hour before the checkpoint again (a late
+    # point could be among it); the point at the checkpoint itself is the stored one
+    assert [e.date for e in batch.entries] == [d for d, _ in HISTORY[:4] + HISTORY[5:]] + [CURRENT[0]]
+    assert [e.date for e in transform(raw, known(entries=HISTORY[7][0] + 29 * 60_000)).entries] == [
+        HISTORY[7][0],
+        CURRENT[0],
+    ]
     assert transform(raw, known(entries=CURRENT[0])).entries == ()
+
+
+def test_a_history_point_older_than_the_stored_current_reading_is_not_lost() -> None:
+    """The checkpoint comes from the current reading; the graph gains the points before it later.
+
+    Here the first answer's current reading is the fixture's, the graph lacking the point a
+    minute before it; the next answer has that point. It must be written, with the value the
+    graph gives; the current reading keeps its arrow.
+    """
+    raw = load("pylibrelinkup__graph_response.json")
+    first = transform(raw, known())
+    stored = known(**first.newest())
+    assert stored.get("entries") == CURRENT[0]
+    late = copy.deepcopy(raw)
+    point = {**raw["data"]["graphData"][-1], "FactoryTimestamp": "5/21/2022 1:37:50 PM", "ValueInMgPerDl": 93}
+    late["data"]["graphData"].append(point)
+    (entry,) = transform(late, stored).entries
+    assert (entry.date, entry.sgv, entry.direction) == (CURRENT[0] - 60_000, 93, None)
+    # a point at the moment of an earlier current reading is written as that reading
+    arrow = first.entries[-1]
+    point_at_current = {**point, "FactoryTimestamp": "5/21/2022 1:38:50 PM"}
+    late["data"]["graphData"][-1] = point_at_current
+    later = known(entries=CURRENT[0] + 300_000)
+    assert transform(late, later, recent={CURRENT[0]: arrow}).entries == (arrow,)
+    # beyond the overlap nothing old is written again
+    assert transform(late, known(entries=CURRENT[0] + 31 * 60_000)).entries == ()
     # transforming the same payload from the checkpoint it produced yields nothing new
     full = transform(raw, known())
     assert transform(raw, known(**full.newest())).entries == ()

@@ -18,6 +18,7 @@ from connect.contract import LastKnown
 from connect.errors import ProtocolError
 from connect.records import DIRECTIONS, SGV_RANGE, Batch, Entry, to_nightscout
 from sources.linkup import direction_for, transform
+from sources.linkup.const import OVERLAP_MS
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LOW, HIGH = 946_684_800_000, 4_102_444_800_000
@@ -185,7 +186,8 @@ def check_batch(batch: Batch, lk: LastKnown) -> None:
         assert isinstance(entry, Entry) and entry.type == "sgv"
         assert isinstance(entry.sgv, int) and SGV_RANGE[0] <= entry.sgv <= SGV_RANGE[1]
         assert isinstance(entry.date, int) and LOW <= entry.date <= HIGH
-        assert entry.date > lk.get("entries")
+        # new readings, and late history points of the overlap before the checkpoint
+        assert entry.date > min(lk.get("entries"), max(lk.get("entries") - OVERLAP_MS, lk.backfill_from))
         assert entry.direction is None or entry.direction in LIBRE_DIRECTIONS
         json.dumps(to_nightscout(entry))
     dates = [e.date for e in batch.entries]
@@ -206,14 +208,20 @@ def test_valid_payloads_transform_purely_and_idempotently(
     assert payload == before  # pure: the payload is not touched
     assert transform(payload, lk, sensor_info=sensor_info) == batch  # deterministic
     check_batch(batch, lk)
-    # exactly the usable readings newer than last_known (one per moment, current wins)
+    # exactly the usable readings newer than last_known (one per moment, current wins), and
+    # history points of the half hour before a stored checkpoint, but for the one at it
     current = payload["data"]["connection"]["glucoseMeasurement"]
     items = [*payload["data"]["graphData"], *([current] if current else [])]
+    after = lk.get("entries")
     expected: dict[int, Any] = {}
     for item in items:
         value = item.get("ValueInMgPerDl")
         t = ms_of(item["FactoryTimestamp"])
-        if value is not None and 1 <= round(value) <= 1000 and lk.get("entries") < t <= lk.now + 15 * 60_000:
+        if value is None or not 1 <= round(value) <= 1000 or t > lk.now + 15 * 60_000:
+            continue
+        floor = max(after - OVERLAP_MS, lk.backfill_from)
+        late = lk.has("entries") and floor < t < after and item is not current
+        if after < t or late:
             expected[t] = item
     assert [e.date for e in batch.entries] == sorted(expected)
     for entry in batch.entries:
@@ -223,10 +231,22 @@ def test_valid_payloads_transform_purely_and_idempotently(
             assert entry.direction == direction_for(item["TrendArrow"])
     if not sensor_info:
         assert batch.treatments == () and batch.devicestatus == ()
-    # idempotent: from the checkpoint this batch vouches for, nothing is new
-    advanced = LastKnown(values={**lk.values, **batch.newest()}, backfill_from=lk.backfill_from, now=lk.now)
+    # idempotent: from the checkpoint this batch vouches for, nothing is new; what the overlap
+    # writes again is what the batch wrote (an upsert that changes nothing), or a history point
+    # from before the batch's own checkpoint (one the store held already)
+    values = dict(lk.values)
+    for key, value in batch.newest().items():
+        values[key] = max(value, values.get(key, value))  # as the store keeps them: never back
+    advanced = LastKnown(values=values, backfill_from=lk.backfill_from, now=lk.now)
     again = transform(payload, advanced, sensor_info=sensor_info)
-    assert again.entries == () and again.treatments == () and again.devicestatus == ()
+    assert again.treatments == () and again.devicestatus == ()
+    written = {e.date: e for e in batch.entries}
+    # with the current readings remembered, none is rewritten without its arrow
+    recent = {e.date: e for e in batch.entries if e.direction is not None}
+    for rerun in (again, transform(payload, advanced, sensor_info=sensor_info, recent=recent)):
+        for entry in rerun.entries:
+            assert written.get(entry.date, entry) == entry
+            assert entry.date in written or (lk.has("entries") and entry.date <= lk.get("entries"))
 
 
 @SETTINGS

@@ -3,14 +3,16 @@
 A healthy loop stores each reading within seconds of its publication with about one request per
 reading; a wrong password never becomes a login storm; a lockout is waited out in silence; and
 under random schedules of faults (5xx, 429, ban pages, timeouts, truncated and HTML bodies,
-lockouts, token revocations, region moves, terms steps) every reading served ends up in the
-store exactly once, nothing else does, and no secret reaches the status or the logs."""
+lockouts, token revocations, region moves, terms steps, password changes) every reading served
+ends up in the store exactly once — history points that reach the graph after a newer current
+reading included — nothing else does, and no secret reaches the status or the logs."""
 
 from __future__ import annotations
 
 import json
 import random
 import statistics
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,7 +25,7 @@ from hypothesis import strategies as st
 
 from connect.builder import Builder
 from connect.clock import VirtualClock
-from connect.records import Batch
+from connect.records import Batch, iso_from_ms
 from connect.runtime import SourceRuntime
 from sources.linkup import LinkUpSettings, make
 from store import AsyncStore, PersistResult, Store
@@ -32,22 +34,32 @@ from tests.emulators.linkup import Account, LinkUpEmulator, Patient
 START = 1_750_000_000_000
 HOUR = 3_600_000
 PASSWORD = "rt-Passw0rd-xyz"
+#: a phase that puts the newest current reading at START three minutes after a history point
+STREAMING_PHASE_MS = 170_000
 EMAIL = "follower@example.com"
 
 
 class TimedStore(AsyncStore):
-    """The real AsyncStore, noting when each entry was first persisted (virtual epoch ms)."""
+    """The real AsyncStore, noting when each entry was first persisted (virtual epoch ms), how
+    many entry rows the frames wrote, and how many frames carried each treatment and status."""
 
     def __init__(self, store: Store, clock: Callable[[], int]) -> None:
         super().__init__(store)
         self.clock = clock
         self.stored_at: dict[int, int] = {}
+        #: entry rows inserted or changed, summed over frames (an identical rewrite counts 0)
+        self.entries_written = 0
+        #: identifier → the frames that carried it, for treatments and devicestatus
+        self.carried: Counter[str] = Counter()
 
     async def persist_frame(self, source: str, loop: str, batch: Batch) -> PersistResult:
         result = await self.call(self.store.persist_frame, source, loop, batch)
         now = self.clock()
         for entry in batch.entries:
             self.stored_at.setdefault(entry.date, now)
+        self.entries_written += result.written.get("entries", 0)
+        self.carried.update(t.identifier for t in batch.treatments)
+        self.carried.update(d.identifier for d in batch.devicestatus)
         return result
 
 
@@ -83,12 +95,15 @@ async def simulate(
     settings_kw: dict[str, Any] | None = None,
     seed: int = 1,
     phase_ms: int | None = None,
+    setup: Callable[[LinkUpEmulator, Account], None] | None = None,
 ) -> Run:
     clock = VirtualClock(START)
     emulator = LinkUpEmulator(now=clock, **(emulator_kw or {}))
     account = emulator.add_account(EMAIL, PASSWORD, region="eu", **(account_kw or {}))
     if phase_ms is not None:
         account.patients[0].phase_ms = phase_ms
+    if setup is not None:
+        setup(emulator, account)
     store = Store(":memory:")
     timed = TimedStore(store, clock)
     source_settings = LinkUpSettings(link_up_username=EMAIL, link_up_password=password, **(settings_kw or {}))
@@ -126,27 +141,47 @@ def check_invariants(run: Run) -> None:
     entries = run.entries()
     dates = [d for d, _, _ in entries]
     served = run.emulator.served_times(run.patient)
-    # every reading served is in the store, with the value the sensor read
+    currents = run.emulator.served_current_times(run.patient)
+    # every reading served is in the store, with the value the sensor read — the history
+    # points the graph gained after a newer current reading was stored among them
     missing = sorted(set(served) - set(dates))
     assert not missing, f"{len(missing)} served readings missing, first {missing[:3]}"
     # nothing stored twice (not even under another time), nothing invented
     assert len(dates) == len(set(dates))
-    assert all(b - a >= 60_000 for a, b in zip(dates, dates[1:], strict=False))
+    assert set(dates) <= set(served), "a reading nobody served was stored"
+    # a minute apart at least (a history point may carry an extra second)
+    assert all(b - a >= 59_000 for a, b in zip(dates, dates[1:], strict=False))
     if dates:
-        real = set(run.patient.times(dates[0] - 1, dates[-1]))
-        assert set(dates) == real, "the stored series has a hole or an invented reading"
+        # history points run unbroken up to the newest one stored (after it, the graph may not
+        # hold them yet when the newest stored reading is a current one between them)
+        history = set(run.patient.times(dates[0] - 1, dates[-1]))
+        reach = max(history & set(dates), default=dates[0])
+        assert {t for t in history if t <= reach} <= set(dates), "the stored series has a hole"
+        assert set(dates) - history <= currents, "an invented reading"
     for date, sgv, _ in entries:
         assert sgv == run.patient.value(date)
+    # each reading was written once: the overlap rewrites what it must, and changes nothing —
+    # a reading stored as the current one keeps its arrow when its history point comes later
+    assert run.timed.entries_written == len(dates), "a stored reading was written again, changed"
+    arrows = {date: direction for date, _, direction in entries}
+    assert all(arrows[t] not in (None, "NOT COMPUTABLE") for t in currents), "an arrow was lost"
     # silence during every lockout the service announced
     for request in run.emulator.requests:
         if request.lockout_s:
             quiet_until = request.time_ms + request.lockout_s * 1000
             during = [r for r in run.emulator.requests if request.time_ms < r.time_ms < quiet_until]
             assert not during, f"{len(during)} requests during a lockout"
-    # never a login storm: at most a handful in any hour
+    # never a login storm: after a refused login (bad password, lockout) at most three more
+    # logins the service judged (a fault the CDN answered is paced by the shorter backoff)
+    judged = [r for r in run.emulator.requests if r.kind == "login" and (r.fault is None or r.refused)]
+    for refusal in (r for r in run.emulator.requests if r.refused):
+        later = [r for r in judged if refusal.time_ms < r.time_ms <= refusal.time_ms + HOUR]
+        assert len(later) <= 3, f"{len(later)} logins within an hour of a refused one"
     logins = run.requests("login")
     for i, t in enumerate(logins):
         assert sum(1 for u in logins[i:] if u < t + HOUR) <= 12, "login storm"
+    # and one login of the account at a time
+    assert max(run.emulator.max_logins_in_flight.values(), default=0) <= 1
     # no secret in status or logs
     text = json.dumps(run.runtime.status(), default=str) + json.dumps(run.logs, default=str)
     for secret in secrets(run):
@@ -271,6 +306,65 @@ async def test_sensor_info_records(autojump_clock: trio.abc.Clock) -> None:
     assert newest == run.entries()[-1][0]
 
 
+async def test_sensor_starts_arrive_once(autojump_clock: trio.abc.Clock) -> None:
+    """A sensor started three hours ago, and its successor two hours into the run (an hour's
+    warm-up without readings): each start is one Sensor Start, each devicestatus comes once."""
+    first_s = (START - 3 * HOUR) // 1000
+    second_ms = START + 2 * HOUR
+
+    def sensors(emu: LinkUpEmulator, account: Account) -> None:
+        account.patients[0].sensor_start_s = first_s
+        account.patients[0].new_sensor(second_ms)
+
+    run = await simulate(5, settings_kw={"link_up_sensor_info": True}, setup=sensors)
+    check_invariants(run)
+    starts = run.store.conn.execute(
+        "SELECT date, json FROM treatments WHERE event_type = 'Sensor Start' ORDER BY date"
+    ).fetchall()
+    assert [d for d, _ in starts] == [first_s * 1000, second_ms]
+    assert run.store.count("treatments") == 2
+    # no frame carried a start or a status another frame had carried
+    assert run.timed.carried and max(run.timed.carried.values()) == 1
+    statuses = run.store.conn.execute("SELECT date, json FROM devicestatus ORDER BY date").fetchall()
+    dates = [d for d, _ in statuses]
+    assert len(dates) == len(set(dates)) and set(dates) <= {d for d, _, _ in run.entries()}
+    assert dates[-1] == run.entries()[-1][0]
+    # the status tells which sensor was in use when the reading was taken
+    for date, doc in statuses:
+        started = json.loads(doc)["librelinkup"]["sensor"]["startedAt"]
+        expected = first_s * 1000 if date < second_ms else second_ms
+        assert started == iso_from_ms(expected), (date, started)
+    # the warm-up hour has no readings; the readings resume after it
+    assert not [d for d in dates if second_ms <= d < second_ms + HOUR]
+    assert any(d >= second_ms + HOUR for d in dates)
+
+
+async def test_current_readings_between_history_points_lose_no_history(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A sensor that streams a reading a minute (Libre 3): the current measurement lies between
+    the five-minute history points, which reach the graph minutes after it. Each poll stores a
+    current reading newer than the history points still to come; none of those may be lost."""
+
+    def streaming(emu: LinkUpEmulator, account: Account) -> None:
+        account.patients[0].current_interval_ms = 60_000
+
+    # the first current reading falls three minutes after a history point; polls follow it
+    run = await simulate(4, setup=streaming, phase_ms=STREAMING_PHASE_MS)
+    check_invariants(run)
+    history = set(run.patient.times(START - 11 * HOUR, run.end_ms - 20 * 60_000))
+    currents = run.emulator.served_current_times(run.patient)
+    between = currents - history
+    assert len(between) >= 10, "the current readings were not off the history grid"
+    stored = {d for d, _, _ in run.entries()}
+    assert history <= stored
+    # the ones between the history points keep their arrows; the history points have none
+    arrows = {d: direction for d, _, direction in run.entries()}
+    assert all(arrows[t] is not None for t in between)
+    assert all(arrows[t] is None for t in history - currents)
+    assert run.runtime.status()["loops"]["LibreLinkUp"]["frames_failed"] == 0
+
+
 # --- credentials -------------------------------------------------------------------------------------
 
 
@@ -341,9 +435,13 @@ def schedules(draw: st.DrawFn) -> dict[str, Any]:
         )
     )  # fmt: skip
     events = draw(st.lists(st.tuples(st.sampled_from(EVENT_KINDS), st.integers(1, 180)), max_size=3))
+    # the holder changes the password, and changes it back (or the user updates it) later
+    passwords = draw(st.lists(st.tuples(st.integers(1, 150), st.integers(10, 90)), max_size=1))
     return {
         "windows": windows,
         "events": sorted(events, key=lambda e: e[1]),
+        "passwords": passwords,
+        "streaming": draw(st.booleans()),
         "publish_delay_ms": draw(st.integers(0, 15_000)),
         "auto_accept": draw(st.booleans()),
         "sensor_info": draw(st.booleans()),
@@ -374,15 +472,21 @@ def play(schedule: dict[str, Any]) -> Run:
             emu.expire_tokens()
 
     async def main() -> Run:
-        def install(emu: LinkUpEmulator) -> None:
+        def install(emu: LinkUpEmulator, account: Account) -> None:
             for kind, target, start_min, minutes in schedule["windows"]:
                 emu.schedule(
                     kind, START + start_min * 60_000, START + (start_min + minutes) * 60_000, on=target,
                     retry_after=120, status=random.Random(start_min).choice([403, 430]), after_s=30.0,
                 )  # fmt: skip
+            for start_min, minutes in schedule.get("passwords", []):
+                start = START + start_min * 60_000
+                emu.change_password(account, start, start + minutes * 60_000)
+            if schedule.get("streaming"):
+                account.patients[0].current_interval_ms = 60_000
+                account.patients[0].phase_ms = STREAMING_PHASE_MS
 
         async def events_and_faults(emu: LinkUpEmulator, account: Account, clock: VirtualClock) -> None:
-            install(emu)
+            install(emu, account)
             await events(emu, account, clock)
 
         return await simulate(
@@ -404,6 +508,7 @@ def login_log(run: Run) -> list[str]:
     """The login conversation, one line per request (minutes into the run), for failure notes."""
     return [
         f"{(r.time_ms - START) / 60_000:.1f} {r.kind} {r.region} {r.status} {r.fault or ''}"
+        + (" refused" if r.refused else "")
         for r in run.emulator.requests
         if r.kind in ("login", "step", "connections")
     ]
@@ -412,7 +517,7 @@ def login_log(run: Run) -> list[str]:
 def quiet_schedule(**changes: Any) -> dict[str, Any]:
     schedule: dict[str, Any] = {
         "windows": [], "events": [], "publish_delay_ms": 10_000, "auto_accept": False,
-        "sensor_info": False, "token_ms": 15_552_000_000, "seed": 1,
+        "sensor_info": False, "token_ms": 15_552_000_000, "seed": 1, "passwords": [], "streaming": False,
     }  # fmt: skip
     schedule.update(changes)
     return schedule
@@ -431,6 +536,12 @@ def quiet_schedule(**changes: Any) -> dict[str, Any]:
 # minutes while the account moves region; each frame attempt logged in again after 5 s
 @example(schedule=quiet_schedule(windows=[("http429", "connections", 10, 45)], events=[("move", 12)]))
 @example(schedule=quiet_schedule(windows=[("http500", "login", 0, 45), ("timeout", "connections", 40, 45)]))
+# the password changed for an hour and a half, with login faults and a token revocation around it
+@example(
+    schedule=quiet_schedule(
+        passwords=[(20, 90)], windows=[("http500", "login", 60, 20)], events=[("expire", 30)], streaming=True
+    )
+)
 def test_random_fault_schedules_lose_nothing_and_duplicate_nothing(schedule: dict[str, Any]) -> None:
     run = play(schedule)
     note("\n".join(login_log(run)))
@@ -438,8 +549,12 @@ def test_random_fault_schedules_lose_nothing_and_duplicate_nothing(schedule: dic
     # faults end within the first four hours; the loop is back well before the end
     stored = run.entries()
     assert stored and stored[-1][0] >= run.end_ms - 90 * 60_000, "the loop did not recover"
-    # and the 12 h graph filled every gap: the stored series runs unbroken to the end
-    assert set(run.patient.times(stored[0][0] - 1, stored[-1][0])) == {d for d, _, _ in stored}
+    # and the 12 h graph filled every gap: the stored series runs unbroken to the end (but for
+    # the history points the graph may not hold yet)
+    recent_end = run.end_ms - run.emulator.graph_lag_ms - 10 * 60_000
+    assert set(run.patient.times(stored[0][0] - 1, recent_end)) <= {d for d, _, _ in stored}
+    if schedule.get("passwords"):
+        assert any(r.refused for r in run.emulator.requests), "the password change was never felt"
 
 
 # --- logins the vendor must never see in a burst ------------------------------------------------------

@@ -93,6 +93,11 @@ LOOP_NAME: Final = "LibreLinkUp"
 SPREAD_MS: Final = 10_000
 #: readings dated further ahead than this are clock trouble and would poison the checkpoint
 FUTURE_TOLERANCE_MS: Final = 15 * 60_000
+#: how far before the checkpoint history points are still written. The checkpoint is set by the
+#: current reading, which the graph gains only later (§6), so a history point older than it can
+#: arrive in a later answer; rewriting an unchanged one is a no-op upsert (UUID-v5 identifiers).
+#: It covers a graph that trails the current reading by up to about 25 minutes.
+OVERLAP_MS: Final = 30 * 60_000
 
 #: without a Retry-After, how long to leave the service alone after a 429 or a ban page
 DEFAULT_RATE_LIMIT_S: Final = 60.0

@@ -10,9 +10,9 @@ import httpx
 
 from connect.contract import Backoff, BuilderLike, Grant, LastKnown
 from connect.errors import ProtocolError
-from connect.records import Batch
+from connect.records import Batch, Entry
 from sources.linkup.client import LinkUpClient, Login, Session
-from sources.linkup.const import LOOP_NAME, SPREAD_MS
+from sources.linkup.const import LOOP_NAME, OVERLAP_MS, SPREAD_MS
 from sources.linkup.settings import LinkUpSettings
 from sources.linkup.transform import reading_times, transform
 from sources.schedule import PollPlanner
@@ -31,6 +31,10 @@ class LinkUp:
         self.spread_ms = int.from_bytes(digest[:4], "big") % SPREAD_MS
         #: when to read next: the readings' phase plus the learned delay until LibreLinkUp serves them
         self.planner = PollPlanner(interval_ms=self.interval_ms, jitter_ms=SPREAD_MS)
+        #: the current readings (with their arrows) written within the overlap, by date: a late
+        #: history point of the same moment is written as that reading, so the rewrite changes
+        #: nothing. Lost on a restart, when such a point is written once without its arrow.
+        self.recent: dict[int, Entry] = {}
 
     # --- session -----------------------------------------------------------------------------
 
@@ -58,7 +62,13 @@ class LinkUp:
         return answer
 
     def transform(self, raw: Any, last_known: LastKnown) -> Batch:
-        return transform(raw, last_known, sensor_info=self.settings.link_up_sensor_info)
+        batch = transform(raw, last_known, sensor_info=self.settings.link_up_sensor_info, recent=self.recent)
+        # only current readings carry a direction; history points never do
+        self.recent.update((e.date, e) for e in batch.entries if e.direction is not None)
+        newest = max([last_known.values.get("entries", 0), *(e.date for e in batch.entries)])
+        for date in [d for d in self.recent if d <= newest - OVERLAP_MS]:
+            del self.recent[date]
+        return batch
 
     def align_schedule(self, last_known: LastKnown, now_ms: int) -> int:
         """When to ask next: just after the next reading should have been published.

@@ -3,6 +3,8 @@
 A graph response holds about twelve hours of history points (``graphData``, no trend arrow) and
 the current reading (``connection.glucoseMeasurement``, with one), which is usually newer than
 the last history point. Both become ``sgv`` entries; the current one keeps its direction.
+History points that show up after a newer current reading was stored are still written: each
+frame looks :data:`~sources.linkup.const.OVERLAP_MS` back from the checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Final
 from connect.contract import LastKnown
 from connect.errors import ProtocolError
 from connect.records import SGV_RANGE, Batch, DeviceStatus, Entry, Record, Treatment, iso_from_ms
-from sources.linkup.const import DEVICE, FUTURE_TOLERANCE_MS, TREND_ARROWS, UNKNOWN_DIRECTION
+from sources.linkup.const import DEVICE, FUTURE_TOLERANCE_MS, OVERLAP_MS, TREND_ARROWS, UNKNOWN_DIRECTION
 
 #: ``M/D/YYYY h:mm:ss AM/PM`` without zero padding; parsed by hand so no locale can change %p
 _TIMESTAMP: Final = re.compile(
@@ -196,10 +198,24 @@ def reading_times(raw: object) -> list[int]:
         raise ProtocolError(f"LibreLinkUp graph payload unusable ({type(exc).__name__})") from None
 
 
-def transform(raw: object, last_known: LastKnown, *, sensor_info: bool = False) -> Batch:
-    """The records of one graph response that are newer than ``last_known``."""
+def transform(
+    raw: object,
+    last_known: LastKnown,
+    *,
+    sensor_info: bool = False,
+    recent: Mapping[int, Entry] | None = None,
+) -> Batch:
+    """The records of one graph response that are newer than ``last_known``, and late history.
+
+    The checkpoint is usually set by a current reading that the graph does not hold yet, so a
+    history point dated before it can still arrive in a later answer. History points up to
+    :data:`OVERLAP_MS` before the checkpoint are therefore written again (identifiers are UUID
+    v5 of device, date and type, so an unchanged point is a no-op upsert). ``recent`` holds
+    the current readings written lately, by date: a history point of the same moment is
+    written as that reading (with its arrow) rather than replacing it with one without.
+    """
     try:
-        return _transform(raw, last_known, sensor_info=sensor_info)
+        return _transform(raw, last_known, sensor_info=sensor_info, recent=recent or {})
     except ProtocolError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
@@ -207,9 +223,14 @@ def transform(raw: object, last_known: LastKnown, *, sensor_info: bool = False) 
         raise ProtocolError(f"LibreLinkUp graph payload unusable ({type(exc).__name__})") from None
 
 
-def _transform(raw: object, last_known: LastKnown, *, sensor_info: bool) -> Batch:
+def _transform(
+    raw: object, last_known: LastKnown, *, sensor_info: bool, recent: Mapping[int, Entry]
+) -> Batch:
     connection, graph = graph_parts(raw)
     after = last_known.get("entries")
+    # a first frame reads everything since the backfill start; later ones look back a little,
+    # but never before that start (which the first frame did not write either)
+    floor = max(after - OVERLAP_MS, last_known.backfill_from) if last_known.has("entries") else after
     horizon = last_known.now + FUTURE_TOLERANCE_MS
     items: list[tuple[object, bool]] = [(item, False) for item in graph]
     current_item = _current_item(connection)
@@ -219,8 +240,16 @@ def _transform(raw: object, last_known: LastKnown, *, sensor_info: bool) -> Batc
     entries: list[Entry] = []
     for item, current in items:
         date, sgv = _parse_item(item)  # every item is checked, even the old ones
-        if sgv is not None and after < date <= horizon and isinstance(item, Mapping):
+        if sgv is None or not floor < date <= horizon or not isinstance(item, Mapping):
+            continue
+        if date in recent and not current:
+            entries.append(recent[date])
+        elif date > after:
             entries.append(_entry(date, sgv, item, current=current))
+        elif not current and date != after:
+            # a late history point; the one at the checkpoint is the newest stored reading,
+            # most likely stored as the current one with its arrow, so it is left alone
+            entries.append(_entry(date, sgv, item, current=False))
     records: list[Record] = list(entries)
     if sensor_info:
         records.extend(_sensor_records(connection, entries, last_known))

@@ -19,12 +19,20 @@ Readings are a live stream: every ``interval_ms`` (5 min, as the graph fixtures 
 per-patient phase with the odd extra second, visible ``publish_delay_ms`` after their time
 (plus a fixed share of ``publish_spread_ms`` per reading, for a phone that uploads late),
 judged by the injectable ``now`` (epoch ms) so a test can run on
-:class:`connect.clock.VirtualClock`. The graph holds the last 12 h *before* the current reading;
-the current one is ``connection.glucoseMeasurement`` (with ``TrendArrow``), as on the real service.
+:class:`connect.clock.VirtualClock`. The current measurement is ``connection.glucoseMeasurement``
+(with ``TrendArrow``); the graph holds the 12 h of history points *before* it, and trails it as
+the real service's does: a point joins ``graphData`` only ``graph_lag_ms`` after it was
+published, so the newest point or two are visible only as the current measurement until then.
+A patient with ``current_interval_ms`` (a reading a minute) has a current measurement that lies
+between the history points most of the time. A patient can change sensors
+(:meth:`Patient.new_sensor`: a warm-up without readings, then a new start time).
 
 Faults are injected for the next N matching requests (:meth:`LinkUpEmulator.inject`) or for a
-window of time (:meth:`LinkUpEmulator.schedule`). Every request is recorded, and so is every
-reading a graph answer delivered (``served``) with the time it was first delivered.
+window of time (:meth:`LinkUpEmulator.schedule`); an account holder can change the password for
+a while (:meth:`LinkUpEmulator.change_password`). Every request is recorded (with whether the
+service refused a login), and so is every reading a graph answer delivered (``served``) with
+the time it was first delivered; the emulator also notes the most logins of one account that
+were ever in flight at once.
 """
 
 from __future__ import annotations
@@ -74,6 +82,9 @@ STEP_DURATION_MS: Final = 3_600_000
 GRAPH_SPAN_MS: Final = 12 * 3_600_000
 LOGBOOK_SPAN_MS: Final = 14 * 86_400_000
 FIVE_MIN_MS: Final = 300_000
+#: the graph's newest point trails the current measurement (§6: "usually newer than the last
+#: graphData point and not included in it"); by how much is not recorded, so two readings
+GRAPH_LAG_MS: Final = 10 * 60_000
 STEP_PROPS: Final = {
     "tou": ("AcceptDocument", {"reaccept": True, "titleKey": "Common.termsOfUse", "type": "tou"}),
     "pp": ("AcceptDocument", {"reaccept": True, "titleKey": "Common.privacyPolicy", "type": "pp"}),
@@ -141,12 +152,43 @@ class Patient:
     gaps: list[tuple[int, int]] = attrs.field(factory=list)
     sensor_serial: str = "0M0008B8CD"
     sensor_start_s: int = 1_652_400_270
+    #: later sensors (epoch s of each start): the connection shows the newest one started
+    sensor_starts: list[int] = attrs.field(factory=list)
+    #: how often the current measurement is renewed: None for the history grid (every
+    #: ``interval_ms``), 60 000 for a sensor that streams a reading a minute (Libre 3), whose
+    #: current measurement then lies between the history points most of the time
+    current_interval_ms: int | None = None
     _values: dict[int, int] = attrs.field(factory=dict, repr=False)
     _items: dict[tuple[int, bool], dict[str, Any]] = attrs.field(factory=dict, repr=False)
 
     def reading_time(self, index: int) -> int:
         jitter = 1000 if (index * 2_654_435_761 + self.seed) % 7 == 0 else 0
         return self.phase_ms + index * self.interval_ms + jitter
+
+    def current_time(self, index: int) -> int:
+        """The time of the ``index``-th current measurement (a history point where they meet)."""
+        step = self.current_interval_ms
+        if step is None:
+            return self.reading_time(index)
+        offset = index * step
+        if offset % self.interval_ms == 0:
+            return self.reading_time(offset // self.interval_ms)
+        return self.phase_ms + offset
+
+    def current_index_at_or_before(self, ms: int) -> int:
+        index = (ms - self.phase_ms) // (self.current_interval_ms or self.interval_ms)
+        while self.current_time(index) > ms:
+            index -= 1
+        return index
+
+    def new_sensor(self, start_ms: int, *, warmup_ms: int = 3_600_000) -> None:
+        """A new sensor from ``start_ms``: no readings while it warms up, then a new start time."""
+        self.sensor_starts.append(start_ms // 1000)
+        self.gaps.append((start_ms, start_ms + warmup_ms))
+
+    def sensor_start(self, now_ms: int) -> int:
+        """The start (epoch s) of the sensor in use at ``now_ms``."""
+        return max([self.sensor_start_s, *(s for s in self.sensor_starts if s * 1000 <= now_ms)])
 
     def index_at_or_before(self, ms: int) -> int:
         index = (ms - self.phase_ms) // self.interval_ms
@@ -235,6 +277,14 @@ class Account:
     token_duration_ms: int = TOKEN_DURATION_MS
     failures: list[int] = attrs.field(factory=list)
     locked_until: int = 0
+    #: [start, end) windows in which the holder had changed the password (the old one fails)
+    password_windows: list[tuple[int, int]] = attrs.field(factory=list)
+    #: times at which every token issued before was revoked
+    kills: list[int] = attrs.field(factory=list)
+
+    def password_at(self, now_ms: int) -> str:
+        changed = any(start <= now_ms < end for start, end in self.password_windows)
+        return self.password + " (changed)" if changed else self.password
 
     @property
     def account_id(self) -> str:
@@ -249,6 +299,12 @@ class Ticket:
     duration_ms: int
     step: str | None = None
     revoked: bool = False
+    issued_ms: int = 0
+
+    def dead(self, now_ms: int) -> bool:
+        """Revoked, expired, or issued before a password change that has happened by now."""
+        killed = any(self.issued_ms < kill <= now_ms for kill in self.account.kills)
+        return self.revoked or killed or self.expires_ms <= now_ms
 
 
 @attrs.define(eq=False)
@@ -288,6 +344,8 @@ class Request:
     fault: str | None = None
     #: the lockout seconds of a lock answer, for quiet-period checks
     lockout_s: int | None = None
+    #: a login the service judged and refused (bad credentials or the lockout)
+    refused: bool = False
 
 
 def _html(status: int, title: str) -> _Answer:
@@ -310,6 +368,7 @@ class LinkUpEmulator:
         minimum_version: str = MINIMUM_VERSION,
         publish_delay_ms: int = 10_000,
         publish_spread_ms: int = 0,
+        graph_lag_ms: int = GRAPH_LAG_MS,
         lock_failures: int = 3,
         lock_interval_s: int = 60,
         lock_seconds: int = 300,
@@ -320,6 +379,8 @@ class LinkUpEmulator:
         self.publish_delay_ms = publish_delay_ms
         #: each reading waits a further 0 … spread ms (fixed per reading time): a slow uploader
         self.publish_spread_ms = publish_spread_ms
+        #: how long after it was published a reading joins graphData (it is current before)
+        self.graph_lag_ms = graph_lag_ms
         self.lock_failures = lock_failures
         self.lock_interval_s = lock_interval_s
         self.lock_seconds = lock_seconds
@@ -329,6 +390,12 @@ class LinkUpEmulator:
         self.requests: list[Request] = []
         #: (patient id, reading time) → the time a graph answer first delivered it
         self.served: dict[tuple[str, int], int] = {}
+        #: the readings a graph answer delivered as the current measurement (with an arrow)
+        self.served_current: set[tuple[str, int]] = set()
+        #: login and step requests being answered now, and the most ever at once, per account
+        #: e-mail (None: no account known): a client runs one login at a time
+        self.logins_in_flight: dict[str | None, int] = {}
+        self.max_logins_in_flight: dict[str | None, int] = {}
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -380,6 +447,14 @@ class LinkUpEmulator:
     def move_account(self, account: Account, region: str) -> None:
         account.region = region
 
+    def change_password(self, account: Account, start_ms: int, end_ms: int) -> None:
+        """The holder changes the password at ``start_ms`` (tokens die) and back at ``end_ms``.
+
+        Until then a login with the password the client knows is refused (status 2).
+        """
+        account.password_windows.append((start_ms, end_ms))
+        account.kills.append(start_ms)
+
     # --- what tests read ---------------------------------------------------------------------
 
     def count(self, kind: str | None = None, *, account: Account | None = None) -> int:
@@ -392,6 +467,10 @@ class LinkUpEmulator:
     def served_times(self, patient: Patient) -> dict[int, int]:
         """Reading time → when it was first delivered, for one patient."""
         return {t: at for (pid, t), at in self.served.items() if pid == patient.patient_id}
+
+    def served_current_times(self, patient: Patient) -> set[int]:
+        """The readings of one patient that some graph answer delivered as its current one."""
+        return {t for pid, t in self.served_current if pid == patient.patient_id}
 
     def available_at(self, reading_ms: int) -> int:
         """When a reading becomes visible: its time, the delay, and its share of the spread."""
@@ -430,10 +509,20 @@ class LinkUpEmulator:
             body = raw
         request = Request(now, method, host, path, kind or "unknown", region, headers, body)
         self.requests.append(request)
+        self._attribute(request)
+        login = kind in ("login", "step")
+        key = request.account.email if request.account is not None else None
+        if login:
+            count = self.logins_in_flight.get(key, 0) + 1
+            self.logins_in_flight[key] = count
+            self.max_logins_in_flight[key] = max(self.max_logins_in_flight.get(key, 0), count)
         try:
             answer = await self._answer(request, method, kind, patient_id)
         except _Answer as raised:
             answer = raised
+        finally:
+            if login:
+                self.logins_in_flight[key] -= 1
         request.status = answer.status
         return answer
 
@@ -444,7 +533,6 @@ class LinkUpEmulator:
             return _html(404, "Not Found")
         if (method == "GET") != (kind in ("connections", "graph", "logbook")):
             return _html(405, "Method Not Allowed")
-        self._attribute(request)
         fault = self._fault_for(request)
         if fault is not None:
             request.fault = fault.kind
@@ -493,6 +581,7 @@ class LinkUpEmulator:
             if request.account is not None:
                 request.account.locked_until = request.time_ms + self.lock_seconds * 1000
             request.lockout_s = self.lock_seconds
+            request.refused = request.kind == "login"
             return self._lock_body()
         if kind == "ban":
             return _html(fault.status, f"{request.host or 'api.libreview.io'} has banned you temporarily")
@@ -573,8 +662,10 @@ class LinkUpEmulator:
         account = request.account
         if account is not None and now < account.locked_until:
             request.lockout_s = (account.locked_until - now + 999) // 1000
+            request.refused = True
             return self._lock_body()
-        if account is None or body.get("password") != account.password:
+        if account is None or body.get("password") != account.password_at(now):
+            request.refused = True
             if account is not None:
                 window = now - self.lock_interval_s * 1000
                 account.failures = [t for t in account.failures if t > window] + [now]
@@ -611,7 +702,7 @@ class LinkUpEmulator:
     def _continue(self, request: Request) -> _Answer:
         ticket = self.tickets.get(_bearer(request.headers) or "")
         step = request.path.rstrip("/").rsplit("/", 1)[-1]
-        if ticket is None or ticket.step is None or ticket.expires_ms <= request.time_ms:
+        if ticket is None or ticket.step is None or ticket.dead(request.time_ms):
             return _json({"message": "Unauthorized"}, status=401)
         account = ticket.account
         if not account.steps or account.steps[0] != step or step not in ("tou", "pp"):
@@ -646,7 +737,7 @@ class LinkUpEmulator:
                 _b64(uuid.uuid4().bytes + uuid.uuid4().bytes),
             )
         )
-        ticket = Ticket(token, account, expires_ms, duration_ms, step=step)
+        ticket = Ticket(token, account, expires_ms, duration_ms, step=step, issued_ms=now)
         self.tickets[token] = ticket
         return ticket
 
@@ -697,8 +788,7 @@ class LinkUpEmulator:
         if (
             ticket is None
             or ticket.step is not None
-            or ticket.revoked
-            or ticket.expires_ms <= request.time_ms
+            or ticket.dead(request.time_ms)
             or (request.region != ticket.account.region)
         ):
             raise _json({"message": "Unauthorized"}, status=401)
@@ -707,10 +797,10 @@ class LinkUpEmulator:
         return ticket
 
     def _current(self, patient: Patient, now: int) -> int | None:
-        """The newest reading already published (searching back over gaps, up to a day)."""
+        """The newest measurement already published (searching back over gaps, up to a day)."""
         visible = now - self.publish_delay_ms
-        index = patient.index_at_or_before(visible)
-        while (t := patient.reading_time(index)) > visible - 86_400_000:
+        index = patient.current_index_at_or_before(visible)
+        while (t := patient.current_time(index)) > visible - 86_400_000:
             if not patient.in_gap(t) and self.available_at(t) <= now:
                 return t
             index -= 1
@@ -743,7 +833,7 @@ class LinkUpEmulator:
             "sensor": {
                 "deviceId": "",
                 "sn": patient.sensor_serial,
-                "a": patient.sensor_start_s,
+                "a": patient.sensor_start(now),
                 "w": 60,
                 "pt": 4,
                 "s": False,
@@ -780,12 +870,18 @@ class LinkUpEmulator:
         current = self._current(patient, now)
         history: list[int] = []
         if current is not None:
+            # the history trails the current measurement: a point joins it graph_lag_ms after
+            # it was published, so a poll that missed a current reading finds it only later
             history = [
-                t for t in patient.times(current - GRAPH_SPAN_MS, current - 1) if self.available_at(t) <= now
+                t
+                for t in patient.times(current - GRAPH_SPAN_MS, current - 1)
+                if self.available_at(t) + self.graph_lag_ms <= now
             ]
         if record:
             for t in [*history, *([] if current is None else [current])]:
                 self.served.setdefault((patient.patient_id, t), now)
+            if current is not None:
+                self.served_current.add((patient.patient_id, current))
         return _json(
             {
                 "status": 0,
