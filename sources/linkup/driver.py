@@ -12,7 +12,7 @@ from connect.contract import Backoff, BuilderLike, Grant, LastKnown
 from connect.errors import ProtocolError
 from connect.records import Batch, Entry
 from sources.linkup.client import LinkUpClient, Login, Session
-from sources.linkup.const import LOOP_NAME, OVERLAP_MS, SPREAD_MS
+from sources.linkup.const import DEVICE, LOOP_NAME, OVERLAP_MS, SPREAD_MS
 from sources.linkup.settings import LinkUpSettings
 from sources.linkup.transform import reading_times, transform
 from sources.schedule import PollPlanner
@@ -105,4 +105,5 @@ class LinkUp:
             frame_retries=2,
             frame_backoff=Backoff(base=10.0, cap=120.0),
             cycle_backoff=Backoff(base=30.0, cap=1800.0),
+            site_filter={"device": DEVICE},
         )
