@@ -229,8 +229,10 @@ def _transform(
     connection, graph = graph_parts(raw)
     after = last_known.get("entries")
     # a first frame reads everything since the backfill start; later ones look back a little,
-    # but never before that start (which the first frame did not write either)
-    floor = max(after - OVERLAP_MS, last_known.backfill_from) if last_known.has("entries") else after
+    # but not before that start (which the first frame did not write either)
+    floor = after
+    if last_known.has("entries"):
+        floor = min(after, max(after - OVERLAP_MS, last_known.backfill_from))
     horizon = last_known.now + FUTURE_TOLERANCE_MS
     items: list[tuple[object, bool]] = [(item, False) for item in graph]
     current_item = _current_item(connection)
@@ -250,6 +252,9 @@ def _transform(
             # a late history point; the one at the checkpoint is the newest stored reading,
             # most likely stored as the current one with its arrow, so it is left alone
             entries.append(_entry(date, sgv, item, current=False))
+        elif current and any(e.date == date for e in entries):
+            # this answer's own current reading is that late point: written with its arrow
+            entries.append(_entry(date, sgv, item, current=True))
     records: list[Record] = list(entries)
     if sensor_info:
         records.extend(_sensor_records(connection, entries, last_known))
