@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextvars
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -25,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import page
 from api import status as st
-from api.auth import UNAUTHORIZED_BODY, Authenticator
+from api.auth import READS_OFF_BODY, UNAUTHORIZED_BODY, Authenticator
 from api.metrics import make_registry
 from api.metrics import render as render_metrics
 from api.openapi import (
@@ -40,6 +41,7 @@ from api.openapi import (
     read_parameters,
 )
 from api.query import QueryError, parse_read
+from api.reads import read_body
 from api.settings import ApiSettings
 from connect.clock import wall_ms
 from connect.records import Collection, iso_from_ms
@@ -52,7 +54,15 @@ StatusFn = Callable[[], Mapping[str, Any]]
 Clock = Callable[[], int]
 
 NAME: Final = "nightscout-connect"
+#: the Nightscout release whose v1 reads this API follows. status.json's ``version`` is what
+#: clients compare against their minimum Nightscout (uploaders parse major.minor.patch and warn
+#: below 0.10.2; Nightscout 15 added the fields served here), so it must read as a Nightscout
+#: version; our own version goes in ``connectVersion``
+NIGHTSCOUT_VERSION: Final = "15.0.7"
 JSON: Final = "application/json"
+#: /api/v1/entries/<spec>: a served _id, or an entry type (Nightscout's /entries/<type>)
+ENTRY_SPEC: Final = r"^([0-9a-fA-F]{24}|[A-Za-z][A-Za-z0-9_-]{0,31})(\.json)?$"
+_OBJECT_ID: Final = re.compile(r"^[0-9a-fA-F]{24}$")
 THRESHOLDS: Final = {"bgHigh": 260, "bgTargetTop": 180, "bgTargetBottom": 70, "bgLow": 55}
 
 #: the runtime status taken on the event loop, for the metrics collector on a worker thread
@@ -177,7 +187,9 @@ def create_app(
     async def on_api_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         if exc.status == 401:
-            return Response(UNAUTHORIZED_BODY, status_code=401, media_type=JSON)
+            # with reading off, no credential can help: say what setting turns it on
+            body = READS_OFF_BODY if auth.reads_off else UNAUTHORIZED_BODY
+            return Response(body, status_code=401, media_type=JSON)
         return Response(
             error_body(exc.status, exc.message, exc.description), status_code=exc.status, media_type=JSON
         )
@@ -227,7 +239,7 @@ def create_app(
         def handler(request: Request) -> Response:
             authorize(request)
             query = parse_read(collection, request.query_params.multi_items(), forced=forced, count=count)
-            return Response(reader.body(query.collection, query.filters, query.limit), media_type=JSON)
+            return Response(read_body(reader, query), media_type=JSON)
 
         return handler
 
@@ -272,6 +284,33 @@ def create_app(
     add_read(
         ["/api/v1/entries/current.json", "/api/v1/entries/current"], "entries", "The newest entry", count=1
     )
+
+    def entry_by_spec(request: Request, spec: Annotated[str, Path(pattern=ENTRY_SPEC)]) -> Response:
+        authorize(request)
+        name = spec.removesuffix(".json")
+        items = request.query_params.multi_items()
+        if _OBJECT_ID.match(name):
+            query = parse_read("entries", items, object_id=name.lower())
+        else:
+            query = parse_read("entries", items, forced=(Filter("type", "=", name),))
+        return Response(read_body(reader, query), media_type=JSON)
+
+    # after the fixed /entries/... routes, which take precedence over this pattern
+    app.add_api_route(
+        "/api/v1/entries/{spec}",
+        entry_by_spec,
+        methods=["GET"],
+        summary="One entry by its _id, or the entries of a type",
+        operation_id="api_v1_entries_spec",
+        responses={
+            200: {
+                "description": "the entry with this _id (or none), or entries of this type, newest first",
+                "content": {JSON: {"schema": DOC_SCHEMAS["entries"]}},
+            },
+            **ERROR_RESPONSES,
+        },
+        openapi_extra={"parameters": read_parameters("entries", True), "security": SECURITY},
+    )
     add_read(["/api/v1/treatments.json", "/api/v1/treatments"], "treatments", "Treatments")
     add_read(["/api/v1/devicestatus.json", "/api/v1/devicestatus"], "devicestatus", "Device status")
     add_read(["/api/v1/profile.json", "/api/v1/profile", "/api/v1/profiles"], "profile", "Profiles")
@@ -282,7 +321,8 @@ def create_app(
         doc = {
             "status": "ok",
             "name": NAME,
-            "version": _version(),
+            "version": NIGHTSCOUT_VERSION,
+            "connectVersion": _version(),
             "serverTime": iso_from_ms(now),
             "serverTimeEpoch": now,
             "apiEnabled": True,
@@ -295,13 +335,13 @@ def create_app(
                 "theme": "default",
                 "language": "en",
                 "alarmTypes": ["simple"],
-                "authDefaultRoles": "readable" if settings.http_readable or not auth.required else "denied",
+                "authDefaultRoles": "readable" if settings.http_readable else "denied",
                 "thresholds": dict(THRESHOLDS),
                 "DEFAULT_FEATURES": [],
                 "enable": [],
             },
             "extendedSettings": {},
-            "authorized": None,
+            "authorized": auth.grant(request.headers, request.query_params),
             "runtimeState": "loaded",
         }
         return json_response(doc)
@@ -452,7 +492,9 @@ def create_app(
     )
 
     async def status_page(request: Request) -> Response:
-        authorize(request)
+        if not auth.may_read(request.headers, request.query_params):
+            # a person with a browser reads this one: a page saying what to do, not JSON
+            return HTMLResponse(page.unauthorized(reads_off=auth.reads_off), status_code=401)
         snapshot = take_status()
         names = [str(o["name"]) for o in st.outputs(snapshot)] if snapshot is not None else []
         now = clock()
@@ -474,6 +516,10 @@ def create_app(
         responses={
             200: {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}},
             **ERROR_RESPONSES,
+            401: {
+                "description": "a page saying how to read: the secret, or turning reading on",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            },
         },
         openapi_extra={"security": SECURITY},
     )

@@ -5,20 +5,39 @@
 * ``?token=<secret>`` or ``Authorization: Bearer <secret>``;
 * ``?secret=<SHA-1 hex>``, Nightscout's query form of the header.
 
+Without a secret nothing can be proven, so reading is open only when ``CONNECT_HTTP_READABLE``
+says so (the bind rule then keeps the API on loopback); otherwise every protected route refuses,
+with a body that says how to turn reading on.
+
 Every comparison is constant-time over bytes. Nothing here logs or returns what a client sent.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
+import json
 from collections.abc import Mapping
+from typing import Any, Final
 
 from pydantic import SecretStr
 
 from connect.redact import register_secret
 
 UNAUTHORIZED_BODY = b'{"status":401,"message":"Unauthorized","description":"Invalid/Missing"}'
+#: how to turn reading on, for a request to an API that has neither a secret nor anonymous reads
+READS_OFF_HINT = (
+    "reading is off: set CONNECT_HTTP_SECRET (12+ characters) and send it as api-secret "
+    "(its SHA-1), ?token= or Authorization: Bearer; or set CONNECT_HTTP_READABLE=true "
+    "to let anyone who can reach this address read"
+)
+READS_OFF_BODY = json.dumps({"status": 401, "message": "Unauthorized", "description": READS_OFF_HINT}).encode(
+    "utf-8"
+)
+#: what a valid secret grants here (Nightscout's ``authorized`` shape, without a token: the API
+#: issues none, and the credential itself must never come back)
+READ_GRANT: Final[Mapping[str, Any]] = {"sub": "api-secret", "permissionGroups": [["*:*:read"]]}
 
 
 def _same(given: str, expected: bytes) -> bool:
@@ -71,16 +90,29 @@ class Authenticator:
             return None
         return all(verdicts)
 
+    @property
+    def reads_off(self) -> bool:
+        """No secret and no anonymous reading: nobody may read, whatever they send."""
+        return not self.required and not self.readable
+
     def may_read(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
-        """Reading is open without a configured secret (the API then listens on loopback only);
-        with one, it needs the secret, unless anonymous reading is switched on and no wrong
-        secret was offered."""
+        """With a secret, reading needs it, unless anonymous reading is switched on and no wrong
+        secret was offered. Without one, only ``CONNECT_HTTP_READABLE=true`` opens reading (the
+        bind rule keeps such an API on loopback): being on loopback alone is not consent, since
+        every local user and every local process could read the glucose history."""
         if not self.required:
-            return True
+            return self.readable
         valid = self.credentials_valid(headers, query)
         if valid is None:
             return self.readable
         return valid
+
+    def grant(self, headers: Mapping[str, str], query: Mapping[str, str]) -> dict[str, Any] | None:
+        """status.json's ``authorized``: what the request's credentials grant, ``None`` for an
+        anonymous request (as Nightscout answers without a token)."""
+        if self.credentials_valid(headers, query) is True:
+            return copy.deepcopy(dict(READ_GRANT))
+        return None
 
     def is_admin(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
         if not self.required:

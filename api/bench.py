@@ -97,7 +97,9 @@ async def bench_api_async(requests: int = 600, concurrency: int = 4, days: int =
         path = Path(tmp) / "bench.db"
         build_store(path, days, end_ms=int(time.time() * 1000))
         reader = StoreReader(path)
-        app = create_app(reader, lambda: {"sources": [], "outputs": []}, ApiSettings(http_secret=None))
+        app = create_app(
+            reader, lambda: {"sources": [], "outputs": []}, ApiSettings(http_secret=None, http_readable=True)
+        )
         try:
             async with trio.open_nursery() as nursery:
                 (ours_url,) = await nursery.start(serve, app, "127.0.0.1:0")

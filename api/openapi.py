@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from api.query import FIELDS, MAX_COUNT, OPERATORS
+from api.patterns import MAX_ALTERNATIONS, MAX_PATTERN, MAX_QUANTIFIERS, MAX_SUBJECT
+from api.query import FIELDS, ID_OPERATORS, MAX_COUNT, OPERATORS, PATTERN_FIELDS
 from connect.records import Collection
 from store.reader import SQLITE_INT_MAX
 
@@ -31,7 +32,10 @@ ERROR_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "content": {"application/json": {"schema": ERROR_SCHEMA}},
     },
     401: {
-        "description": "missing or wrong secret",
+        "description": (
+            "missing or wrong secret; without CONNECT_HTTP_SECRET and CONNECT_HTTP_READABLE=true, "
+            "always (the description says which setting turns reading on)"
+        ),
         "content": {"application/json": {"schema": ERROR_SCHEMA}},
     },
     503: {
@@ -71,10 +75,12 @@ def _doc(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
 
 DOC_SCHEMAS: Final[dict[Collection, dict[str, Any]]] = {
     "entries": _doc(
-        ["date", "dateString", "type", "device"],
+        ["date", "dateString", "sysTime", "utcOffset", "type", "device"],
         {
             "date": {"type": "integer"},
             "dateString": {"type": "string"},
+            "sysTime": {"type": "string"},
+            "utcOffset": {"type": "integer"},
             "type": {"type": "string"},
             "device": {"type": "string"},
             "sgv": {"type": "integer"},
@@ -112,7 +118,11 @@ STATUS_SCHEMA: Final[dict[str, Any]] = {
     "properties": {
         "status": {"type": "string", "enum": ["ok"]},
         "name": {"type": "string"},
-        "version": {"type": "string"},
+        "version": {
+            "type": "string",
+            "description": "the Nightscout version whose v1 reads this API follows",
+        },
+        "connectVersion": {"type": "string", "description": "this program's own version"},
         "serverTime": {"type": "string"},
         "serverTimeEpoch": {"type": "integer"},
         "apiEnabled": {"type": "boolean"},
@@ -127,7 +137,23 @@ STATUS_SCHEMA: Final[dict[str, Any]] = {
                 },
             },
         },
-        "authorized": {"type": "null"},
+        "authorized": {
+            "description": "what the request's credentials grant; null for an anonymous request",
+            "oneOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["sub", "permissionGroups"],
+                    "properties": {
+                        "sub": {"type": "string"},
+                        "permissionGroups": {
+                            "type": "array",
+                            "items": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                },
+            ],
+        },
     },
 }
 
@@ -193,7 +219,22 @@ def _value_schema(kind: str) -> dict[str, Any]:
         return {"type": "integer", "minimum": -SQLITE_INT_MAX, "maximum": SQLITE_INT_MAX}
     if kind == "time":
         return {"type": "string", "pattern": ISO_PATTERN}
+    if kind == "id":
+        return {"type": "string", "pattern": "^[0-9a-fA-F]{24}$"}
     return {"type": "string"}
+
+
+PATTERN_DESCRIPTION: Final = (
+    "a value, or /pattern/flags (Nightscout's regular-expression form; flags i, m, s, g, u): "
+    f"at most {MAX_PATTERN} characters and {MAX_QUANTIFIERS} quantifiers, none on a group, no "
+    f"backreferences, at most {MAX_ALTERNATIONS} | beside a quantifier; tried on values of at most "
+    f"{MAX_SUBJECT} characters; anything else is a 400"
+)
+
+
+def _operators(kind: str) -> tuple[str, ...]:
+    # an id names one record: only equality means something
+    return ID_OPERATORS if kind == "id" else tuple(OPERATORS)
 
 
 def read_parameters(collection: Collection, with_count: bool) -> list[dict[str, Any]]:
@@ -213,13 +254,16 @@ def read_parameters(collection: Collection, with_count: bool) -> list[dict[str, 
         if not _listed(collection, field, kind):
             continue
         schema = _value_schema(kind)
-        for suffix in ("", *(f"[{op}]" for op in OPERATORS)):
-            params.append(
-                {
-                    "name": f"find[{field}]{suffix}",
-                    "in": "query",
-                    "required": False,
-                    "schema": schema,
-                }
-            )
+        for suffix in ("", *(f"[{op}]" for op in _operators(kind))):
+            param: dict[str, Any] = {
+                "name": f"find[{field}]{suffix}",
+                "in": "query",
+                "required": False,
+                "schema": schema,
+            }
+            if field in PATTERN_FIELDS[collection]:
+                param["description"] = PATTERN_DESCRIPTION
+            elif kind == "id":
+                param["description"] = "the _id this API serves (24 hex digits)"
+            params.append(param)
     return params

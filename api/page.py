@@ -248,3 +248,24 @@ def render(
         f"<h2>Outputs</h2>{outputs_block(snapshot, lag)}"
         "</body></html>"
     )
+
+
+def unauthorized(*, reads_off: bool, title: str = "nightscout-connect") -> str:
+    """The page a browser gets instead of the glucose page when it may not read: what to do,
+    and nothing about the readings (no refresh either: reloading cannot change the answer)."""
+    if reads_off:
+        advice = (
+            "<p>Reading is off: no secret is set and anonymous reading is not enabled.</p>"
+            "<p>Either set <code>CONNECT_HTTP_SECRET</code> (12+ characters) and open this page as "
+            "<code>/?token=&lt;the secret&gt;</code>, or set <code>CONNECT_HTTP_READABLE=true</code> "
+            "to let anyone who can reach this address read it. Then restart.</p>"
+        )
+    else:
+        advice = "<p>This page needs the API secret: open it as <code>/?token=&lt;CONNECT_HTTP_SECRET&gt;</code>.</p>"
+    return (
+        "<!DOCTYPE html>"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}: not authorized</title><style>{STYLE}</style></head><body>"
+        f"<h1>{escape(title)}</h1>{advice}</body></html>"
+    )

@@ -3,6 +3,10 @@
 Nightscout hands ``find`` to MongoDB after a lenient coercion (``parseInt`` on dates, which turns
 an ISO string into its year). Here every value is checked: a number where a number belongs, a
 time where a time belongs, and a clear 400 naming the parameter otherwise.
+
+Three conditions are not store filters, and ride beside them in :class:`ReadQuery`: ``_id``
+(the ObjectId-like id we serve, looked up by the app), and a treatment's ``eventType`` written as
+``/pattern/flags`` (Nightscout's regular-expression form, see :mod:`api.patterns`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Final, Literal
 
 import attrs
 
+from api.patterns import Pattern, PatternError, compile_pattern, is_pattern
 from connect.records import Collection, ms_from_iso
 from store.reader import SQLITE_INT_MAX, Filter, Op
 
@@ -23,12 +28,15 @@ DEFAULT_COUNT: Final[dict[Collection, int]] = {
     "devicestatus": 10,
     "profile": 10,
 }
+#: Nightscout's treatments default grows to 1000 once the query has a ``find``
+DEFAULT_COUNT_WITH_FIND: Final[dict[Collection, int]] = {"treatments": 1000}
 
-Kind = Literal["ms", "time", "int", "text"]
+Kind = Literal["ms", "time", "int", "text", "id"]
 
 #: query fields per collection: name → (column, how the value is read)
 FIELDS: Final[dict[Collection, dict[str, tuple[str, Kind]]]] = {
     "entries": {
+        "_id": ("identifier", "id"),
         "date": ("date", "ms"),
         "dateString": ("date", "time"),
         "sysTime": ("date", "time"),
@@ -38,6 +46,7 @@ FIELDS: Final[dict[Collection, dict[str, tuple[str, Kind]]]] = {
         "sgv": ("sgv", "int"),
     },
     "treatments": {
+        "_id": ("identifier", "id"),
         "date": ("date", "ms"),
         "created_at": ("date", "time"),
         "dateString": ("date", "time"),
@@ -46,12 +55,14 @@ FIELDS: Final[dict[Collection, dict[str, tuple[str, Kind]]]] = {
         "device": ("device", "text"),
     },
     "devicestatus": {
+        "_id": ("identifier", "id"),
         "date": ("date", "ms"),
         "created_at": ("date", "time"),
         "dateString": ("date", "time"),
         "device": ("device", "text"),
     },
     "profile": {
+        "_id": ("identifier", "id"),
         "date": ("date", "ms"),
         "created_at": ("date", "time"),
         "startDate": ("date", "time"),
@@ -59,6 +70,17 @@ FIELDS: Final[dict[Collection, dict[str, tuple[str, Kind]]]] = {
         "device": ("device", "text"),
     },
 }
+
+#: string fields whose ``/pattern/flags`` values are regular expressions (as in Nightscout's
+#: treatments; its ``notes`` and ``enteredBy`` are not searchable here)
+PATTERN_FIELDS: Final[dict[Collection, frozenset[str]]] = {
+    "entries": frozenset(),
+    "treatments": frozenset({"eventType"}),
+    "devicestatus": frozenset(),
+    "profile": frozenset(),
+}
+#: the operators an ``_id`` may take (an id names one record; ranges of ids mean nothing here)
+ID_OPERATORS: Final = ("$eq",)
 
 OPERATORS: Final[dict[str, Op]] = {
     "$eq": "=",
@@ -71,6 +93,7 @@ OPERATORS: Final[dict[str, Op]] = {
 
 _FIND = re.compile(r"^find\[([^\[\]]*)\](?:\[([^\[\]]*)\])?$")
 _INT = re.compile(r"^[+-]?\d{1,19}$")
+_OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 _SPACED_OFFSET = re.compile(r"^(\d{4}-\d\d-\d\dT[\d:.]+) (\d\d:?\d\d)$")
 #: how much of a client's parameter name an error message repeats
 _NAME_LIMIT: Final = 60
@@ -81,10 +104,34 @@ class QueryError(ValueError):
 
 
 @attrs.frozen
+class Match:
+    """A ``/pattern/flags`` condition on a field (stored in ``column``); ``negate`` for ``$ne``."""
+
+    field: str
+    column: str
+    pattern: Pattern
+    negate: bool = False
+
+    def holds(self, value: object) -> bool:
+        return isinstance(value, str) and self.pattern.matches(value) != self.negate
+
+
+@attrs.frozen
+class Find:
+    """Every ``find[...]``: store filters, wanted ``_id`` values (all must hold), patterns."""
+
+    filters: tuple[Filter, ...] = ()
+    object_ids: tuple[str, ...] = ()
+    matches: tuple[Match, ...] = ()
+
+
+@attrs.frozen
 class ReadQuery:
     collection: Collection
     filters: tuple[Filter, ...]
     limit: int
+    object_ids: tuple[str, ...] = ()
+    matches: tuple[Match, ...] = ()
 
 
 def _name(key: str) -> str:
@@ -129,10 +176,20 @@ def _value(key: str, kind: Kind, raw: str) -> int | str:
         raise QueryError(f"{_name(key)}: expected an ISO-8601 time such as 2024-01-18T00:00:00Z") from None
 
 
-def parse_find(collection: Collection, params: Iterable[tuple[str, str]]) -> list[Filter]:
-    """Filters from every ``find[...]`` parameter (all of them must hold)."""
+def object_id_value(key: str, raw: str) -> str:
+    """A served ``_id`` (24 hex digits, any case), lower-cased."""
+    text = raw.strip()
+    if not _OBJECT_ID.match(text):
+        raise QueryError(f"{_name(key)}: expected a 24-hex-digit id as served in _id")
+    return text.lower()
+
+
+def parse_find(collection: Collection, params: Iterable[tuple[str, str]]) -> Find:
+    """Every ``find[...]`` parameter (all of them must hold)."""
     fields = FIELDS[collection]
     filters: list[Filter] = []
+    object_ids: list[str] = []
+    matches: list[Match] = []
     for key, raw in params:
         if key != "find" and not key.startswith("find["):
             continue
@@ -146,6 +203,7 @@ def parse_find(collection: Collection, params: Iterable[tuple[str, str]]) -> lis
             raise QueryError(
                 f"{_name(key)}: {collection} cannot be searched by {_name(field)!r} (known: {known})"
             )
+        column, kind = spec
         if operator is None:
             op: Op = "="
         elif operator in OPERATORS:
@@ -153,9 +211,22 @@ def parse_find(collection: Collection, params: Iterable[tuple[str, str]]) -> lis
         else:
             known = ", ".join(OPERATORS)
             raise QueryError(f"{_name(key)}: unsupported operator {_name(operator)!r} (supported: {known})")
-        column, kind = spec
+        if kind == "id":
+            if op != "=":
+                raise QueryError(f"{_name(key)}: _id takes find[_id]=<id> or find[_id][$eq]=<id>")
+            object_ids.append(object_id_value(key, raw))
+            continue
+        if field in PATTERN_FIELDS[collection] and is_pattern(raw):
+            if op not in ("=", "!="):
+                raise QueryError(f"{_name(key)}: a /pattern/ takes no operator, $eq or $ne")
+            try:
+                pattern = compile_pattern(raw)
+            except PatternError as exc:
+                raise QueryError(f"{_name(key)}: {exc}") from None
+            matches.append(Match(field=field, column=column, pattern=pattern, negate=op == "!="))
+            continue
         filters.append(Filter(column=column, op=op, value=_value(key, kind, raw)))
-    return filters
+    return Find(filters=tuple(filters), object_ids=tuple(object_ids), matches=tuple(matches))
 
 
 def parse_read(
@@ -164,12 +235,23 @@ def parse_read(
     *,
     forced: Iterable[Filter] = (),
     count: int | None = None,
+    object_id: str | None = None,
 ) -> ReadQuery:
-    """A whole read: ``count`` (the last one given wins) and every ``find``."""
+    """A whole read: ``count`` (the last one given wins) and every ``find``.
+
+    ``object_id`` is an ``_id`` named by the path (``/entries/<id>``), as if it were a find.
+    """
     items = list(params)
+    find = parse_find(collection, items)
+    default = DEFAULT_COUNT[collection]
+    if any(key.startswith("find[") for key, _ in items):
+        default = DEFAULT_COUNT_WITH_FIND.get(collection, default)
     counts = [value for key, value in items if key == "count"]
-    limit = (
-        count if count is not None else parse_count(counts[-1] if counts else None, DEFAULT_COUNT[collection])
+    limit = count if count is not None else parse_count(counts[-1] if counts else None, default)
+    return ReadQuery(
+        collection=collection,
+        filters=(*find.filters, *forced),
+        limit=limit,
+        object_ids=find.object_ids if object_id is None else (*find.object_ids, object_id),
+        matches=find.matches,
     )
-    filters = (*parse_find(collection, items), *forced)
-    return ReadQuery(collection=collection, filters=tuple(filters), limit=limit)

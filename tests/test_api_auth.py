@@ -1,9 +1,11 @@
 """Who may read: every accepted form of the secret, 401s for wrong or missing ones, anonymous
-reading when configured, the bind rule, and the secret never coming back out."""
+reading only when configured (with or without a secret), the bind rule, and the secret never
+coming back out."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pydantic
@@ -17,7 +19,21 @@ from tests.test_api_support import SECRET, ApiClient, make_app, populate
 SHA1 = hashlib.sha1(SECRET.encode()).hexdigest()
 SHA512 = hashlib.sha512(SECRET.encode()).hexdigest()
 UNAUTHORIZED = {"status": 401, "message": "Unauthorized", "description": "Invalid/Missing"}
-PROTECTED = ["/api/v1/entries.json", "/api/v1/status.json", "/api/connect/status", "/metrics", "/"]
+#: the JSON routes that need reading rights; the status page "/" needs them too, and answers a
+#: browser with HTML
+PROTECTED_JSON = [
+    "/api/v1/entries.json",
+    "/api/v1/entries/sgv.json",
+    "/api/v1/entries/current.json",
+    "/api/v1/entries/0123456789abcdef01234567",
+    "/api/v1/treatments.json",
+    "/api/v1/devicestatus.json",
+    "/api/v1/profile.json",
+    "/api/v1/status.json",
+    "/api/connect/status",
+    "/metrics",
+]
+PROTECTED = [*PROTECTED_JSON, "/"]
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +87,14 @@ def test_each_accepted_form_reads(client, form):
 @pytest.mark.parametrize("form", sorted(REFUSED))
 def test_wrong_or_missing_secret_is_401(client, form):
     headers, query = REFUSED[form]
-    for path in PROTECTED:
+    for path in PROTECTED_JSON:
         response = client.get(f"{path}?{query}" if query else path, headers=headers)
         assert response.status_code == 401, path
         assert response.json() == UNAUTHORIZED
+    page = client.get(f"/?{query}" if query else "/", headers=headers)
+    assert page.status_code == 401
+    assert page.headers["content-type"].startswith("text/html")
+    assert "?token=" in page.text and 'class="reading"' not in page.text
 
 
 def test_probes_and_the_document_are_open(client):
@@ -101,16 +121,63 @@ def test_readable_allows_anonymous_reads_but_not_wrong_secrets(store_path):
             assert c.get(path).status_code == 200, path
         assert c.get("/api/v1/entries.json", headers={"api-secret": "wrong"}).status_code == 401
         assert c.get(f"/api/v1/entries.json?token={SECRET}").status_code == 200
-        assert c.get("/api/v1/status.json").json()["settings"]["authDefaultRoles"] == "readable"
+        anonymous = c.get("/api/v1/status.json").json()
+        assert anonymous["settings"]["authDefaultRoles"] == "readable"
+        assert anonymous["authorized"] is None  # read anonymously: nothing was granted
+        assert c.get(f"/api/v1/status.json?token={SECRET}").json()["authorized"]["sub"] == "api-secret"
     reader.close()
 
 
-def test_without_a_secret_the_loopback_api_is_open(store_path):
+@pytest.mark.parametrize("form", ["nothing", "api-secret sha1", "token", "bearer"])
+def test_without_a_secret_nobody_reads_unless_reading_is_switched_on(store_path, form):
+    """No secret and no CONNECT_HTTP_READABLE: loopback is no consent (every local user and
+    process could read the glucose history), so reads answer 401 and say how to turn them on."""
+    headers, query = {**ACCEPTED, **REFUSED}[form]
     app, reader = make_app(store_path, secret=None)
+    with ApiClient(app) as c:
+        for path in PROTECTED_JSON:
+            response = c.get(f"{path}?{query}" if query else path, headers=headers)
+            assert response.status_code == 401, path
+            body = response.json()
+            assert body["status"] == 401 and body["message"] == "Unauthorized"
+            assert "CONNECT_HTTP_SECRET" in body["description"]
+            assert "CONNECT_HTTP_READABLE=true" in body["description"]
+        page = c.get("/")
+        assert page.status_code == 401 and page.headers["content-type"].startswith("text/html")
+        assert "CONNECT_HTTP_READABLE=true" in page.text and "CONNECT_HTTP_SECRET" in page.text
+        assert 'class="reading"' not in page.text and "<script" not in page.text
+        # the probes, the document and verifyauth stay open; verifyauth says "no"
+        assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.get("/readyz").status_code == 200
+        assert c.get("/openapi.json").status_code == 200
+        verdict = c.get("/api/v1/verifyauth").json()["message"]
+        assert verdict["canRead"] is False and verdict["message"] == "UNAUTHORIZED"
+    reader.close()
+
+
+def test_without_a_secret_reading_switched_on_is_open(store_path):
+    app, reader = make_app(store_path, secret=None, readable=True)
     with ApiClient(app) as c:
         for path in PROTECTED:
             assert c.get(path).status_code == 200, path
+        status = c.get("/api/v1/status.json").json()
+        assert status["settings"]["authDefaultRoles"] == "readable"
+        assert status["authorized"] is None
+        assert c.get("/api/v1/verifyauth").json()["message"]["canRead"] is True
     reader.close()
+
+
+def test_status_json_authorized_reflects_the_request(client):
+    granted = client.get("/api/v1/status.json", headers={"api-secret": SHA1})
+    assert granted.json()["authorized"] == {"sub": "api-secret", "permissionGroups": [["*:*:read"]]}
+    for headers, query in (
+        ({}, f"token={SECRET}"),
+        ({}, f"secret={SHA1}"),
+        ({"Authorization": f"Bearer {SECRET}"}, ""),
+    ):
+        status = client.get(f"/api/v1/status.json?{query}", headers=headers).json()
+        assert status["authorized"]["sub"] == "api-secret", (headers, query)
+        assert not leaks(json.dumps(status))
 
 
 def test_denied_by_default_is_announced(client):
@@ -142,6 +209,7 @@ def test_nothing_echoes_the_secret(client):
         client.get(f"/api/v1/verifyauth?token={SECRET}"),
     ]
     assert [r.status_code for r in responses[:6]] == [400, 400, 400, 400, 404, 401]
+    assert responses[-2].json()["authorized"] is not None  # granted, and still no secret in it
     for response in responses:
         assert not leaks(response.text), response.request.url
         assert not leaks(str(response.headers))

@@ -92,7 +92,7 @@ def test_py_nightscout_with_a_wrong_secret_gets_401(store_path):
 
 
 async def test_serve_in_a_trio_nursery_and_stop_on_cancel(store_path):
-    app, reader = make_app(store_path, secret=None)
+    app, reader = make_app(store_path, secret=None, readable=True)
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(serve, app, "127.0.0.1:0")
         (base,) = binds
@@ -118,7 +118,7 @@ async def test_serve_in_a_trio_nursery_and_stop_on_cancel(store_path):
 
 
 async def test_serve_refuses_a_taken_port_with_a_config_error(store_path):
-    app, reader = make_app(store_path, secret=None)
+    app, reader = make_app(store_path, secret=None, readable=True)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -88,7 +88,7 @@ async def test_api_over_a_real_daemon_during_a_30_day_backfill(tmp_path: Path, c
         output = MemoryOutput("memory", daemon.astore)
         daemon.outputs.append(output)
         reader = StoreReader(db)
-        app = create_app(reader, daemon.status, ApiSettings(http_secret=None))
+        app = create_app(reader, daemon.status, ApiSettings(http_secret=None, http_readable=True))
         transport = httpx.ASGITransport(app=app)
         try:
             async with (

@@ -34,7 +34,7 @@ def metrics(client) -> dict[tuple[str, tuple], float]:
 
 
 def test_connect_status_joins_runtime_and_store(store_path):
-    app, reader = make_app(store_path, secret=None)
+    app, reader = make_app(store_path, secret=None, readable=True)
     with ApiClient(app) as c:
         body = c.get("/api/connect/status").json()
         loop = body["sources"][0]["loops"]["DexcomShareEntries"]
@@ -57,7 +57,9 @@ def test_connect_status_joins_runtime_and_store(store_path):
 
 def test_health_and_readiness(store_path):
     state = {"missing": 0}
-    app, reader = make_app(store_path, secret=None, status=lambda: snapshot(missing=state["missing"]))
+    app, reader = make_app(
+        store_path, secret=None, readable=True, status=lambda: snapshot(missing=state["missing"])
+    )
     with ApiClient(app) as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").json() == {"status": "ready"}
@@ -77,7 +79,7 @@ def test_one_healthy_loop_keeps_the_daemon_ready(store_path):
         loops["DexcomShareTreatments"] = {**loops["DexcomShareEntries"], "frames_missing": 0}
         return snap
 
-    app, reader = make_app(store_path, secret=None, status=two_loops)
+    app, reader = make_app(store_path, secret=None, readable=True, status=two_loops)
     with ApiClient(app) as c:
         assert c.get("/readyz").status_code == 200
     reader.close()
@@ -85,7 +87,7 @@ def test_one_healthy_loop_keeps_the_daemon_ready(store_path):
 
 def test_an_unreadable_store_is_503_never_500(tmp_path):
     reader = StoreReader(tmp_path / "missing" / "store.db")
-    app = create_app(reader, snapshot, ApiSettings(http_secret=None))
+    app = create_app(reader, snapshot, ApiSettings(http_secret=None, http_readable=True))
     with ApiClient(app) as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 503
@@ -99,7 +101,7 @@ def test_an_unreadable_store_is_503_never_500(tmp_path):
 
 
 def test_metrics_from_status_and_store(store_path):
-    app, reader = make_app(store_path, secret=None)
+    app, reader = make_app(store_path, secret=None, readable=True)
     with ApiClient(app) as c:
         response = c.get("/metrics")
         assert response.headers["content-type"].startswith("text/plain")
@@ -117,11 +119,28 @@ def test_metrics_from_status_and_store(store_path):
     assert m[("nightscout_connect_store_up", ())] == 1
 
 
+def test_metrics_lag_is_read_from_the_store_at_each_scrape(store_path):
+    """The output's own lag figure (0 in this snapshot) may be minutes old during a catch-up;
+    the metric counts the store's undelivered rows when Prometheus asks, as /api/connect/status."""
+    app, reader = make_app(store_path, secret=None, readable=True)
+    lag = ("nightscout_connect_delivery_lag_records", (("output", "nightscout"),))
+    with ApiClient(app) as c:
+        assert metrics(c)[lag] == TOTAL
+        store = Store(store_path)
+        store.advance("nightscout", "entries", store.max_seq("entries") - 2)
+        store.close()
+        assert metrics(c)[lag] == TOTAL - 300
+        assert c.get("/api/connect/status").json()["store"]["delivery"]["nightscout"]["lag"] == TOTAL - 300
+    reader.close()
+
+
 def test_each_app_has_its_own_registry(store_path, tmp_path):
     other = tmp_path / "other.db"
     populate(other, count=20)
-    app_a, reader_a = make_app(store_path, secret=None)
-    app_b, reader_b = make_app(other, secret=None, status=lambda: {"sources": [], "outputs": []})
+    app_a, reader_a = make_app(store_path, secret=None, readable=True)
+    app_b, reader_b = make_app(
+        other, secret=None, readable=True, status=lambda: {"sources": [], "outputs": []}
+    )
     with ApiClient(app_a) as a, ApiClient(app_b) as b:
         entries = ("nightscout_connect_records_stored", (("collection", "entries"),))
         assert metrics(a)[entries] == 302
@@ -135,7 +154,7 @@ def test_a_broken_status_still_scrapes(store_path):
     def broken():
         raise RuntimeError("runtime gone")
 
-    app, reader = make_app(store_path, secret=None, status=broken)
+    app, reader = make_app(store_path, secret=None, readable=True, status=broken)
     with ApiClient(app) as c:
         m = metrics(c)
         assert m[("nightscout_connect_status_up", ())] == 0
@@ -146,7 +165,9 @@ def test_a_broken_status_still_scrapes(store_path):
 
 def test_status_page_html(store_path):
     now = now_ms() + 1000  # strictly after the newest reading: the oldest falls out of the window
-    app, reader = make_app(store_path, secret=None, clock=lambda: now, status=lambda: snapshot(now))
+    app, reader = make_app(
+        store_path, secret=None, readable=True, clock=lambda: now, status=lambda: snapshot(now)
+    )
     with ApiClient(app) as c:
         response = c.get("/")
     reader.close()

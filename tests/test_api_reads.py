@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connect.records import Entry, Treatment, iso_from_ms
+from api.patterns import MAX_PATTERN, MAX_SUBJECT, PatternError, compile_pattern
+from api.query import QueryError, parse_read
+from connect.records import DeviceStatus, Entry, Treatment, iso_from_ms
 from store import Store
 from store.reader import Filter, StoreReader, object_id
 from tests.test_api_support import FIVE_MIN, ApiClient, make_app, populate
@@ -23,14 +27,18 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     store = Store(path)
     all_entries = store.docs("entries")  # the ground truth, newest first
     store.close()
-    app, reader = make_app(path, secret=None)
+    app, reader = make_app(path, secret=None, readable=True)
     with ApiClient(app) as client:
         yield {**info, "client": client, "path": path, "entries": all_entries}
     reader.close()
 
 
+#: what the API adds to a stored document: Nightscout's server-side fields
+SERVED = ("_id", "delta", "sysTime", "utcOffset")
+
+
 def strip(doc: dict) -> dict:
-    return {k: v for k, v in doc.items() if k not in ("_id", "delta")}
+    return {k: v for k, v in doc.items() if k not in SERVED}
 
 
 def get(world, url: str, status: int = 200):
@@ -115,19 +123,28 @@ def test_treatments_devicestatus_profile(world, tmp_path):
     assert get(world, "/api/v1/profile") == profiles
 
 
-def test_treatments_default_to_one_hundred(tmp_path):
+def test_treatments_default_to_one_hundred_or_a_thousand_with_a_find(tmp_path):
     path = tmp_path / "many.db"
     store = Store(path)
     base = 1_750_000_000_000
     store.upsert(
-        [Treatment(event_type="Note", date=base + i * 60_000, device="x", notes=f"n{i}") for i in range(150)]
+        [Treatment(event_type="Note", date=base + i * 60_000, device="x", notes=f"n{i}") for i in range(1100)]
+        + [DeviceStatus(device="x", date=base + i * 60_000, payload={}) for i in range(20)]
     )
     store.close()
-    app, reader = make_app(path, secret=None)
+    app, reader = make_app(path, secret=None, readable=True)
     with ApiClient(app) as client:
         docs = client.get("/api/v1/treatments.json").json()
-        assert len(docs) == 100 and docs[0]["notes"] == "n149"
-        assert len(client.get("/api/v1/devicestatus.json").json()) == 0
+        assert len(docs) == 100 and docs[0]["notes"] == "n1099"
+        # Nightscout: 1000 once a find is given, whatever it finds
+        found = client.get("/api/v1/treatments.json?find[eventType]=Note").json()
+        assert len(found) == 1000 and found[0]["notes"] == "n1099"
+        since = client.get(f"/api/v1/treatments.json?find[created_at][$gte]={iso_from_ms(base)}").json()
+        assert len(since) == 1000
+        assert len(client.get("/api/v1/treatments.json?find[eventType]=Note&count=7").json()) == 7
+        # only treatments: the other collections keep 10 with a find
+        assert len(client.get("/api/v1/devicestatus.json?find[device]=x").json()) == 10
+        assert len(client.get("/api/v1/entries.json?find[device]=x").json()) == 0
     reader.close()
 
 
@@ -250,7 +267,7 @@ def test_readings_carry_a_delta_from_the_previous_reading(tmp_path):
         ]
     )
     store.close()
-    app, reader = make_app(path, secret=None)
+    app, reader = make_app(path, secret=None, readable=True)
     with ApiClient(app) as client:
         docs = {(d["device"], d["date"]): d for d in client.get("/api/v1/entries.json?count=0").json()}
     reader.close()
@@ -265,7 +282,12 @@ def test_readings_carry_a_delta_from_the_previous_reading(tmp_path):
 def test_status_json_has_nightscouts_shape(world):
     status = get(world, "/api/v1/status.json")
     assert status["status"] == "ok" and status["apiEnabled"] is True and status["authorized"] is None
-    assert status["name"] == "nightscout-connect" and status["version"]
+    assert status["name"] == "nightscout-connect"
+    # clients parse major.minor.patch of a Nightscout version (uploaders warn below 0.10.2):
+    # ours must read as the Nightscout release whose reads we follow, our own beside it
+    major, minor, patch = (int(part) for part in status["version"].split("."))
+    assert (major, minor, patch) >= (15, 0, 0)
+    assert status["connectVersion"] and status["connectVersion"] != status["version"]
     assert isinstance(status["serverTimeEpoch"], int) and status["serverTime"].endswith("Z")
     assert status["settings"]["units"] == "mg/dl"
     assert status["settings"]["thresholds"] == {
@@ -346,6 +368,7 @@ READ_PATHS = [
     "/api/v1/entries.json",
     "/api/v1/entries/sgv.json",
     "/api/v1/entries/current.json",
+    "/api/v1/entries/0123456789abcdef01234567",
     "/api/v1/treatments.json",
     "/api/v1/devicestatus.json",
     "/api/v1/profile.json",
@@ -355,10 +378,23 @@ READ_PATHS = [
     "/",
 ]
 _KEYS = st.one_of(
-    st.sampled_from(["count", "find", "find[date]", "find[type]", "find[device]", "find[created_at]"]),
+    st.sampled_from(
+        [
+            "count",
+            "find",
+            "find[date]",
+            "find[type]",
+            "find[device]",
+            "find[created_at]",
+            "find[_id]",
+            "find[eventType]",
+        ]
+    ),
     st.builds(
         lambda field, op: f"find[{field}][{op}]",
-        st.sampled_from(["date", "dateString", "created_at", "type", "device", "sgv", "x", ""]),
+        st.sampled_from(
+            ["date", "dateString", "created_at", "type", "device", "sgv", "_id", "eventType", "x", ""]
+        ),
         st.sampled_from(["$gte", "$gt", "$lte", "$lt", "$eq", "$ne", "$in", "$where", "", "[x]"]),
     ),
     st.text(max_size=20),
@@ -366,6 +402,10 @@ _KEYS = st.one_of(
 _VALUES = st.one_of(
     st.integers(min_value=-(10**25), max_value=10**25).map(str),
     st.sampled_from(["", " ", "2024-01-18T00:00:00Z", "2024-01-18T00:00:00 02:00", "nan", "1e309", "0x10"]),
+    st.sampled_from(["/Meal/i", "/(/", "/(a+)+b/", "//", "/a/z", "0123456789abcdef01234567"]),
+    st.builds(
+        lambda body, flags: f"/{body}/{flags}", st.text(max_size=12), st.sampled_from(["", "i", "gu", "x"])
+    ),
     st.text(max_size=30),
 )
 
@@ -381,3 +421,212 @@ def test_no_query_string_gets_a_500(world, path, params):
     if response.status_code == 400:
         body = response.json()
         assert body["status"] == 400 and body["message"] == "Bad Request" and body["description"]
+
+
+# --- Nightscout's server fields, _id lookups, /pattern/ values ------------------------------------
+
+
+def test_entries_carry_nightscouts_sys_time_and_utc_offset(world):
+    for url in (
+        "/api/v1/entries.json?count=50",
+        "/api/v1/entries/sgv.json",
+        "/api/v1/entries/mbg.json",
+        "/api/v1/entries/current.json",
+        "/api/v1/entries/cal",
+    ):
+        docs = get(world, url)
+        assert docs, url
+        for doc in docs:
+            assert doc["sysTime"] == doc["dateString"] == iso_from_ms(doc["date"]), url
+            assert doc["utcOffset"] == 0  # the store keeps UTC
+    # only entries: Nightscout computes sysTime for entries alone
+    assert all("sysTime" not in t for t in get(world, "/api/v1/treatments.json"))
+
+
+@pytest.mark.parametrize("collection", ["entries", "treatments", "devicestatus", "profile"])
+def test_find_by_the_id_we_serve(world, collection):
+    docs = get(world, f"/api/v1/{collection}.json?count=0")
+    target = docs[len(docs) // 2]
+    for query in (f"find[_id]={target['_id']}", f"find[_id][$eq]={target['_id'].upper()}"):
+        found = get(world, f"/api/v1/{collection}.json?{query}")
+        assert found == [target], query
+    # every condition must hold
+    assert (
+        get(world, f"/api/v1/{collection}.json?find[_id]={target['_id']}&find[date][$gt]={target['date']}")
+        == []
+    )
+    assert (
+        get(world, f"/api/v1/{collection}.json?find[_id]={target['_id']}&find[_id]=0123456789abcdef01234567")
+        == []
+    )
+    # an id nothing was served with
+    assert get(world, f"/api/v1/{collection}.json?find[_id]=0123456789abcdef01234567") == []
+
+
+def test_an_entry_by_its_id_in_the_path(world):
+    docs = get(world, "/api/v1/entries.json?count=0")
+    for target in (docs[0], docs[7], docs[-1]):
+        assert get(world, f"/api/v1/entries/{target['_id']}") == [target]
+        assert get(world, f"/api/v1/entries/{target['_id']}.json") == [target]
+        # the delta is the one every other read serves
+        assert get(world, f"/api/v1/entries/{target['_id'].upper()}") == [target]
+    assert get(world, "/api/v1/entries/0123456789abcdef01234567") == []
+    # Nightscout's /entries/<type> for the types without a route of their own
+    assert get(world, "/api/v1/entries/sensor") == []
+    assert [d["type"] for d in get(world, "/api/v1/entries/mbg?count=5")] == ["mbg"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "find[_id]=abc",
+        "find[_id]=0123456789abcdef0123456g",
+        "find[_id][$gt]=0123456789abcdef01234567",
+        "find[_id][$ne]=0123456789abcdef01234567",
+    ],
+)
+def test_a_bad_id_is_a_400(world, query):
+    body = get(world, f"/api/v1/entries.json?{query}", 400)
+    assert "find[_id]" in body["description"]
+
+
+def test_a_path_that_is_neither_an_id_nor_a_type_is_a_400(world):
+    for spec in ("a.b", "0123456789abcdef0123456", "x" * 40, "sgv.csv"):
+        get(world, f"/api/v1/entries/{spec}", 400)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("/temp/i", ["Temp Basal"]),
+        ("/^Meal/", ["Meal Bolus"] * 5),
+        ("/Bolus$|Basal/", ["Meal Bolus"] * 2 + ["Temp Basal"] + ["Meal Bolus"] * 3),
+        ("/Not/i", []),
+        ("/m.*l b/i", ["Meal Bolus"] * 5),
+        ("/[TX]emp\\s+Basal/", ["Temp Basal"]),
+    ],
+)
+def test_event_type_as_a_regular_expression(world, value, expected):
+    docs = get(world, "/api/v1/treatments.json?" + urlencode({"find[eventType]": value}))
+    assert [d["eventType"] for d in docs] == expected
+    created = [d["created_at"] for d in docs]
+    assert created == sorted(created, reverse=True)
+
+
+def test_event_type_patterns_combine_with_other_conditions(world):
+    def event_types(params: dict[str, str]) -> list[str]:
+        return [d["eventType"] for d in get(world, "/api/v1/treatments.json?" + urlencode(params))]
+
+    assert event_types({"find[eventType][$ne]": "/meal/i"}) == ["Temp Basal"]
+    assert event_types({"find[eventType][$eq]": "/meal/i", "count": "2"}) == ["Meal Bolus"] * 2
+    assert event_types({"find[eventType]": "/e/", "find[eventType][$ne]": "/Meal/"}) == ["Temp Basal"]
+    since = iso_from_ms(world["end"] - 2 * 3_600_000)
+    assert event_types({"find[eventType]": "/Bolus/", "find[created_at][$gte]": since}) == ["Meal Bolus"] * 3
+    # a value that only looks like a path stays a plain value
+    assert event_types({"find[eventType]": "Meal Bolus/2"}) == []
+    # entries: Nightscout compares /…/ literally outside a treatment's eventType
+    assert get(world, "/api/v1/entries.json?" + urlencode({"find[type]": "/sgv/"})) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("/(/", "not a valid regular expression"),
+        ("/[a-/", "not a valid regular expression"),
+        ("/(a+)+b/", "group"),
+        ("/(a|aa)*b/", "group"),
+        ("/(?:ab){2,}/", "group"),
+        ("/(a)\\1/", "backreference"),
+        ("/(?P<x>a)(?P=x)/", "backreference"),
+        ("/a*a*a*a*b/", "quantifiers"),
+        ("/(a|a)(a|a)(a|a)(a|a)(a|a)a*b/", "alternatives"),
+        ("/" + "a" * (MAX_PATTERN + 1) + "/", "characters"),
+        ("/Meal/q", "flag"),
+        ("/usr/bin", "flag"),
+    ],
+)
+def test_a_refused_pattern_is_a_400_saying_why(world, value, why):
+    body = get(world, "/api/v1/treatments.json?" + urlencode({"find[eventType]": value}), 400)
+    assert "find[eventType]" in body["description"] and why in body["description"]
+
+
+def test_a_pattern_with_an_operator_other_than_equality_is_a_400(world):
+    body = get(world, "/api/v1/treatments.json?" + urlencode({"find[eventType][$gt]": "/Meal/"}), 400)
+    assert "find[eventType][$gt]" in body["description"]
+
+
+def test_accepted_patterns_stay_fast_on_long_values(tmp_path):
+    """The worst accepted shapes against values of the longest length tried, and longer."""
+    path = tmp_path / "long.db"
+    store = Store(path)
+    base = 1_750_000_000_000
+    store.upsert(
+        [
+            Treatment(event_type="a" * length, date=base + length, device="x")
+            for length in (MAX_SUBJECT - 1, MAX_SUBJECT, 500, 5000)
+        ]
+    )
+    store.close()
+    app, reader = make_app(path, secret=None, readable=True)
+    worst = [
+        "/a*a*a*b/",
+        "/.*a.*a.*b/",
+        "/[ab]*[ab]*[ab]*c/",
+        "/a{1,30}a*a?$b/",
+        "/(a|a)(a|a)(a|a)(a|a)a*a*a*b/",
+        "/" + "(a|a)" * 12 + "b/",
+    ]
+    with ApiClient(app) as client:
+        started = time.perf_counter()
+        for value in worst:
+            response = client.get("/api/v1/treatments.json?" + urlencode({"find[eventType]": value}))
+            assert response.status_code == 200 and response.json() == [], value
+        matched = client.get("/api/v1/treatments.json?" + urlencode({"find[eventType]": "/^a+$/"})).json()
+    reader.close()
+    assert time.perf_counter() - started < 2.0
+    # values longer than MAX_SUBJECT never match a pattern
+    assert sorted(len(d["eventType"]) for d in matched) == [MAX_SUBJECT - 1, MAX_SUBJECT]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/Meal Bolus/",
+        "/A|B|C|D|E|F|G/",
+        "/^(Meal|Snack) Bolus$/i",
+        "/[A-Z]\\w+ \\(x\\)/",
+        "/a{2}b?c*?/",
+        "/x|y|z/gu",
+        "/(?i)temp/",
+    ],
+)
+def test_ordinary_patterns_compile(value):
+    assert compile_pattern(value).regex.pattern == value[1 : value.rindex("/")]
+
+
+def test_the_query_carries_patterns_and_ids_apart_from_store_filters():
+    query = parse_read(
+        "treatments",
+        [("find[eventType]", "/meal/i"), ("find[_id]", "0123456789ABCDEF01234567"), ("find[device]", "pump")],
+    )
+    assert [(f.column, f.op, f.value) for f in query.filters] == [("device", "=", "pump")]
+    assert query.object_ids == ("0123456789abcdef01234567",)
+    (match,) = query.matches
+    assert match.column == "event_type" and match.holds("Meal Bolus") and not match.holds("Note")
+    assert query.limit == 1000
+    with pytest.raises(QueryError):
+        parse_read("treatments", [("find[notes]", "/x/")])
+
+
+@given(body=st.text(alphabet=st.sampled_from("ab()[]{}|*+?.^$\\-,:=!<>P0123456789x"), max_size=40))
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+def test_any_pattern_compiles_or_is_refused_and_stays_fast(body):
+    try:
+        pattern = compile_pattern(f"/{body}/i")
+    except PatternError:
+        return
+    started = time.perf_counter()
+    for length in range(0, MAX_SUBJECT + 1, 16):
+        pattern.matches("a" * length)
+        pattern.matches("ab" * (length // 2))
+    assert time.perf_counter() - started < 0.5, body

@@ -52,11 +52,35 @@ def run_operations(schema, mode: GenerationMode, examples: int) -> list[str]:
 
 def test_valid_requests_conform(api_schema):
     checked = run_operations(api_schema, GenerationMode.POSITIVE, 12)
-    assert "GET /api/v1/entries.json" in checked and len(checked) >= 12
+    assert {"GET /api/v1/entries.json", "GET /api/v1/entries/{spec}", "GET /api/v1/status.json"} <= set(
+        checked
+    )
+    assert len(checked) >= 13
+
+
+def test_the_document_describes_ids_patterns_and_served_fields(api_schema):
+    document = api_schema.raw_schema
+    entries = document["paths"]["/api/v1/entries.json"]["get"]
+    names = {p["name"]: p for p in entries["parameters"]}
+    assert names["find[_id]"]["schema"]["pattern"] == "^[0-9a-fA-F]{24}$"
+    assert "find[_id][$gt]" not in names  # an id takes equality only
+    treatments = {p["name"]: p for p in document["paths"]["/api/v1/treatments.json"]["get"]["parameters"]}
+    assert "/pattern/flags" in treatments["find[eventType]"]["description"]
+    by_spec = document["paths"]["/api/v1/entries/{spec}"]["get"]
+    spec = next(p for p in by_spec["parameters"] if p["name"] == "spec")
+    assert spec["in"] == "path" and "24" in spec["schema"]["pattern"]
+    item = entries["responses"]["200"]["content"]["application/json"]["schema"]["items"]
+    assert {"sysTime", "utcOffset"} <= set(item["required"])
+    status = document["paths"]["/api/v1/status.json"]["get"]["responses"]["200"]["content"]
+    properties = status["application/json"]["schema"]["properties"]
+    assert "connectVersion" in properties and "oneOf" in properties["authorized"]
 
 
 def test_invalid_requests_are_refused_not_crashed(api_schema):
     checked = run_operations(api_schema, GenerationMode.NEGATIVE, 8)
-    assert {"GET /api/v1/entries.json", "GET /api/v1/treatments.json", "GET /api/v1/entries/sgv.json"} <= set(
-        checked
-    )
+    assert {
+        "GET /api/v1/entries.json",
+        "GET /api/v1/treatments.json",
+        "GET /api/v1/entries/sgv.json",
+        "GET /api/v1/entries/{spec}",
+    } <= set(checked)

@@ -28,7 +28,7 @@ async def test_reads_never_wait_for_a_long_write_transaction(tmp_path: Path):
     committed = 302
 
     writer = Store(path)
-    app, reader = make_app(path, secret=None)
+    app, reader = make_app(path, secret=None, readable=True)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         # the daemon's writer: BEGIN IMMEDIATE, a big frame, and the transaction left open
@@ -64,7 +64,7 @@ async def test_reads_run_off_the_event_loop_while_frames_commit(tmp_path: Path):
     """A writer thread commits frame after frame while many concurrent reads go on."""
     path = tmp_path / "store.db"
     info = populate(path, count=50)
-    app, reader = make_app(path, secret=None)
+    app, reader = make_app(path, secret=None, readable=True)
     done = trio.Event()
     counts: list[int] = []
 

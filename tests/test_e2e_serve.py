@@ -3,6 +3,7 @@ left behind, and the settings that must stop either from starting."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -22,6 +23,8 @@ pytestmark = pytest.mark.e2e
 
 CLI = [sys.executable, "-m", "connect"]
 READINGS_PER_DAY = 288
+SECRET = "e2e-serve-secret-value"
+SECRET_SHA1 = hashlib.sha1(SECRET.encode()).hexdigest()
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -120,6 +123,7 @@ def test_run_serves_the_store_it_fills_and_its_own_status(tmp_path: Path) -> Non
         CONNECT_STORE_PATH=str(db),
         CONNECT_BACKFILL_DAYS="1",
         CONNECT_HTTP_BIND=f"127.0.0.1:{port}",
+        CONNECT_HTTP_READABLE="true",
     )
     try:
         wait_for(answers(base), proc, what="the API")
@@ -181,10 +185,13 @@ def test_serve_shows_an_existing_store_and_the_status_its_daemon_saved(tmp_path:
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start("serve", CONNECT_STORE_PATH=str(db), CONNECT_HTTP_BIND=f"127.0.0.1:{port}")
+    proc = start(
+        "serve", CONNECT_STORE_PATH=str(db), CONNECT_HTTP_BIND=f"127.0.0.1:{port}", CONNECT_HTTP_SECRET=SECRET
+    )
     try:
         wait_for(answers(base), proc, what="the API")
-        with httpx.Client(base_url=base, timeout=5) as client:
+        assert httpx.get(f"{base}/api/v1/entries.json", timeout=5).status_code == 401
+        with httpx.Client(base_url=base, timeout=5, headers={"api-secret": SECRET_SHA1}) as client:
             five = client.get("/api/v1/entries.json", params={"count": "5"})
             assert five.status_code == 200
             assert served(five.json()) == newest(db, 5)
@@ -204,9 +211,34 @@ def test_serve_shows_an_existing_store_and_the_status_its_daemon_saved(tmp_path:
     finally:
         code, err = stop(proc)
     assert code == 0, err[-3000:]
+    assert SECRET not in err and SECRET_SHA1 not in err
     # serving is reading: the store and the daemon's status are as the daemon left them
     assert query(db, "SELECT count(*), max(seq) FROM entries")[0] == stored
     assert saved_status(db) == saved
+
+
+def test_without_a_secret_or_readable_the_api_says_how_to_read(tmp_path: Path) -> None:
+    db = tmp_path / "closed.db"
+    once = cli("once", CONNECT_SOURCE="sim", CONNECT_STORE_PATH=str(db), CONNECT_HTTP_BIND="0")
+    assert once.returncode == 0, once.stderr[-3000:]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start("serve", CONNECT_STORE_PATH=str(db), CONNECT_HTTP_BIND=f"127.0.0.1:{port}")
+    try:
+        wait_for(answers(base), proc, what="the API")
+        with httpx.Client(base_url=base, timeout=5) as client:
+            assert client.get("/readyz").status_code == 200
+            for path in ("/api/v1/entries.json", "/api/v1/status.json", "/api/connect/status", "/metrics"):
+                refused = client.get(path)
+                assert refused.status_code == 401, path
+                hint = refused.json()["description"]
+                assert "CONNECT_HTTP_SECRET" in hint and "CONNECT_HTTP_READABLE=true" in hint
+            page = client.get("/")
+            assert page.status_code == 401 and "CONNECT_HTTP_READABLE=true" in page.text
+            assert "text/html" in page.headers["content-type"]
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err[-3000:]
 
 
 def test_serve_without_a_store_exits_2_with_one_line(tmp_path: Path) -> None:
