@@ -469,7 +469,11 @@ class ShareEmulator:
         if fault is not None:
             request.fault = fault.kind if fault.kind != "code" else f"code:{fault.code}"
             if fault.kind == "truncated":
+                told = len(self.lockouts)
                 answer = self._normal(request, name, body, params)
+                # the server did the work (a wrong password still counts towards its lockout),
+                # but a cut answer tells the client nothing: a lockout it carried was not told
+                del self.lockouts[told:]
                 request.served = ()
                 return _Answer(answer.status, answer.body[: max(1, len(answer.body) // 2)], **_ct(answer))
             return await self._faulty(fault, request, params)
