@@ -29,6 +29,7 @@ from connect.errors import ConfigError, ConnectError
 from connect.logs import configure
 from connect.redact import describe_error, register_secret
 from connect.settings import (
+    TRUE_WORDS,
     CoreSettings,
     apply_legacy_env,
     apply_node_values,
@@ -215,6 +216,9 @@ def cmd_demo(args: Sequence[str]) -> int:
         "source": "sim",
         "store_path": os.environ.get("CONNECT_STORE_PATH", "nightscout-connect-demo.db"),
         "backfill_days": float(os.environ.get("CONNECT_BACKFILL_DAYS", "1")),
+        # the demo is for looking at: its page and reads open without a secret (on loopback,
+        # where the API binds by default; a public bind still needs CONNECT_HTTP_SECRET)
+        "http_readable": os.environ.get("CONNECT_HTTP_READABLE", "true").strip().lower() in TRUE_WORDS,
     }
     os.environ["CONNECT_SOURCE"] = "sim"
     settings, source = load_settings(args, defaults=defaults)

@@ -121,3 +121,39 @@ def test_run_stops_cleanly_on_signals(tmp_path: Path, signum: int) -> None:
     checkpoint = conn.execute("SELECT last_known FROM checkpoints WHERE collection = 'entries'").fetchone()[0]
     assert count > 0 and checkpoint >= newest
     assert checkpoint - newest < 300_000
+
+
+def test_demo_serves_its_page_and_readings_without_any_setting(tmp_path: Path) -> None:
+    """The README's first command: the simulated CGM into a store, the page open on loopback."""
+    import httpx
+
+    from tests.mosquitto import free_port
+
+    port = free_port()
+    db = tmp_path / "demo.db"
+    proc = subprocess.Popen(
+        [*CLI, "demo"],
+        env=env(CONNECT_HTTP_BIND=f"127.0.0.1:{port}", CONNECT_STORE_PATH=str(db)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        entries: list[dict[str, object]] = []
+        while time.monotonic() < deadline and not entries:
+            time.sleep(0.2)
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/api/v1/entries.json?count=5", timeout=5)
+            except httpx.TransportError:
+                continue
+            if response.status_code == 200:
+                entries = response.json()
+        assert len(entries) == 5, "the demo's API served no readings"
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert page.status_code == 200 and "<svg" in page.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "frame stored" in err
