@@ -91,6 +91,13 @@ def _class_end(source: str, start: int) -> int:
     return i + 1
 
 
+def _check_class(body: str) -> None:
+    """Refuse what ``re`` reserves inside a class for future set syntax (it warns on each)."""
+    unescaped = re.sub(r"\\.", "", body)
+    if "[" in unescaped or any(op in unescaped for op in ("--", "&&", "~~", "||")):
+        raise PatternError("nested sets and set operations in a class are not supported")
+
+
 def _group_body(source: str, start: int) -> int:
     """The index of the first character inside the group opening at ``start``."""
     if source[start + 1 : start + 2] != "?":
@@ -126,7 +133,9 @@ def _check_shape(source: str) -> None:
             before = "atom"
             continue
         if char == "[":
-            i = _class_end(source, i)
+            end = _class_end(source, i)
+            _check_class(source[i + 1 : end - 1])
+            i = end
             before = "atom"
             continue
         if char == "(":

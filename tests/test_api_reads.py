@@ -537,6 +537,8 @@ def test_event_type_patterns_combine_with_other_conditions(world):
         ("/(a|aa)*b/", "group"),
         ("/(?:ab){2,}/", "group"),
         ("/(a)\\1/", "backreference"),
+        ("/[[a]]/", "class"),
+        ("/[a--b]/", "class"),
         ("/(?P<x>a)(?P=x)/", "backreference"),
         ("/a*a*a*a*b/", "quantifiers"),
         ("/(a|a)(a|a)(a|a)(a|a)(a|a)a*b/", "alternatives"),
