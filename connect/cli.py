@@ -216,10 +216,12 @@ def cmd_demo(args: Sequence[str]) -> int:
         "source": "sim",
         "store_path": os.environ.get("CONNECT_STORE_PATH", "nightscout-connect-demo.db"),
         "backfill_days": float(os.environ.get("CONNECT_BACKFILL_DAYS", "1")),
-        # the demo is for looking at: its page and reads open without a secret (on loopback,
-        # where the API binds by default; a public bind still needs CONNECT_HTTP_SECRET)
-        "http_readable": os.environ.get("CONNECT_HTTP_READABLE", "true").strip().lower() in TRUE_WORDS,
     }
+    if not os.environ.get("CONNECT_HTTP_SECRET") and not any(a.startswith("--http-secret") for a in args):
+        # the demo is for looking at: with no secret its page and reads are open (on loopback,
+        # where the API binds by default; a public bind still needs CONNECT_HTTP_SECRET)
+        readable = os.environ.get("CONNECT_HTTP_READABLE", "true").strip().lower() in TRUE_WORDS
+        defaults["http_readable"] = readable
     os.environ["CONNECT_SOURCE"] = "sim"
     settings, source = load_settings(args, defaults=defaults)
     _configure_logs(settings, fmt="console", level="debug")
