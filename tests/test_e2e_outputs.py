@@ -257,7 +257,7 @@ def test_once_with_the_site_unreachable_fails_and_shows_the_error(tmp_path: Path
     assert result.returncode == 1, result.stderr
     ns = output_status(db, "nightscout")
     assert ns["state"] == "backing_off" and ns["lag"] >= count
-    assert ns["last_error"].startswith("TransientError: POST /api/v1/entries: ConnectError")
+    assert ns["last_error"].startswith("Unreachable: POST /api/v1/entries: ConnectError")
     assert query(db, "SELECT count(*) FROM cursors WHERE output = 'nightscout'") == [(0,)]
 
 
@@ -273,9 +273,9 @@ def test_once_on_an_empty_store_with_the_site_unreachable_keeps_the_data_and_nam
     assert len(stored(db, "entries")) == 288
     assert "gap analysis failed" in result.stderr
     ns = output_status(db, "nightscout")
-    assert ns["last_error"].startswith("TransientError: GET /api/v1/entries.json: ConnectError") or ns[
+    assert ns["last_error"].startswith("Unreachable: GET /api/v1/entries.json: ConnectError") or ns[
         "last_error"
-    ].startswith("TransientError: POST /api/v1/entries: ConnectError")
+    ].startswith("Unreachable: POST /api/v1/entries: ConnectError")
     assert ns["lag"] >= 288
     (loop,) = saved_status(db)["sources"][0]["loops"].values()
     assert loop["frames_failed"] == 0 and loop["frames_ok"] == 1
