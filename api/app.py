@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextvars
 import json
-import re
 import sqlite3
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
@@ -40,7 +39,7 @@ from api.openapi import (
     VERIFYAUTH_SCHEMA,
     read_parameters,
 )
-from api.query import QueryError, parse_read
+from api.query import OBJECT_ID, QueryError, parse_read
 from api.reads import read_body
 from api.settings import ApiSettings
 from connect.clock import wall_ms
@@ -62,7 +61,6 @@ NIGHTSCOUT_VERSION: Final = "15.0.7"
 JSON: Final = "application/json"
 #: /api/v1/entries/<spec>: a served _id, or an entry type (Nightscout's /entries/<type>)
 ENTRY_SPEC: Final = r"^([0-9a-fA-F]{24}|[A-Za-z][A-Za-z0-9_-]{0,31})(\.json)?$"
-_OBJECT_ID: Final = re.compile(r"^[0-9a-fA-F]{24}$")
 THRESHOLDS: Final = {"bgHigh": 260, "bgTargetTop": 180, "bgTargetBottom": 70, "bgLow": 55}
 
 #: the runtime status taken on the event loop, for the metrics collector on a worker thread
@@ -289,7 +287,7 @@ def create_app(
         authorize(request)
         name = spec.removesuffix(".json")
         items = request.query_params.multi_items()
-        if _OBJECT_ID.match(name):
+        if OBJECT_ID.match(name):
             query = parse_read("entries", items, object_id=name.lower())
         else:
             query = parse_read("entries", items, forced=(Filter("type", "=", name),))

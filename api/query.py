@@ -93,7 +93,8 @@ OPERATORS: Final[dict[str, Op]] = {
 
 _FIND = re.compile(r"^find\[([^\[\]]*)\](?:\[([^\[\]]*)\])?$")
 _INT = re.compile(r"^[+-]?\d{1,19}$")
-_OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+#: an ``_id`` as this API serves it (24 hex digits)
+OBJECT_ID: Final = re.compile(r"^[0-9a-fA-F]{24}$")
 _SPACED_OFFSET = re.compile(r"^(\d{4}-\d\d-\d\dT[\d:.]+) (\d\d:?\d\d)$")
 #: how much of a client's parameter name an error message repeats
 _NAME_LIMIT: Final = 60
@@ -179,7 +180,7 @@ def _value(key: str, kind: Kind, raw: str) -> int | str:
 def object_id_value(key: str, raw: str) -> str:
     """A served ``_id`` (24 hex digits, any case), lower-cased."""
     text = raw.strip()
-    if not _OBJECT_ID.match(text):
+    if not OBJECT_ID.match(text):
         raise QueryError(f"{_name(key)}: expected a 24-hex-digit id as served in _id")
     return text.lower()
 

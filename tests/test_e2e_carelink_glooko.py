@@ -11,21 +11,17 @@ times the store and the site must hold exactly what the vendor served.
 from __future__ import annotations
 
 import json
-import os
-import re
-import sqlite3
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.clirun import CLI, cli, env, iso_ms, rows
 from tests.emulators.carelink import FIVE_MIN, CareLinkEmulator
 from tests.emulators.glooko import GlookoEmulator
 from tests.emulators.nightscout import NightscoutEmulator
@@ -34,32 +30,8 @@ from tests.emulators.serve import serve_in_thread
 
 pytestmark = pytest.mark.e2e
 
-CLI = [sys.executable, "-m", "connect"]
 HOUR_MS = 3_600_000
 SITE_SECRET = "site-api-secret-2f9c41"
-FOREIGN = re.compile(r"^(CONNECT_|BRIDGE_|LINK_UP_|CARELINK_|MMCONNECT_|GLOOKO_|API_SECRET$|BASE_URL$)")
-
-
-def env(**extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not FOREIGN.match(k)}
-    base.update({"CONNECT_LOG_FORMAT": "json", "CONNECT_HTTP_BIND": "0", **extra})
-    return base
-
-
-def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], env=env(**extra), capture_output=True, text=True, timeout=60)
-
-
-def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
-def iso_ms(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 #: CareLink's lastSGTrend → Nightscout's (direction, trend number), written out here on purpose

@@ -8,19 +8,14 @@ end up holding every record Glooko served, each delivered once.
 
 from __future__ import annotations
 
-import os
-import re
-import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.clirun import cli, iso_ms, rows
 from tests.emulators.glooko import GlookoEmulator
 from tests.emulators.nightscout import NightscoutEmulator
 from tests.emulators.nightscout import serve_in_thread as serve_site
@@ -28,30 +23,14 @@ from tests.emulators.serve import serve_in_thread
 
 pytestmark = pytest.mark.e2e
 
-CLI = [sys.executable, "-m", "connect"]
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 SITE_SECRET = "site-api-secret-7d30b2"
-FOREIGN = re.compile(r"^(CONNECT_|BRIDGE_|LINK_UP_|CARELINK_|MMCONNECT_|GLOOKO_|API_SECRET$|BASE_URL$)")
 
 
 def once(**settings: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not FOREIGN.match(k)}
-    env.update({"CONNECT_LOG_FORMAT": "json", "CONNECT_HTTP_BIND": "0", **settings})
-    return subprocess.run([*CLI, "once"], env=env, capture_output=True, text=True, timeout=120)
-
-
-def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
-def iso_ms(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+    return cli("once", timeout=120, **settings)
 
 
 @pytest.fixture
