@@ -15,6 +15,7 @@ import httpx
 from pydantic_settings import BaseSettings
 
 from connect.records import Batch
+from machines.timing import Backoff  # the one backoff policy; sources take it from here
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -44,15 +45,6 @@ class Grant:
 
     value: Any
     expires_in: float | None = None
-
-
-@attrs.frozen(kw_only=True)
-class Backoff:
-    """Parameters of a capped, jittered exponential backoff (seconds)."""
-
-    base: float = 5.0
-    cap: float = 900.0
-    jitter: float = 0.2
 
 
 Authenticate = Callable[[], Awaitable[Any]]
@@ -131,3 +123,21 @@ def own_settings(model: type[S], settings: Any) -> S:
     if isinstance(settings, model):
         return settings
     return model.model_validate(settings, from_attributes=True)
+
+
+__all__ = [
+    "AlignSchedule",
+    "Authenticate",
+    "Authorize",
+    "Backoff",
+    "BuilderLike",
+    "Driver",
+    "Fetch",
+    "Grant",
+    "LastKnown",
+    "Refresh",
+    "SourceFactory",
+    "SourceInfo",
+    "Transform",
+    "own_settings",
+]

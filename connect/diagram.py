@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from statemachine import StateMachine
 
-from machines import CycleMachine, FetchMachine, PollerMachine, SessionMachine
+from machines import CycleMachine, DeliveryMachine, FetchMachine, PollerMachine, SessionMachine
 
 TITLES = (
     ("Session", SessionMachine),
     ("Fetch", FetchMachine),
     ("Cycle", CycleMachine),
     ("Poller", PollerMachine),
+    ("Delivery", DeliveryMachine),
 )
 
 

@@ -86,6 +86,15 @@ class RequestRejected(ConnectError):
     kind = "rejected"
 
 
+class GapUnknown(ConnectError):
+    """The Nightscout site has not said where it stands for a collection it never deduplicates
+    (devicestatus, profile), so the frame cannot start without risking duplicates there. The
+    frame ends; the site is asked again on a later frame."""
+
+    retryable = False
+    kind = "gap_unknown"
+
+
 class OutputAuthError(ConnectError):
     """An output (Nightscout, MQTT) refused our credentials; retried slowly."""
 

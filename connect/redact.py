@@ -74,7 +74,7 @@ def redact(value: Any) -> Any:
     return value
 
 
-def describe_error(error: BaseException | None) -> str | None:
+def describe_error(error: object | None) -> str | None:
     """An error as one line for status and logs: its type and message, secrets removed."""
     if error is None:
         return None

@@ -15,6 +15,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import attrs
 import structlog
 import trio
 
@@ -25,6 +26,7 @@ from connect.errors import (
     AuthRejected,
     ConfigError,
     ConnectError,
+    GapUnknown,
     ProtocolError,
     RequestRejected,
     SessionExpired,
@@ -34,13 +36,7 @@ from connect.errors import (
 from connect.records import Batch
 from connect.redact import describe_error
 from machines import CycleMachine, FetchMachine, PollerMachine, SessionMachine
-from machines.timing import (
-    UNREACHED_RETRY_CAP_S,
-    align_schedule,
-    backoff,
-    failed_login_delay,
-    rejected_delay,
-)
+from machines.decisions import CycleDecision, EndFrame, Finish, Join, Refresh, Use, Wait
 from store.aio import AsyncStore
 
 Clock = Callable[[], int]
@@ -74,14 +70,13 @@ async def sleep_until_ms(clock: Clock, due_ms: int) -> None:
 
 
 class SessionDriver:
-    """Runs the Session machine: one login in flight per account, shared by every loop.
+    """Executes the Session machine's decisions for every loop, through the Poller (the bus).
 
-    Logins are paced on their own clock (``not_before``), apart from the frames that ask for
-    them: a login that failed for a passing reason, or whose session the vendor refused before
-    it delivered any data, waits :func:`machines.timing.failed_login_delay`; one that retrying
-    cannot fix (refused credentials, a lockout, a setting or an action only a person can take)
-    waits :func:`machines.timing.rejected_delay` in ``rejected``. A frame that asks in the
-    meantime gets an error carrying the remaining wait as ``retry_after``, never a login.
+    A loop asks :meth:`acquire`; the machines answer use / log in / refresh / join / wait, and
+    this driver performs exactly that: the login or refresh I/O (one in flight, as the Session
+    machine allows), a wait on the Poller's release, or the error a paused session means for
+    the frame. Pacing (``not_before``), expiry and renewal are the machine's; none is computed
+    here.
     """
 
     def __init__(
@@ -97,189 +92,105 @@ class SessionDriver:
         self.poller = poller
         self.clock = clock
         self.rng = rng
-        self.machine = SessionMachine(can_refresh=spec is not None and spec.refresh is not None)
+        self.machine = poller.session or SessionMachine()
         self.machine.add_listener(TransitionLog("session", source=source))
-        self.value: Any = None
-        self.expires_at: int | None = None
-        self.refresh_at: int | None = None
-        self.not_before: int = 0
-        self._lock = trio.Lock()
+        #: loops waiting for the Poller to release them, each with the event that wakes it
+        self._released: dict[str, trio.Event] = {}
 
-    def _fresh(self, now: int) -> bool:
-        return self.machine.usable and (self.expires_at is None or now < self.expires_at)
-
-    def _current(self, now: int) -> bool:
-        """The session may be handed out as it is (fresh, and no renewal due)."""
-        return self._fresh(now) and (self.refresh_at is None or now < self.refresh_at)
+    @property
+    def value(self) -> Any:
+        return self.machine.value
 
     async def acquire(self, loop: str) -> Any:
-        """The current session value, logging in (once, for every waiting loop) when needed."""
-        if self.spec is None:
-            return None
-        if self._current(self.clock()):
-            return self.value
-        self.poller.send("session_required", loop=loop)
-        async with self._lock:
-            now = self.clock()
-            if self._current(now):
-                return self.value  # another loop logged in while this one waited
-            if self.machine.current_state_value == "active":
-                if self._fresh(now) and self.spec.refresh is not None:
-                    if await self._refresh():
-                        return self.value
-                else:
-                    # past its lifetime — or due for renewal without a way to refresh (a spec
-                    # made without the builder, which refuses that): the session ends here, so
-                    # the login below always starts from a state that allows one
-                    self.machine.send("expire")
-                    self.value = None
+        """The session value for ``loop``, logging in or refreshing when the machine says so."""
+        while True:
+            decision = self.poller.acquire(loop, self.clock())
+            if isinstance(decision, Use):
+                return decision.value
+            if isinstance(decision, Join):
+                event = self._released.setdefault(loop, trio.Event())
+                await event.wait()
+                continue
+            if isinstance(decision, Wait):
+                raise paused_error(decision, self.clock())
+            if isinstance(decision, Refresh):
+                if await self._refresh(decision.value):
+                    return self.machine.value
+                continue
             return await self._login()
 
-    async def _refresh(self) -> bool:
-        assert self.spec is not None and self.spec.refresh is not None
-        self.machine.send("refresh")
-        try:
-            grant = await self.spec.refresh(self.value)
-        except ConnectError as error:
-            if isinstance(error, (AuthRejected, ConfigError)):
-                self._rejected(error)
-                raise
-            self.machine.send("fail", error=error)  # refreshing → expired: log in fully
-            return False
-        except trio.Cancelled:
-            self.machine.send("expire")  # never leave a half-done refresh behind
-            self.value = None
-            raise
-        self._accept(grant)
-        self.machine.send("refreshed")
-        return True
-
-    def _waiting(self, state: str, wait: float) -> ConnectError:
-        """What a frame is told while logins are paused: the cause, and how long is left."""
-        last = self.machine.last_error
-        # the cause's own words (redacted wherever the error is shown), so status says what to fix
-        cause = (str(last) or type(last).__name__) if last is not None else "the last login did not work"
-        text = f"{cause} (no login for {wait:.0f} s more)"
-        if state == "rejected":
-            if isinstance(last, ConfigError):
-                return ConfigError(text, retry_after=wait)
-            if isinstance(last, RequestRejected):
-                return RequestRejected(text, retry_after=wait)
-            return AuthRejected(text, retry_after=wait)
-        if isinstance(last, Unreachable):
-            return Unreachable(text, retry_after=wait)
-        return TransientError(text, retry_after=wait)
+    def _release(self, loops: list[str]) -> None:
+        for loop in loops:
+            event = self._released.pop(loop, None)
+            if event is not None:
+                event.set()
 
     async def _login(self) -> Any:
         assert self.spec is not None
-        state = self.machine.current_state_value
-        now = self.clock()
-        if state in ("rejected", "failed", "expired") and now < self.not_before:
-            error = self._waiting(state, (self.not_before - now) / 1000.0)
-            self.poller.send("session_error", error=error)
-            raise error
-        if state == "rejected":
-            self.machine.send("retry")
-        self.machine.send("session_required")
         try:
             authn = await self.spec.authenticate()
             self.machine.send("authenticated")
             grant = await self.spec.authorize(authn)
-            self.machine.send("authorized")
         except ConnectError as exc:
-            if exc.retryable:
-                self._failed(exc)
-            else:
-                # refused credentials, a lockout, an app version the vendor no longer accepts,
-                # terms only a person may accept, a patient that is not there: asking again
-                # soon cannot help and may lock the account, so wait as for a wrong password
-                self._rejected(exc)
+            self._login_failed(exc)
             raise
         except trio.Cancelled:
-            self._failed(None)
+            self._login_failed(None)  # nothing held against the account; the next one logs in
             raise
         except Exception as exc:  # a bug in a driver must not wedge the session
             wrapped = ProtocolError(f"login failed unexpectedly: {type(exc).__name__}")
-            self._failed(wrapped)
+            self._login_failed(wrapped)
             raise wrapped from None
-        self._accept(grant)
-        self.machine.send("session_resolved")
-        self.poller.send("session_resolved")
+        value, lifetime = unpack_grant(grant)
+        self.machine.logged_in(self.clock(), value, lifetime)
+        self._release(self.poller.resolved())
         log.info("session established", logins=self.machine.logins)
-        return self.value
+        return value
 
-    def _accept(self, grant: Any) -> None:
-        assert self.spec is not None
-        now = self.clock()
-        lifetime: float | None = None
-        if isinstance(grant, Grant):
-            self.value, lifetime = grant.value, grant.expires_in
-        else:
-            self.value = grant
-        if lifetime is None and self.spec.expire_after is not None:
-            lifetime = self.spec.expire_after.total_seconds()
-        # renew a little early so a request never carries a session that dies on the way
-        self.expires_at = None if lifetime is None else now + int(lifetime * 1000 * 0.95)
-        self.refresh_at = (
-            None
-            if self.spec.refresh_after is None
-            else now + int(self.spec.refresh_after.total_seconds() * 1000)
-        )
-        self.not_before = 0
-
-    def _rejected(self, error: ConnectError) -> None:
-        self.machine.send("reject", error=error)
-        wait = max(rejected_delay(self.machine.rejections), error.retry_after or 0.0)
-        self.not_before = self.clock() + int(wait * 1000)
-        self.value = None
-        self.poller.send("session_error", error=error)
-        log.warning("login rejected", error=describe_error(error), wait_s=round(wait))
-
-    def _failed(self, error: ConnectError | None) -> None:
-        if self.machine.current_state_value in ("authenticating", "authorizing"):
-            self.machine.send("fail", error=error)
-        retry_after = error.retry_after if error is not None else None
-        reached = not isinstance(error, Unreachable)
-        delay = failed_login_delay(self.machine.failures, rand=self.rng.random(), reached=reached)
-        wait = max(delay, retry_after or 0.0)
-        if self.machine.rejections:
-            # the vendor refused these credentials (or locked the account) and has not accepted
-            # them since: until it does, each attempt keeps the pace of a retry after a refusal,
-            # or a passing 5xx right after a lockout would restart the count at one minute
-            wait = max(wait, rejected_delay(self.machine.rejections))
-        self.not_before = self.clock() + int(wait * 1000) if error is not None else 0
-        self.value = None
-        self.poller.send("session_error", error=error)
+    def _login_failed(self, error: ConnectError | None) -> None:
+        wait = self.machine.login_failed(self.clock(), error, self.rng.random())
+        self._release(self.poller.errored(error))
         if error is not None:
-            log.warning("login failed", error=describe_error(error), wait_s=round(wait))
+            log.warning(
+                "login rejected" if wait.rejected else "login failed", error=describe_error(error),
+                wait_s=round((wait.until - self.clock()) / 1000),
+            )  # fmt: skip
+
+    async def _refresh(self, value: Any) -> bool:
+        """Renew through the source's refresh; False when the machine now wants a login."""
+        assert self.spec is not None and self.spec.refresh is not None
+        try:
+            grant = await self.spec.refresh(value)
+        except ConnectError as error:
+            wait = self.machine.refresh_failed(self.clock(), error)
+            self._release(self.poller.errored(error))
+            if wait is not None:
+                log.warning("login rejected", error=describe_error(error))
+                raise
+            return False
+        except trio.Cancelled:
+            self.machine.refresh_failed(self.clock(), None)  # never leave a half-done refresh
+            self._release(self.poller.errored(None))
+            raise
+        new_value, lifetime = unpack_grant(grant)
+        self.machine.refreshed_to(self.clock(), new_value, lifetime)
+        self._release(self.poller.resolved())
+        return True
 
     def confirm(self, used: Any) -> None:
         """A fetch succeeded with ``used``: the session works, so its login was productive."""
-        if used is self.value and self.machine.usable and not self.machine.proven:
-            self.machine.send("confirm")
+        self.machine.confirm_with(used)
 
-    def invalidate(self, used: Any, error: BaseException) -> None:
-        """A fetch was told its session is dead: drop it, unless a newer one already replaced it.
-
-        A session that dies before any fetch succeeded with it counts as an unproductive login
-        (the machine adds a failure), and the next login waits as after a failed one: a vendor
-        that accepts the password but refuses every session must not get a login per frame.
-        """
-        if used is not self.value:
-            return
-        if self.machine.current_state_value in ("active", "established", "refreshing"):
-            proven = self.machine.proven
-            self.machine.send("invalidate", error=error)
-            self.value = None
-            if proven:
-                log.info("session invalidated", error=describe_error(error))
-                return
-            retry_after = getattr(error, "retry_after", None) or 0.0
-            wait = max(failed_login_delay(self.machine.failures, rand=self.rng.random()), retry_after)
-            self.not_before = self.clock() + int(wait * 1000)
+    def invalidate(self, used: Any, error: ConnectError) -> None:
+        """A fetch was told ``used`` is dead: the machine drops it and paces the next login."""
+        was_proven = used is self.machine.value and self.machine.proven
+        at_once = self.machine.invalidate_with(used, error, self.clock(), self.rng.random())
+        if was_proven:
+            log.info("session invalidated", error=describe_error(error))
+        elif not at_once:
             log.warning(
                 "session refused before it delivered data", error=describe_error(error),
-                wait_s=round(wait),
+                wait_s=round((self.machine.not_before - self.clock()) / 1000),
             )  # fmt: skip
 
     def status(self) -> dict[str, Any]:
@@ -292,107 +203,115 @@ class SessionDriver:
             # the current session has served data (a login alone proves little: some vendors
             # take the password and then refuse every read)
             "proven": m.proven,
-            "expires_at": self.expires_at,
-            "not_before": self.not_before or None,
+            "expires_at": m.expires_at,
+            "not_before": m.not_before or None,
             "last_error": describe_error(m.last_error),
         }
 
 
+def unpack_grant(grant: Any) -> tuple[Any, float | None]:
+    """What authorize or refresh returned: the session value and, when the vendor said, its
+    lifetime in seconds."""
+    if isinstance(grant, Grant):
+        return grant.value, grant.expires_in
+    return grant, None
+
+
+def paused_error(decision: Wait, now: int) -> ConnectError:
+    """What a frame is told while logins are paused: the cause, and how long is left.
+
+    The cause's own words (redacted wherever the error is shown), so status says what to fix;
+    the class follows the cause, so the frame ends or retries as it would have on the cause.
+    """
+    wait = max(0.0, (decision.until - now) / 1000.0)
+    last = decision.cause
+    cause = (str(last) or type(last).__name__) if last is not None else "the last login did not work"
+    text = f"{cause} (no login for {wait:.0f} s more)"
+    if decision.rejected:
+        if isinstance(last, ConfigError):
+            return ConfigError(text, retry_after=wait)
+        if isinstance(last, RequestRejected):
+            return RequestRejected(text, retry_after=wait)
+        return AuthRejected(text, retry_after=wait)
+    if isinstance(last, Unreachable):
+        return Unreachable(text, retry_after=wait)
+    return TransientError(text, retry_after=wait)
+
+
 class LoopDriver:
-    """Runs one loop's Cycle machine and a Fetch machine per frame."""
+    """Executes one loop's Cycle machine and its Fetch machine (reset for every frame)."""
 
     def __init__(self, runtime: SourceRuntime, spec: LoopSpec) -> None:
         self.runtime = runtime
         self.spec = spec
-        self.cycle = CycleMachine()
+        self.cycle = CycleMachine(
+            backoff=spec.cycle_backoff,
+            interval_ms=int(spec.expected_interval.total_seconds() * 1000),
+        )
         self.cycle.add_listener(TransitionLog("cycle", source=runtime.key, loop=spec.name))
-        self.fetch: FetchMachine | None = None
-        self.next_due: int | None = None
+        self.fetch = FetchMachine(max_retries=spec.frame_retries, backoff=spec.frame_backoff)
+        self.fetch.add_listener(TransitionLog("fetch", source=runtime.key, loop=spec.name))
         self.records_written = 0
         self.last_batch: Batch | None = None
-        #: the site's answer to gap analysis, per collection (None: start from the backfill)
-        self._gap_answers: dict[str, int | None] = {}
 
     @property
     def clock(self) -> Clock:
         return self.runtime.clock
 
+    @property
+    def next_due(self) -> int | None:
+        return self.cycle.next_due
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Frames forever: ready (backoff) → operating (one frame) → after (until the next reading)."""
-        self.cycle.send("start")
+        """Frames until the Cycle machine says finish (``once``) or the scope is cancelled."""
         task_status.started()
         try:
             while True:
-                await self._wait_ready()
-                self.cycle.send("begin")
+                self.cycle.begin_frame()
                 ok = await self.frame()
-                self.cycle.send(
-                    "frame_done", ok=ok, error=None if ok else self._frame_error(), now_ms=self.clock()
-                )
-                await self._wait_after(ok)
-                self.cycle.send("next")
+                decision = await self._ended(ok)
+                if isinstance(decision, Finish):
+                    return
+                await sleep_until_ms(self.clock, decision.at)
         finally:
             if self.cycle.current_state_value != "stopped":
                 self.cycle.send("stop")
 
-    def _frame_error(self) -> Any:
-        return None if self.fetch is None else self.fetch.last_error
-
-    async def _wait_ready(self) -> None:
-        missing = self.cycle.frames_missing
-        b = self.spec.cycle_backoff
-        cap = b.cap
-        if isinstance(self._frame_error(), Unreachable):
-            # the network is down, not the vendor: nobody to spare, and the data should flow
-            # again within minutes of the network coming back
-            cap = min(cap, UNREACHED_RETRY_CAP_S)
-        delay = backoff(missing, base=b.base, cap=cap, jitter=b.jitter, rand=self.runtime.rng.random())
-        delay = max(delay, self.cycle.retry_after or 0.0)
-        self.next_due = self.clock() + int(delay * 1000)
-        await sleep_until_ms(self.clock, self.next_due)
-
-    async def _wait_after(self, ok: bool) -> None:
+    async def _ended(self, ok: bool) -> CycleDecision:
+        """The frame's facts for the Cycle machine, which decides when the next one starts."""
         now = self.clock()
+        rand = self.runtime.rng.random()
         if not ok:
-            self.next_due = now  # ready applies the backoff
-        elif self.last_batch is not None and self.last_batch.more:
-            self.next_due = now  # backfill: more is available right now
-        else:
-            self.next_due = await self._aligned(now)
-        await sleep_until_ms(self.clock, self.next_due)
-
-    async def _aligned(self, now: int) -> int:
+            return self.cycle.ended(now, False, error=self.fetch.last_error, rand=rand)
+        more = self.last_batch is not None and self.last_batch.more
+        if more or self.cycle.once:
+            return self.cycle.ended(now, True, more=more, rand=rand)
         values = await self.runtime.store.checkpoints(self.runtime.key, self.spec.name)
-        last_known = LastKnown(values=values, backfill_from=self.runtime.backfill_from(now), now=now)
+        source_due = None
         if self.spec.align_schedule is not None:
-            return self.spec.align_schedule(last_known, now)
+            last_known = LastKnown(values=values, backfill_from=self.runtime.backfill_from(now), now=now)
+            source_due = self.spec.align_schedule(last_known, now)
         newest = max((values[c] for c in self.spec.collections if c in values), default=None)
-        interval = int(self.spec.expected_interval.total_seconds() * 1000)
-        due = align_schedule(newest, now, interval_ms=interval, rand=self.runtime.rng.random())
-        # a source that stopped publishing (sensor change) is still asked once per interval
-        return min(due, now + interval + 25_000)
+        return self.cycle.ended(now, True, newest=newest, source_due=source_due, rand=rand)
 
     async def frame(self) -> bool:
-        """One Fetch machine from start to done; True when the frame's batch was persisted."""
+        """One frame through the Fetch machine; True when the frame's batch was persisted."""
         rt = self.runtime
-        fm = FetchMachine(max_retries=self.spec.frame_retries)
-        fm.add_listener(TransitionLog("fetch", source=rt.key, loop=self.spec.name))
-        self.fetch = fm
-        fm.send("start")
+        fm = self.fetch
+        fm.begin()
         while True:
             session: Any = None
+            error: ConnectError
             try:
-                if fm.attempts > 1:
-                    await self._retry_wait(fm)
                 fm.send("ready")
                 session = await rt.session.acquire(self.spec.name)
                 fm.send("session_ok")
-                last_known = await self._last_known()
+                last_known, held = await self._last_known()
                 fm.send("gaps_known", last_known=dict(last_known.values))
                 raw = await self.spec.fetch(session, last_known)
                 rt.session.confirm(session)  # the vendor honoured it: that login was worth it
                 fm.send("fetched")
-                batch = self.spec.transform(raw, last_known)
+                batch = without(self.spec.transform(raw, last_known), held)
                 fm.send("transformed", batch=batch)
                 result = await rt.store.persist_frame(rt.key, self.spec.name, batch)
                 fm.send("persisted")
@@ -405,84 +324,77 @@ class LoopDriver:
                 )  # fmt: skip
                 rt.persisted()
                 return True
-            except SessionExpired as error:
-                rt.session.invalidate(session, error)
-                fm.send("fail", error=error)
-            except ConnectError as error:
-                fm.send("fail", error=error)
-            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            except SessionExpired as exc:
+                rt.session.invalidate(session, exc)
+                error = exc
+            except ConnectError as exc:
+                error = exc
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
                 # a driver bug or a payload it did not expect: a typed error, never a crash
-                wrapped = ProtocolError(f"{self.spec.name}: unexpected {type(error).__name__} in driver")
-                fm.send("fail", error=wrapped)
+                error = ProtocolError(f"{self.spec.name}: unexpected {type(exc).__name__} in driver")
             log.warning(
                 "frame attempt failed", source=rt.key, loop=self.spec.name, attempt=fm.attempts,
-                error=describe_error(fm.last_error),
+                error=describe_error(error),
             )  # fmt: skip
-            fm.send("retry")
-            if fm.current_state_value == "done":
-                return False
+            decision = fm.failed(self.clock(), error, rt.rng.random())
+            if isinstance(decision, EndFrame):
+                return decision.ok
+            await sleep_until_ms(self.clock, decision.at)
 
-    async def _retry_wait(self, fm: FetchMachine) -> None:
-        b = self.spec.frame_backoff
-        delay = backoff(
-            fm.attempts - 1, base=b.base, cap=b.cap, jitter=b.jitter, rand=self.runtime.rng.random()
-        )
-        retry_after = getattr(fm.last_error, "retry_after", None) or 0.0
-        await trio.sleep(max(delay, retry_after))
-
-    async def _last_known(self) -> LastKnown:
+    async def _last_known(self) -> tuple[LastKnown, frozenset[str]]:
+        """Where this frame starts, and the collections it must leave out (see Fetch)."""
         rt = self.runtime
+        fm = self.fetch
         now = self.clock()
         values = await rt.store.checkpoints(rt.key, self.spec.name)
-        for collection in self.spec.collections:
-            if collection not in values and rt.gap_finder is not None:
-                newest = await self._site_newest(collection, now)
-                if newest is not None:
-                    values[collection] = newest
-        return LastKnown(values=values, backfill_from=rt.backfill_from(now), now=now)
-
-    async def _site_newest(self, collection: str, now: int) -> int | None:
-        """Where the Nightscout site stands for what this loop writes, asked once per process.
-
-        The answer is kept: a collection a source seldom fills (treatments from a CGM-only
-        account) would otherwise cost one request to the site per frame — one failed
-        authentication each, when the secret is wrong.
-        """
-        if collection in self._gap_answers:
-            return self._gap_answers[collection]
-        rt = self.runtime
-        assert rt.gap_finder is not None
-        try:
-            newest = await rt.gap_finder(collection, dict(self.spec.site_filter))
-        except ConnectError as error:
-            # The site cannot say where it stands (down, or refusing our secret). Waiting for it
-            # would lose whatever the vendor forgets meanwhile, so readings and treatments
-            # start from the backfill (the site's upserts make resends harmless); devicestatus
-            # and profile, which a site never deduplicates, start now rather than risk doubling
-            # an existing site's history.
-            newest = None if collection in ("entries", "treatments") else now
-            log.warning(
-                "gap analysis failed; starting without it",
-                source=rt.key, loop=self.spec.name, collection=collection,
-                error=describe_error(error), from_ms=newest,
-            )  # fmt: skip
-        self._gap_answers[collection] = newest
-        return newest
+        missing = [c for c in self.spec.collections if c not in values] if rt.gap_finder else []
+        for collection in fm.gaps_to_ask(now, missing):
+            assert rt.gap_finder is not None
+            try:
+                newest = await rt.gap_finder(collection, dict(self.spec.site_filter))
+            except ConnectError as exc:
+                fm.gap_failed(collection, now, exc, rt.rng.random())
+                log.warning(
+                    "gap analysis failed; asked again later", source=rt.key, loop=self.spec.name,
+                    collection=collection, error=describe_error(exc),
+                )  # fmt: skip
+            else:
+                fm.gap_answered(collection, newest)
+        points = fm.starting_points(missing)
+        values.update(points.values)
+        if points.held and points.held.issuperset(self.spec.collections):
+            held = ", ".join(sorted(points.held))
+            raise GapUnknown(
+                f"waiting for the Nightscout site to say where its {held} stand "
+                f"({describe_error(points.cause)})"
+            )
+        for collection in points.held:
+            values[collection] = now  # left out of this frame: nothing to read back for it
+        return LastKnown(values=values, backfill_from=rt.backfill_from(now), now=now), points.held
 
     def status(self) -> dict[str, Any]:
         c = self.cycle
         return {
             "state": c.current_state_value,
-            "fetch_state": None if self.fetch is None else self.fetch.current_state_value,
-            "attempts": 0 if self.fetch is None else self.fetch.attempts,
+            "fetch_state": self.fetch.current_state_value,
+            "attempts": self.fetch.attempts,
             "frames_ok": c.frames_ok,
             "frames_failed": c.frames_failed,
             "frames_missing": c.frames_missing,
             "records_written": self.records_written,
             "last_success": c.last_success_ms,
-            "next_due": self.next_due,
+            "next_due": c.next_due,
             "last_error": describe_error(c.last_error),
         }
+
+
+def without(batch: Batch, held: frozenset[str]) -> Batch:
+    """``batch`` without the records (and progress) of the ``held`` collections."""
+    if not held:
+        return batch
+    changes: dict[str, Any] = {c: () for c in held}
+    changes["covered"] = {c: t for c, t in batch.covered.items() if c not in held}
+    return attrs.evolve(batch, **changes)
 
 
 class SourceRuntime:
@@ -509,7 +421,19 @@ class SourceRuntime:
         self.key = plan.source if not account else f"{plan.source}:{account}"
         self.gap_finder = gap_finder
         self.on_persist = on_persist
-        self.poller = PollerMachine(tuple(loop.name for loop in plan.loops))
+        session = plan.session
+        self.poller = PollerMachine(
+            tuple(loop.name for loop in plan.loops),
+            session=None
+            if session is None
+            else SessionMachine(
+                can_refresh=session.refresh is not None,
+                refresh_after_s=None
+                if session.refresh_after is None
+                else session.refresh_after.total_seconds(),
+                expire_after_s=None if session.expire_after is None else session.expire_after.total_seconds(),
+            ),
+        )
         self.poller.add_listener(TransitionLog("poller", source=self.key))
         self.session = SessionDriver(plan.session, self.poller, clock=clock, rng=self.rng, source=self.key)
         self.loops = [LoopDriver(self, spec) for spec in plan.loops]
@@ -533,24 +457,17 @@ class SourceRuntime:
             self._stopped()
 
     async def run_once(self) -> bool:
-        """One frame per loop (cron mode); True when every frame succeeded."""
+        """Cron mode: frames per loop until none says ``more`` (within the Cycle machine's frame
+        budget), so one run completes any backfill; True when every frame succeeded."""
         self.poller.send("start")
-        results: dict[str, bool] = {}
         try:
             async with trio.open_nursery() as nursery:
                 for loop in self.loops:
-
-                    async def one(loop: LoopDriver = loop) -> None:
-                        loop.cycle.send("start")
-                        loop.cycle.send("begin")
-                        ok = await loop.frame()
-                        loop.cycle.send("frame_done", ok=ok, error=loop._frame_error(), now_ms=self.clock())
-                        results[loop.spec.name] = ok
-
-                    nursery.start_soon(one)
+                    loop.cycle.once = True
+                    nursery.start_soon(loop.run)
         finally:
             self._stopped()
-        return all(results.values()) and len(results) == len(self.loops)
+        return all(loop.cycle.frames_failed == 0 and loop.cycle.frames_ok > 0 for loop in self.loops)
 
     def _stopped(self) -> None:
         for loop in self.loops:

@@ -1,14 +1,23 @@
-"""The four formal machines (Session, Fetch, Cycle, Poller) and their timing math.
+"""The five formal machines (Session, Fetch, Cycle, Poller, Delivery) and their timing math.
 
-Pure and synchronous: no I/O, no async, no event loop. The runtime in ``connect.runtime``
-performs the I/O and sends these machines events, as h11 does for HTTP.
+Pure and synchronous: no I/O, no async, no event loop. Each takes events that carry their facts
+(``now``, the outcome, the error) and answers what to do next (:mod:`machines.decisions`); the
+runtime in ``connect.runtime`` and the outputs perform the I/O, as h11 does for HTTP.
 """
 
 from machines.cycle import CycleMachine
+from machines.delivery import DeliveryMachine
 from machines.fetch import FetchMachine
 from machines.poller import PollerMachine
 from machines.session import SessionMachine
 
-ALL_MACHINES = (SessionMachine, FetchMachine, CycleMachine, PollerMachine)
+ALL_MACHINES = (SessionMachine, FetchMachine, CycleMachine, PollerMachine, DeliveryMachine)
 
-__all__ = ["ALL_MACHINES", "CycleMachine", "FetchMachine", "PollerMachine", "SessionMachine"]
+__all__ = [
+    "ALL_MACHINES",
+    "CycleMachine",
+    "DeliveryMachine",
+    "FetchMachine",
+    "PollerMachine",
+    "SessionMachine",
+]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import attrs
+
 
 def backoff(
     failures: int, *, base: float = 5.0, cap: float = 900.0, jitter: float = 0.2, rand: float = 0.0
@@ -24,6 +26,28 @@ def backoff(
     return delay * (1.0 - jitter * rand)
 
 
+@attrs.frozen(kw_only=True)
+class Backoff:
+    """The one backoff policy: a capped, jittered exponential wait after consecutive failures.
+
+    Every machine paces its retries with one of these (Session its logins, Fetch a frame's
+    attempts, Cycle the frames after failed ones, Delivery an output's passes), so the shape of
+    every wait in the daemon is the same function with different numbers.
+    """
+
+    base: float = 5.0
+    cap: float = 900.0
+    jitter: float = 0.2
+
+    def delay(self, failures: int, rand: float = 0.0) -> float:
+        """Seconds to wait after ``failures`` failures in a row (none: no wait)."""
+        return backoff(failures, base=self.base, cap=self.cap, jitter=self.jitter, rand=rand)
+
+    def capped(self, cap: float) -> Backoff:
+        """The same ladder stopping at ``cap`` seconds at most."""
+        return attrs.evolve(self, cap=min(self.cap, cap))
+
+
 def rejected_delay(rejections: int, *, base: float = 1800.0, cap: float = 6 * 3600.0) -> float:
     """Seconds to wait before trying credentials the vendor rejected ``rejections`` times.
 
@@ -31,6 +55,10 @@ def rejected_delay(rejections: int, *, base: float = 1800.0, cap: float = 6 * 36
     failed logins, so at most a few attempts an hour ever reach them.
     """
     return backoff(max(rejections, 1), base=base, cap=cap, jitter=0.0)
+
+
+#: the ladder a refused login climbs (half an hour, doubling to six hours, no jitter)
+REJECTED = Backoff(base=1800.0, cap=6 * 3600.0, jitter=0.0)
 
 
 #: the first wait after a login that failed for a passing reason, and the longest one
@@ -53,8 +81,12 @@ def failed_login_delay(failures: int, *, rand: float = 0.0, reached: bool = True
     cannot count towards a lockout: those waits stop growing at five minutes, and the first
     login after the network comes back is at most that late rather than half an hour.
     """
-    cap = LOGIN_RETRY_CAP_S if reached else UNREACHED_RETRY_CAP_S
-    return backoff(failures, base=LOGIN_RETRY_BASE_S, cap=cap, jitter=0.2, rand=rand)
+    policy = LOGIN if reached else LOGIN.capped(UNREACHED_RETRY_CAP_S)
+    return policy.delay(failures, rand)
+
+
+#: the ladder unproductive logins climb (see :func:`failed_login_delay`)
+LOGIN = Backoff(base=LOGIN_RETRY_BASE_S, cap=LOGIN_RETRY_CAP_S, jitter=0.2)
 
 
 def align_schedule(

@@ -6,7 +6,7 @@ has ``run`` (start it with ``nursery.start``), ``wake`` (call after every persis
 ``newest(collection)`` for gap analysis on an empty store.
 """
 
-from outputs.delivery import Output, RetryPolicy, build_outputs
+from outputs.delivery import Output, build_outputs
 from outputs.settings import OutputSettings
 
-__all__ = ["Output", "OutputSettings", "RetryPolicy", "build_outputs"]
+__all__ = ["Output", "OutputSettings", "build_outputs"]

@@ -5,9 +5,10 @@ moves it only after the remote side accepted the records (HTTP 200 from Nightsco
 the broker), so an output that is down loses nothing and catches up when it is back.
 
 An output task sleeps until :meth:`Output.wake` is called (the runtime calls it after every
-persisted frame) or a long safety interval passes; it never polls. Failures back off: transient
-trouble on a capped exponential ladder, refused credentials on a much slower one, so a wrong
-secret never turns into a request storm.
+persisted frame) or a long safety interval passes; it never polls. Its Delivery machine decides
+the rest: transient trouble backs off on a capped exponential ladder, refused credentials pause
+on a much slower one (a wrong secret never turns into a request storm), and every accepted
+chunk clears the failures.
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ from __future__ import annotations
 import abc
 import random
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import attrs
 import structlog
 import trio
 
 from connect.clock import wall_ms
-from connect.errors import ConfigError, ConnectError, OutputAuthError, TransientError
+from connect.errors import ConnectError, TransientError
 from connect.records import Collection
 from connect.redact import describe_error, redact
-from machines.timing import backoff
+from machines import DeliveryMachine
+from machines.decisions import Idle, SleepUntil, Stop
+from machines.delivery import ONCE_ATTEMPTS, ONCE_MAX_WAIT_S, DeliveryPolicy
 
 if TYPE_CHECKING:
     import httpx
@@ -34,7 +36,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("outputs")
 
-State = Literal["idle", "delivering", "backing_off", "auth_error", "error"]
 Clock = Callable[[], int]
 
 
@@ -49,26 +50,18 @@ class Sequenced(Protocol):
 SAFETY_WAKE_S: Final = 900.0
 
 
-@attrs.frozen(kw_only=True)
-class RetryPolicy:
-    """How long an output waits after failures (seconds).
-
-    Transient trouble (5xx, timeouts, a broker that went away) climbs ``base`` → ``cap``; refused
-    credentials and settings that cannot work climb ``auth_base`` → ``auth_cap``: nobody fixes a
-    wrong secret in a minute, and Nightscout delays every failed login anyway.
-    """
-
-    base: float = 5.0
-    cap: float = 300.0
-    auth_base: float = 300.0
-    auth_cap: float = 3600.0
-    jitter: float = 0.2
-    #: a Retry-After longer than this is not believed
-    retry_after_cap: float = 3600.0
+class Paused(Exception):
+    """The Delivery machine paused the output in the middle of a pass (too many refusals)."""
 
 
 class Output(abc.ABC):
-    """What the runtime sees of an output: ``run``, ``wake``, ``status``, ``deliver_until_idle``."""
+    """What the runtime sees of an output: ``run``, ``wake``, ``status``, ``deliver_until_idle``.
+
+    An output executes its :class:`machines.DeliveryMachine`: it reads and sends what the
+    machine asks for, reports each chunk's outcome as the next event, and sleeps until the time
+    the machine names. How long to back off, when to pause, when a refused chunk is split or a
+    record set aside: the machine decides all of it.
+    """
 
     def __init__(
         self,
@@ -77,26 +70,25 @@ class Output(abc.ABC):
         *,
         clock: Clock = wall_ms,
         rng: random.Random | None = None,
-        policy: RetryPolicy | None = None,
+        chunk_size: int = 500,
+        policy: DeliveryPolicy | None = None,
         safety_wake_s: float = SAFETY_WAKE_S,
     ) -> None:
         self.name = name
         self.astore = astore
         self.clock = clock
         self.rng = rng or random.Random()
-        self.policy = policy or RetryPolicy()
+        self.chunk_size = chunk_size
         self.safety_wake_s = safety_wake_s
+        self.policy = policy
+        self.machine = DeliveryMachine(chunk_size=chunk_size, policy=policy)
         self._wakeup = trio.Event()
         #: one delivery pass at a time (``run`` and ``deliver_until_idle`` may overlap)
         self._lock = trio.Lock()
-        self._state: State = "idle"
-        self._failures = 0
-        self._auth_failures = 0
         self._delivered = 0
         self._last_success: int | None = None
         self._last_error: str | None = None
         self._last_error_at: int | None = None
-        self._retry_at: int | None = None
         self._lag: int | None = None
         self._rejected = 0
 
@@ -107,8 +99,8 @@ class Output(abc.ABC):
         self._wakeup.set()
 
     @property
-    def state(self) -> State:
-        return self._state
+    def state(self) -> str:
+        return str(self.machine.current_state_value)
 
     @abc.abstractmethod
     def target(self) -> str:
@@ -116,61 +108,76 @@ class Output(abc.ABC):
 
     def status(self) -> dict[str, Any]:
         """A snapshot for the status API and logs (no secrets)."""
+        m = self.machine
         snapshot = {
             "name": self.name,
             "target": self.target(),
-            "state": self._state,
+            "state": self.state,
             "lag": self._lag,
             "rejected": self._rejected,
             "delivered": self._delivered,
-            "failures": self._failures + self._auth_failures,
+            "failures": m.failures + m.auth_failures,
             "last_success": self._last_success,
             "last_error": self._last_error,
             "last_error_at": self._last_error_at,
-            "retry_at": self._retry_at,
+            "retry_at": m.retry_at,
         }
         result: dict[str, Any] = redact(snapshot)
         return result
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Deliver forever: after every wake, everything past the cursor; back off on failure."""
+        """Deliver forever, as the Delivery machine decides."""
         await self.refresh()
         task_status.started()
+        self.machine.send("wake")  # whatever is pending from before the start goes out first
         while True:
+            decision = self.machine.next(self.clock())
+            if isinstance(decision, SleepUntil):
+                await self._sleep_backing_off(decision.until)
+                continue
+            if isinstance(decision, Idle):  # pragma: no cover - a pass ends in _idle
+                await self._idle()
+                continue
             try:
                 await self._serve()
+            except Paused:
+                await self.refresh()
             except Exception as exc:
-                delay = self._failed(_typed(exc, self.name))
+                self._failed(_typed(exc, self.name))
                 await self.refresh()  # the pass may have moved the cursor before it failed
-                await self._sleep_backing_off(delay)
 
-    async def deliver_until_idle(self, *, attempts: int = 3, max_wait: float = 60.0) -> bool:
+    async def deliver_until_idle(
+        self, *, attempts: int = ONCE_ATTEMPTS, max_wait: float = ONCE_MAX_WAIT_S
+    ) -> bool:
         """Deliver what is pending now (``once`` mode); True when all of it got through.
 
-        Transient failures are retried ``attempts`` times in all, waiting at most ``max_wait``
-        seconds between tries; refused credentials end at once. Records the remote side refused
+        The Delivery machine runs in its ``once`` mode: passing failures are retried
+        ``attempts`` times in all, at most ``max_wait`` seconds apart; refused credentials end
+        at once. Records the remote side refused
         for good count as not delivered. With nothing pending the remote side is not contacted,
         and the state (say, an error met during gap analysis) stays as it is.
         """
         await self.refresh()
         if self._lag == 0:
             return True
-        rejected_before = self._rejected
-        for attempt in range(1, attempts + 1):
+        machine = self.machine = DeliveryMachine(
+            chunk_size=self.chunk_size, once=True, policy=self.policy, attempts=attempts, max_wait_s=max_wait
+        )
+        machine.send("wake")
+        while True:
+            decision = machine.next(self.clock())
+            if isinstance(decision, Stop):
+                await self.refresh()
+                return decision.ok and self._lag == 0
+            if isinstance(decision, SleepUntil):
+                await trio.sleep(max(0.0, (decision.until - self.clock()) / 1000.0))
+                continue
             try:
                 await self._deliver_once()
+            except Paused:
+                pass
             except Exception as exc:
-                exc = _typed(exc, self.name)
-                delay = self._failed(exc)
-                if isinstance(exc, (OutputAuthError, ConfigError)) or attempt == attempts:
-                    await self.refresh()
-                    return False
-                await trio.sleep(min(delay, max_wait))
-                continue
-            self._succeeded()
-            await self.refresh()
-            return self._lag == 0 and self._rejected == rejected_before
-        return False  # pragma: no cover - the loop always returns
+                self._failed(_typed(exc, self.name))
 
     async def refresh(self) -> None:
         """Re-read lag and rejected count from the store (for status)."""
@@ -187,88 +194,82 @@ class Output(abc.ABC):
     async def _deliver_once(self) -> None:
         """One complete pass over everything pending, opening and closing what it needs."""
 
-    # --- helpers shared by outputs --------------------------------------------------------------
+    # --- helpers shared by outputs: each reports an outcome to the machine --------------------
 
     async def _idle(self) -> None:
-        """Wait for the next wake (or the safety interval). Call after swapping in a fresh event."""
-        self._succeeded()
+        """The pass got to the end: wait for the next wake (or the safety interval)."""
+        self.machine.send("drained")
         await self.refresh()
         with trio.move_on_after(self.safety_wake_s):
             await self._wakeup.wait()
+        self._new_pass()
 
     def _new_pass(self) -> None:
         # swap before delivering: a frame persisted during the pass sets the new event
         self._wakeup = trio.Event()
-        self._state = "delivering"
+        if self.machine.current_state_value == "idle":
+            self.machine.send("wake")
+
+    def _sending(self) -> None:
+        """Records were read: a chunk is on its way (one at a time, as the machine sees it)."""
+        if self.machine.current_state_value == "reading":
+            self.machine.send("chunk")
 
     async def _accepted(self, collection: Collection, chunk: Sequence[Sequenced]) -> None:
         """The remote side took ``chunk``: move the cursor past it."""
         await self.astore.advance(self.name, collection, chunk[-1].seq)
+        self._sending()  # an output that sends as it reads reports both at once
+        self.machine.send("accepted")
         self._delivered += len(chunk)
         self._last_success = self.clock()
         log.debug("delivered", output=self.name, collection=collection, records=len(chunk))
 
-    async def _set_aside(
+    async def _refused(
         self, collection: Collection, chunk: Sequence[Sequenced], status: int, error: str
     ) -> None:
-        """The remote side refused ``chunk`` for good: keep it, count it, move past it."""
+        """The remote side refused ``chunk`` for good: the machine splits it, or the record
+        (alone) is kept, counted, and passed over; raises :class:`Paused` when the refusals
+        in a row pause the output."""
+        self._last_error = error
+        self._last_error_at = self.clock()
+        if not self.machine.refused_chunk(self.clock(), len(chunk), self.rng.random()):
+            return
         await self.astore.set_aside(
             self.name, collection, chunk[0].seq, chunk[-1].seq, len(chunk), status, error
         )
         self._rejected = int(await self.astore.rejected_count(self.name))
-        self._last_error = error
-        self._last_error_at = self.clock()
         log.warning(
             "records rejected", output=self.name, collection=collection, records=len(chunk),
             first_seq=chunk[0].seq, last_seq=chunk[-1].seq, status=status, error=error,
         )  # fmt: skip
+        if self.machine.paused:
+            self._last_error = (
+                f"{self.target()} refused {self.machine.refused_in_a_row} {collection} records in a row "
+                f"(last: {error}); uploads paused"
+            )
+            log.warning("delivery paused", output=self.name, error=self._last_error)
+            raise Paused(self._last_error)
 
     def _noted(self, exc: ConnectError) -> None:
         """A failure outside delivery (gap analysis): shown in status, no backoff of its own."""
         self._last_error = describe_error(exc)
         self._last_error_at = self.clock()
-        if isinstance(exc, OutputAuthError) and self._state == "idle":
-            self._state = "auth_error"
 
-    def _succeeded(self) -> None:
-        self._failures = 0
-        self._auth_failures = 0
-        self._retry_at = None
-        self._state = "idle"
-
-    def _failed(self, exc: ConnectError) -> float:
-        """Record a failure; the seconds to wait before the next try."""
-        policy = self.policy
-        rand = self.rng.random()
-        if isinstance(exc, (OutputAuthError, ConfigError)):
-            self._auth_failures += 1
-            self._state = "auth_error" if isinstance(exc, OutputAuthError) else "error"
-            delay = backoff(
-                self._auth_failures,
-                base=policy.auth_base,
-                cap=policy.auth_cap,
-                jitter=policy.jitter,
-                rand=rand,
-            )
-        else:
-            self._failures += 1
-            self._state = "backing_off"
-            delay = backoff(self._failures, base=policy.base, cap=policy.cap, jitter=policy.jitter, rand=rand)
-        if exc.retry_after is not None:
-            delay = max(delay, min(exc.retry_after, policy.retry_after_cap))
+    def _failed(self, exc: ConnectError) -> None:
+        """Report a failed pass; the machine says how long to wait."""
+        self.machine.failed(self.clock(), exc, self.rng.random())
         now = self.clock()
         self._last_error = describe_error(exc)
         self._last_error_at = now
-        self._retry_at = now + int(delay * 1000)
+        retry_at = self.machine.retry_at
         log.warning(
-            "delivery failed", output=self.name, error=self._last_error, state=self._state,
-            retry_in_s=round(delay, 1),
+            "delivery failed", output=self.name, error=self._last_error, state=self.state,
+            retry_in_s=None if retry_at is None else round((retry_at - now) / 1000, 1),
         )  # fmt: skip
-        return delay
 
-    async def _sleep_backing_off(self, delay: float) -> None:
+    async def _sleep_backing_off(self, until: int) -> None:
         """Sleep out a backoff; wakes meanwhile only refresh the lag shown in status."""
-        deadline = trio.current_time() + delay
+        deadline = trio.current_time() + max(0.0, (until - self.clock()) / 1000.0)
         while trio.current_time() < deadline:
             self._wakeup = trio.Event()
             with trio.move_on_at(deadline):
@@ -312,4 +313,4 @@ def build_outputs(
     return outputs
 
 
-__all__ = ["SAFETY_WAKE_S", "Output", "RetryPolicy", "Sequenced", "State", "build_outputs"]
+__all__ = ["SAFETY_WAKE_S", "Output", "Paused", "Sequenced", "build_outputs"]

@@ -34,7 +34,8 @@ from connect.clock import wall_ms
 from connect.errors import ConnectError, OutputAuthError, TransientError
 from connect.records import COLLECTIONS, Collection
 from connect.redact import register_secret
-from outputs.delivery import Clock, Output, RetryPolicy
+from machines.delivery import DeliveryPolicy
+from outputs.delivery import Clock, Output
 from outputs.settings import MqttTarget, mqtt_target
 from store.database import Pending
 
@@ -299,9 +300,9 @@ class MqttOutput(Output):
         name: str = "mqtt",
         clock: Clock = wall_ms,
         rng: random.Random | None = None,
-        policy: RetryPolicy | None = None,
+        policy: DeliveryPolicy | None = None,
     ) -> None:
-        super().__init__(name, astore, clock=clock, rng=rng, policy=policy)
+        super().__init__(name, astore, clock=clock, rng=rng, policy=policy, chunk_size=group_size)
         self.broker = target
         register_secret(target.password)
         self.topic_prefix = topic_prefix.strip("/")
@@ -426,7 +427,6 @@ class MqttOutput(Output):
 
     async def _serve_link(self, link: _Link) -> None:
         while True:
-            self._new_pass()
             async with self._lock:
                 await self._deliver_pending(link)
             await self._idle()
@@ -435,8 +435,8 @@ class MqttOutput(Output):
         async def one_pass(link: _Link) -> None:
             async with self._lock:
                 await self._deliver_pending(link)
+            self.machine.send("drained")
 
-        self._state = "delivering"
         # a client id of its own: sharing run()'s would make the broker drop one of the two
         await self._with_connection(one_pass, client_id=f"{self.client_id}-once")
 
@@ -463,6 +463,7 @@ class MqttOutput(Output):
                 if not in_flight:
                     break
                 group, acks = in_flight.popleft()
+                self._sending()  # the broker's PUBACKs for this group are what is awaited
                 await link.acknowledged(acks, within=self.ack_timeout)
                 await self._accepted(collection, group)
 

@@ -50,7 +50,8 @@ from connect.errors import (
 from connect.httpkit import json_body, retry_after_seconds, send, sha1_hex
 from connect.records import COLLECTIONS, Collection, iso_from_ms, ms_from_iso
 from connect.redact import describe_error, redact_text, register_secret
-from outputs.delivery import Clock, Output, RetryPolicy
+from machines.delivery import DeliveryPolicy
+from outputs.delivery import Clock, Output
 from outputs.settings import nightscout_target
 
 if TYPE_CHECKING:
@@ -62,8 +63,6 @@ log = structlog.get_logger("outputs.nightscout")
 API: Final = "/api/v1"
 #: collections Nightscout v1 inserts without dedupe: a resend is a duplicate
 NON_IDEMPOTENT: Final[frozenset[str]] = frozenset({"devicestatus", "profile"})
-#: records refused one by one in a row before a pass stops setting them aside and backs off
-REFUSED_IN_A_ROW: Final = 10
 #: epoch ms of 2000-01-01: an explicit lower bound, so the site adds no implicit 4-day window
 EPOCH_2000_MS: Final = 946_684_800_000
 
@@ -178,9 +177,9 @@ class NightscoutOutput(Output):
         name: str = "nightscout",
         clock: Clock = wall_ms,
         rng: random.Random | None = None,
-        policy: RetryPolicy | None = None,
+        policy: DeliveryPolicy | None = None,
     ) -> None:
-        super().__init__(name, astore, clock=clock, rng=rng, policy=policy)
+        super().__init__(name, astore, clock=clock, rng=rng, policy=policy, chunk_size=chunk_size)
         site = nightscout_target(endpoint)
         token = token or site.token
         register_secret(api_secret, token)
@@ -190,7 +189,6 @@ class NightscoutOutput(Output):
             raise ConfigError("the Nightscout output needs CONNECT_API_SECRET or a token")
         self.base_url = site.base_url
         self.client = client
-        self.chunk_size = chunk_size
         self.timeout = timeout
         self.attempt_name = f"{name}.attempted"
         self._headers = {
@@ -284,15 +282,14 @@ class NightscoutOutput(Output):
 
     async def _serve(self) -> None:
         while True:
-            self._new_pass()
             async with self._lock:
                 await self._deliver_pending()
             await self._idle()
 
     async def _deliver_once(self) -> None:
         async with self._lock:
-            self._state = "delivering"
             await self._deliver_pending()
+        self.machine.send("drained")
 
     async def _deliver_pending(self) -> None:
         for collection in COLLECTIONS:
@@ -305,34 +302,19 @@ class NightscoutOutput(Output):
         return rows
 
     async def _deliver_collection(self, collection: Collection) -> None:
-        limit = self.chunk_size
-        refused_in_a_row = 0
         while True:
-            chunk = await self._rows(collection, limit)
+            chunk = await self._rows(collection, self.machine.limit)
             if not chunk:
                 return
+            self._sending()
             try:
                 await self._send_chunk(collection, chunk)
             except ChunkRejected as exc:
-                self._last_error = describe_error(exc)
-                self._last_error_at = self.clock()
-                if len(chunk) > 1:
-                    # find the refused record(s): the rest of the chunk goes through
-                    limit = max(1, len(chunk) // 2)
-                    continue
-                await self._set_aside(collection, chunk, exc.status, self._last_error or "rejected")
-                refused_in_a_row += 1
-                if refused_in_a_row >= REFUSED_IN_A_ROW:
-                    # more likely a site (or a proxy) that refuses every upload than that many
-                    # bad records: not one request per record, but a pause on the slow ladder
-                    raise ConfigError(
-                        f"{self.base_url} refused {refused_in_a_row} {collection} records in a row "
-                        f"(last: {self._last_error}); uploads paused"
-                    ) from None
+                # the machine halves the chunk until the refused record is alone, then sets
+                # it aside so one bad record never holds back the ones after it
+                await self._refused(collection, chunk, exc.status, describe_error(exc) or "rejected")
                 continue
-            refused_in_a_row = 0
             await self._accepted(collection, chunk)
-            limit = min(self.chunk_size, limit * 2)
 
     async def _send_chunk(self, collection: Collection, chunk: Sequence[Row]) -> None:
         rows = list(chunk)

@@ -30,7 +30,7 @@ from connect.settings import apply_legacy_env, describe_validation
 from sources.dexcomshare import SOURCE, DexcomShareSettings, endpoint_for, make, read_window
 from sources.dexcomshare.client import DexcomShare
 from sources.dexcomshare.const import MAX_COUNT, MAX_MINUTES
-from sources.dexcomshare.faults import SessionRefused, list_answer, uuid_answer
+from sources.dexcomshare.faults import list_answer, uuid_answer
 from tests.emulators.dexcom import APPLICATION_IDS, BASE_URLS, ShareEmulator, TimeoutTransport
 
 NOW = 1_750_000_000_000
@@ -484,30 +484,22 @@ async def test_a_transient_login_failure_keeps_the_account_id(world: World) -> N
 
 
 @pytest.mark.parametrize("code", ["SessionIdNotFound", "SessionNotValid", "InvalidArgument"])
-async def test_session_error_on_a_used_session_is_retryable_on_a_fresh_one_it_is_not(
-    world: World, code: str
-) -> None:
+async def test_a_session_error_is_a_retryable_session_expired_used_or_fresh(world: World, code: str) -> None:
+    """The driver reports what the server said; whether the next login follows at once is the
+    Session machine's decision (it knows whether the session ever served a read)."""
     driver = world.driver()
     used = await world.session(driver)
     await driver.fetch(used, last_known(NOW - FIVE_MIN))
     world.emulator.inject("code", code=code, endpoint="read")
     with pytest.raises(SessionExpired) as info:
         await driver.fetch(used, last_known(NOW - FIVE_MIN))
-    # the session ended after serving reads: drop it, log in again, retry within the frame
     assert type(info.value) is SessionExpired and info.value.retryable
     fresh = await world.session(driver)
     world.emulator.inject("code", code=code, endpoint="read")
     with pytest.raises(SessionExpired) as info:
         await driver.fetch(fresh, last_known(NOW - FIVE_MIN))
-    # a new session refused at once: drop it too, but no second login in the same frame
-    assert type(info.value) is SessionRefused and not info.value.retryable
+    assert type(info.value) is SessionExpired and info.value.retryable
     assert code in str(info.value) and fresh not in str(info.value)
-    # once a session has served a read it is a used one
-    await driver.fetch(fresh, last_known(NOW - FIVE_MIN))
-    world.emulator.inject("code", code=code, endpoint="read")
-    with pytest.raises(SessionExpired) as info:
-        await driver.fetch(fresh, last_known(NOW - FIVE_MIN))
-    assert type(info.value) is SessionExpired
 
 
 # --- rate limits and lockouts -------------------------------------------------------------------

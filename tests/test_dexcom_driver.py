@@ -331,8 +331,9 @@ def test_random_fault_schedules_lose_nothing_and_never_storm(
 
 def test_a_password_fixed_then_sessions_refused_is_paced_not_stormed() -> None:
     """The password is refused for two minutes, then accepted again while reads refuse every
-    session for 45 minutes: one retry after the refusal's half hour, then the ordinary pacing of
-    sessions that never delivered (1, 2, 4 … minutes), and data again once reads work."""
+    session for 45 minutes: one retry after the refusal's half hour, one login again at once when
+    its fresh session is refused, then the ordinary pacing of sessions that never delivered
+    (2, 4, 8 … minutes), and data again once reads work."""
     run, client = build_run()
     apply_schedule(run, [("password", 600, 120), ("read", 700, 2700, "code", "SessionIdNotFound", None)])
     simulate(run, client, 3 * 3600)
@@ -341,8 +342,9 @@ def test_a_password_fixed_then_sessions_refused_is_paced_not_stormed() -> None:
     after = [r for r in logins if r.time_ms > refusal.time_ms]
     # nothing until the refusal's half hour is over
     assert after[0].time_ms - refusal.time_ms >= 30 * MIN_MS * 0.99
-    gaps = [b.time_ms - a.time_ms for a, b in itertools.pairwise(after[:5])]
-    assert all(g >= 48_000 for g in gaps) and gaps == sorted(gaps), gaps
+    gaps = [b.time_ms - a.time_ms for a, b in itertools.pairwise(after[:6])]
+    assert gaps[0] < 1000, gaps  # the first refused fresh session: logged in again at once, once
+    assert all(g >= 96_000 for g in gaps[1:]) and gaps[1:] == sorted(gaps[1:]), gaps
     check_no_login_storm(run)
     check_nothing_served_is_lost_or_doubled(run)
     check_complete_after_quiet(run, run.at(3 * 3600) - 15 * MIN_MS)
@@ -565,12 +567,15 @@ def test_a_server_that_refuses_every_session_gets_one_login_per_frame(code: str)
     simulate(run, client, 5 * 3600)
     during = [r for r in run.emulator.requests if start <= r.time_ms < end]
     logins = [r for r in during if r.endpoint == "login"]
-    # the used session dies: one login and one retry; every later frame: one login, one read
-    assert [r.endpoint for r in during[:3]] == ["read", "login", "read"]
-    for a, b in zip(logins, logins[1:], strict=False):
-        between = [r for r in during if a.time_ms <= r.time_ms < b.time_ms and r.endpoint == "read"]
+    # the used session dies: one login and one retry; that fresh session refused: one login
+    # again at once and one retry; from then on every login waits, and is followed by one read
+    assert [r.endpoint for r in during[:5]] == ["read", "login", "read", "login", "read"]
+    at = {id(r): i for i, r in enumerate(during)}
+    for a, b in itertools.pairwise(logins):
+        between = [r for r in during[at[id(a)] : at[id(b)]] if r.endpoint == "read"]
         assert len(between) == 1, "two logins without a read between them"
-        assert b.time_ms - a.time_ms >= 24_000  # the loop's backoff, never a burst
+    for a, b in itertools.pairwise(logins[1:]):
+        assert b.time_ms - a.time_ms >= 24_000  # paced, never a burst
     assert len(logins) <= 12, len(logins)
     assert run.emulator.count("authenticate") == 1
     check_no_login_storm(run)

@@ -71,16 +71,17 @@ def test_cron_runs_page_through_a_one_minute_cgm_and_deliver_each_record_once(
         assert newest >= start - 10 * MINUTE_MS
         assert max(e["date"] for e in ns.entries) == newest
         # the last 36 hours of one-minute readings, and their soft-deleted twins: three pages
-        # (beside the first day of history, twelve hours: one)
-        assert emu.count("readings", status=200) == 4
+        # (beside the first day of history, twelve hours: one); then, in the same run, the rest
+        # of the history while the source says more: the full day two pages, the half day one
+        assert emu.count("readings", status=200) == 4 + 2 + 1
 
-        for _ in range(2):  # the rest of the history, a day a run
+        for _ in range(2):  # later runs find nothing left to backfill
             later = once(**settings)
             assert later.returncode == 0, later.stderr
     end = emu.now()
 
-    # the full day took two pages, the half day one; runs seconds apart skip the live read
-    assert emu.count("readings", status=200) == 4 + 2 + 1
+    # each later run reads the latest readings once (one page), and no history again
+    assert emu.count("readings", status=200) == 4 + 2 + 1 + 2
     stored = dict(rows(db, "SELECT date, sgv FROM entries"))
     everything = emu.expected_entries(end)
     assert all(everything[t] == v for t, v in stored.items())

@@ -256,7 +256,7 @@ def test_once_with_the_site_unreachable_fails_and_shows_the_error(tmp_path: Path
     result = run("once", **nightscout_env(dead, db))
     assert result.returncode == 1, result.stderr
     ns = output_status(db, "nightscout")
-    assert ns["state"] == "backing_off" and ns["lag"] >= count
+    assert ns["state"] == "backoff" and ns["lag"] >= count
     assert ns["last_error"].startswith("Unreachable: POST /api/v1/entries: ConnectError")
     assert query(db, "SELECT count(*) FROM cursors WHERE output = 'nightscout'") == [(0,)]
 
@@ -317,11 +317,11 @@ def test_refused_credentials_show_in_status_and_no_secret_is_written(
     result = run("once", **settings)
     assert result.returncode == 1, result.stderr
     ns, mq = output_status(db, "nightscout"), output_status(db, "mqtt")
-    assert ns["state"] == "auth_error" and "HTTP 401" in ns["last_error"]
-    assert mq["state"] == "auth_error" and "refused the login" in mq["last_error"]
+    assert ns["state"] == "paused_auth" and "HTTP 401" in ns["last_error"]
+    assert mq["state"] == "paused_auth" and "refused the login" in mq["last_error"]
     # refused credentials end the try at once: one request, no retries
     assert emulator.auth_failures == 1 and len(emulator.requests) == 1
     assert emulator.count("entries") == 0
     rows = [doc for (doc,) in query(db, "SELECT json FROM machine_status")]
-    assert "auth_error" in result.stderr
+    assert "paused_auth" in result.stderr
     assert_no_secrets([result.stdout, result.stderr, *rows], wrong_secret, wrong_password, SECRET)

@@ -176,9 +176,9 @@ async def test_a_pump_that_uploads_once_a_day_loses_nothing(autojump_clock: trio
 async def test_cron_runs_show_the_last_hours_first_then_fill_the_history(
     backfill_days: int, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """``once`` every five minutes on a fresh store, with a three-day Glooko look-back, which wins
-    over CONNECT_BACKFILL_DAYS either way: the first run already holds the last minutes'
-    readings; the next fills the history; nothing comes twice."""
+    """``once`` on a fresh store, with a three-day Glooko look-back, which wins over
+    CONNECT_BACKFILL_DAYS either way: the first run reads the last minutes' readings first, then
+    goes on while the source says more, so it also fills the history; nothing comes twice."""
     s = Scenario(seed=6, lookback_days=3, backfill_days=backfill_days, first_ms=START - 2 * DAY - 12 * HOUR)
     with captured_logs():
         assert await s.new_runtime().run_once()
@@ -194,7 +194,7 @@ async def test_cron_runs_show_the_last_hours_first_then_fill_the_history(
     oldest = min(d["date"] for d in s.store.docs("entries", newest_first=False))
     assert oldest == s.emu.first_ms  # older than CONNECT_BACKFILL_DAYS=1: the Glooko look-back won
     s.check(s.clock(), settle_ms=30 * MINUTE, expiries=runs - 1)  # each run signs in once
-    assert runs == 2  # a day and a half of history before the horizon: a day beside each live read
+    assert runs == 1  # one cron run completes the backfill
 
 
 @st.composite

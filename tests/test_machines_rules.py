@@ -80,7 +80,7 @@ SESSION_FORWARD = frozenset(
     }
 )
 FETCH_FORWARD = frozenset(
-    {"start", "ready", "session_ok", "gaps_known", "fetched", "transformed", "persisted", "finish", "retry"}
+    {"start", "ready", "session_ok", "gaps_known", "fetched", "transformed", "persisted", "finish", "retry", "reset"}
 )
 CYCLE_FORWARD = frozenset({"start", "begin", "frame_done", "next"})
 POLLER_FORWARD = frozenset({"start", "session_required", "session_resolved", "session_error", "finished"})
@@ -235,6 +235,11 @@ class FetchRules(MachineRules):
             return
         self.sm.send(event, **kwargs)
         (target,) = expected
+        if event == "reset":
+            # a new frame on the same machine: nothing of the last one is left
+            self.attempts = 0
+            self.succeeded = False
+            self.error = None
         if target == "waiting":
             self.attempts += 1
         if event == "fail":
@@ -256,7 +261,7 @@ class FetchRules(MachineRules):
         assert 0 <= sm.attempts <= self.max_retries + 1
         assert sm.attempts == self.attempts
         assert sm.ok is self.succeeded
-        assert sm.is_terminated is (sm.current_state_value == "done")
+        assert not sm.is_terminated  # long-lived: reset, never rebuilt
         if sm.current_state_value not in ("idle",):
             assert sm.attempts >= 1
         if sm.ok:

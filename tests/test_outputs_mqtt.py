@@ -14,14 +14,15 @@ import trio
 
 from connect.logs import configure
 from connect.records import Batch, DeviceStatus, Entry, Record, Treatment
-from outputs.delivery import RetryPolicy
+from machines.delivery import DeliveryPolicy
+from machines.timing import Backoff
 from outputs.mqtt import MqttOutput, topic_level
 from outputs.settings import mqtt_target
 from store import AsyncStore, Store
 from tests.mosquitto import Broker, Subscriber, make_tls_files
 
 T0 = 1_700_000_000_000
-FAST = RetryPolicy(base=0.1, cap=0.5, auth_base=0.5, auth_cap=1.0, jitter=0.0)
+FAST = DeliveryPolicy(transient=Backoff(base=0.1, cap=0.5, jitter=0.0), paused=Backoff(base=0.5, cap=1.0, jitter=0.0))
 
 
 def readings(n: int, start: int = T0, device: str = "sim-cgm") -> list[Entry]:
@@ -130,7 +131,7 @@ async def test_wake_delivers_new_frames_and_cursor_waits_for_the_broker(
             before = store.cursor("mqtt", "entries")
             await apersist(astore, list(readings(4, start=T0 + 10 * 1_500_000)))
             out.wake()
-            await eventually(lambda: out.state == "backing_off")
+            await eventually(lambda: out.state == "backoff")
             await trio.sleep(0.3)
             assert store.cursor("mqtt", "entries") == before
             assert await astore.lag("mqtt") == 4
@@ -161,7 +162,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
             broker.stop()
             await apersist(astore, list(second))
             out.wake()
-            await eventually(lambda: out.state == "backing_off")
+            await eventually(lambda: out.state == "backoff")
             unacknowledged = {
                 p.doc["identifier"] for p in await astore.pending("mqtt", "entries", limit=5000)
             }
@@ -202,7 +203,7 @@ async def test_refused_login_is_an_auth_error_and_the_password_stays_secret(
         wrong = output(broker, astore, url=f"mqtt://cgm:not-the-{password}@127.0.0.1:{broker.port}")
         async with trio.open_nursery() as nursery:
             await nursery.start(wrong.run)
-            await eventually(lambda: wrong.state == "auth_error")
+            await eventually(lambda: wrong.state == "paused_auth")
             nursery.cancel_scope.cancel()
         status = wrong.status()
         assert status["failures"] >= 1 and "refused the login" in status["last_error"]
@@ -297,7 +298,7 @@ async def test_deliver_until_idle_reports_an_unreachable_broker(store: Store) ->
 
     out = MqttOutput(mqtt_target(f"mqtt://127.0.0.1:{free_port()}"), astore, policy=FAST)
     assert not await out.deliver_until_idle(attempts=2, max_wait=0.1)
-    assert out.status()["state"] == "backing_off"
+    assert out.status()["state"] == "backoff"
     assert "unreachable" in out.status()["last_error"]
     assert await astore.lag("mqtt") == 3
 
@@ -345,5 +346,5 @@ async def test_a_ca_bundle_gone_since_start_is_a_delivery_error_not_a_crash(
         ca_file=tmp_path / "removed.pem",
     )  # fmt: skip
     assert not await out.deliver_until_idle(attempts=1)
-    assert out.status()["state"] == "backing_off"
+    assert out.status()["state"] == "backoff"
     assert "unreachable (FileNotFoundError)" in out.status()["last_error"]

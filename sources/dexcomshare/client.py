@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from connect.contract import Backoff, BuilderLike, Grant, LastKnown
-from connect.errors import AuthRejected, SessionExpired
+from connect.errors import AuthRejected
 from connect.httpkit import send
 from connect.records import Batch
 from connect.redact import register_secret
@@ -26,7 +26,7 @@ from sources.dexcomshare.const import (
     SESSION_LIFETIME_S,
     ZERO_UUID,
 )
-from sources.dexcomshare.faults import SessionRefused, list_answer, uuid_answer
+from sources.dexcomshare.faults import list_answer, uuid_answer
 from sources.dexcomshare.settings import DexcomShareSettings, Endpoint, endpoint_for
 from sources.schedule import PollPlanner
 
@@ -65,8 +65,6 @@ class DexcomShare:
         register_secret(self._password)
         self.endpoint: Endpoint = endpoint_for(settings.share_server, settings.share_region)
         self._account_id: str | None = None
-        #: the newest session from a login while no read has succeeded with it yet
-        self._untried_session: str | None = None
         #: when to read next: the reading phase plus the learned upload delay
         self.planner = PollPlanner(interval_ms=READING_INTERVAL_MS)
         self.rng = random.Random()
@@ -118,15 +116,14 @@ class DexcomShare:
             self._account_id = None
             raise
         register_secret(session_id)
-        self._untried_session = session_id
         return Grant(value=session_id, expires_in=float(SESSION_LIFETIME_S))
 
     async def fetch(self, session: str, last_known: LastKnown) -> Any:
         """Step 3: the readings since the checkpoint (newest first, as the server sends them).
 
-        A session error on a session that already served reads means it ended: the frame logs
-        in again once and retries. On a session that never served a read it is
-        :class:`SessionRefused`, which ends the frame: the next login waits for the next frame.
+        A session error is :class:`SessionExpired` whether or not the session served reads:
+        the Session machine knows which, and decides whether the next login follows at once
+        (a stale session, or the first refusal of a fresh one) or waits.
         """
         minutes, count = read_window(last_known)
         request = self._post(
@@ -135,15 +132,7 @@ class DexcomShare:
             params={"sessionId": session, "minutes": minutes, "maxCount": count},
         )
         response = await send(self.client, request, what="dexcomshare read")
-        try:
-            answer = list_answer(response, step="read")
-        except SessionExpired as error:
-            if session == self._untried_session:
-                self._untried_session = None
-                raise SessionRefused(f"{error} (on a session fresh from a login)") from None
-            raise
-        if session == self._untried_session:
-            self._untried_session = None
+        answer = list_answer(response, step="read")
         self.planner.observe(
             polled_at=last_known.now,
             before=last_known.values.get("entries"),

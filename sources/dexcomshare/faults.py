@@ -39,18 +39,6 @@ from sources.dexcomshare.const import (
 Step = Literal["authenticate", "login", "read"]
 
 
-class SessionRefused(SessionExpired):
-    """A session fresh from a login was refused before it served a single read.
-
-    The session is still dropped (this is a :class:`SessionExpired`), but the frame is not
-    retried: one new login per session error, and a server that keeps refusing new sessions
-    is asked again only at the loop's backoff pace, never in a burst of logins.
-    """
-
-    retryable = False
-    kind = "session_refused"
-
-
 _SAFE_CODE: Final = re.compile(r"[A-Za-z0-9_.]{1,80}")
 
 
