@@ -9,10 +9,8 @@ where the machines live. Response bodies are built from the stored JSON without 
 from __future__ import annotations
 
 import contextvars
-import json
 import sqlite3
 from collections.abc import Callable, Mapping
-from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Final
 
 import structlog
@@ -21,11 +19,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import page
 from api import status as st
 from api.auth import READS_OFF_BODY, UNAUTHORIZED_BODY, Authenticator
+from api.guard import GuardMiddleware
 from api.metrics import make_registry
 from api.metrics import render as render_metrics
 from api.openapi import (
@@ -41,7 +39,9 @@ from api.openapi import (
 )
 from api.query import OBJECT_ID, QueryError, parse_read
 from api.reads import read_body
+from api.responses import JSON, error_body, json_response
 from api.settings import ApiSettings
+from api.version import NAME, connect_version
 from connect.clock import wall_ms
 from connect.records import Collection, iso_from_ms
 from connect.redact import describe_error, redact, redact_text
@@ -52,13 +52,11 @@ log = structlog.get_logger("api")
 StatusFn = Callable[[], Mapping[str, Any]]
 Clock = Callable[[], int]
 
-NAME: Final = "nightscout-connect"
 #: the Nightscout release whose v1 reads this API follows. status.json's ``version`` is what
 #: clients compare against their minimum Nightscout (uploaders parse major.minor.patch and warn
 #: below 0.10.2; Nightscout 15 added the fields served here), so it must read as a Nightscout
 #: version; our own version goes in ``connectVersion``
 NIGHTSCOUT_VERSION: Final = "15.0.7"
-JSON: Final = "application/json"
 #: /api/v1/entries/<spec>: a served _id, or an entry type (Nightscout's /entries/<type>)
 ENTRY_SPEC: Final = r"^([0-9a-fA-F]{24}|[A-Za-z][A-Za-z0-9_-]{0,31})(\.json)?$"
 THRESHOLDS: Final = {"bgHigh": 260, "bgTargetTop": 180, "bgTargetBottom": 70, "bgLow": 55}
@@ -69,13 +67,6 @@ _snapshot: contextvars.ContextVar[Callable[[], Mapping[str, Any]] | None] = cont
 )
 
 
-def _version() -> str:
-    try:
-        return version(NAME)
-    except PackageNotFoundError:
-        return "0.0.0"
-
-
 class ApiError(Exception):
     """An answer other than 200, with Nightscout's error body."""
 
@@ -84,63 +75,6 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.description = description
-
-
-def error_body(status: int, message: str, description: str | None = None) -> bytes:
-    doc: dict[str, Any] = {"status": status, "message": message}
-    if description is not None:
-        doc["description"] = description
-    return json.dumps(doc, ensure_ascii=False).encode("utf-8")
-
-
-def json_response(value: Any, status: int = 200) -> Response:
-    return Response(
-        json.dumps(value, ensure_ascii=False).encode("utf-8"), status_code=status, media_type=JSON
-    )
-
-
-class GuardMiddleware:
-    """The last line: any exception becomes a bare 500 with no detail, logged without secrets.
-
-    Every known failure has its own answer (400, 401, 503); this only catches bugs, and keeps
-    tracebacks (which may quote a request) out of the server's error log.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            log.error(
-                "request failed", path=redact_text(str(scope.get("path", ""))), error=describe_error(exc)
-            )
-            if started:
-                raise
-            body = error_body(500, "Internal Server Error")
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", JSON.encode()),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
 
 
 def create_app(
@@ -154,7 +88,7 @@ def create_app(
     auth = Authenticator(settings.http_secret, readable=settings.http_readable)
     app = FastAPI(
         title=NAME,
-        version=_version(),
+        version=connect_version(),
         description="Nightscout-compatible reads over the local store, and the daemon's status.",
         docs_url=None,  # the interactive docs load scripts from a CDN
         redoc_url=None,
@@ -320,7 +254,7 @@ def create_app(
             "status": "ok",
             "name": NAME,
             "version": NIGHTSCOUT_VERSION,
-            "connectVersion": _version(),
+            "connectVersion": connect_version(),
             "serverTime": iso_from_ms(now),
             "serverTimeEpoch": now,
             "apiEnabled": True,
