@@ -8,24 +8,20 @@ where the machines live. Response bodies are built from the stored JSON without 
 
 from __future__ import annotations
 
-import contextvars
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Annotated, Any, Final
 
-import structlog
 from fastapi import FastAPI, Path, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import page
 from api import status as st
-from api.auth import READS_OFF_BODY, UNAUTHORIZED_BODY, Authenticator
+from api.context import ApiContext, Clock, StatusFn, attach
+from api.errors import ApiError, add_error_handlers
 from api.guard import GuardMiddleware
-from api.metrics import make_registry
-from api.metrics import render as render_metrics
+from api.metrics import scrape
 from api.openapi import (
     CONNECT_STATUS_SCHEMA,
     DOC_SCHEMAS,
@@ -37,20 +33,15 @@ from api.openapi import (
     VERIFYAUTH_SCHEMA,
     read_parameters,
 )
-from api.query import OBJECT_ID, QueryError, parse_read
+from api.query import OBJECT_ID, parse_read
 from api.reads import read_body
-from api.responses import JSON, error_body, json_response
+from api.responses import JSON, json_response
 from api.settings import ApiSettings
 from api.version import NAME, connect_version
 from connect.clock import wall_ms
 from connect.records import Collection, iso_from_ms
-from connect.redact import describe_error, redact, redact_text
+from connect.redact import redact
 from store.reader import Filter, StoreReader
-
-log = structlog.get_logger("api")
-
-StatusFn = Callable[[], Mapping[str, Any]]
-Clock = Callable[[], int]
 
 #: the Nightscout release whose v1 reads this API follows. status.json's ``version`` is what
 #: clients compare against their minimum Nightscout (uploaders parse major.minor.patch and warn
@@ -61,21 +52,6 @@ NIGHTSCOUT_VERSION: Final = "15.0.7"
 ENTRY_SPEC: Final = r"^([0-9a-fA-F]{24}|[A-Za-z][A-Za-z0-9_-]{0,31})(\.json)?$"
 THRESHOLDS: Final = {"bgHigh": 260, "bgTargetTop": 180, "bgTargetBottom": 70, "bgLow": 55}
 
-#: the runtime status taken on the event loop, for the metrics collector on a worker thread
-_snapshot: contextvars.ContextVar[Callable[[], Mapping[str, Any]] | None] = contextvars.ContextVar(
-    "api_status_snapshot", default=None
-)
-
-
-class ApiError(Exception):
-    """An answer other than 200, with Nightscout's error body."""
-
-    def __init__(self, status: int, message: str, description: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.description = description
-
 
 def create_app(
     reader: StoreReader,
@@ -85,7 +61,8 @@ def create_app(
     clock: Clock = wall_ms,
 ) -> FastAPI:
     """The API over ``reader``; ``status`` returns the runtime's snapshot (called on the loop)."""
-    auth = Authenticator(settings.http_secret, readable=settings.http_readable)
+    ctx = ApiContext.build(reader, status, settings, clock)
+    auth = ctx.auth
     app = FastAPI(
         title=NAME,
         version=connect_version(),
@@ -93,73 +70,13 @@ def create_app(
         docs_url=None,  # the interactive docs load scripts from a CDN
         redoc_url=None,
     )
-
-    def snapshot_for_metrics() -> Mapping[str, Any]:
-        taken = _snapshot.get()
-        return taken() if taken is not None else status()
-
-    registry = make_registry(reader, snapshot_for_metrics)
-    app.state.reader = reader
-    app.state.registry = registry
+    attach(app, ctx)
 
     def authorize(request: Request) -> None:
         if not auth.may_read(request.headers, request.query_params):
             raise ApiError(401, "Unauthorized", "Invalid/Missing")
 
-    def take_status() -> Mapping[str, Any] | None:
-        try:
-            snapshot = status()
-        except Exception as exc:  # the API keeps answering when the runtime's status breaks
-            log.warning("status unavailable", error=describe_error(exc))
-            return None
-        return snapshot if isinstance(snapshot, Mapping) else None
-
-    # --- errors -------------------------------------------------------------------------------
-
-    async def on_api_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        if exc.status == 401:
-            # with reading off, no credential can help: say what setting turns it on
-            body = READS_OFF_BODY if auth.reads_off else UNAUTHORIZED_BODY
-            return Response(body, status_code=401, media_type=JSON)
-        return Response(
-            error_body(exc.status, exc.message, exc.description), status_code=exc.status, media_type=JSON
-        )
-
-    async def on_query_error(_request: Request, exc: Exception) -> Response:
-        # a parameter's name may be anything a client typed, the secret included
-        return Response(
-            error_body(400, "Bad Request", redact_text(str(exc))), status_code=400, media_type=JSON
-        )
-
-    async def on_validation_error(_request: Request, _exc: Exception) -> Response:
-        # FastAPI's default body repeats the input, which may hold a secret
-        return Response(error_body(400, "Bad Request", "invalid request"), status_code=400, media_type=JSON)
-
-    async def on_http_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        phrases = {404: "Not Found", 405: "Method Not Allowed"}
-        return Response(
-            error_body(exc.status_code, phrases.get(exc.status_code, "Error")),
-            status_code=exc.status_code,
-            media_type=JSON,
-            headers=exc.headers,
-        )
-
-    async def on_store_error(_request: Request, exc: Exception) -> Response:
-        log.warning("store unavailable", error=describe_error(exc))
-        return Response(
-            error_body(503, "Service Unavailable", "the store cannot be read right now"),
-            status_code=503,
-            media_type=JSON,
-            headers={"retry-after": "5"},
-        )
-
-    app.add_exception_handler(ApiError, on_api_error)
-    app.add_exception_handler(QueryError, on_query_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(sqlite3.Error, on_store_error)
+    add_error_handlers(app)
     app.add_middleware(GuardMiddleware)
 
     # --- Nightscout v1 reads -------------------------------------------------------------------
@@ -319,7 +236,7 @@ def create_app(
 
     async def connect_status(request: Request) -> Response:
         authorize(request)
-        snapshot = take_status()
+        snapshot = ctx.take_status()
         names = [str(o["name"]) for o in st.outputs(snapshot)] if snapshot is not None else []
 
         def from_store() -> dict[str, Any]:
@@ -372,7 +289,7 @@ def create_app(
             await run_in_threadpool(reader.ping)
         except sqlite3.Error:
             problems.append("store unreadable")
-        snapshot = take_status()
+        snapshot = ctx.take_status()
         if snapshot is None:
             problems.append("runtime status unavailable")
         elif st.all_failing(snapshot):
@@ -394,18 +311,9 @@ def create_app(
 
     async def metrics(request: Request) -> Response:
         authorize(request)
-        snapshot = take_status()
+        snapshot = ctx.take_status()
 
-        def taken() -> Mapping[str, Any]:
-            if snapshot is None:
-                raise RuntimeError("runtime status unavailable")
-            return snapshot
-
-        token = _snapshot.set(taken)
-        try:
-            body = await run_in_threadpool(render_metrics, registry)
-        finally:
-            _snapshot.reset(token)
+        body = await scrape(ctx.registry, snapshot)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.add_api_route(
@@ -427,7 +335,7 @@ def create_app(
         if not auth.may_read(request.headers, request.query_params):
             # a person with a browser reads this one: a page saying what to do, not JSON
             return HTMLResponse(page.unauthorized(reads_off=auth.reads_off), status_code=401)
-        snapshot = take_status()
+        snapshot = ctx.take_status()
         names = [str(o["name"]) for o in st.outputs(snapshot)] if snapshot is not None else []
         now = clock()
 
