@@ -1,146 +1,28 @@
 """The FastAPI app: Nightscout-compatible reads over the store, the daemon's status, health,
 metrics and a status page.
 
-Store reads run on worker threads (each with its own read-only connection), so the event loop
-that runs the machines never waits on SQLite. The runtime's status is read on the event loop,
-where the machines live. Response bodies are built from the stored JSON without re-encoding.
+The routes live in :mod:`api.routes`; this module puts them together with what they share (the
+:class:`~api.context.ApiContext` on ``app.state``) and the error handling around them.
 """
 
 from __future__ import annotations
 
-import contextvars
-import json
-import sqlite3
-from collections.abc import Callable, Mapping
-from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any, Final
+from typing import Any
 
-import structlog
-from fastapi import FastAPI, Path, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, Response
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi import APIRouter, FastAPI
 
-from api import page
-from api import status as st
-from api.auth import READS_OFF_BODY, UNAUTHORIZED_BODY, Authenticator
-from api.metrics import make_registry
-from api.metrics import render as render_metrics
-from api.openapi import (
-    CONNECT_STATUS_SCHEMA,
-    DOC_SCHEMAS,
-    ERROR_RESPONSES,
-    PROBE_SCHEMA,
-    SECURITY,
-    SECURITY_SCHEMES,
-    STATUS_SCHEMA,
-    VERIFYAUTH_SCHEMA,
-    read_parameters,
-)
-from api.query import OBJECT_ID, QueryError, parse_read
-from api.reads import read_body
+from api.context import ApiContext, Clock, StatusFn, attach
+from api.errors import add_error_handlers
+from api.guard import GuardMiddleware
+from api.openapi import SECURITY_SCHEMES
+from api.routes import connect, nightscout, ops, status_page
 from api.settings import ApiSettings
+from api.version import NAME, connect_version
 from connect.clock import wall_ms
-from connect.records import Collection, iso_from_ms
-from connect.redact import describe_error, redact, redact_text
-from store.reader import Filter, StoreReader
+from store.reader import StoreReader
 
-log = structlog.get_logger("api")
-
-StatusFn = Callable[[], Mapping[str, Any]]
-Clock = Callable[[], int]
-
-NAME: Final = "nightscout-connect"
-#: the Nightscout release whose v1 reads this API follows. status.json's ``version`` is what
-#: clients compare against their minimum Nightscout (uploaders parse major.minor.patch and warn
-#: below 0.10.2; Nightscout 15 added the fields served here), so it must read as a Nightscout
-#: version; our own version goes in ``connectVersion``
-NIGHTSCOUT_VERSION: Final = "15.0.7"
-JSON: Final = "application/json"
-#: /api/v1/entries/<spec>: a served _id, or an entry type (Nightscout's /entries/<type>)
-ENTRY_SPEC: Final = r"^([0-9a-fA-F]{24}|[A-Za-z][A-Za-z0-9_-]{0,31})(\.json)?$"
-THRESHOLDS: Final = {"bgHigh": 260, "bgTargetTop": 180, "bgTargetBottom": 70, "bgLow": 55}
-
-#: the runtime status taken on the event loop, for the metrics collector on a worker thread
-_snapshot: contextvars.ContextVar[Callable[[], Mapping[str, Any]] | None] = contextvars.ContextVar(
-    "api_status_snapshot", default=None
-)
-
-
-def _version() -> str:
-    try:
-        return version(NAME)
-    except PackageNotFoundError:
-        return "0.0.0"
-
-
-class ApiError(Exception):
-    """An answer other than 200, with Nightscout's error body."""
-
-    def __init__(self, status: int, message: str, description: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.description = description
-
-
-def error_body(status: int, message: str, description: str | None = None) -> bytes:
-    doc: dict[str, Any] = {"status": status, "message": message}
-    if description is not None:
-        doc["description"] = description
-    return json.dumps(doc, ensure_ascii=False).encode("utf-8")
-
-
-def json_response(value: Any, status: int = 200) -> Response:
-    return Response(
-        json.dumps(value, ensure_ascii=False).encode("utf-8"), status_code=status, media_type=JSON
-    )
-
-
-class GuardMiddleware:
-    """The last line: any exception becomes a bare 500 with no detail, logged without secrets.
-
-    Every known failure has its own answer (400, 401, 503); this only catches bugs, and keeps
-    tracebacks (which may quote a request) out of the server's error log.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            log.error(
-                "request failed", path=redact_text(str(scope.get("path", ""))), error=describe_error(exc)
-            )
-            if started:
-                raise
-            body = error_body(500, "Internal Server Error")
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", JSON.encode()),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+#: in the order they are matched and documented
+ROUTERS: tuple[APIRouter, ...] = (nightscout.router, connect.router, ops.router, status_page.router)
 
 
 def create_app(
@@ -151,377 +33,25 @@ def create_app(
     clock: Clock = wall_ms,
 ) -> FastAPI:
     """The API over ``reader``; ``status`` returns the runtime's snapshot (called on the loop)."""
-    auth = Authenticator(settings.http_secret, readable=settings.http_readable)
     app = FastAPI(
         title=NAME,
-        version=_version(),
+        version=connect_version(),
         description="Nightscout-compatible reads over the local store, and the daemon's status.",
         docs_url=None,  # the interactive docs load scripts from a CDN
         redoc_url=None,
     )
-
-    def snapshot_for_metrics() -> Mapping[str, Any]:
-        taken = _snapshot.get()
-        return taken() if taken is not None else status()
-
-    registry = make_registry(reader, snapshot_for_metrics)
-    app.state.reader = reader
-    app.state.registry = registry
-
-    def authorize(request: Request) -> None:
-        if not auth.may_read(request.headers, request.query_params):
-            raise ApiError(401, "Unauthorized", "Invalid/Missing")
-
-    def take_status() -> Mapping[str, Any] | None:
-        try:
-            snapshot = status()
-        except Exception as exc:  # the API keeps answering when the runtime's status breaks
-            log.warning("status unavailable", error=describe_error(exc))
-            return None
-        return snapshot if isinstance(snapshot, Mapping) else None
-
-    # --- errors -------------------------------------------------------------------------------
-
-    async def on_api_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        if exc.status == 401:
-            # with reading off, no credential can help: say what setting turns it on
-            body = READS_OFF_BODY if auth.reads_off else UNAUTHORIZED_BODY
-            return Response(body, status_code=401, media_type=JSON)
-        return Response(
-            error_body(exc.status, exc.message, exc.description), status_code=exc.status, media_type=JSON
-        )
-
-    async def on_query_error(_request: Request, exc: Exception) -> Response:
-        # a parameter's name may be anything a client typed, the secret included
-        return Response(
-            error_body(400, "Bad Request", redact_text(str(exc))), status_code=400, media_type=JSON
-        )
-
-    async def on_validation_error(_request: Request, _exc: Exception) -> Response:
-        # FastAPI's default body repeats the input, which may hold a secret
-        return Response(error_body(400, "Bad Request", "invalid request"), status_code=400, media_type=JSON)
-
-    async def on_http_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        phrases = {404: "Not Found", 405: "Method Not Allowed"}
-        return Response(
-            error_body(exc.status_code, phrases.get(exc.status_code, "Error")),
-            status_code=exc.status_code,
-            media_type=JSON,
-            headers=exc.headers,
-        )
-
-    async def on_store_error(_request: Request, exc: Exception) -> Response:
-        log.warning("store unavailable", error=describe_error(exc))
-        return Response(
-            error_body(503, "Service Unavailable", "the store cannot be read right now"),
-            status_code=503,
-            media_type=JSON,
-            headers={"retry-after": "5"},
-        )
-
-    app.add_exception_handler(ApiError, on_api_error)
-    app.add_exception_handler(QueryError, on_query_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(sqlite3.Error, on_store_error)
+    attach(app, ApiContext.build(reader, status, settings, clock))
+    add_error_handlers(app)
     app.add_middleware(GuardMiddleware)
+    for router in ROUTERS:
+        app.include_router(router)
+    _document_security(app)
+    return app
 
-    # --- Nightscout v1 reads -------------------------------------------------------------------
 
-    def read_route(
-        collection: Collection, *, forced: tuple[Filter, ...] = (), count: int | None = None
-    ) -> Callable[[Request], Response]:
-        # a plain function: FastAPI runs it on a worker thread, with its own store connection
-        def handler(request: Request) -> Response:
-            authorize(request)
-            query = parse_read(collection, request.query_params.multi_items(), forced=forced, count=count)
-            return Response(read_body(reader, query), media_type=JSON)
-
-        return handler
-
-    def add_read(
-        paths: list[str],
-        collection: Collection,
-        summary: str,
-        *,
-        forced: tuple[Filter, ...] = (),
-        count: int | None = None,
-    ) -> None:
-        endpoint = read_route(collection, forced=forced, count=count)
-        for i, path in enumerate(paths):
-            app.add_api_route(
-                path,
-                endpoint,
-                methods=["GET"],
-                summary=summary,
-                operation_id=path.strip("/").replace("/", "_").replace(".", "_"),
-                include_in_schema=i == 0,  # the aliases answer the same; documenting one is enough
-                responses={
-                    200: {
-                        "description": "documents, newest first",
-                        "content": {JSON: {"schema": DOC_SCHEMAS[collection]}},
-                    },
-                    **ERROR_RESPONSES,
-                },
-                openapi_extra={
-                    "parameters": read_parameters(collection, count is None),
-                    "security": SECURITY,
-                },
-            )
-
-    add_read(["/api/v1/entries.json", "/api/v1/entries", "/api/v1/entries/"], "entries", "Entries")
-    for kind in ("sgv", "mbg", "cal"):
-        add_read(
-            [f"/api/v1/entries/{kind}.json", f"/api/v1/entries/{kind}"],
-            "entries",
-            f"Entries of type {kind}",
-            forced=(Filter("type", "=", kind),),
-        )
-    add_read(
-        ["/api/v1/entries/current.json", "/api/v1/entries/current"], "entries", "The newest entry", count=1
-    )
-
-    def entry_by_spec(request: Request, spec: Annotated[str, Path(pattern=ENTRY_SPEC)]) -> Response:
-        authorize(request)
-        name = spec.removesuffix(".json")
-        items = request.query_params.multi_items()
-        if OBJECT_ID.match(name):
-            query = parse_read("entries", items, object_id=name.lower())
-        else:
-            query = parse_read("entries", items, forced=(Filter("type", "=", name),))
-        return Response(read_body(reader, query), media_type=JSON)
-
-    # after the fixed /entries/... routes, which take precedence over this pattern
-    app.add_api_route(
-        "/api/v1/entries/{spec}",
-        entry_by_spec,
-        methods=["GET"],
-        summary="One entry by its _id, or the entries of a type",
-        operation_id="api_v1_entries_spec",
-        responses={
-            200: {
-                "description": "the entry with this _id (or none), or entries of this type, newest first",
-                "content": {JSON: {"schema": DOC_SCHEMAS["entries"]}},
-            },
-            **ERROR_RESPONSES,
-        },
-        openapi_extra={"parameters": read_parameters("entries", True), "security": SECURITY},
-    )
-    add_read(["/api/v1/treatments.json", "/api/v1/treatments"], "treatments", "Treatments")
-    add_read(["/api/v1/devicestatus.json", "/api/v1/devicestatus"], "devicestatus", "Device status")
-    add_read(["/api/v1/profile.json", "/api/v1/profile", "/api/v1/profiles"], "profile", "Profiles")
-
-    def site_status(request: Request) -> Response:
-        authorize(request)
-        now = clock()
-        doc = {
-            "status": "ok",
-            "name": NAME,
-            "version": NIGHTSCOUT_VERSION,
-            "connectVersion": _version(),
-            "serverTime": iso_from_ms(now),
-            "serverTimeEpoch": now,
-            "apiEnabled": True,
-            "careportalEnabled": False,
-            "boluscalcEnabled": False,
-            "settings": {
-                "units": "mg/dl",
-                "timeFormat": 24,
-                "customTitle": NAME,
-                "theme": "default",
-                "language": "en",
-                "alarmTypes": ["simple"],
-                "authDefaultRoles": "readable" if settings.http_readable else "denied",
-                "thresholds": dict(THRESHOLDS),
-                "DEFAULT_FEATURES": [],
-                "enable": [],
-            },
-            "extendedSettings": {},
-            "authorized": auth.grant(request.headers, request.query_params),
-            "runtimeState": "loaded",
-        }
-        return json_response(doc)
-
-    for i, path in enumerate(("/api/v1/status.json", "/api/v1/status")):
-        app.add_api_route(
-            path,
-            site_status,
-            methods=["GET"],
-            summary="Site status (Nightscout's status.json)",
-            operation_id=path.strip("/").replace("/", "_").replace(".", "_"),
-            include_in_schema=i == 0,
-            responses={
-                200: {"description": "status", "content": {JSON: {"schema": STATUS_SCHEMA}}},
-                **ERROR_RESPONSES,
-            },
-            openapi_extra={"security": SECURITY},
-        )
-
-    def verifyauth(request: Request) -> Response:
-        # open, as in Nightscout: it tells a client whether its credentials work
-        valid = auth.credentials_valid(request.headers, request.query_params)
-        can_read = auth.may_read(request.headers, request.query_params)
-        message = {
-            "canRead": can_read,
-            "canWrite": False,
-            "isAdmin": bool(valid),
-            "message": "OK" if can_read else "UNAUTHORIZED",
-            "rolefound": "FOUND" if valid else "NOTFOUND",
-            "permissions": "ROLE" if valid else "DEFAULT",
-        }
-        return json_response({"status": 200, "message": message})
-
-    app.add_api_route(
-        "/api/v1/verifyauth",
-        verifyauth,
-        methods=["GET"],
-        summary="Whether the offered credentials may read",
-        responses={200: {"description": "verdict", "content": {JSON: {"schema": VERIFYAUTH_SCHEMA}}}},
-    )
-
-    # --- the daemon's own views ----------------------------------------------------------------
-
-    async def connect_status(request: Request) -> Response:
-        authorize(request)
-        snapshot = take_status()
-        names = [str(o["name"]) for o in st.outputs(snapshot)] if snapshot is not None else []
-
-        def from_store() -> dict[str, Any]:
-            all_names = sorted({*names, *reader.outputs()})
-            lag = reader.lag(all_names)
-            return {
-                "schema": reader.ping(),
-                "collections": reader.collections(),
-                "delivery": {
-                    name: {"lag": sum(per.values()), "collections": per} for name, per in lag.items()
-                },
-            }
-
-        store_view = await run_in_threadpool(from_store)
-        now = clock()
-        doc: dict[str, Any] = {"serverTime": iso_from_ms(now), "serverTimeEpoch": now}
-        if snapshot is None:
-            doc["runtime"] = "unavailable"
-        else:
-            doc.update(redact(dict(snapshot)))
-        doc["store"] = store_view
-        return json_response(doc)
-
-    app.add_api_route(
-        "/api/connect/status",
-        connect_status,
-        methods=["GET"],
-        summary="Every machine's state and counters, and each output's delivery lag",
-        responses={
-            200: {"description": "status", "content": {JSON: {"schema": CONNECT_STATUS_SCHEMA}}},
-            **ERROR_RESPONSES,
-        },
-        openapi_extra={"security": SECURITY},
-    )
-
-    async def healthz() -> Response:
-        return json_response({"status": "ok"})
-
-    app.add_api_route(
-        "/healthz",
-        healthz,
-        methods=["GET"],
-        summary="Liveness: the process answers",
-        responses={200: {"description": "alive", "content": {JSON: {"schema": PROBE_SCHEMA}}}},
-    )
-
-    async def readyz() -> Response:
-        problems: list[str] = []
-        try:
-            await run_in_threadpool(reader.ping)
-        except sqlite3.Error:
-            problems.append("store unreadable")
-        snapshot = take_status()
-        if snapshot is None:
-            problems.append("runtime status unavailable")
-        elif st.all_failing(snapshot):
-            problems.append("every loop is failing")
-        if problems:
-            return json_response({"status": "unavailable", "problems": problems}, 503)
-        return json_response({"status": "ready"})
-
-    app.add_api_route(
-        "/readyz",
-        readyz,
-        methods=["GET"],
-        summary="Readiness: the store can be read and not every loop is failing",
-        responses={
-            200: {"description": "ready", "content": {JSON: {"schema": PROBE_SCHEMA}}},
-            503: {"description": "not ready", "content": {JSON: {"schema": PROBE_SCHEMA}}},
-        },
-    )
-
-    async def metrics(request: Request) -> Response:
-        authorize(request)
-        snapshot = take_status()
-
-        def taken() -> Mapping[str, Any]:
-            if snapshot is None:
-                raise RuntimeError("runtime status unavailable")
-            return snapshot
-
-        token = _snapshot.set(taken)
-        try:
-            body = await run_in_threadpool(render_metrics, registry)
-        finally:
-            _snapshot.reset(token)
-        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    app.add_api_route(
-        "/metrics",
-        metrics,
-        methods=["GET"],
-        summary="Prometheus metrics",
-        responses={
-            200: {
-                "description": "Prometheus text format",
-                "content": {"text/plain": {"schema": {"type": "string"}}},
-            },
-            **ERROR_RESPONSES,
-        },
-        openapi_extra={"security": SECURITY},
-    )
-
-    async def status_page(request: Request) -> Response:
-        if not auth.may_read(request.headers, request.query_params):
-            # a person with a browser reads this one: a page saying what to do, not JSON
-            return HTMLResponse(page.unauthorized(reads_off=auth.reads_off), status_code=401)
-        snapshot = take_status()
-        names = [str(o["name"]) for o in st.outputs(snapshot)] if snapshot is not None else []
-        now = clock()
-
-        def build() -> str:
-            readings = reader.readings(now - page.DAY_MS, now)
-            latest = reader.latest_reading()
-            lag = reader.lag(sorted({*names, *reader.outputs()}))
-            return page.render(readings=readings, latest=latest, snapshot=snapshot, lag=lag, now_ms=now)
-
-        html = await run_in_threadpool(build)
-        return HTMLResponse(html)
-
-    app.add_api_route(
-        "/",
-        status_page,
-        methods=["GET"],
-        summary="Status page",
-        responses={
-            200: {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}},
-            **ERROR_RESPONSES,
-            401: {
-                "description": "a page saying how to read: the secret, or turning reading on",
-                "content": {"text/html": {"schema": {"type": "string"}}},
-            },
-        },
-        openapi_extra={"security": SECURITY},
-    )
-
+def _document_security(app: FastAPI) -> None:
+    """Add the ways to present the secret to the OpenAPI document (the routes' ``security``
+    names them; FastAPI only documents schemes it enforces itself)."""
     base_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -532,4 +62,3 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return app

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from starlette.concurrency import run_in_threadpool
 
 from api import status as st
 from connect.redact import describe_error
@@ -22,6 +24,10 @@ from store.reader import StoreReader
 log = structlog.get_logger("api.metrics")
 
 PREFIX = "nightscout_connect"
+
+#: the runtime status a scrape took on the event loop (the machines' status is read only there),
+#: for the collector on the worker thread
+_taken: ContextVar[Callable[[], Mapping[str, Any]] | None] = ContextVar("api_status_snapshot", default=None)
 
 
 class ConnectCollector:
@@ -153,10 +159,34 @@ class ConnectCollector:
 
 
 def make_registry(reader: StoreReader, status: Callable[[], Mapping[str, Any]]) -> CollectorRegistry:
+    """A registry over ``reader`` and ``status``; inside :func:`scrape`, the snapshot handed to it
+    stands in for ``status``."""
+
+    def snapshot() -> Mapping[str, Any]:
+        taken = _taken.get()
+        return taken() if taken is not None else status()
+
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ConnectCollector(reader, status))
+    registry.register(ConnectCollector(reader, snapshot))
     return registry
 
 
 def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
+
+
+async def scrape(registry: CollectorRegistry, snapshot: Mapping[str, Any] | None) -> bytes:
+    """The registry's text, rendered on a worker thread (it reads the store) from ``snapshot``,
+    the status taken on the event loop; ``None`` scrapes as a status that could not be read."""
+
+    def taken() -> Mapping[str, Any]:
+        if snapshot is None:
+            raise RuntimeError("runtime status unavailable")
+        return snapshot
+
+    # the worker thread runs in a copy of this context, so the collector sees the snapshot
+    token = _taken.set(taken)
+    try:
+        return await run_in_threadpool(render, registry)
+    finally:
+        _taken.reset(token)

@@ -1,0 +1,52 @@
+"""Who may read, per request: the one dependency through which every route judges credentials.
+
+Protected routes call :meth:`Access.require_read` first thing rather than declaring the check as
+a route dependency: FastAPI runs dependencies before it validates path parameters, and a
+malformed ``/entries/<spec>`` answers 400 before any credential is looked at.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from api.auth import Authenticator
+from api.context import Context
+from api.errors import ApiError
+
+
+class Access:
+    """One request's credentials, as the app's :class:`~api.auth.Authenticator` sees them."""
+
+    __slots__ = ("_auth", "_request")
+
+    def __init__(self, auth: Authenticator, request: Request) -> None:
+        self._auth = auth
+        self._request = request
+
+    @property
+    def reads_off(self) -> bool:
+        return self._auth.reads_off
+
+    def may_read(self) -> bool:
+        return self._auth.may_read(self._request.headers, self._request.query_params)
+
+    def credentials_valid(self) -> bool | None:
+        return self._auth.credentials_valid(self._request.headers, self._request.query_params)
+
+    def grant(self) -> dict[str, Any] | None:
+        return self._auth.grant(self._request.headers, self._request.query_params)
+
+    def require_read(self) -> None:
+        """Refuse with 401 (its body says how to read) unless the request may read."""
+        if not self.may_read():
+            raise ApiError(401, "Unauthorized", "Invalid/Missing")
+
+
+async def _request_access(request: Request, context: Context) -> Access:
+    # async, like the context: judging is left to the route, so nothing here needs a thread
+    return Access(context.auth, request)
+
+
+RequestAccess = Annotated[Access, Depends(_request_access)]

@@ -1,0 +1,72 @@
+"""What every route reads: the store, the runtime's status, the settings and the clock.
+
+``create_app`` builds one :class:`ApiContext` and keeps it on ``app.state``; routes take it
+with the :data:`Context` dependency, so the route modules hold no state of their own and several
+apps (tests, several accounts) never share any.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
+
+import attrs
+import structlog
+from fastapi import Depends, FastAPI, Request
+from prometheus_client import CollectorRegistry
+
+from api.auth import Authenticator
+from api.metrics import make_registry
+from api.settings import ApiSettings
+from connect.redact import describe_error
+from store.reader import StoreReader
+
+log = structlog.get_logger("api")
+
+StatusFn = Callable[[], Mapping[str, Any]]
+Clock = Callable[[], int]
+
+
+@attrs.frozen
+class ApiContext:
+    reader: StoreReader
+    #: the runtime's snapshot; call it on the event loop, where the machines live
+    status: StatusFn
+    settings: ApiSettings
+    #: epoch milliseconds
+    clock: Clock
+    auth: Authenticator
+    #: this app's own metrics, so two apps never register the same collector
+    registry: CollectorRegistry
+
+    @classmethod
+    def build(cls, reader: StoreReader, status: StatusFn, settings: ApiSettings, clock: Clock) -> ApiContext:
+        auth = Authenticator(settings.http_secret, readable=settings.http_readable)
+        return cls(reader, status, settings, clock, auth, make_registry(reader, status))
+
+    def take_status(self) -> Mapping[str, Any] | None:
+        """The runtime's snapshot, or None when it cannot be had."""
+        try:
+            snapshot = self.status()
+        except Exception as exc:  # the API keeps answering when the runtime's status breaks
+            log.warning("status unavailable", error=describe_error(exc))
+            return None
+        return snapshot if isinstance(snapshot, Mapping) else None
+
+
+def attach(app: FastAPI, context: ApiContext) -> None:
+    app.state.context = context
+
+
+def context_of(request: Request) -> ApiContext:
+    context = request.app.state.context
+    assert isinstance(context, ApiContext), "create_app attaches the context"
+    return context
+
+
+async def _request_context(request: Request) -> ApiContext:
+    # async, so FastAPI runs this lookup on the event loop instead of handing it to a worker thread
+    return context_of(request)
+
+
+Context = Annotated[ApiContext, Depends(_request_context)]

@@ -1,0 +1,203 @@
+"""Nightscout's v1 API as clients use it: entries, treatments, devicestatus and profiles,
+status.json, and verifyauth.
+
+Read handlers are plain functions, so FastAPI runs them on worker threads, each with its own
+read-only store connection: the event loop that runs the machines never waits on SQLite. Bodies
+are built from the stored JSON without re-encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Final
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response
+
+from api.access import RequestAccess
+from api.context import Context
+from api.openapi import (
+    DOC_SCHEMAS,
+    ERROR_RESPONSES,
+    SECURITY,
+    STATUS_SCHEMA,
+    VERIFYAUTH_SCHEMA,
+    read_parameters,
+)
+from api.query import OBJECT_ID, parse_read
+from api.reads import read_body
+from api.responses import JSON, json_response
+from api.version import NAME, connect_version
+from connect.records import Collection, iso_from_ms
+from store.reader import Filter
+
+#: the Nightscout release whose v1 reads this API follows. status.json's ``version`` is what
+#: clients compare against their minimum Nightscout (uploaders parse major.minor.patch and warn
+#: below 0.10.2; Nightscout 15 added the fields served here), so it must read as a Nightscout
+#: version; our own version goes in ``connectVersion``
+NIGHTSCOUT_VERSION: Final = "15.0.7"
+#: /api/v1/entries/<spec>: a served _id, or an entry type (Nightscout's /entries/<type>)
+ENTRY_SPEC: Final = r"^([0-9a-fA-F]{24}|[A-Za-z][A-Za-z0-9_-]{0,31})(\.json)?$"
+THRESHOLDS: Final = {"bgHigh": 260, "bgTargetTop": 180, "bgTargetBottom": 70, "bgLow": 55}
+
+router = APIRouter()
+
+
+def _operation_id(path: str) -> str:
+    return path.strip("/").replace("/", "_").replace(".", "_")
+
+
+def _read_endpoint(
+    collection: Collection, *, forced: tuple[Filter, ...], count: int | None
+) -> Callable[..., Response]:
+    def handler(request: Request, access: RequestAccess, context: Context) -> Response:
+        access.require_read()
+        query = parse_read(collection, request.query_params.multi_items(), forced=forced, count=count)
+        return Response(read_body(context.reader, query), media_type=JSON)
+
+    return handler
+
+
+def _add_read(
+    paths: list[str],
+    collection: Collection,
+    summary: str,
+    *,
+    forced: tuple[Filter, ...] = (),
+    count: int | None = None,
+) -> None:
+    endpoint = _read_endpoint(collection, forced=forced, count=count)
+    for i, path in enumerate(paths):
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=["GET"],
+            summary=summary,
+            operation_id=_operation_id(path),
+            include_in_schema=i == 0,  # the aliases answer the same; documenting one is enough
+            responses={
+                200: {
+                    "description": "documents, newest first",
+                    "content": {JSON: {"schema": DOC_SCHEMAS[collection]}},
+                },
+                **ERROR_RESPONSES,
+            },
+            openapi_extra={
+                "parameters": read_parameters(collection, count is None),
+                "security": SECURITY,
+            },
+        )
+
+
+_add_read(["/api/v1/entries.json", "/api/v1/entries", "/api/v1/entries/"], "entries", "Entries")
+for _kind in ("sgv", "mbg", "cal"):
+    _add_read(
+        [f"/api/v1/entries/{_kind}.json", f"/api/v1/entries/{_kind}"],
+        "entries",
+        f"Entries of type {_kind}",
+        forced=(Filter("type", "=", _kind),),
+    )
+_add_read(["/api/v1/entries/current.json", "/api/v1/entries/current"], "entries", "The newest entry", count=1)
+
+
+# after the fixed /entries/... routes, which take precedence over this pattern
+@router.get(
+    "/api/v1/entries/{spec}",
+    summary="One entry by its _id, or the entries of a type",
+    operation_id="api_v1_entries_spec",
+    responses={
+        200: {
+            "description": "the entry with this _id (or none), or entries of this type, newest first",
+            "content": {JSON: {"schema": DOC_SCHEMAS["entries"]}},
+        },
+        **ERROR_RESPONSES,
+    },
+    openapi_extra={"parameters": read_parameters("entries", True), "security": SECURITY},
+)
+def entry_by_spec(
+    request: Request,
+    spec: Annotated[str, Path(pattern=ENTRY_SPEC)],
+    access: RequestAccess,
+    context: Context,
+) -> Response:
+    access.require_read()
+    name = spec.removesuffix(".json")
+    items = request.query_params.multi_items()
+    if OBJECT_ID.match(name):
+        query = parse_read("entries", items, object_id=name.lower())
+    else:
+        query = parse_read("entries", items, forced=(Filter("type", "=", name),))
+    return Response(read_body(context.reader, query), media_type=JSON)
+
+
+_add_read(["/api/v1/treatments.json", "/api/v1/treatments"], "treatments", "Treatments")
+_add_read(["/api/v1/devicestatus.json", "/api/v1/devicestatus"], "devicestatus", "Device status")
+_add_read(["/api/v1/profile.json", "/api/v1/profile", "/api/v1/profiles"], "profile", "Profiles")
+
+
+def site_status(access: RequestAccess, context: Context) -> Response:
+    access.require_read()
+    now = context.clock()
+    doc = {
+        "status": "ok",
+        "name": NAME,
+        "version": NIGHTSCOUT_VERSION,
+        "connectVersion": connect_version(),
+        "serverTime": iso_from_ms(now),
+        "serverTimeEpoch": now,
+        "apiEnabled": True,
+        "careportalEnabled": False,
+        "boluscalcEnabled": False,
+        "settings": {
+            "units": "mg/dl",
+            "timeFormat": 24,
+            "customTitle": NAME,
+            "theme": "default",
+            "language": "en",
+            "alarmTypes": ["simple"],
+            "authDefaultRoles": "readable" if context.settings.http_readable else "denied",
+            "thresholds": dict(THRESHOLDS),
+            "DEFAULT_FEATURES": [],
+            "enable": [],
+        },
+        "extendedSettings": {},
+        "authorized": access.grant(),
+        "runtimeState": "loaded",
+    }
+    return json_response(doc)
+
+
+for _i, _path in enumerate(("/api/v1/status.json", "/api/v1/status")):
+    router.add_api_route(
+        _path,
+        site_status,
+        methods=["GET"],
+        summary="Site status (Nightscout's status.json)",
+        operation_id=_operation_id(_path),
+        include_in_schema=_i == 0,
+        responses={
+            200: {"description": "status", "content": {JSON: {"schema": STATUS_SCHEMA}}},
+            **ERROR_RESPONSES,
+        },
+        openapi_extra={"security": SECURITY},
+    )
+
+
+@router.get(
+    "/api/v1/verifyauth",
+    summary="Whether the offered credentials may read",
+    responses={200: {"description": "verdict", "content": {JSON: {"schema": VERIFYAUTH_SCHEMA}}}},
+)
+def verifyauth(access: RequestAccess) -> Response:
+    # open, as in Nightscout: it tells a client whether its credentials work
+    valid = access.credentials_valid()
+    can_read = access.may_read()
+    message = {
+        "canRead": can_read,
+        "canWrite": False,
+        "isAdmin": bool(valid),
+        "message": "OK" if can_read else "UNAUTHORIZED",
+        "rolefound": "FOUND" if valid else "NOTFOUND",
+        "permissions": "ROLE" if valid else "DEFAULT",
+    }
+    return json_response({"status": 200, "message": message})
