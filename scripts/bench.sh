@@ -6,4 +6,4 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q -e '.[test]' >/dev/null
-exec .venv/bin/python -m connect.bench "$@"
+exec .venv/bin/python -m bench "$@"

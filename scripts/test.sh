@@ -10,7 +10,7 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 echo "== ruff"
 .venv/bin/ruff check .
-.venv/bin/ruff format --check connect machines sources outputs store api
+.venv/bin/ruff format --check connect machines sources outputs store api bench
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest"

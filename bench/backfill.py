@@ -1,21 +1,21 @@
-"""Benchmark: backfill entries/s from an emulated Nightscout.
+"""Benchmark: backfill entries/s from a Nightscout site.
 
 Ours is the whole path — the ``nightscout`` source's windows and paging, the machines, the
 runtime and the store — copying 30 days of 5-minute entries in one frame. The ceiling reads the
 same day windows with a bare httpx loop and decodes the JSON, storing nothing. Both talk to the
-same in-process emulator, so the emulator's own cost is in both figures.
+same in-process site (:mod:`bench.nightscout_site`), so the site's own cost is in both figures.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
-from typing import Any
 
 import httpx
 import trio
 from pydantic import SecretStr
 
+from bench.nightscout_site import NightscoutSite, sgv_docs
+from bench.timing import Figures
 from connect.builder import Builder
 from connect.httpkit import sha1_hex
 from connect.runtime import SourceRuntime
@@ -26,19 +26,19 @@ DAY_MS = 86_400_000
 SECRET = "benchmark-api-secret"
 
 
-def bench_backfill(days: int = 30, rounds: int = 3) -> dict[str, float]:
-    emulators: Any = importlib.import_module("tests.emulators.nightscout")
+def bench_backfill(days: int = 30, rounds: int = 3) -> Figures:
+    """Entries/s copied by the ``nightscout`` source, beside a bare httpx loop over the same windows."""
     now = int(time.time() * 1000) // 300_000 * 300_000
-    docs = emulators.sgv_series(now - days * DAY_MS + 300_000, days * 288)
+    docs = sgv_docs(now - days * DAY_MS + 300_000, days * 288)
 
-    def site() -> Any:
-        emulator = emulators.NightscoutEmulator(SECRET, now=lambda: now)
-        emulator.seed_entries(docs)
-        return emulator
+    def site() -> NightscoutSite:
+        seeded = NightscoutSite(SECRET)
+        seeded.seed_entries(docs)
+        return seeded
 
     async def ours() -> float:
-        emulator = site()
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=emulator.app)) as client:
+        nightscout = site()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=nightscout.app)) as client:
             settings = NightscoutSettings(
                 source_endpoint="http://bench.test",
                 source_api_secret=SecretStr(SECRET),
@@ -58,10 +58,10 @@ def bench_backfill(days: int = 30, rounds: int = 3) -> dict[str, float]:
         return stored / elapsed
 
     async def ceiling() -> float:
-        emulator = site()
+        nightscout = site()
         headers = {"api-secret": sha1_hex(SECRET)}
         read = 0
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=emulator.app)) as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=nightscout.app)) as client:
             started = time.perf_counter()
             for day in range(days):
                 low = now - (days - day) * DAY_MS

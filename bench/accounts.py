@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from bench.timing import Figures
 from connect.builder import Builder
 from connect.contract import LastKnown
 from connect.runtime import SourceRuntime
@@ -31,7 +32,7 @@ def _plan(seed: int) -> Any:
     return builder.build()
 
 
-def bench_accounts(accounts: int = 200) -> dict[str, float]:
+def bench_accounts(accounts: int = 200) -> Figures:
     """Polls/s over ``accounts`` runtimes (one frame each), beside direct fetch + transform + persist."""
     import logging
 

@@ -1,8 +1,6 @@
 """API throughput: ``/api/v1/entries.json?count=288`` over 90 days of readings, served by
 hypercorn's trio worker, beside a bare ASGI app answering the same bytes on the same server in
 the same run (the ceiling: what hypercorn and the client cost without us).
-
-    .venv/bin/python -m api.bench
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ import trio
 from api.app import create_app
 from api.server import serve
 from api.settings import ApiSettings
+from bench.timing import Figures
 from connect.records import DIRECTIONS, Entry
 from store.database import Store
 from store.reader import StoreReader
@@ -92,7 +91,7 @@ async def _rate(client: httpx.AsyncClient, url: str, requests: int, concurrency:
     return requests / (time.perf_counter() - started)
 
 
-async def bench_api_async(requests: int = 600, concurrency: int = 4, days: int = 90) -> dict[str, float]:
+async def bench_api_async(requests: int = 600, concurrency: int = 4, days: int = 90) -> Figures:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.db"
         build_store(path, days, end_ms=int(time.time() * 1000))
@@ -123,15 +122,7 @@ async def bench_api_async(requests: int = 600, concurrency: int = 4, days: int =
     return {"ours": ours, "ceiling": ceiling, "ratio": ours / ceiling}
 
 
-def bench_api(requests: int = 600, concurrency: int = 4, days: int = 90) -> dict[str, float]:
+def bench_api(requests: int = 600, concurrency: int = 4, days: int = 90) -> Figures:
     """Requests/s of ``entries.json?count=288`` (ours, the bare-app ceiling, and their ratio)."""
-    result: dict[str, float] = trio.run(bench_api_async, requests, concurrency, days)
+    result: Figures = trio.run(bench_api_async, requests, concurrency, days)
     return result
-
-
-if __name__ == "__main__":
-    figures = bench_api()
-    print(
-        f"API entries.json?count=288: {figures['ours']:,.0f} req/s, bare ASGI app {figures['ceiling']:,.0f} req/s, "
-        f"ratio {figures['ratio']:.2f}"
-    )
