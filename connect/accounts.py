@@ -24,9 +24,9 @@ import trio
 
 from api.settings import ApiSettings, check_bind
 from connect import daemon as daemon_mod
-from connect.cli import UsageError, load_settings
 from connect.contract import SourceInfo
 from connect.errors import ConfigError
+from connect.loading import UsageError, load_settings
 from connect.redact import describe_error
 from connect.settings import SITE_LEGACY_ENV, CoreSettings, installed_legacy_env, preserved_environ
 
