@@ -21,7 +21,8 @@ import trio
 from api.settings import ApiSettings, check_bind
 from connect import accounts
 from connect import daemon as daemon_mod
-from connect.builder import Builder
+from connect.assemble import assemble
+from connect.builder import SourcePlan
 from connect.contract import SourceInfo
 from connect.errors import ConfigError, ConnectError
 from connect.loading import UsageError, flag_source, load_settings, selected_source, take_option
@@ -41,6 +42,7 @@ from connect.settings import (
     recognised_env,
     settings_model,
 )
+from store import Store
 
 USAGE = """usage: nightscout-connect <command> [--flags]
 
@@ -90,7 +92,7 @@ def cmd_run(args: Sequence[str]) -> int:
     _configure_logs(settings)
 
     async def main() -> None:
-        async with daemon_mod.open_daemon(settings, source) as daemon:
+        async with assemble(settings, source) as daemon:
             await daemon_mod.run_forever(daemon)
 
     trio.run(main)
@@ -105,7 +107,7 @@ def cmd_once(args: Sequence[str]) -> int:
     _configure_logs(settings)
 
     async def main() -> bool:
-        async with daemon_mod.open_daemon(settings, source) as daemon:
+        async with assemble(settings, source) as daemon:
             return await daemon_mod.run_once(daemon)
 
     return EXIT_OK if trio.run(main) else EXIT_FAILED
@@ -129,7 +131,7 @@ def cmd_demo(args: Sequence[str]) -> int:
     log.info("demo: simulated CGM → machines → store", store=settings.store_path)
 
     async def main() -> None:
-        async with daemon_mod.open_daemon(settings, source) as daemon:
+        async with assemble(settings, source) as daemon:
             await daemon_mod.run_forever(daemon)
 
     trio.run(main)
@@ -201,18 +203,14 @@ def cmd_check(args: Sequence[str]) -> int:
     print("\n".join(env_report(source, args, given)))
 
     async def main() -> str | None:
-        async with daemon_mod.http_client() as client:
-            builder = Builder(source.name)
-            source.factory(settings, client).generate_driver(builder)
-            plan = builder.build()
-            if plan.session is None:
-                return None
-            try:
-                authn = await plan.session.authenticate()
-                await plan.session.authorize(authn)
-            except ConnectError as exc:
-                return describe_error(exc)
-            return None
+        # the daemon `run` would start, over a store in memory and without outputs: only the
+        # vendor is contacted, and nothing is written
+        store = Store(":memory:")
+        try:
+            async with assemble(settings, source, store=store, deliver=False) as daemon:
+                return await try_login(daemon.runtime.plan)
+        finally:
+            store.close()
 
     problem = trio.run(main)
     if problem is not None:
@@ -220,6 +218,19 @@ def cmd_check(args: Sequence[str]) -> int:
         return EXIT_FAILED
     print("login: ok" if source.name != "sim" else "login: not needed")
     return EXIT_OK
+
+
+async def try_login(plan: SourcePlan) -> str | None:
+    """Log in as the source's session does; None when that worked (or no login is needed),
+    else the problem, secrets removed."""
+    if plan.session is None:
+        return None
+    try:
+        authn = await plan.session.authenticate()
+        await plan.session.authorize(authn)
+    except ConnectError as exc:
+        return describe_error(exc)
+    return None
 
 
 #: vendors whose first login needs a person (the names a user might type for each)

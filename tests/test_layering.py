@@ -189,7 +189,9 @@ def test_every_package_is_parsed() -> None:
 def test_each_layer_imports_only_what_it_may() -> None:
     found = violations(graph())
     unexpected = sorted(found - KNOWN)
-    assert not unexpected, "forbidden imports (module → import):\n" + "\n".join(f"{a} → {b}" for a, b in unexpected)
+    assert not unexpected, "forbidden imports (module → import):\n" + "\n".join(
+        f"{a} → {b}" for a, b in unexpected
+    )
     fixed = sorted(KNOWN - found)
     assert not fixed, f"no longer violations, remove them from KNOWN: {fixed}"
 
