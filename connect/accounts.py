@@ -24,9 +24,10 @@ import trio
 
 from api.settings import ApiSettings, check_bind
 from connect import daemon as daemon_mod
-from connect.cli import UsageError, load_settings
+from connect.assemble import assemble
 from connect.contract import SourceInfo
 from connect.errors import ConfigError
+from connect.loading import UsageError, load_settings
 from connect.redact import describe_error
 from connect.settings import SITE_LEGACY_ENV, CoreSettings, installed_legacy_env, preserved_environ
 
@@ -155,7 +156,7 @@ def log_options(accounts: Sequence[Account]) -> tuple[str, str]:
 
 
 async def _open_all(stack: AsyncExitStack, accounts: Sequence[Account]) -> list[daemon_mod.Daemon]:
-    return [await stack.enter_async_context(daemon_mod.open_daemon(a.settings, a.source)) for a in accounts]
+    return [await stack.enter_async_context(assemble(a.settings, a.source)) for a in accounts]
 
 
 async def run_account(

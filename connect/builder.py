@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 import attrs
 
@@ -17,6 +18,8 @@ from connect.contract import (
     Authorize,
     Backoff,
     Fetch,
+    LoginT,
+    RawT,
     Refresh,
     Transform,
 )
@@ -25,8 +28,10 @@ from connect.errors import ConfigError
 
 @attrs.frozen(kw_only=True)
 class SessionSpec:
-    authenticate: Authenticate
-    authorize: Authorize
+    # the builder checked that authorize takes what authenticate gives; the runtime only
+    # passes one to the other
+    authenticate: Authenticate[Any]
+    authorize: Authorize[Any]
     refresh: Refresh | None = None
     refresh_after: timedelta | None = None
     expire_after: timedelta | None = None
@@ -35,8 +40,9 @@ class SessionSpec:
 @attrs.frozen(kw_only=True)
 class LoopSpec:
     name: str
-    fetch: Fetch
-    transform: Transform
+    # the builder checked that transform takes what fetch gives; the runtime only passes it on
+    fetch: Fetch[Any]
+    transform: Transform[Any]
     collections: tuple[str, ...]
     align_schedule: AlignSchedule | None
     expected_interval: timedelta
@@ -69,8 +75,8 @@ class Builder:
     def support_session(
         self,
         *,
-        authenticate: Authenticate,
-        authorize: Authorize,
+        authenticate: Authenticate[LoginT],
+        authorize: Authorize[LoginT],
         refresh: Refresh | None = None,
         refresh_after: timedelta | None = None,
         expire_after: timedelta | None = None,
@@ -99,8 +105,8 @@ class Builder:
         self,
         name: str,
         *,
-        fetch: Fetch,
-        transform: Transform,
+        fetch: Fetch[RawT],
+        transform: Transform[RawT],
         collections: tuple[str, ...] = ("entries",),
         align_schedule: AlignSchedule | None = None,
         expected_interval: timedelta = timedelta(minutes=5),

@@ -41,12 +41,11 @@ import httpx
 import pydantic
 from pydantic_settings import BaseSettings
 
-from connect.builder import Builder
+from connect.assemble import assemble, http_client
 from connect.contract import SourceInfo
 from connect.redact import registered
-from connect.runtime import SourceRuntime
 from connect.settings import CoreSettings
-from store import AsyncStore, Store
+from store import Store
 
 #: field, parameter and header names (lower case, without ``-``, ``_``, ``.`` and spaces) whose
 #: values are secret or identify a person, and the word their placeholders carry
@@ -229,20 +228,13 @@ async def capture_frames(settings: CoreSettings, source: SourceInfo, recorder: R
     Like ``once``, but with no output and an in-memory store: a capture changes nothing a
     running daemon relies on (except what the vendor itself rotates, such as a refresh token).
     """
-    from connect.daemon import http_client
-
     store = Store(":memory:")
     try:
-        async with record_client(http_client(), recorder) as client:
-            builder = Builder(source.name)
-            source.factory(settings, client).generate_driver(builder)
-            runtime = SourceRuntime(
-                builder.build(),
-                AsyncStore(store),
-                backfill_days=settings.backfill_days,
-                account=settings.account or None,
-            )
-            ok = await runtime.run_once()
+        async with (
+            record_client(http_client(), recorder) as client,
+            assemble(settings, source, client=client, store=store, deliver=False) as daemon,
+        ):
+            ok = await daemon.runtime.run_once()
         counts = {c: store.count(c) for c in ("entries", "treatments", "devicestatus", "profile")}
         return FrameResult(ok=ok, counts=counts)
     finally:

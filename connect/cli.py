@@ -12,28 +12,25 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-import pydantic
 import structlog
 import trio
-from pydantic_settings import CliApp, SettingsError
 
 from api.settings import ApiSettings, check_bind
+from connect import accounts
 from connect import daemon as daemon_mod
-from connect.builder import Builder
+from connect.assemble import assemble
+from connect.builder import SourcePlan
 from connect.contract import SourceInfo
 from connect.errors import ConfigError, ConnectError
+from connect.loading import UsageError, flag_source, load_settings, selected_source, take_option
 from connect.logs import configure
-from connect.redact import describe_error, register_secret
+from connect.redact import describe_error
 from connect.settings import (
     TRUE_WORDS,
     CoreSettings,
-    apply_legacy_env,
-    apply_node_values,
-    describe_validation,
     env_for,
     env_notes,
     extra_settings_models,
@@ -42,11 +39,10 @@ from connect.settings import (
     installed_legacy_env,
     legacy_env_for,
     load_source,
-    preserved_environ,
     recognised_env,
-    secret_values,
     settings_model,
 )
+from store import Store
 
 USAGE = """usage: nightscout-connect <command> [--flags]
 
@@ -67,112 +63,18 @@ Every setting is a --flag or a CONNECT_* variable; `nightscout-connect <command>
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class UsageError(Exception):
-    """Bad command line or settings: one line per problem, exit 2."""
-
-    def __init__(self, lines: Sequence[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = list(lines)
-
-
-def _flag_source(args: Sequence[str]) -> str | None:
-    for i, arg in enumerate(args):
-        if arg == "--source" and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith("--source="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def _source_name(args: Sequence[str]) -> str:
-    """The source named by ``--source`` (flags win) or CONNECT_SOURCE, before full parsing.
-
-    Without either, the old variables of exactly one source (``BRIDGE_USER_NAME`` …) choose
-    it, as the single-vendor bridges they come from did; otherwise it is the simulator.
-    """
-    flag = _flag_source(args)
-    if flag is not None:
-        return flag
-    if "CONNECT_SOURCE" not in os.environ:
-        inferred = infer_source(os.environ)
-        if inferred is not None:
-            os.environ["CONNECT_SOURCE"] = inferred[0]
-            return inferred[0]
-    return os.environ.get("CONNECT_SOURCE", "sim")
-
-
-@contextlib.contextmanager
-def _translated_environ(source: SourceInfo) -> Iterator[None]:
-    """nightscout-connect's names and values translated into ours while the settings are read,
-    and the process environment as it was afterwards (an embedding program's included)."""
-    with preserved_environ():
-        apply_node_values()
-        apply_legacy_env(legacy_env_for(source))
-        yield
-
-
-def load_settings(
-    args: Sequence[str], *, defaults: dict[str, Any] | None = None, source_name: str | None = None
-) -> tuple[CoreSettings, SourceInfo]:
-    """Parse flags and environment for the selected source; raise :class:`UsageError` on problems."""
-    try:
-        source = load_source(source_name or _source_name(args))
-    except ConfigError as exc:
-        raise UsageError([str(exc)]) from None
-    model = settings_model(source)
-    try:
-        with _translated_environ(source):
-            settings = CliApp.run(model, cli_args=list(args), **(defaults or {}))
-    except pydantic.ValidationError as exc:
-        raise UsageError(describe_validation(exc)) from None
-    except SettingsError as exc:
-        raise UsageError([f"settings: {exc}"]) from None
-    register_secret(*secret_values(settings))
-    if isinstance(settings, ApiSettings):
-        try:
-            check_bind(settings)
-        except ConfigError as exc:
-            raise UsageError([str(exc)]) from None
-    return settings, source
-
-
 def _configure_logs(settings: CoreSettings, *, fmt: str | None = None, level: str | None = None) -> None:
     configure(fmt=fmt or settings.log_format, level=level or settings.log_level)
 
 
-def _take_option(args: Sequence[str], flag: str, missing: str) -> tuple[str | None, list[str]]:
-    """A command's own ``--flag VALUE`` (or ``--flag=VALUE``) taken out before the settings see
-    the rest: (the value or None, the other arguments). ``missing`` is the usage line when the
-    flag comes without a value."""
-    rest: list[str] = []
-    value: str | None = None
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == flag:
-            if i + 1 >= len(args):
-                raise UsageError([f"{flag}: {missing}"])
-            value = args[i + 1]
-            i += 2
-            continue
-        if arg.startswith(f"{flag}="):
-            value = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-        i += 1
-    return value, rest
-
-
 def _accounts_dir(args: Sequence[str]) -> tuple[Path | None, list[str]]:
     """``--accounts-dir DIR`` taken out of the flags: (DIR or None, the other flags)."""
-    directory, rest = _take_option(args, "--accounts-dir", "name a directory of NAME.env files")
+    directory, rest = take_option(args, "--accounts-dir", "name a directory of NAME.env files")
     return (None if directory is None else Path(directory)), rest
 
 
 def _run_accounts(directory: Path, args: Sequence[str], *, once: bool) -> int:
     """``run`` / ``once`` over every account file in ``directory``, in one trio run."""
-    from connect import accounts
-
     loaded = accounts.load_accounts(directory, args)
     fmt, level = accounts.log_options(loaded)
     configure(fmt=fmt, level=level)
@@ -190,7 +92,7 @@ def cmd_run(args: Sequence[str]) -> int:
     _configure_logs(settings)
 
     async def main() -> None:
-        async with daemon_mod.open_daemon(settings, source) as daemon:
+        async with assemble(settings, source) as daemon:
             await daemon_mod.run_forever(daemon)
 
     trio.run(main)
@@ -205,7 +107,7 @@ def cmd_once(args: Sequence[str]) -> int:
     _configure_logs(settings)
 
     async def main() -> bool:
-        async with daemon_mod.open_daemon(settings, source) as daemon:
+        async with assemble(settings, source) as daemon:
             return await daemon_mod.run_once(daemon)
 
     return EXIT_OK if trio.run(main) else EXIT_FAILED
@@ -229,7 +131,7 @@ def cmd_demo(args: Sequence[str]) -> int:
     log.info("demo: simulated CGM → machines → store", store=settings.store_path)
 
     async def main() -> None:
-        async with daemon_mod.open_daemon(settings, source) as daemon:
+        async with assemble(settings, source) as daemon:
             await daemon_mod.run_forever(daemon)
 
     trio.run(main)
@@ -276,7 +178,7 @@ def env_report(source: SourceInfo, args: Sequence[str], given: Mapping[str, str]
         if old not in legacy
     }
     used, ignored = recognised_env(models, given, legacy=legacy, other_legacy=others)
-    inferred = None if _flag_source(args) is not None else infer_source(given)
+    inferred = None if flag_source(args) is not None else infer_source(given)
     chosen = f" (chosen by {inferred[1]}: CONNECT_SOURCE is not set)" if inferred else ""
     known = [env_for(name) for name in field_names(models)]
     notes = env_notes(ignored, given, legacy=legacy, other_legacy=others, known=known)
@@ -295,24 +197,20 @@ def cmd_check(args: Sequence[str]) -> int:
     except UsageError:
         # the list still helps most here: a typo is often why a required setting is missing
         with contextlib.suppress(ConfigError):
-            print("\n".join(env_report(load_source(_source_name(args)), args, given)))
+            print("\n".join(env_report(load_source(selected_source(args)), args, given)))
         raise
     _configure_logs(settings)
     print("\n".join(env_report(source, args, given)))
 
     async def main() -> str | None:
-        async with daemon_mod.http_client() as client:
-            builder = Builder(source.name)
-            source.factory(settings, client).generate_driver(builder)
-            plan = builder.build()
-            if plan.session is None:
-                return None
-            try:
-                authn = await plan.session.authenticate()
-                await plan.session.authorize(authn)
-            except ConnectError as exc:
-                return describe_error(exc)
-            return None
+        # the daemon `run` would start, over a store in memory and without outputs: only the
+        # vendor is contacted, and nothing is written
+        store = Store(":memory:")
+        try:
+            async with assemble(settings, source, store=store, deliver=False) as daemon:
+                return await try_login(daemon.runtime.plan)
+        finally:
+            store.close()
 
     problem = trio.run(main)
     if problem is not None:
@@ -320,6 +218,19 @@ def cmd_check(args: Sequence[str]) -> int:
         return EXIT_FAILED
     print("login: ok" if source.name != "sim" else "login: not needed")
     return EXIT_OK
+
+
+async def try_login(plan: SourcePlan) -> str | None:
+    """Log in as the source's session does; None when that worked (or no login is needed),
+    else the problem, secrets removed."""
+    if plan.session is None:
+        return None
+    try:
+        authn = await plan.session.authenticate()
+        await plan.session.authorize(authn)
+    except ConnectError as exc:
+        return describe_error(exc)
+    return None
 
 
 #: vendors whose first login needs a person (the names a user might type for each)
@@ -338,7 +249,7 @@ def cmd_login(args: Sequence[str]) -> int:
                 "sources log in with their CONNECT_* credentials)"
             ]
         )
-    imported, flags = _take_option(rest, "--import", "name the token file to import (such as logindata.json)")
+    imported, flags = take_option(rest, "--import", "name the token file to import (such as logindata.json)")
     import_from = None if imported is None else Path(imported)
     if import_from is not None and not import_from.is_file():
         raise UsageError([f"--import: no file at {str(import_from)!r}"])
@@ -393,7 +304,7 @@ def cmd_capture(args: Sequence[str]) -> int:
 def cmd_diagram(args: Sequence[str]) -> int:
     from connect.diagram import render
 
-    chosen, _ = _take_option(args, "--format", "name one of mermaid, md or dot")
+    chosen, _ = take_option(args, "--format", "name one of mermaid, md or dot")
     fmt = chosen or "mermaid"
     if fmt not in ("mermaid", "md", "dot"):
         raise UsageError([f"--format: must be mermaid, md or dot, not {fmt!r}"])
@@ -453,4 +364,4 @@ def entry() -> None:
     sys.exit(main())
 
 
-__all__ = ["extra_settings_models", "main"]
+__all__ = ["UsageError", "extra_settings_models", "load_settings", "main"]

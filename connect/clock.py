@@ -7,8 +7,12 @@ epoch milliseconds. A clock is any callable returning epoch ms.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import trio
+
+#: epoch milliseconds on demand: :func:`wall_ms`, a :class:`VirtualClock`, or a test's own
+Clock = Callable[[], int]
 
 
 def wall_ms() -> int:

@@ -41,17 +41,36 @@ class LastKnown:
 
 @attrs.frozen(kw_only=True)
 class Grant:
-    """What ``authorize`` may return: the session value and, when the vendor says, its lifetime."""
+    """What ``authorize`` may return: the session value and, when the vendor says, its lifetime.
 
-    value: Any
+    The runtime only holds the value and hands it back to the source's own coroutines, so it
+    is an ``object`` here: the source knows its type.
+    """
+
+    value: object
     expires_in: float | None = None
 
 
-Authenticate = Callable[[], Awaitable[Any]]
-Authorize = Callable[[Any], Awaitable[Any]]
-Refresh = Callable[[Any], Awaitable[Any]]
-Fetch = Callable[[Any, LastKnown], Awaitable[Any]]
-Transform = Callable[[Any, LastKnown], Batch]
+#: what ``authenticate`` hands to ``authorize`` (credentials, a login answer)
+LoginT = TypeVar("LoginT")
+#: a fetch's raw answer, which the same loop's ``transform`` takes
+RawT = TypeVar("RawT")
+
+# The session value a fetch or a refresh receives is typed ``Any`` on purpose: each source's
+# coroutines take their own session type (a string, a token record), which ``object`` would
+# refuse, and the builder cannot tie ``authorize``'s result to them across two calls.
+
+#: log in: the vendor's answer, for ``authorize``
+Authenticate = Callable[[], Awaitable[LoginT]]
+#: the session value every fetch receives, or a :class:`Grant` carrying it and its lifetime
+Authorize = Callable[[LoginT], Awaitable[object]]
+#: a renewed session value (or :class:`Grant`) from the current one
+Refresh = Callable[[Any], Awaitable[object]]
+#: one frame's raw answer from the vendor, given the session value and where the loop stands
+Fetch = Callable[[Any, LastKnown], Awaitable[RawT]]
+#: the raw answer as records; pure
+Transform = Callable[[RawT, LastKnown], Batch]
+#: when the next frame is due (epoch ms), given where the loop stands and now
 AlignSchedule = Callable[[LastKnown, int], int]
 
 
@@ -65,8 +84,8 @@ class BuilderLike(Protocol):
     def support_session(
         self,
         *,
-        authenticate: Authenticate,
-        authorize: Authorize,
+        authenticate: Authenticate[LoginT],
+        authorize: Authorize[LoginT],
         refresh: Refresh | None = None,
         refresh_after: timedelta | None = None,
         expire_after: timedelta | None = None,
@@ -76,8 +95,8 @@ class BuilderLike(Protocol):
         self,
         name: str,
         *,
-        fetch: Fetch,
-        transform: Transform,
+        fetch: Fetch[RawT],
+        transform: Transform[RawT],
         collections: tuple[str, ...] = ("entries",),
         align_schedule: AlignSchedule | None = None,
         expected_interval: timedelta = timedelta(minutes=5),
@@ -95,6 +114,13 @@ class Driver(Protocol):
 
 
 class SourceFactory(Protocol):
+    """Binds the settings of a run and the daemon's HTTP client into a :class:`Driver`.
+
+    ``settings`` is the model composed at run time (core, this source's, outputs', API's), a
+    subclass of this source's own model, so a factory may take it as that (``Any`` here: no
+    static type names "the source's own model" for every source at once).
+    """
+
     def __call__(self, settings: Any, client: httpx.AsyncClient) -> Driver: ...
 
 
@@ -117,7 +143,7 @@ class SourceInfo:
     default_server: str = ""
 
 
-def own_settings(model: type[S], settings: Any) -> S:
+def own_settings(model: type[S], settings: BaseSettings) -> S:
     """A source's own settings out of the composed model of a run (which holds every field of
     core, source, outputs and API), or ``settings`` itself when it already is one."""
     if isinstance(settings, model):

@@ -1,10 +1,10 @@
-"""Assembling a running daemon: settings → source driver → runtime, store, outputs, API."""
+"""A daemon built by :func:`connect.assemble.assemble`, and the ways it runs: every loop forever
+(with signals and the API), or one frame per loop (cron mode)."""
 
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -13,30 +13,17 @@ import structlog
 import trio
 
 from api.settings import ApiSettings, check_bind
-from connect.builder import Builder
 from connect.contract import SourceInfo
-from connect.httpkit import USER_AGENT
 from connect.redact import redact
-from connect.runtime import GapFinder, SourceRuntime
+from connect.runtime import SourceRuntime
 from connect.settings import CoreSettings
-from outputs import Output, build_outputs
-from outputs.nightscout import NightscoutOutput
+from outputs import Output
 from store import AsyncStore, Store
 
 log = structlog.get_logger("connect.daemon")
 
 #: how often status rows are written even when nothing happens
 STATUS_EVERY_S = 60.0
-
-
-def http_client() -> httpx.AsyncClient:
-    """The client every source and output uses: bounded timeouts, our user agent, no redirects
-    followed silently (vendors signal region changes in bodies, not redirects)."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(30.0, connect=15.0),
-        headers={"user-agent": USER_AGENT},
-        follow_redirects=False,
-    )
 
 
 @attrs.define
@@ -97,49 +84,6 @@ class Daemon:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self.save_status()
-
-
-def _gap_finder(outputs: list[Output]) -> GapFinder | None:
-    """On an empty store, a source starts where the Nightscout site already is (so an existing
-    site is not uploaded again), not ``backfill_days`` back."""
-    for output in outputs:
-        if isinstance(output, NightscoutOutput):
-            return output.newest
-    return None
-
-
-@asynccontextmanager
-async def open_daemon(settings: CoreSettings, source: SourceInfo) -> AsyncIterator[Daemon]:
-    """Build the daemon's parts; close the HTTP client and the store on the way out."""
-    store = Store(settings.store_path)
-    try:
-        async with http_client() as client:
-            driver = source.factory(settings, client)
-            builder = Builder(source.name)
-            driver.generate_driver(builder)
-            plan = builder.build()
-            astore = AsyncStore(store)
-            outputs = build_outputs(settings, astore, client)
-            runtime = SourceRuntime(
-                plan,
-                astore,
-                backfill_days=settings.backfill_days,
-                account=settings.account or None,
-                gap_finder=_gap_finder(outputs),
-            )
-            daemon = Daemon(
-                settings=settings,
-                source=source,
-                store=store,
-                astore=astore,
-                client=client,
-                runtime=runtime,
-                outputs=outputs,
-            )
-            runtime.on_persist = daemon.persisted
-            yield daemon
-    finally:
-        store.close()
 
 
 async def watch_signals(

@@ -19,6 +19,7 @@ from connect.errors import (
     TransientError,
     Unreachable,
 )
+from connect.redact import redact_text
 
 USER_AGENT = "nightscout-connect-py"
 
@@ -96,8 +97,6 @@ def server_base(text: str, what: str) -> tuple[str, str]:
     A bare host name means https. Raises ValueError naming the problem; the message never
     echoes credentials the text might carry (``user:password@host``).
     """
-    from connect.redact import redact_text
-
     text = text.strip()
     shown = redact_text(text)
     candidate = text if "://" in text else f"https://{text}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from connect.daemon import open_daemon
+from connect.assemble import assemble
 from connect.logs import configure
 from connect.settings import CoreSettings, load_source, settings_model
 
@@ -40,7 +40,7 @@ async def poll_accounts(names: list[str], directory: Path, seconds: float) -> No
     source = load_source("sim")
     async with AsyncExitStack() as stack:
         daemons = [
-            await stack.enter_async_context(open_daemon(account_settings(name, directory, seed), source))
+            await stack.enter_async_context(assemble(account_settings(name, directory, seed), source))
             for seed, name in enumerate(names, start=1)
         ]
         with trio.move_on_after(seconds):

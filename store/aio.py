@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import trio
 
-from store.database import Store
+from connect.records import Batch, Collection, Record
+from store.database import Pending, PersistResult, Store
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -18,6 +19,10 @@ class AsyncStore:
 
     SQLite allows one writer; funnelling every call through the same limiter keeps the
     connection single-threaded in practice and never blocks the trio loop.
+
+    Each method of :class:`Store` has its awaitable twin here, with the same signature and
+    return type (a test compares the two), so callers are type-checked as the store is;
+    :meth:`call` runs anything else — a query of an output's own — the same way.
     """
 
     def __init__(self, store: Store, *, inline: bool | None = None) -> None:
@@ -39,12 +44,62 @@ class AsyncStore:
         # abandon_on_cancel=False: a cancelled caller never leaves a transaction half done
         return await trio.to_thread.run_sync(run, limiter=self.limiter, abandon_on_cancel=False)
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.store, name)
-        if not callable(attr):
-            return attr
+    # --- writes ---------------------------------------------------------------------------
 
-        async def bound(*args: Any, **kwargs: Any) -> Any:
-            return await self.call(attr, *args, **kwargs)
+    async def upsert(self, records: Sequence[Record], *, source: str = "") -> dict[str, int]:
+        return await self.call(self.store.upsert, records, source=source)
 
-        return bound
+    async def persist_frame(self, source: str, loop: str, batch: Batch) -> PersistResult:
+        return await self.call(self.store.persist_frame, source, loop, batch)
+
+    async def advance(self, output: str, collection: Collection, seq: int) -> None:
+        await self.call(self.store.advance, output, collection, seq)
+
+    async def set_aside(
+        self,
+        output: str,
+        collection: Collection,
+        first_seq: int,
+        last_seq: int,
+        records: int,
+        status: int,
+        error: str,
+    ) -> None:
+        await self.call(self.store.set_aside, output, collection, first_seq, last_seq, records, status, error)
+
+    async def save_status(self, key: str, value: Mapping[str, Any]) -> None:
+        await self.call(self.store.save_status, key, value)
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def checkpoints(self, source: str, loop: str) -> dict[str, int]:
+        return await self.call(self.store.checkpoints, source, loop)
+
+    async def count(self, collection: Collection) -> int:
+        return await self.call(self.store.count, collection)
+
+    async def newest_date(self, collection: Collection) -> int | None:
+        return await self.call(self.store.newest_date, collection)
+
+    async def max_seq(self, collection: Collection) -> int:
+        return await self.call(self.store.max_seq, collection)
+
+    async def pending(self, output: str, collection: Collection, *, limit: int = 500) -> list[Pending]:
+        return await self.call(self.store.pending, output, collection, limit=limit)
+
+    async def lag(self, output: str, collection: Collection | None = None) -> int:
+        return await self.call(self.store.lag, output, collection)
+
+    async def cursor(self, output: str, collection: Collection) -> int:
+        return await self.call(self.store.cursor, output, collection)
+
+    async def rejected_count(self, output: str) -> int:
+        return await self.call(self.store.rejected_count, output)
+
+    async def load_status(self) -> dict[str, Any]:
+        return await self.call(self.store.load_status)
+
+    async def docs(
+        self, collection: Collection, *, newest_first: bool = True, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        return await self.call(self.store.docs, collection, newest_first=newest_first, limit=limit)

@@ -16,7 +16,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import ApiSettings, create_app
-from connect import daemon as daemon_mod
+from connect.assemble import assemble
 from connect.cli import load_settings
 from outputs.delivery import Output
 from store.reader import StoreReader
@@ -84,7 +84,7 @@ async def test_api_over_a_real_daemon_during_a_30_day_backfill(tmp_path: Path, c
     )
     reads: list[int] = []
     failures: list[tuple[str, int]] = []
-    async with daemon_mod.open_daemon(settings, source) as daemon:
+    async with assemble(settings, source) as daemon:
         output = MemoryOutput("memory", daemon.astore)
         daemon.outputs.append(output)
         reader = StoreReader(db)

@@ -1,0 +1,93 @@
+"""Putting one daemon together: settings + source → store, HTTP client, driver, plan, outputs,
+runtime. Every command that runs a source (run, once, check, capture, demo, ``--accounts-dir``)
+and every embedding program goes through :func:`assemble`, so they all run the same daemon.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+
+from connect.builder import Builder
+from connect.clock import Clock, wall_ms
+from connect.contract import SourceInfo
+from connect.daemon import Daemon
+from connect.httpkit import USER_AGENT
+from connect.runtime import GapFinder, SourceRuntime
+from connect.settings import CoreSettings
+from outputs import Output, build_outputs
+from outputs.nightscout import NightscoutOutput
+from store import AsyncStore, Store
+
+
+def http_client() -> httpx.AsyncClient:
+    """The client every source and output uses: bounded timeouts, our user agent, no redirects
+    followed silently (vendors signal region changes in bodies, not redirects)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0, connect=15.0),
+        headers={"user-agent": USER_AGENT},
+        follow_redirects=False,
+    )
+
+
+def gap_finder(outputs: list[Output]) -> GapFinder | None:
+    """On an empty store, a source starts where the Nightscout site already is (so an existing
+    site is not uploaded again), not ``backfill_days`` back."""
+    for output in outputs:
+        if isinstance(output, NightscoutOutput):
+            return output.newest
+    return None
+
+
+@asynccontextmanager
+async def assemble(
+    settings: CoreSettings,
+    source: SourceInfo,
+    *,
+    client: httpx.AsyncClient | None = None,
+    store: Store | None = None,
+    clock: Clock = wall_ms,
+    rng: random.Random | None = None,
+    deliver: bool = True,
+) -> AsyncIterator[Daemon]:
+    """One daemon for ``source``, built and not yet started.
+
+    ``client`` and ``store`` default to :func:`http_client` and the store at
+    ``settings.store_path``; whatever is made here is closed on the way out, while a client or
+    store passed in stays the caller's (a capture's recording client, an in-memory store for
+    a run that must write nothing). ``deliver=False`` builds no output, so nothing but the
+    vendor is contacted. ``clock`` and ``rng`` reach the runtime and the outputs alike.
+    """
+    async with AsyncExitStack() as stack:
+        if store is None:
+            store = Store(settings.store_path)
+            stack.callback(store.close)
+        if client is None:
+            client = await stack.enter_async_context(http_client())
+        builder = Builder(source.name)
+        source.factory(settings, client).generate_driver(builder)
+        astore = AsyncStore(store)
+        outputs = build_outputs(settings, astore, client, clock=clock, rng=rng) if deliver else []
+        runtime = SourceRuntime(
+            builder.build(),
+            astore,
+            clock=clock,
+            backfill_days=settings.backfill_days,
+            rng=rng,
+            account=settings.account or None,
+            gap_finder=gap_finder(outputs),
+        )
+        daemon = Daemon(
+            settings=settings,
+            source=source,
+            store=store,
+            astore=astore,
+            client=client,
+            runtime=runtime,
+            outputs=outputs,
+        )
+        runtime.on_persist = daemon.persisted
+        yield daemon

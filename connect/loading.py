@@ -1,0 +1,125 @@
+"""Reading one run's settings: the selected source, then its flags and environment.
+
+Shared by the CLI's commands and by ``--accounts-dir`` (which reads each account file the same
+way), so it sits below both rather than inside the CLI they would otherwise import in a circle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pydantic
+from pydantic_settings import CliApp, SettingsError
+
+from api.settings import ApiSettings, check_bind
+from connect.contract import SourceInfo
+from connect.errors import ConfigError
+from connect.redact import register_secret
+from connect.settings import (
+    CoreSettings,
+    apply_legacy_env,
+    apply_node_values,
+    describe_validation,
+    infer_source,
+    legacy_env_for,
+    load_source,
+    preserved_environ,
+    secret_values,
+    settings_model,
+)
+
+
+class UsageError(Exception):
+    """Bad command line or settings: one line per problem, exit 2."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = list(lines)
+
+
+def flag_source(args: Sequence[str]) -> str | None:
+    """The value of ``--source`` among ``args``, if given."""
+    for i, arg in enumerate(args):
+        if arg == "--source" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--source="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def selected_source(args: Sequence[str]) -> str:
+    """The source named by ``--source`` (flags win) or CONNECT_SOURCE, before full parsing.
+
+    Without either, the old variables of exactly one source (``BRIDGE_USER_NAME`` …) choose
+    it, as the single-vendor bridges they come from did; otherwise it is the simulator.
+    """
+    flag = flag_source(args)
+    if flag is not None:
+        return flag
+    if "CONNECT_SOURCE" not in os.environ:
+        inferred = infer_source(os.environ)
+        if inferred is not None:
+            os.environ["CONNECT_SOURCE"] = inferred[0]
+            return inferred[0]
+    return os.environ.get("CONNECT_SOURCE", "sim")
+
+
+@contextlib.contextmanager
+def _translated_environ(source: SourceInfo) -> Iterator[None]:
+    """nightscout-connect's names and values translated into ours while the settings are read,
+    and the process environment as it was afterwards (an embedding program's included)."""
+    with preserved_environ():
+        apply_node_values()
+        apply_legacy_env(legacy_env_for(source))
+        yield
+
+
+def load_settings(
+    args: Sequence[str], *, defaults: dict[str, Any] | None = None, source_name: str | None = None
+) -> tuple[CoreSettings, SourceInfo]:
+    """Parse flags and environment for the selected source; raise :class:`UsageError` on problems."""
+    try:
+        source = load_source(source_name or selected_source(args))
+    except ConfigError as exc:
+        raise UsageError([str(exc)]) from None
+    model = settings_model(source)
+    try:
+        with _translated_environ(source):
+            settings = CliApp.run(model, cli_args=list(args), **(defaults or {}))
+    except pydantic.ValidationError as exc:
+        raise UsageError(describe_validation(exc)) from None
+    except SettingsError as exc:
+        raise UsageError([f"settings: {exc}"]) from None
+    register_secret(*secret_values(settings))
+    if isinstance(settings, ApiSettings):
+        try:
+            check_bind(settings)
+        except ConfigError as exc:
+            raise UsageError([str(exc)]) from None
+    return settings, source
+
+
+def take_option(args: Sequence[str], flag: str, missing: str) -> tuple[str | None, list[str]]:
+    """A command's own ``--flag VALUE`` (or ``--flag=VALUE``) taken out before the settings see
+    the rest: (the value or None, the other arguments). ``missing`` is the usage line when the
+    flag comes without a value."""
+    rest: list[str] = []
+    value: str | None = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == flag:
+            if i + 1 >= len(args):
+                raise UsageError([f"{flag}: {missing}"])
+            value = args[i + 1]
+            i += 2
+            continue
+        if arg.startswith(f"{flag}="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return value, rest
