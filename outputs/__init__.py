@@ -6,7 +6,8 @@ has ``run`` (start it with ``nursery.start``), ``wake`` (call after every persis
 ``newest(collection)`` for gap analysis on an empty store.
 """
 
-from outputs.delivery import Output, build_outputs
+from outputs.build import build_outputs
+from outputs.delivery import Output
 from outputs.settings import OutputSettings
 
 __all__ = ["Output", "OutputSettings", "build_outputs"]

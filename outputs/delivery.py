@@ -30,7 +30,6 @@ from machines.decisions import Idle, SleepUntil, Stop
 from machines.delivery import ONCE_ATTEMPTS, ONCE_MAX_WAIT_S, DeliveryPolicy
 
 if TYPE_CHECKING:
-    import httpx
 
     from store.aio import AsyncStore
 
@@ -292,25 +291,4 @@ def _typed(exc: Exception, name: str) -> ConnectError:
     return TransientError(f"{name}: unexpected {type(exc).__name__}")
 
 
-def build_outputs(
-    settings: Any,
-    astore: AsyncStore,
-    client: httpx.AsyncClient,
-    *,
-    clock: Clock = wall_ms,
-    rng: random.Random | None = None,
-) -> list[Output]:
-    """The outputs a settings instance enables (an :class:`outputs.settings.OutputSettings`,
-    or any composed model that has its fields)."""
-    from outputs.mqtt import MqttOutput
-    from outputs.nightscout import NightscoutOutput
-
-    outputs: list[Output] = []
-    if getattr(settings, "nightscout_endpoint", None):
-        outputs.append(NightscoutOutput.from_settings(settings, astore, client, clock=clock, rng=rng))
-    if getattr(settings, "mqtt_url", None) is not None:
-        outputs.append(MqttOutput.from_settings(settings, astore, clock=clock, rng=rng))
-    return outputs
-
-
-__all__ = ["SAFETY_WAKE_S", "Output", "Paused", "Sequenced", "build_outputs"]
+__all__ = ["SAFETY_WAKE_S", "Output", "Paused", "Sequenced"]
