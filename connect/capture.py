@@ -234,7 +234,7 @@ async def capture_frames(settings: CoreSettings, source: SourceInfo, recorder: R
             record_client(http_client(), recorder) as client,
             assemble(settings, source, client=client, store=store, deliver=False) as daemon,
         ):
-            ok = await daemon.runtime.run_once()
+            ok = await daemon.runtime.run_once(budget=1)  # one frame per loop: a sample, not a backfill
         counts = {c: store.count(c) for c in ("entries", "treatments", "devicestatus", "profile")}
         return FrameResult(ok=ok, counts=counts)
     finally:

@@ -35,6 +35,11 @@ def to_dot(machine: StateMachine, title: str) -> str:
     return "\n".join(lines)
 
 
+def table(machine: type[StateMachine]) -> str:
+    """One machine's transitions as a markdown table (state, event, guard, target)."""
+    return format(machine(), "md").strip()
+
+
 def render(fmt: str) -> str:
     """Every machine in ``fmt`` (``mermaid``, ``md`` or ``dot``), each under its name."""
     parts = []

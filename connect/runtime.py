@@ -36,6 +36,7 @@ from connect.errors import (
 from connect.records import Batch
 from connect.redact import describe_error
 from machines import CycleMachine, FetchMachine, PollerMachine, SessionMachine
+from machines.cycle import ONCE_FRAME_BUDGET
 from machines.decisions import CycleDecision, EndFrame, Finish, Join, Refresh, Use, Wait
 from store.aio import AsyncStore
 
@@ -456,14 +457,15 @@ class SourceRuntime:
         finally:
             self._stopped()
 
-    async def run_once(self) -> bool:
-        """Cron mode: frames per loop until none says ``more`` (within the Cycle machine's frame
-        budget), so one run completes any backfill; True when every frame succeeded."""
+    async def run_once(self, *, budget: int = ONCE_FRAME_BUDGET) -> bool:
+        """Cron mode: frames per loop until none says ``more`` (at most ``budget`` frames a
+        loop), so one run completes any backfill; True when every frame succeeded."""
         self.poller.send("start")
         try:
             async with trio.open_nursery() as nursery:
                 for loop in self.loops:
                     loop.cycle.once = True
+                    loop.cycle.budget = budget
                     nursery.start_soon(loop.run)
         finally:
             self._stopped()

@@ -30,7 +30,6 @@ from machines.decisions import Idle, SleepUntil, Stop
 from machines.delivery import ONCE_ATTEMPTS, ONCE_MAX_WAIT_S, DeliveryPolicy
 
 if TYPE_CHECKING:
-
     from store.aio import AsyncStore
 
 log = structlog.get_logger("outputs")

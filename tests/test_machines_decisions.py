@@ -450,3 +450,17 @@ class DeliveryInvariants(RuleBasedStateMachine):
 
 TestDeliveryInvariants = DeliveryInvariants.TestCase
 TestDeliveryInvariants.settings = RULES
+
+
+# --- THEORY.md stays true to the code -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("title", ["Session", "Poller", "Fetch", "Cycle", "Delivery"])
+def test_theory_shows_each_machine_as_its_current_table(title: str) -> None:
+    from pathlib import Path
+
+    from connect.diagram import TITLES, table
+
+    theory = (Path(__file__).resolve().parent.parent / "THEORY.md").read_text(encoding="utf-8")
+    (machine,) = [cls for name, cls in TITLES if name == title]
+    assert table(machine) in theory, f"THEORY.md's {title} table differs from the machine"
