@@ -275,8 +275,7 @@ class LoopDriver:
                     return
                 await sleep_until_ms(self.clock, decision.at)
         finally:
-            if self.cycle.current_state_value != "stopped":
-                self.cycle.send("stop")
+            self.cycle.halt()
 
     async def _ended(self, ok: bool) -> CycleDecision:
         """The frame's facts for the Cycle machine, which decides when the next one starts."""
@@ -473,13 +472,8 @@ class SourceRuntime:
 
     def _stopped(self) -> None:
         for loop in self.loops:
-            if loop.cycle.current_state_value != "stopped":
-                loop.cycle.send("stop")
-        state = self.poller.current_state_value
-        if state in ("running", "idle"):
-            self.poller.send("stop")
-        if self.poller.current_state_value == "stopping":
-            self.poller.send("finished")
+            loop.cycle.halt()
+        self.poller.shut_down()
 
     def status(self) -> dict[str, Any]:
         return {

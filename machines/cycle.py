@@ -102,6 +102,11 @@ class CycleMachine(StateMachine):
         due = align_schedule(newest, now, interval_ms=self.interval_ms, rand=rand)
         return self._due(min(due, now + self.interval_ms + STALE_SOURCE_SLACK_MS))
 
+    def halt(self) -> None:
+        """The loop's task ends (cancelled, or ``once`` finished): the cycle stops, once."""
+        if not self.stopped.is_active:
+            self.send("stop")
+
     def _due(self, at: int) -> NextFrame:
         self.next_due = at
         return NextFrame(at)

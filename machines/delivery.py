@@ -170,6 +170,17 @@ class DeliveryMachine(StateMachine):
             self.gave_up = True
         return True
 
+    def woken(self) -> None:
+        """A frame was persisted (or the safety interval passed): an idle output starts a pass;
+        one backing off or paused keeps its wait."""
+        if self.idle.is_active:
+            self.send("wake")
+
+    def sent(self) -> None:
+        """Records read are on their way (an output that pipelines reports each chunk once)."""
+        if self.reading.is_active:
+            self.send("chunk")
+
     @property
     def paused(self) -> bool:
         return str(self.current_state_value).startswith("paused_")

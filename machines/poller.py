@@ -67,6 +67,13 @@ class PollerMachine(StateMachine):
             self.released, self.waiting = self.waiting, []
         return self.released
 
+    def shut_down(self) -> None:
+        """Every loop has ended: stop (through ``stopping``) unless already stopped."""
+        if self.idle.is_active or self.running.is_active:
+            self.send("stop")
+        if self.stopping.is_active:
+            self.send("finished")
+
     def on_session_required(self, loop: str = "") -> None:
         if loop not in self.waiting:
             self.waiting.append(loop)

@@ -205,13 +205,11 @@ class Output(abc.ABC):
     def _new_pass(self) -> None:
         # swap before delivering: a frame persisted during the pass sets the new event
         self._wakeup = trio.Event()
-        if self.machine.current_state_value == "idle":
-            self.machine.send("wake")
+        self.machine.woken()
 
     def _sending(self) -> None:
         """Records were read: a chunk is on its way (one at a time, as the machine sees it)."""
-        if self.machine.current_state_value == "reading":
-            self.machine.send("chunk")
+        self.machine.sent()
 
     async def _accepted(self, collection: Collection, chunk: Sequence[Sequenced]) -> None:
         """The remote side took ``chunk``: move the cursor past it."""
