@@ -1,7 +1,8 @@
 """Benchmark: backfill entries/s from a Nightscout site.
 
 Ours is the whole path — the ``nightscout`` source's windows and paging, the machines, the
-runtime and the store — copying 30 days of 5-minute entries in one frame. The ceiling reads the
+runtime and the store, put together by :func:`connect.assemble.assemble` from settings parsed as
+the CLI parses them — copying 30 days of 5-minute entries in one frame. The ceiling reads the
 same day windows with a bare httpx loop and decodes the JSON, storing nothing. Both talk to the
 same in-process site (:mod:`bench.nightscout_site`), so the site's own cost is in both figures.
 """
@@ -12,15 +13,13 @@ import time
 
 import httpx
 import trio
-from pydantic import SecretStr
 
 from bench.nightscout_site import NightscoutSite, sgv_docs
 from bench.timing import Figures
-from connect.builder import Builder
+from connect.assemble import assemble
 from connect.httpkit import sha1_hex
-from connect.runtime import SourceRuntime
-from sources.nightscout import NightscoutSettings, make
-from store import AsyncStore, Store
+from connect.loading import load_settings
+from store import Store
 
 DAY_MS = 86_400_000
 SECRET = "benchmark-api-secret"
@@ -36,23 +35,32 @@ def bench_backfill(days: int = 30, rounds: int = 3) -> Figures:
         seeded.seed_entries(docs)
         return seeded
 
+    flags = {
+        "--store-path": ":memory:",
+        "--http-bind": "0",
+        "--backfill-days": str(days),
+        "--source-endpoint": "http://bench.test",
+        "--source-api-secret": SECRET,
+        "--source-collections": "entries",
+    }
+    settings, source = load_settings(
+        [part for flag in flags.items() for part in flag], source_name="nightscout"
+    )
+
     async def ours() -> float:
         nightscout = site()
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=nightscout.app)) as client:
-            settings = NightscoutSettings(
-                source_endpoint="http://bench.test",
-                source_api_secret=SecretStr(SECRET),
-                source_collections="entries",
-            )
-            builder = Builder("nightscout")
-            make(settings, client).generate_driver(builder)
-            store = Store(":memory:")
-            runtime = SourceRuntime(builder.build(), AsyncStore(store), clock=lambda: now, backfill_days=days)
+        store = Store(":memory:")
+        async with (
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=nightscout.app)) as client,
+            assemble(
+                settings, source, client=client, store=store, clock=lambda: now, deliver=False
+            ) as daemon,
+        ):
             started = time.perf_counter()
-            ok = await runtime.run_once()
+            ok = await daemon.runtime.run_once()
             elapsed = time.perf_counter() - started
-            stored = store.count("entries")
-            store.close()
+        stored = store.count("entries")
+        store.close()
         if not ok or stored != len(docs):
             raise RuntimeError(f"backfill incomplete: {stored} of {len(docs)}")
         return stored / elapsed
