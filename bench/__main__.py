@@ -26,7 +26,7 @@ FIGURES: tuple[tuple[Callable[[], Figures], str, str], ...] = (
     (bench_api, "API entries.json?count=288, requests/s", "bare ASGI app, same bytes"),
     (
         bench_accounts,
-        "accounts polled/s (200 runtimes, one frame each)",
+        "accounts polled/s (200 daemons, one frame each)",
         "fetch+transform+persist direct",
     ),
     (
@@ -57,7 +57,7 @@ def main() -> None:
         if "bytes_per_account" in result:
             print(
                 f"{'  memory per account, KiB':<{width}}  {result['bytes_per_account'] / 1024:>12,.1f}  "
-                f"{result['ceiling_bytes'] / 1024:>12,.1f}  {'':>6}  the same plan and store, no runtime"
+                f"{result['ceiling_bytes'] / 1024:>12,.1f}  {'':>6}  the same driver and store, no daemon"
             )
 
 
