@@ -30,8 +30,19 @@ class _ThroughStructlog(logging.Handler):
         structlog.get_logger(record.name).log(record.levelno, message, library=True)
 
 
+#: the level the last :func:`configure` set (structlog's default logger prints everything)
+_level = logging.DEBUG
+
+
+def debug_enabled() -> bool:
+    """Debug lines are printed: worth the cost of producing them (every machine transition)."""
+    return _level <= logging.DEBUG
+
+
 def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog once per process. ``fmt`` is auto, json or console."""
+    global _level
+    _level = LEVELS.get(level, logging.INFO)
     out = stream or sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any
@@ -56,7 +67,7 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None =
     ]
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(_level),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )

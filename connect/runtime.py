@@ -33,6 +33,7 @@ from connect.errors import (
     TransientError,
     Unreachable,
 )
+from connect.logs import debug_enabled
 from connect.records import Batch
 from connect.redact import describe_error
 from machines import CycleMachine, FetchMachine, PollerMachine, SessionMachine
@@ -49,7 +50,11 @@ log = structlog.get_logger("connect.runtime")
 
 
 class TransitionLog:
-    """A machine listener that logs every transition (sync, as the sync engine requires)."""
+    """A machine listener that logs every transition (sync, as the sync engine requires).
+
+    Attached only while debug lines are printed (:func:`listen`): a listener costs every
+    transition a callback and every machine its share of the callback tables.
+    """
 
     def __init__(self, machine: str, **context: str) -> None:
         self.machine = machine
@@ -61,6 +66,12 @@ class TransitionLog:
                 "transition", machine=self.machine, trigger=event, before=source.id,
                 after=target.id, **self.context,
             )  # fmt: skip
+
+
+def listen(machine: Any, name: str, **context: str) -> None:
+    """Log ``machine``'s transitions when debug logging is on."""
+    if debug_enabled():
+        machine.add_listener(TransitionLog(name, **context))
 
 
 async def sleep_until_ms(clock: Clock, due_ms: int) -> None:
@@ -94,7 +105,7 @@ class SessionDriver:
         self.clock = clock
         self.rng = rng
         self.machine = poller.session or SessionMachine()
-        self.machine.add_listener(TransitionLog("session", source=source))
+        listen(self.machine, "session", source=source)
         #: loops waiting for the Poller to release them, each with the event that wakes it
         self._released: dict[str, trio.Event] = {}
 
@@ -249,9 +260,9 @@ class LoopDriver:
             backoff=spec.cycle_backoff,
             interval_ms=int(spec.expected_interval.total_seconds() * 1000),
         )
-        self.cycle.add_listener(TransitionLog("cycle", source=runtime.key, loop=spec.name))
+        listen(self.cycle, "cycle", source=runtime.key, loop=spec.name)
         self.fetch = FetchMachine(max_retries=spec.frame_retries, backoff=spec.frame_backoff)
-        self.fetch.add_listener(TransitionLog("fetch", source=runtime.key, loop=spec.name))
+        listen(self.fetch, "fetch", source=runtime.key, loop=spec.name)
         self.records_written = 0
         self.last_batch: Batch | None = None
 
@@ -434,7 +445,7 @@ class SourceRuntime:
                 expire_after_s=None if session.expire_after is None else session.expire_after.total_seconds(),
             ),
         )
-        self.poller.add_listener(TransitionLog("poller", source=self.key))
+        listen(self.poller, "poller", source=self.key)
         self.session = SessionDriver(plan.session, self.poller, clock=clock, rng=self.rng, source=self.key)
         self.loops = [LoopDriver(self, spec) for spec in plan.loops]
 
