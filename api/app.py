@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
-from api.context import ApiContext, Clock, StatusFn, attach
+from api.context import ApiContext, Clock, StatusFn, StoreFaultFn, attach
 from api.errors import add_error_handlers
 from api.guard import GuardMiddleware
 from api.openapi import SECURITY_SCHEMES
@@ -31,8 +31,10 @@ def create_app(
     settings: ApiSettings,
     *,
     clock: Clock = wall_ms,
+    store_fault: StoreFaultFn | None = None,
 ) -> FastAPI:
-    """The API over ``reader``; ``status`` returns the runtime's snapshot (called on the loop)."""
+    """The API over ``reader``; ``status`` returns the runtime's snapshot (called on the loop);
+    ``store_fault`` says what is wrong while the daemon cannot write the store."""
     app = FastAPI(
         title=NAME,
         version=connect_version(),
@@ -40,7 +42,7 @@ def create_app(
         docs_url=None,  # the interactive docs load scripts from a CDN
         redoc_url=None,
     )
-    attach(app, ApiContext.build(reader, status, settings, clock))
+    attach(app, ApiContext.build(reader, status, settings, clock, store_fault))
     add_error_handlers(app)
     app.add_middleware(GuardMiddleware)
     for router in ROUTERS:

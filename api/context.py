@@ -25,6 +25,12 @@ log = structlog.get_logger("api")
 
 StatusFn = Callable[[], Mapping[str, Any]]
 Clock = Callable[[], int]
+#: what is wrong with the daemon's store while its writes fail, else None
+StoreFaultFn = Callable[[], str | None]
+
+
+def _no_fault() -> str | None:
+    return None
 
 
 @attrs.frozen
@@ -38,11 +44,30 @@ class ApiContext:
     auth: Authenticator
     #: this app's own metrics, so two apps never register the same collector
     registry: CollectorRegistry
+    #: the daemon's store fault (a full disk): reads answer 503 and readiness fails meanwhile
+    store_fault: StoreFaultFn = _no_fault
 
     @classmethod
-    def build(cls, reader: StoreReader, status: StatusFn, settings: ApiSettings, clock: Clock) -> ApiContext:
+    def build(
+        cls,
+        reader: StoreReader,
+        status: StatusFn,
+        settings: ApiSettings,
+        clock: Clock,
+        store_fault: StoreFaultFn | None = None,
+    ) -> ApiContext:
         auth = Authenticator(settings.http_secret, readable=settings.http_readable)
-        return cls(reader, status, settings, clock, auth, make_registry(reader, status))
+        return cls(
+            reader, status, settings, clock, auth, make_registry(reader, status), store_fault or _no_fault
+        )
+
+    def store_failing(self) -> bool:
+        """True while the daemon cannot write its store (a full disk, an I/O error)."""
+        try:
+            return self.store_fault() is not None
+        except Exception as exc:  # the API keeps answering when the hook breaks
+            log.warning("store state unavailable", error=describe_error(exc))
+            return False
 
     def take_status(self) -> Mapping[str, Any] | None:
         """The runtime's snapshot, or None when it cannot be had."""

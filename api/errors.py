@@ -71,9 +71,25 @@ async def on_store_error(_request: Request, exc: Exception) -> Response:
     )
 
 
+class StoreUnavailable(Exception):
+    """The daemon cannot write its store right now (a full disk, an I/O error)."""
+
+
+async def on_store_unavailable(_request: Request, _exc: Exception) -> Response:
+    return Response(
+        error_body(
+            503, "Service Unavailable", "the store is unavailable right now: the daemon cannot write it"
+        ),
+        status_code=503,
+        media_type=JSON,
+        headers={"retry-after": "30"},
+    )
+
+
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(QueryError, on_query_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(sqlite3.Error, on_store_error)
+    app.add_exception_handler(StoreUnavailable, on_store_unavailable)

@@ -168,7 +168,13 @@ CONNECT_STATUS_SCHEMA: Final[dict[str, Any]] = {
         "store": {
             "type": "object",
             "required": ["collections", "delivery"],
-            "properties": {"collections": {"type": "object"}, "delivery": {"type": "object"}},
+            "properties": {
+                "collections": {"type": "object"},
+                "delivery": {"type": "object"},
+                # the daemon's writes: "ok", or "failing" with the error (a full disk)
+                "state": {"type": "string", "enum": ["ok", "failing"]},
+                "error": {"type": "string"},
+            },
         },
     },
 }

@@ -76,3 +76,8 @@ def all_failing(status: Mapping[str, Any]) -> bool:
     """Every loop is failing (and there is at least one): the daemon does no useful work."""
     views = list(loops(status))
     return bool(views) and all(view.failing for view in views)
+
+
+def store(status: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The daemon's view of its store writes (``state`` ok / failing, ``error``), or {}."""
+    return _mapping(status.get("store"))

@@ -56,14 +56,16 @@ async def assemble(
     """One daemon for ``source``, built and not yet started.
 
     ``client`` and ``store`` default to :func:`http_client` and the store at
-    ``settings.store_path``; whatever is made here is closed on the way out, while a client or
+    ``settings.store_path`` (opened by :meth:`Store.open`: checked, and locked for this process,
+    so a second daemon on the same file stops with one line); whatever is made here is closed on the way out, while a client or
     store passed in stays the caller's (a capture's recording client, an in-memory store for
     a run that must write nothing). ``deliver=False`` builds no output, so nothing but the
     vendor is contacted. ``clock`` and ``rng`` reach the runtime and the outputs alike.
     """
     async with AsyncExitStack() as stack:
         if store is None:
-            store = Store(settings.store_path)
+            # checked and locked: one daemon per store, and a store it cannot use is one line
+            store = Store.open(settings.store_path)
             stack.callback(store.close)
         if client is None:
             client = await stack.enter_async_context(http_client())

@@ -4,7 +4,9 @@ Commands: run (the daemon), once (cron mode), check (settings and login, nothing
 demo (the simulated CGM into a store with the API up), diagram (the machines as text),
 login (CareLink's first login, which needs a person at a browser) and capture (one frame's
 HTTP exchanges, secrets replaced, saved for a maintainer).
-Bad settings exit 2 with one line per problem; nothing prints a traceback for them.
+Bad settings exit 2 with one line per problem; nothing prints a traceback for them. So does a
+store that cannot be used (not a database, a newer schema, read-only, a directory, a missing
+directory, or held by another daemon: one daemon per store).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from connect import daemon as daemon_mod
 from connect.assemble import assemble
 from connect.builder import SourcePlan
 from connect.contract import SourceInfo
-from connect.errors import ConfigError, ConnectError
+from connect.errors import ConfigError, ConnectError, StoreError
 from connect.loading import UsageError, flag_source, load_settings, selected_source, take_option
 from connect.logs import configure
 from connect.redact import describe_error
@@ -128,10 +130,10 @@ def cmd_demo(args: Sequence[str]) -> int:
     settings, source = load_settings(args, defaults=defaults)
     _configure_logs(settings, fmt="console", level="debug")
     log = structlog.get_logger("connect.demo")
-    log.info("demo: simulated CGM → machines → store", store=settings.store_path)
 
     async def main() -> None:
         async with assemble(settings, source) as daemon:
+            log.info("demo: simulated CGM → machines → store", store=settings.store_path)
             await daemon_mod.run_forever(daemon)
 
     trio.run(main)
@@ -150,6 +152,11 @@ def cmd_serve(args: Sequence[str]) -> int:
     from store.reader import StoreReader
 
     reader = StoreReader(path)
+    try:
+        reader.verify()  # a damaged store, or one of a newer version, is refused, not served
+    except BaseException:
+        reader.close()
+        raise
 
     async def main() -> None:
         with trio.CancelScope() as scope:
@@ -350,6 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"nightscout-connect: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreError as exc:
+        # the machines retry a store fault; one that still ends a command is one line
+        print(f"nightscout-connect: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK
 

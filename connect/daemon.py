@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,7 @@ import trio
 
 from api.settings import ApiSettings, check_bind
 from connect.contract import SourceInfo
+from connect.errors import StoreError
 from connect.redact import redact
 from connect.runtime import SourceRuntime
 from connect.settings import CoreSettings
@@ -43,6 +45,7 @@ class Daemon:
         """A snapshot of every machine and output, secrets removed."""
         snapshot: dict[str, Any] = {"sources": [self.runtime.status()]}
         snapshot["outputs"] = [output.status() for output in self.outputs]
+        snapshot["store"] = self.astore.health
         result: dict[str, Any] = redact(snapshot)
         return result
 
@@ -51,8 +54,19 @@ class Daemon:
         for output in self.outputs:
             output.wake()
 
-    async def save_status(self) -> None:
-        await self.astore.save_status("daemon", self.status())
+    def store_fault(self) -> str | None:
+        """What is wrong with the store while it fails (None while it works)."""
+        fault = self.astore.fault
+        return None if fault is None else str(fault)
+
+    async def save_status(self) -> bool:
+        """Write the status row; False when the store cannot take it now (its fault is already
+        in the status and the log; the next save tries again)."""
+        try:
+            await self.astore.save_status("daemon", self.status())
+        except StoreError:
+            return False
+        return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The source's loops, the delivery tasks and the status row, until cancelled.
@@ -103,9 +117,11 @@ async def serve_api(
     store_path: str,
     status: Callable[[], dict[str, Any]],
     *,
+    store_fault: Callable[[], str | None] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The HTTP API over the store file, until cancelled; reports the bound addresses."""
+    """The HTTP API over the store file, until cancelled; reports the bound addresses.
+    ``store_fault`` tells it when the daemon's writes to the store are failing."""
     from api import create_app, serve
     from store.reader import StoreReader
 
@@ -117,7 +133,7 @@ async def serve_api(
         return
     reader = StoreReader(store_path)
     try:
-        app = create_app(reader, status, settings)
+        app = create_app(reader, status, settings, store_fault=store_fault)
         await serve(app, bind, task_status=task_status)
     finally:
         reader.close()
@@ -129,7 +145,12 @@ async def serve_daemon(
     """One account's daemon with its API (when its settings bind one), until cancelled."""
     async with trio.open_nursery() as nursery:
         if isinstance(daemon.settings, ApiSettings):
-            binds = await nursery.start(serve_api, daemon.settings, daemon.settings.store_path, daemon.status)
+            binds = await nursery.start(
+                functools.partial(serve_api, store_fault=daemon.store_fault),
+                daemon.settings,
+                daemon.settings.store_path,
+                daemon.status,
+            )
             if binds:
                 log.info("api listening", source=daemon.runtime.key, on=binds)
         await nursery.start(daemon.run)

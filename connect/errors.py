@@ -73,6 +73,22 @@ class Unreachable(TransientError):
     kind = "unreachable"
 
 
+class StoreError(TransientError):
+    """The local store failed a read or a write while running (a full disk, an I/O error). The
+    transaction was rolled back, so nothing is half written: the frame or the delivery pass is
+    retried with the backoff its machine decides, and the daemon keeps running."""
+
+    kind = "store"
+
+
+class StoreUnusable(ConfigError):
+    """The store cannot be used at all (not a database, a newer schema, read-only, a directory,
+    a missing directory, held by another daemon): found at start, before anything is written,
+    and said in one line naming the store."""
+
+    kind = "store_unusable"
+
+
 class ProtocolError(ConnectError):
     """The remote side answered something we cannot understand (bad JSON, missing fields)."""
 

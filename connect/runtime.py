@@ -265,6 +265,8 @@ class LoopDriver:
         listen(self.fetch, "fetch", source=runtime.key, loop=spec.name)
         self.records_written = 0
         self.last_batch: Batch | None = None
+        #: the loop's checkpoints as the last persisted frame left them
+        self.checkpoint: dict[str, int] = {}
 
     @property
     def clock(self) -> Clock:
@@ -297,7 +299,9 @@ class LoopDriver:
         more = self.last_batch is not None and self.last_batch.more
         if more or self.cycle.once:
             return self.cycle.ended(now, True, more=more, rand=rand)
-        values = await self.runtime.store.checkpoints(self.runtime.key, self.spec.name)
+        # what the frame's own transaction left (no store read outside the frame: a store
+        # failing now must fail a frame, not the loop)
+        values = dict(self.checkpoint)
         source_due = None
         if self.spec.align_schedule is not None:
             last_known = LastKnown(values=values, backfill_from=self.runtime.backfill_from(now), now=now)
@@ -328,6 +332,7 @@ class LoopDriver:
                 fm.send("persisted")
                 fm.send("finish")
                 self.last_batch = batch
+                self.checkpoint = dict(result.checkpoint)
                 self.records_written += result.total
                 log.info(
                     "frame stored", source=rt.key, loop=self.spec.name, records=len(batch),

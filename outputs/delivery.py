@@ -22,7 +22,7 @@ import structlog
 import trio
 
 from connect.clock import wall_ms
-from connect.errors import ConnectError, TransientError
+from connect.errors import ConnectError, StoreError, TransientError
 from connect.records import Collection
 from connect.redact import describe_error, redact
 from machines import DeliveryMachine
@@ -155,7 +155,8 @@ class Output(abc.ABC):
         for good count as not delivered. With nothing pending the remote side is not contacted,
         and the state (say, an error met during gap analysis) stays as it is.
         """
-        await self.refresh()
+        if not await self.refresh():
+            return False
         if self._lag == 0:
             return True
         machine = self.machine = DeliveryMachine(
@@ -165,8 +166,8 @@ class Output(abc.ABC):
         while True:
             decision = machine.next(self.clock())
             if isinstance(decision, Stop):
-                await self.refresh()
-                return decision.ok and self._lag == 0
+                refreshed = await self.refresh()
+                return decision.ok and refreshed and self._lag == 0
             if isinstance(decision, SleepUntil):
                 await trio.sleep(max(0.0, (decision.until - self.clock()) / 1000.0))
                 continue
@@ -177,10 +178,15 @@ class Output(abc.ABC):
             except Exception as exc:
                 self._failed(_typed(exc, self.name))
 
-    async def refresh(self) -> None:
-        """Re-read lag and rejected count from the store (for status)."""
-        self._lag = int(await self.astore.lag(self.name))
-        self._rejected = int(await self.astore.rejected_count(self.name))
+    async def refresh(self) -> bool:
+        """Re-read lag and rejected count from the store (for status); False (the last numbers
+        kept) while the store cannot be read, which its own status shows."""
+        try:
+            self._lag = int(await self.astore.lag(self.name))
+            self._rejected = int(await self.astore.rejected_count(self.name))
+        except StoreError:
+            return False
+        return True
 
     # --- what an output implements --------------------------------------------------------------
 

@@ -1,14 +1,26 @@
-"""The store as seen from trio: every call runs on a worker thread, one at a time."""
+"""The store as seen from trio: every call runs on a worker thread, one at a time.
+
+This is the store's boundary for the running daemon: a fault of the disk or the file (SQLite's
+``OperationalError`` / ``DatabaseError``: a full disk, an I/O error) leaves it as a
+:class:`~connect.errors.StoreError`, which fails the frame or the delivery pass like any other
+retryable error, and is remembered until a write commits again (the API's readiness says so).
+"""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
+import structlog
 import trio
 
+from connect.errors import StoreError
 from connect.records import Batch, Collection, Record
-from store.database import Pending, PersistResult, Store
+from store.database import Pending, PersistResult, Store, as_store_error
+
+log = structlog.get_logger("store")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -32,17 +44,59 @@ class AsyncStore:
         # trio's MockClock honest (autojump treats a task waiting on a thread as idle and would
         # leap virtual time forward while the thread works).
         self.inline = store.path == ":memory:" if inline is None else inline
+        #: the store's current fault, from its first failure until a write commits again
+        self.fault: StoreError | None = None
+        #: epoch ms of the first failure of the current fault
+        self.fault_since: int | None = None
+        self.failures = 0
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        def run() -> T:
-            return fn(*args, **kwargs)
+        """``fn(*args, **kwargs)`` on the writer connection; a fault of the store raises
+        :class:`StoreError` (the transaction, if any, rolled back)."""
 
-        if self.inline:
-            await trio.lowlevel.checkpoint()
-            return run()
+        def run() -> tuple[T, bool]:
+            commits = self.store.commits
+            result = fn(*args, **kwargs)
+            return result, self.store.commits != commits
 
-        # abandon_on_cancel=False: a cancelled caller never leaves a transaction half done
-        return await trio.to_thread.run_sync(run, limiter=self.limiter, abandon_on_cancel=False)
+        try:
+            if self.inline:
+                await trio.lowlevel.checkpoint()
+                result, committed = run()
+            else:
+                # abandon_on_cancel=False: a cancelled caller never leaves a transaction half done
+                result, committed = await trio.to_thread.run_sync(
+                    run, limiter=self.limiter, abandon_on_cancel=False
+                )
+        except sqlite3.Error as exc:
+            error = as_store_error(exc, self.store.path)
+            if error is None:
+                raise
+            self._failed(error)
+            raise error from exc
+        if committed and self.fault is not None:
+            log.info("store writable again", store=self.store.path, failures=self.failures)
+            self.fault = self.fault_since = None
+        return result
+
+    def _failed(self, error: StoreError) -> None:
+        self.failures += 1
+        if self.fault is None:
+            self.fault_since = int(time.time() * 1000)
+            log.warning("store failing", store=self.store.path, error=str(error))
+        self.fault = error
+
+    @property
+    def health(self) -> dict[str, Any]:
+        """For status: ``ok``, or ``failing`` with the error and since when."""
+        if self.fault is None:
+            return {"state": "ok", "failures": self.failures}
+        return {
+            "state": "failing",
+            "error": str(self.fault),
+            "since": self.fault_since,
+            "failures": self.failures,
+        }
 
     # --- writes ---------------------------------------------------------------------------
 

@@ -8,16 +8,18 @@ the tests, Datasette — open their own connections; WAL lets them read while a 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 from sqlite_utils import Database
 
+from connect.errors import StoreError, StoreUnusable
 from connect.records import (
     COLLECTIONS,
     Batch,
@@ -30,7 +32,8 @@ from connect.records import (
     iso_from_ms,
     to_nightscout,
 )
-from store.schema import COLLECTION_COLUMNS, migrate
+from store.lock import StoreLock
+from store.schema import COLLECTION_COLUMNS, SCHEMA_VERSION, NotAStore, SchemaTooNew, check_schema, migrate
 
 
 def _now_ms() -> int:
@@ -94,40 +97,143 @@ class Pending:
     doc: dict[str, Any]
 
 
+#: the first 16 bytes of every SQLite database file
+SQLITE_HEADER: Final = b"SQLite format 3\x00"
+
+
 def connect_sqlite(path: str | Path, *, writer: bool) -> sqlite3.Connection:
     """A connection with the pragmas every store connection uses."""
     conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
     conn.execute("PRAGMA busy_timeout = 30000")
     if writer:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        _writer_pragmas(conn)
     return conn
 
 
-class Store:
-    """The writer side of the store (and simple reads on the same connection)."""
+def _writer_pragmas(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
 
-    def __init__(self, path: str | Path = ":memory:") -> None:
+
+def check_path(path: str) -> None:
+    """What can be told about the store file before SQLite opens it, each problem one line
+    (:class:`StoreUnusable`) naming the store; nothing is created or written here."""
+    where = f"store {path!r}"
+    file = Path(path)
+    parent = file.absolute().parent
+    try:
+        if file.is_dir():
+            raise StoreUnusable(
+                f"{where}: is a directory; name a file, such as {str(file / 'nightscout-connect.db')!r}"
+            )
+        if not parent.exists():
+            raise StoreUnusable(f"{where}: the directory {str(parent)!r} does not exist")
+        if not parent.is_dir():
+            raise StoreUnusable(f"{where}: {str(parent)!r} is not a directory")
+        if file.exists():
+            if not file.is_file():
+                raise StoreUnusable(f"{where}: is not a regular file")
+            if not os.access(file, os.R_OK):
+                raise StoreUnusable(f"{where}: cannot be read (permission denied)")
+            if not os.access(file, os.W_OK):
+                raise StoreUnusable(f"{where}: is read-only; the daemon writes to its store")
+            with file.open("rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+            if header and header != SQLITE_HEADER:
+                raise StoreUnusable(f"{where}: is not a SQLite database (the file was left as it is)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise StoreUnusable(
+                f"{where}: the directory {str(parent)!r} is read-only; the store keeps its journal and "
+                "lock files beside it"
+            )
+    except OSError as exc:
+        raise StoreUnusable(f"{where}: cannot be used ({exc.strerror or type(exc).__name__})") from None
+
+
+def as_store_error(exc: sqlite3.Error, path: str) -> StoreError | None:
+    """A fault of the store's disk or file as a :class:`StoreError`; None for anything else
+    (a constraint or a misuse is a bug, not a fault to wait out)."""
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError):
+        return None
+    if isinstance(exc, sqlite3.DataError | sqlite3.NotSupportedError):
+        return None
+    return StoreError(f"store {path!r}: {exc}")
+
+
+class Store:
+    """The writer side of the store (and simple reads on the same connection).
+
+    ``Store(path)`` opens a file as it is (tests, benchmarks, tools); a daemon opens its store
+    with :meth:`open`, which checks it first and takes the one-daemon lock.
+    """
+
+    def __init__(self, path: str | Path = ":memory:", *, lock: StoreLock | None = None) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = connect_sqlite(self.path, writer=True)
-        self.db = Database(self.conn)
-        self.version = migrate(self.db)
+        self.lock = lock
+        #: transactions committed on this connection (a store that commits is healthy again)
+        self.commits = 0
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            check_schema(conn)  # before anything is written: a store we cannot use stays as it is
+            _writer_pragmas(conn)
+            self.conn = conn
+            self.db = Database(conn)
+            self.version = migrate(self.db)
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        """The daemon's store: checked, locked for this process, migrated. A store that cannot be
+        used raises :class:`StoreUnusable` in one line naming it, and is left as it was."""
+        text = str(path)
+        if text == ":memory:":
+            return cls(text)
+        where = f"store {text!r}"
+        check_path(text)
+        lock = StoreLock.acquire(text)
+        try:
+            return cls(text, lock=lock)
+        except SchemaTooNew as exc:
+            problem = (
+                f"{where}: written by a newer version of nightscout-connect (schema {exc.version}; "
+                f"this version knows up to {SCHEMA_VERSION}); upgrade, or name another store"
+            )
+        except NotAStore:
+            problem = (
+                f"{where}: is a SQLite database of something else, not a store (the file was left as it is)"
+            )
+        except sqlite3.Error as exc:
+            problem = f"{where}: cannot be opened ({exc})"
+        except BaseException:
+            lock.release()
+            raise
+        lock.release()
+        raise StoreUnusable(problem)
 
     def close(self) -> None:
         self.conn.close()
+        if self.lock is not None:
+            self.lock.release()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (a frame is all or nothing)."""
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception, a failed COMMIT included (a
+        frame is all or nothing)."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk, an I/O error): the error that
+            # caused it is the one to report
+            if self.conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        self.commits += 1
 
     # --- frames -----------------------------------------------------------------------
 

@@ -25,8 +25,10 @@ from urllib.parse import quote
 
 import attrs
 
-from connect.errors import ConfigError
+from connect.errors import ConfigError, StoreUnusable
 from connect.records import COLLECTIONS, Collection
+from store.database import SQLITE_HEADER
+from store.schema import SCHEMA_VERSION
 
 Op = Literal["=", "!=", ">", ">=", "<", "<="]
 OPS: Final[frozenset[str]] = frozenset({"=", "!=", ">", ">=", "<", "<="})
@@ -357,3 +359,36 @@ class StoreReader:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             conn.execute("SELECT 1 FROM entries LIMIT 1").fetchall()
         return int(version)
+
+    def verify(self) -> int:
+        """The store as a reader needs it, checked once before serving: a SQLite database, a
+        store of ours (not of a newer version) that passes ``PRAGMA quick_check``. Returns its
+        schema version, or raises :class:`StoreUnusable` in one line naming the store."""
+        where = f"store {self.path!r}"
+        file = Path(self.path)
+        if file.is_dir():
+            raise StoreUnusable(f"{where}: is a directory, not a store file")
+        try:
+            with file.open("rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise StoreUnusable(f"{where}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+        if header != SQLITE_HEADER:
+            raise StoreUnusable(f"{where}: is not a SQLite database")
+        try:
+            with self.connection() as conn:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if version > SCHEMA_VERSION:
+                    raise StoreUnusable(
+                        f"{where}: written by a newer version of nightscout-connect (schema {version}; "
+                        f"this version knows up to {SCHEMA_VERSION}); upgrade to serve it"
+                    )
+                if version == 0:
+                    raise StoreUnusable(f"{where}: is not a nightscout-connect store (no schema)")
+                problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(1)")]
+        except sqlite3.Error as exc:
+            raise StoreUnusable(f"{where}: cannot be read ({exc})") from None
+        if problems != ["ok"]:
+            first = " ".join(problems[0].split())[:200] if problems else "no answer"
+            raise StoreUnusable(f"{where}: is damaged (quick_check: {first}); restore it from a backup")
+        return version

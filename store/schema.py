@@ -8,6 +8,7 @@ changes. Outputs deliver "everything past my cursor" by ``seq``.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from typing import Final
 
@@ -101,15 +102,45 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 class SchemaTooNew(RuntimeError):
     """The store was written by a newer version of the daemon."""
 
+    def __init__(self, version: int) -> None:
+        super().__init__(f"store schema {version} is newer than this program's {SCHEMA_VERSION}")
+        self.version = version
+
+
+class NotAStore(RuntimeError):
+    """The file is a SQLite database, but of something else (tables and no schema version)."""
+
+
+def check_schema(conn: sqlite3.Connection) -> int:
+    """The store's schema version, read without writing anything; raises :class:`SchemaTooNew`
+    or :class:`NotAStore` for a database this program must leave as it is."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(version)
+    if version == 0:
+        (tables,) = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+        ).fetchone()
+        if tables:
+            raise NotAStore("a SQLite database of something else (it has tables but no store schema)")
+    return version
+
 
 def migrate(db: Database) -> int:
-    """Bring the schema to :data:`SCHEMA_VERSION`, each step in its own transaction."""
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if version > SCHEMA_VERSION:
-        raise SchemaTooNew(f"store schema {version} is newer than this program's {SCHEMA_VERSION}")
+    """Bring the schema to :data:`SCHEMA_VERSION`, each step in its own transaction (a step
+    that fails leaves the store at the version before it)."""
+    version = check_schema(db.conn)
     while version < SCHEMA_VERSION:
-        with db.conn:
-            MIGRATIONS[version](db)
-            version += 1
-            db.execute(f"PRAGMA user_version = {version}")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])  # as of the lock
+            if version < SCHEMA_VERSION:
+                MIGRATIONS[version](db)
+                version += 1
+                db.execute(f"PRAGMA user_version = {version}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.conn.in_transaction:
+                db.execute("ROLLBACK")
+            raise
     return version

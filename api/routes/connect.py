@@ -51,5 +51,6 @@ async def connect_status(access: RequestAccess, context: Context) -> Response:
         doc["runtime"] = "unavailable"
     else:
         doc.update(redact(dict(snapshot)))
-    doc["store"] = store_view
+    # the daemon's view of its writes (ok / failing) beside what the store holds
+    doc["store"] = {**st.store(doc), **store_view}
     return json_response(doc)

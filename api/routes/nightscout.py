@@ -15,7 +15,8 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from api.access import RequestAccess
-from api.context import Context
+from api.context import ApiContext, Context
+from api.errors import StoreUnavailable
 from api.openapi import (
     DOC_SCHEMAS,
     ERROR_RESPONSES,
@@ -43,6 +44,13 @@ THRESHOLDS: Final = {"bgHigh": 260, "bgTargetTop": 180, "bgTargetBottom": 70, "b
 router = APIRouter()
 
 
+def _require_store(context: ApiContext) -> None:
+    """Documents are served only while the daemon can write the store: while it cannot (a full
+    disk) what the store holds is falling behind, and clients are told so, not served it."""
+    if context.store_failing():
+        raise StoreUnavailable()
+
+
 def _operation_id(path: str) -> str:
     return path.strip("/").replace("/", "_").replace(".", "_")
 
@@ -52,6 +60,7 @@ def _read_endpoint(
 ) -> Callable[..., Response]:
     def handler(request: Request, access: RequestAccess, context: Context) -> Response:
         access.require_read()
+        _require_store(context)
         query = parse_read(collection, request.query_params.multi_items(), forced=forced, count=count)
         return Response(read_body(context.reader, query), media_type=JSON)
 
@@ -121,6 +130,7 @@ def entry_by_spec(
     context: Context,
 ) -> Response:
     access.require_read()
+    _require_store(context)
     name = spec.removesuffix(".json")
     items = request.query_params.multi_items()
     if OBJECT_ID.match(name):

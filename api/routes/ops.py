@@ -41,6 +41,8 @@ async def readyz(context: Context) -> Response:
         await run_in_threadpool(context.reader.ping)
     except sqlite3.Error:
         problems.append("store unreadable")
+    if context.store_failing():
+        problems.append("store failing")
     snapshot = context.take_status()
     if snapshot is None:
         problems.append("runtime status unavailable")
