@@ -24,11 +24,19 @@ between the POST and the cursor update); before sending those records again, the
 which of them it already holds (by ``identifier``, or device + ``created_at``), and only the
 missing ones are posted. The only window left is a site that stored a record but does not yet
 return it on the very next read.
+
+Profiles are always compared with the site's before they are posted, since a fresh store (or
+another uploader) cannot know what the site holds: a profile whose start and settings the site
+already has is never posted again; the same start (or identifier) with other settings is the
+profile changed at the source, and is posted: Nightscout's newest profile is the one with the
+newest ``startDate``, then the newest ``_id``, so it becomes the site's current profile.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -133,20 +141,58 @@ def doc_ms(doc: Mapping[str, Any], keys: Iterable[str]) -> int | None:
 
 
 def identity_keys(collection: str, doc: Mapping[str, Any]) -> set[str]:
-    """Keys under which a devicestatus/profile document is recognised at the site."""
+    """Keys under which a devicestatus/profile document is recognised at the site.
+
+    A devicestatus is known by its identifier or its device and time. A profile is known by
+    its start and its settings together (:func:`profile_key`): the same identifier or start
+    with other settings is the profile changed at the source, which must be uploaded.
+    """
+    if collection == "profile":
+        key = profile_key(doc)
+        return set() if key is None else {key}
     keys: set[str] = set()
     identifier = doc.get("identifier")
     if isinstance(identifier, str) and identifier:
         keys.add(f"id:{identifier}")
-    if collection == "devicestatus":
-        when = doc_ms(doc, ("created_at", "date", "mills"))
-        if when is not None:
-            keys.add(f"at:{doc.get('device')}|{when}")
-    else:
-        when = doc_ms(doc, ("startDate", "mills", "created_at"))
-        if when is not None:
-            keys.add(f"start:{when}")
+    when = doc_ms(doc, ("created_at", "date", "mills"))
+    if when is not None:
+        keys.add(f"at:{doc.get('device')}|{when}")
     return keys
+
+
+def _canonical(value: Any) -> Any:
+    """A profile value compared by meaning: Nightscout keeps numbers as strings now and then
+    (``"dia": "4"``), and mappings compare whatever their key order."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return str(value)
+
+
+def profile_key(doc: Mapping[str, Any]) -> str | None:
+    """What makes two profile documents the same profile: the moment it starts and its settings
+    (``store`` and ``defaultProfile``); None without a start. The site's own fields (``_id``,
+    ``created_at``) and who uploaded it do not count."""
+    start = doc_ms(doc, ("startDate", "mills", "created_at"))
+    if start is None:
+        return None
+    settings = {
+        "defaultProfile": _canonical(doc.get("defaultProfile")),
+        "store": _canonical(doc.get("store")),
+    }
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return f"profile:{start}:{hashlib.sha256(text.encode('utf-8')).hexdigest()}"
 
 
 def _short_reason(response: httpx.Response) -> str:
@@ -318,31 +364,40 @@ class NightscoutOutput(Output):
 
     async def _send_chunk(self, collection: Collection, chunk: Sequence[Row]) -> None:
         rows = list(chunk)
-        if collection in NON_IDEMPOTENT:
+        if collection == "profile":
+            # a profile is posted only when the site does not hold it yet: the site inserts
+            # every profile it is sent, and a fresh store does not know what went up before
+            rows = await self._not_at_site(collection, rows, rows)
+        elif collection in NON_IDEMPOTENT:
             attempted = int(await self.astore.cursor(self.attempt_name, collection))
             if attempted >= chunk[0].seq:
-                uncertain = [r.doc() for r in chunk if r.seq <= attempted]
-                try:
-                    present = await self._already_stored(collection, uncertain)
-                except ChunkRejected as exc:
-                    # a site that refuses the check would otherwise hold this collection back
-                    # forever; a possible duplicate status is the lesser harm
-                    log.warning("cannot check for records already sent", output=self.name,
-                                collection=collection, error=describe_error(exc))  # fmt: skip
-                    present = set()
-                rows = [r for r in rows if not (identity_keys(collection, r.doc()) & present)]
-                if len(rows) < len(chunk):
-                    log.info(
-                        "not resending records the site already holds", output=self.name,
-                        collection=collection, records=len(chunk) - len(rows),
-                    )  # fmt: skip
-                if not rows:
-                    return
+                rows = await self._not_at_site(collection, rows, [r for r in rows if r.seq <= attempted])
+        if collection in NON_IDEMPOTENT:
+            if not rows:
+                return
             # written before the POST: after a crash, the records up to here may be at the site
             await self.astore.advance(self.attempt_name, collection, chunk[-1].seq)
         # the store keeps each document as compact JSON: the body is made without parsing them
         body = ("[" + ",".join(r.text for r in rows) + "]").encode("utf-8")
         await self._call("POST", f"{API}/{collection}", body=body)
+
+    async def _not_at_site(self, collection: Collection, rows: list[Row], uncertain: list[Row]) -> list[Row]:
+        """``rows`` without those the site already holds (it is asked about ``uncertain``)."""
+        try:
+            present = await self._already_stored(collection, [r.doc() for r in uncertain])
+        except ChunkRejected as exc:
+            # a site that refuses the check would otherwise hold this collection back
+            # forever; a possible duplicate is the lesser harm
+            log.warning("cannot check for records already sent", output=self.name,
+                        collection=collection, error=describe_error(exc))  # fmt: skip
+            return rows
+        kept = [r for r in rows if not (identity_keys(collection, r.doc()) & present)]
+        if len(kept) < len(rows):
+            log.info(
+                "not sending records the site already holds", output=self.name,
+                collection=collection, records=len(rows) - len(kept),
+            )  # fmt: skip
+        return kept
 
     async def _already_stored(self, collection: Collection, docs: Sequence[dict[str, Any]]) -> set[str]:
         """Identity keys of the site's copies of ``docs`` (devicestatus / profile)."""
