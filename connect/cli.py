@@ -28,6 +28,7 @@ from connect.errors import ConfigError, ConnectError
 from connect.loading import UsageError, flag_source, load_settings, selected_source, take_option
 from connect.logs import configure
 from connect.redact import describe_error
+from connect.rejected import cmd_rejected
 from connect.settings import (
     TRUE_WORDS,
     CoreSettings,
@@ -56,6 +57,8 @@ commands:
   diagram   print the machines as mermaid, md or dot (--format)
   login     login carelink [--import FILE]: CareLink's first login (a person at a browser)
   capture   capture DIR: one frame per loop, each HTTP exchange saved to DIR, secrets replaced
+  rejected  the records outputs set aside (refused for good); `rejected retry` sends them again
+            ([--output NAME] [--collection NAME])
 
 Every setting is a --flag or a CONNECT_* variable; `nightscout-connect <command> --help` lists them.
 """
@@ -321,6 +324,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "diagram": cmd_diagram,
     "login": cmd_login,
     "capture": cmd_capture,
+    "rejected": cmd_rejected,
 }
 
 

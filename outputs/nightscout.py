@@ -38,7 +38,7 @@ import hashlib
 import json
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -112,6 +112,17 @@ def pending_rows(store: Store, output: str, collection: Collection, limit: int) 
     after = store.cursor(output, collection)
     rows = store.conn.execute(
         f"SELECT seq, json FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+    )
+    return [Row(seq=int(seq), text=str(text)) for seq, text in rows]
+
+
+def queued_rows(store: Store, output: str, collection: Collection, limit: int) -> list[Row]:
+    """Records ``output`` set aside that ``rejected retry`` queued for another try, oldest first."""
+    rows = store.conn.execute(
+        f"SELECT DISTINCT c.seq, c.json FROM rejected r JOIN {collection} c "
+        "ON c.seq BETWEEN r.first_seq AND r.last_seq "
+        "WHERE r.output = ? AND r.collection = ? AND r.retry = 1 AND c.seq <= ? ORDER BY c.seq LIMIT ?",
+        (output, collection, store.cursor(output, collection), limit),
     )
     return [Row(seq=int(seq), text=str(text)) for seq, text in rows]
 
@@ -347,19 +358,35 @@ class NightscoutOutput(Output):
         )
         return rows
 
+    async def _queued(self, collection: Collection, limit: int) -> list[Row]:
+        rows: list[Row] = await self.astore.call(queued_rows, self.astore.store, self.name, collection, limit)
+        return rows
+
     async def _deliver_collection(self, collection: Collection) -> None:
+        # records set aside and queued again by `rejected retry` go first, then the new ones
+        await self._deliver_rows(collection, self._queued, retry=True)
+        await self._deliver_rows(collection, self._rows, retry=False)
+
+    async def _deliver_rows(
+        self, collection: Collection, read: Callable[[Collection, int], Awaitable[list[Row]]], *, retry: bool
+    ) -> None:
         while True:
-            chunk = await self._rows(collection, self.machine.limit)
+            chunk = await read(collection, self.machine.limit)
             if not chunk:
+                if retry:  # queued entries whose records changed since: nothing left to send
+                    await self.astore.retry_done(self.name, collection, [])
                 return
             self._sending()
             try:
                 await self._send_chunk(collection, chunk)
             except ChunkRejected as exc:
                 # the machine halves the chunk until the refused record is alone, then sets
-                # it aside so one bad record never holds back the ones after it
+                # it aside so one bad record never holds back the ones after it (a queued
+                # record refused again is set aside again)
                 await self._refused(collection, chunk, exc.status, describe_error(exc) or "rejected")
                 continue
+            if retry:
+                await self.astore.retry_done(self.name, collection, [r.seq for r in chunk])
             await self._accepted(collection, chunk)
 
     async def _send_chunk(self, collection: Collection, chunk: Sequence[Row]) -> None:
