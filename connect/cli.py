@@ -21,7 +21,7 @@ import trio
 from api.settings import ApiSettings, check_bind
 from connect import accounts
 from connect import daemon as daemon_mod
-from connect.assemble import assemble
+from connect.assemble import assemble, try_outputs
 from connect.builder import SourcePlan
 from connect.contract import SourceInfo
 from connect.errors import ConfigError, ConnectError
@@ -205,22 +205,24 @@ def cmd_check(args: Sequence[str]) -> int:
     _configure_logs(settings)
     print("\n".join(env_report(source, args, given)))
 
-    async def main() -> str | None:
+    async def main() -> tuple[str | None, list[tuple[bool, str]]]:
         # the daemon `run` would start, over a store in memory and without outputs: only the
-        # vendor is contacted, and nothing is written
+        # vendor is contacted, and nothing is written; then each output is tried, writing nothing
         store = Store(":memory:")
         try:
             async with assemble(settings, source, store=store, deliver=False) as daemon:
-                return await try_login(daemon.runtime.plan)
+                problem = await try_login(daemon.runtime.plan)
+                return problem, await try_outputs(settings, daemon.astore, daemon.client)
         finally:
             store.close()
 
-    problem = trio.run(main)
+    problem, outputs = trio.run(main)
     if problem is not None:
         print(f"login: failed — {problem}")
-        return EXIT_FAILED
-    print("login: ok" if source.name != "sim" else "login: not needed")
-    return EXIT_OK
+    else:
+        print("login: ok" if source.name != "sim" else "login: not needed")
+    print("\n".join(line for _, line in outputs) or "outputs: none (records stay in the local store)")
+    return EXIT_FAILED if problem is not None or not all(ok for ok, _ in outputs) else EXIT_OK
 
 
 async def try_login(plan: SourcePlan) -> str | None:

@@ -248,6 +248,8 @@ class NightscoutOutput(Output):
         self.client = client
         self.timeout = timeout
         self.attempt_name = f"{name}.attempted"
+        #: what ``check`` calls the credential
+        self.credential_kind = "secret" if api_secret else "token"
         self._headers = {
             "api-secret": sha1_hex(credential),
             "accept": "application/json",
@@ -334,6 +336,52 @@ class NightscoutOutput(Output):
             raise
         times = [t for t in (doc_ms(doc, keys) for doc in docs) if t is not None]
         return max(times) if times else None
+
+    async def probe(self) -> tuple[bool, str]:
+        """Whether the site accepts the credential and lets it write, without writing anything.
+
+        ``GET /api/v1/verifyauth`` says what the credential grants (``message`` "OK" when it is
+        recognised, ``canWrite`` for write access). A credential it does not recognise is tried
+        once more on the read gap analysis makes, for the status code the site answers.
+        """
+        who = self.credential_kind
+        path = f"{API}/verifyauth"
+        try:
+            response = await self._probe_get(path)
+            status = response.status_code
+            if status in (401, 403):
+                return False, f"refused the {who} (HTTP {status})"
+            if status in (404, 405) or 300 <= status < 400:
+                return False, (
+                    f"no Nightscout API there (GET {path}: HTTP {status}); "
+                    "is CONNECT_NIGHTSCOUT_ENDPOINT the site's address?"
+                )
+            if status != 200:
+                return False, f"GET {path} answered HTTP {status}{_short_reason(response)}"
+            body = json_body(response, what=f"GET {path}")
+            grant = body.get("message") if isinstance(body, dict) else None
+            if not isinstance(grant, dict):
+                return False, f"GET {path} did not answer as Nightscout does"
+            if grant.get("message") != "OK":
+                entries, params, _ = NEWEST_QUERIES["entries"]
+                read = await self._probe_get(entries, params)
+                if read.status_code in (401, 403):
+                    return False, f"refused the {who} (HTTP {read.status_code})"
+                return False, f"refused the {who} (verifyauth: {str(grant.get('message'))[:40]})"
+            if grant.get("canWrite") is not True:
+                return False, (
+                    f"accepted the {who}, but it may not write (verifyauth: canWrite false); "
+                    "use the API secret or a token with the admin role"
+                )
+        except ConnectError as exc:
+            return False, f"failed ({describe_error(exc)})"
+        return True, "ok, can write"
+
+    async def _probe_get(self, path: str, params: Mapping[str, str] | None = None) -> httpx.Response:
+        request = self.client.build_request(
+            "GET", self.base_url + path, params=params, headers=self._headers, timeout=self.timeout
+        )
+        return await send(self.client, request, what=f"GET {path}")
 
     # --- delivery ---------------------------------------------------------------------------
 
