@@ -2,8 +2,9 @@
 
 Commands: run (the daemon), once (cron mode), check (settings and login, nothing written),
 demo (the simulated CGM into a store with the API up), diagram (the machines as text),
-login (CareLink's first login, which needs a person at a browser) and capture (one frame's
-HTTP exchanges, secrets replaced, saved for a maintainer).
+login (CareLink's first login, which needs a person at a browser), capture (one frame's
+HTTP exchanges, secrets replaced, saved for a maintainer) and rejected (records set aside, and
+sending them again).
 Bad settings exit 2 with one line per problem; nothing prints a traceback for them.
 """
 
@@ -51,7 +52,7 @@ commands:
   run       run every loop of the configured source forever (the daemon)
   once      one frame per loop, deliver, then exit (non-zero if any failed)
             (both take --accounts-dir DIR: one account per DIR/NAME.env, all in one process)
-  check     validate settings and try the login; writes no data
+  check     validate settings, try the login and each output; writes no data (exit 1: one failed)
   demo      the simulated CGM into a local store, with live logs and the API
   serve     the HTTP API alone over an existing store
   diagram   print the machines as mermaid, md or dot (--format)
