@@ -374,6 +374,12 @@ class Store:
     def retry_done(self, output: str, collection: Collection, seqs: Sequence[int]) -> None:
         """The far side accepted the queued records ``seqs``: their entries leave ``rejected``
         (and so do queued entries whose records are no longer in the store under their seq)."""
+        queued = self.conn.execute(
+            "SELECT 1 FROM rejected WHERE output = ? AND collection = ? AND retry = 1 LIMIT 1",
+            (output, collection),
+        ).fetchone()
+        if queued is None:  # the common case, once per pass: no write
+            return
         with self.transaction() as conn:
             if seqs:
                 sent = set(seqs)
