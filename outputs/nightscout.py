@@ -127,6 +127,14 @@ def queued_rows(store: Store, output: str, collection: Collection, limit: int) -
     return [Row(seq=int(seq), text=str(text)) for seq, text in rows]
 
 
+def queued_collections(store: Store, output: str) -> set[str]:
+    """The collections in which ``rejected retry`` queued records of ``output``."""
+    rows = store.conn.execute(
+        "SELECT DISTINCT collection FROM rejected WHERE output = ? AND retry = 1", (output,)
+    )
+    return {str(name) for (name,) in rows}
+
+
 class ChunkRejected(RequestRejected):
     """The site refused a request for good (a 4xx other than auth, 404/405, 408, 425, 429)."""
 
@@ -397,8 +405,9 @@ class NightscoutOutput(Output):
         self.machine.send("drained")
 
     async def _deliver_pending(self) -> None:
+        queued: set[str] = await self.astore.call(queued_collections, self.astore.store, self.name)
         for collection in COLLECTIONS:
-            await self._deliver_collection(collection)
+            await self._deliver_collection(collection, retry=collection in queued)
 
     async def _rows(self, collection: Collection, limit: int) -> list[Row]:
         rows: list[Row] = await self.astore.call(
@@ -410,9 +419,10 @@ class NightscoutOutput(Output):
         rows: list[Row] = await self.astore.call(queued_rows, self.astore.store, self.name, collection, limit)
         return rows
 
-    async def _deliver_collection(self, collection: Collection) -> None:
+    async def _deliver_collection(self, collection: Collection, *, retry: bool = False) -> None:
         # records set aside and queued again by `rejected retry` go first, then the new ones
-        await self._deliver_rows(collection, self._queued, retry=True)
+        if retry:
+            await self._deliver_rows(collection, self._queued, retry=True)
         await self._deliver_rows(collection, self._rows, retry=False)
 
     async def _deliver_rows(
