@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.concurrency import run_in_threadpool
 
 from api import status as st
+from connect.records import COLLECTIONS
 from connect.redact import describe_error
 from store.reader import StoreReader
 
@@ -131,6 +132,7 @@ class ConnectCollector:
             collections = self.reader.collections()
             names = sorted({*output_names, *self.reader.outputs()})
             lag = self.reader.lag(names)
+            rejected = self.reader.rejected()
         except sqlite3.Error as exc:
             log.warning("store unavailable", error=describe_error(exc))
             up.add_metric([], 0)
@@ -155,7 +157,19 @@ class ConnectCollector:
         )
         for output, per in lag.items():
             lag_metric.add_metric([output], sum(per.values()))
-        yield from (stored, newest, lag_metric)
+        set_aside = GaugeMetricFamily(
+            f"{PREFIX}_rejected_records",
+            "records the far side refused for good and the output set aside (`nightscout-connect rejected`)",
+            labels=["output", "collection"],
+        )
+        counts: dict[tuple[str, str], int] = {(name, c): 0 for name in names for c in COLLECTIONS}
+        for group in rejected:
+            if not group.queued:  # a queued record is counted in the lag until it goes out
+                key = (group.output, group.collection)
+                counts[key] = counts.get(key, 0) + group.records
+        for (output, collection), records in sorted(counts.items()):
+            set_aside.add_metric([output, collection], records)
+        yield from (stored, newest, lag_metric, set_aside)
 
 
 def make_registry(reader: StoreReader, status: Callable[[], Mapping[str, Any]]) -> CollectorRegistry:

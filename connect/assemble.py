@@ -42,6 +42,18 @@ def gap_finder(outputs: list[Output]) -> GapFinder | None:
     return None
 
 
+async def try_outputs(
+    settings: CoreSettings, astore: AsyncStore, client: httpx.AsyncClient
+) -> list[tuple[bool, str]]:
+    """Every output the settings enable, tried without writing (``check``): for each, whether
+    it can deliver and the line ``check`` prints, ``output NAME TARGET: …``."""
+    results: list[tuple[bool, str]] = []
+    for output in build_outputs(settings, astore, client):
+        ok, detail = await output.probe()
+        results.append((ok, f"output {output.name} {output.target()}: {detail}"))
+    return results
+
+
 @asynccontextmanager
 async def assemble(
     settings: CoreSettings,

@@ -2,8 +2,9 @@
 
 Commands: run (the daemon), once (cron mode), check (settings and login, nothing written),
 demo (the simulated CGM into a store with the API up), diagram (the machines as text),
-login (CareLink's first login, which needs a person at a browser) and capture (one frame's
-HTTP exchanges, secrets replaced, saved for a maintainer).
+login (CareLink's first login, which needs a person at a browser), capture (one frame's
+HTTP exchanges, secrets replaced, saved for a maintainer) and rejected (records set aside, and
+sending them again).
 Bad settings exit 2 with one line per problem; nothing prints a traceback for them. So does a
 store that cannot be used (not a database, a newer schema, read-only, a directory, a missing
 directory, or held by another daemon: one daemon per store).
@@ -23,13 +24,14 @@ import trio
 from api.settings import ApiSettings, check_bind
 from connect import accounts
 from connect import daemon as daemon_mod
-from connect.assemble import assemble
+from connect.assemble import assemble, try_outputs
 from connect.builder import SourcePlan
 from connect.contract import SourceInfo
 from connect.errors import ConfigError, ConnectError, StoreError
 from connect.loading import UsageError, flag_source, load_settings, selected_source, take_option
 from connect.logs import configure
 from connect.redact import describe_error
+from connect.rejected import cmd_rejected
 from connect.settings import (
     TRUE_WORDS,
     CoreSettings,
@@ -52,12 +54,14 @@ commands:
   run       run every loop of the configured source forever (the daemon)
   once      one frame per loop, deliver, then exit (non-zero if any failed)
             (both take --accounts-dir DIR: one account per DIR/NAME.env, all in one process)
-  check     validate settings and try the login; writes no data
+  check     validate settings, try the login and each output; writes no data (exit 1: one failed)
   demo      the simulated CGM into a local store, with live logs and the API
   serve     the HTTP API alone over an existing store
   diagram   print the machines as mermaid, md or dot (--format)
   login     login carelink [--import FILE]: CareLink's first login (a person at a browser)
   capture   capture DIR: one frame per loop, each HTTP exchange saved to DIR, secrets replaced
+  rejected  the records outputs set aside (refused for good); `rejected retry` sends them again
+            ([--output NAME] [--collection NAME])
 
 Every setting is a --flag or a CONNECT_* variable; `nightscout-connect <command> --help` lists them.
 """
@@ -209,22 +213,24 @@ def cmd_check(args: Sequence[str]) -> int:
     _configure_logs(settings)
     print("\n".join(env_report(source, args, given)))
 
-    async def main() -> str | None:
+    async def main() -> tuple[str | None, list[tuple[bool, str]]]:
         # the daemon `run` would start, over a store in memory and without outputs: only the
-        # vendor is contacted, and nothing is written
+        # vendor is contacted, and nothing is written; then each output is tried, writing nothing
         store = Store(":memory:")
         try:
             async with assemble(settings, source, store=store, deliver=False) as daemon:
-                return await try_login(daemon.runtime.plan)
+                problem = await try_login(daemon.runtime.plan)
+                return problem, await try_outputs(settings, daemon.astore, daemon.client)
         finally:
             store.close()
 
-    problem = trio.run(main)
+    problem, outputs = trio.run(main)
     if problem is not None:
         print(f"login: failed — {problem}")
-        return EXIT_FAILED
-    print("login: ok" if source.name != "sim" else "login: not needed")
-    return EXIT_OK
+    else:
+        print("login: ok" if source.name != "sim" else "login: not needed")
+    print("\n".join(line for _, line in outputs) or "outputs: none (records stay in the local store)")
+    return EXIT_FAILED if problem is not None or not all(ok for ok, _ in outputs) else EXIT_OK
 
 
 async def try_login(plan: SourcePlan) -> str | None:
@@ -328,6 +334,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "diagram": cmd_diagram,
     "login": cmd_login,
     "capture": cmd_capture,
+    "rejected": cmd_rejected,
 }
 
 

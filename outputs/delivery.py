@@ -178,6 +178,11 @@ class Output(abc.ABC):
             except Exception as exc:
                 self._failed(_typed(exc, self.name))
 
+    async def probe(self) -> tuple[bool, str]:
+        """Try the far side as delivery would, writing nothing (``check``): whether this output
+        can deliver, and one line saying so (no credentials in it)."""
+        return True, "not tried"
+
     async def refresh(self) -> bool:
         """Re-read lag and rejected count from the store (for status); False (the last numbers
         kept) while the store cannot be read, which its own status shows."""

@@ -33,7 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from connect.clock import wall_ms
 from connect.errors import ConnectError, OutputAuthError, TransientError
 from connect.records import COLLECTIONS, Collection
-from connect.redact import register_secret
+from connect.redact import redact_text, register_secret
 from machines.delivery import DeliveryPolicy
 from outputs.delivery import Clock, Output
 from outputs.settings import MqttTarget, mqtt_target
@@ -372,8 +372,31 @@ class MqttOutput(Output):
         client.connect_timeout = self.connect_timeout
         return client
 
+    async def probe(self) -> tuple[bool, str]:
+        """Connect and log in, then disconnect: nothing is published (``check``)."""
+
+        async def nothing(_link: _Link) -> None:
+            return None
+
+        try:
+            await self._with_connection(nothing, client_id=f"{self.client_id}-check", restate_current=False)
+        except OutputAuthError:
+            return False, "refused the login"
+        except ConnectError as exc:
+            text = (
+                str(exc)
+                .replace(f"MQTT broker {self.target()} ", "")
+                .replace(f"MQTT connection to {self.target()}", "connection")
+            )
+            return False, redact_text(text)
+        return True, "ok, logged in" if self.broker.username is not None else "ok, connected"
+
     async def _with_connection(
-        self, body: Callable[[_Link], Awaitable[None]], *, client_id: str | None = None
+        self,
+        body: Callable[[_Link], Awaitable[None]],
+        *,
+        client_id: str | None = None,
+        restate_current: bool = True,
     ) -> None:
         """Connect, run ``body`` while the connection lives, disconnect; raise what ended it."""
         broker = self.broker
@@ -401,20 +424,22 @@ class MqttOutput(Output):
                 nursery.start_soon(link.reader)
                 nursery.start_soon(link.writer)
                 nursery.start_soon(link.keepalive, max(1.0, self.keepalive / 4))
-                nursery.start_soon(link.guard, lambda lk: self._session(lk, body))
+                nursery.start_soon(link.guard, lambda lk: self._session(lk, body, restate_current))
         finally:
             self._connected = False
             link.close()
         if link.error is not None:
             raise link.error
 
-    async def _session(self, link: _Link, body: Callable[[_Link], Awaitable[None]]) -> None:
+    async def _session(
+        self, link: _Link, body: Callable[[_Link], Awaitable[None]], restate_current: bool = True
+    ) -> None:
         with trio.move_on_after(self.connect_timeout) as scope:
             await link.connected.wait()
         if scope.cancelled_caught:
             raise TransientError(f"MQTT broker {self.target()} sent no CONNACK in {self.connect_timeout:g} s")
         log.info("mqtt connected", output=self.name, broker=self.target())
-        if self.retain_current:
+        if self.retain_current and restate_current:
             await self._republish_current(link)
         # connected in status: ready to deliver, the retained current restated
         self._connected = True

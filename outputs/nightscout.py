@@ -24,13 +24,21 @@ between the POST and the cursor update); before sending those records again, the
 which of them it already holds (by ``identifier``, or device + ``created_at``), and only the
 missing ones are posted. The only window left is a site that stored a record but does not yet
 return it on the very next read.
+
+Profiles are always compared with the site's before they are posted, since a fresh store (or
+another uploader) cannot know what the site holds: a profile whose start and settings the site
+already has is never posted again; the same start (or identifier) with other settings is the
+profile changed at the source, and is posted: Nightscout's newest profile is the one with the
+newest ``startDate``, then the newest ``_id``, so it becomes the site's current profile.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -108,6 +116,25 @@ def pending_rows(store: Store, output: str, collection: Collection, limit: int) 
     return [Row(seq=int(seq), text=str(text)) for seq, text in rows]
 
 
+def queued_rows(store: Store, output: str, collection: Collection, limit: int) -> list[Row]:
+    """Records ``output`` set aside that ``rejected retry`` queued for another try, oldest first."""
+    rows = store.conn.execute(
+        f"SELECT DISTINCT c.seq, c.json FROM rejected r JOIN {collection} c "
+        "ON c.seq BETWEEN r.first_seq AND r.last_seq "
+        "WHERE r.output = ? AND r.collection = ? AND r.retry = 1 AND c.seq <= ? ORDER BY c.seq LIMIT ?",
+        (output, collection, store.cursor(output, collection), limit),
+    )
+    return [Row(seq=int(seq), text=str(text)) for seq, text in rows]
+
+
+def queued_collections(store: Store, output: str) -> set[str]:
+    """The collections in which ``rejected retry`` queued records of ``output``."""
+    rows = store.conn.execute(
+        "SELECT DISTINCT collection FROM rejected WHERE output = ? AND retry = 1", (output,)
+    )
+    return {str(name) for (name,) in rows}
+
+
 class ChunkRejected(RequestRejected):
     """The site refused a request for good (a 4xx other than auth, 404/405, 408, 425, 429)."""
 
@@ -133,20 +160,58 @@ def doc_ms(doc: Mapping[str, Any], keys: Iterable[str]) -> int | None:
 
 
 def identity_keys(collection: str, doc: Mapping[str, Any]) -> set[str]:
-    """Keys under which a devicestatus/profile document is recognised at the site."""
+    """Keys under which a devicestatus/profile document is recognised at the site.
+
+    A devicestatus is known by its identifier or its device and time. A profile is known by
+    its start and its settings together (:func:`profile_key`): the same identifier or start
+    with other settings is the profile changed at the source, which must be uploaded.
+    """
+    if collection == "profile":
+        key = profile_key(doc)
+        return set() if key is None else {key}
     keys: set[str] = set()
     identifier = doc.get("identifier")
     if isinstance(identifier, str) and identifier:
         keys.add(f"id:{identifier}")
-    if collection == "devicestatus":
-        when = doc_ms(doc, ("created_at", "date", "mills"))
-        if when is not None:
-            keys.add(f"at:{doc.get('device')}|{when}")
-    else:
-        when = doc_ms(doc, ("startDate", "mills", "created_at"))
-        if when is not None:
-            keys.add(f"start:{when}")
+    when = doc_ms(doc, ("created_at", "date", "mills"))
+    if when is not None:
+        keys.add(f"at:{doc.get('device')}|{when}")
     return keys
+
+
+def _canonical(value: Any) -> Any:
+    """A profile value compared by meaning: Nightscout keeps numbers as strings now and then
+    (``"dia": "4"``), and mappings compare whatever their key order."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return str(value)
+
+
+def profile_key(doc: Mapping[str, Any]) -> str | None:
+    """What makes two profile documents the same profile: the moment it starts and its settings
+    (``store`` and ``defaultProfile``); None without a start. The site's own fields (``_id``,
+    ``created_at``) and who uploaded it do not count."""
+    start = doc_ms(doc, ("startDate", "mills", "created_at"))
+    if start is None:
+        return None
+    settings = {
+        "defaultProfile": _canonical(doc.get("defaultProfile")),
+        "store": _canonical(doc.get("store")),
+    }
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return f"profile:{start}:{hashlib.sha256(text.encode('utf-8')).hexdigest()}"
 
 
 def _short_reason(response: httpx.Response) -> str:
@@ -191,6 +256,8 @@ class NightscoutOutput(Output):
         self.client = client
         self.timeout = timeout
         self.attempt_name = f"{name}.attempted"
+        #: what ``check`` calls the credential
+        self.credential_kind = "secret" if api_secret else "token"
         self._headers = {
             "api-secret": sha1_hex(credential),
             "accept": "application/json",
@@ -278,6 +345,52 @@ class NightscoutOutput(Output):
         times = [t for t in (doc_ms(doc, keys) for doc in docs) if t is not None]
         return max(times) if times else None
 
+    async def probe(self) -> tuple[bool, str]:
+        """Whether the site accepts the credential and lets it write, without writing anything.
+
+        ``GET /api/v1/verifyauth`` says what the credential grants (``message`` "OK" when it is
+        recognised, ``canWrite`` for write access). A credential it does not recognise is tried
+        once more on the read gap analysis makes, for the status code the site answers.
+        """
+        who = self.credential_kind
+        path = f"{API}/verifyauth"
+        try:
+            response = await self._probe_get(path)
+            status = response.status_code
+            if status in (401, 403):
+                return False, f"refused the {who} (HTTP {status})"
+            if status in (404, 405) or 300 <= status < 400:
+                return False, (
+                    f"no Nightscout API there (GET {path}: HTTP {status}); "
+                    "is CONNECT_NIGHTSCOUT_ENDPOINT the site's address?"
+                )
+            if status != 200:
+                return False, f"GET {path} answered HTTP {status}{_short_reason(response)}"
+            body = json_body(response, what=f"GET {path}")
+            grant = body.get("message") if isinstance(body, dict) else None
+            if not isinstance(grant, dict):
+                return False, f"GET {path} did not answer as Nightscout does"
+            if grant.get("message") != "OK":
+                entries, params, _ = NEWEST_QUERIES["entries"]
+                read = await self._probe_get(entries, params)
+                if read.status_code in (401, 403):
+                    return False, f"refused the {who} (HTTP {read.status_code})"
+                return False, f"refused the {who} (verifyauth: {str(grant.get('message'))[:40]})"
+            if grant.get("canWrite") is not True:
+                return False, (
+                    f"accepted the {who}, but it may not write (verifyauth: canWrite false); "
+                    "use the API secret or a token with the admin role"
+                )
+        except ConnectError as exc:
+            return False, f"failed ({describe_error(exc)})"
+        return True, "ok, can write"
+
+    async def _probe_get(self, path: str, params: Mapping[str, str] | None = None) -> httpx.Response:
+        request = self.client.build_request(
+            "GET", self.base_url + path, params=params, headers=self._headers, timeout=self.timeout
+        )
+        return await send(self.client, request, what=f"GET {path}")
+
     # --- delivery ---------------------------------------------------------------------------
 
     async def _serve(self) -> None:
@@ -292,8 +405,9 @@ class NightscoutOutput(Output):
         self.machine.send("drained")
 
     async def _deliver_pending(self) -> None:
+        queued: set[str] = await self.astore.call(queued_collections, self.astore.store, self.name)
         for collection in COLLECTIONS:
-            await self._deliver_collection(collection)
+            await self._deliver_collection(collection, retry=collection in queued)
 
     async def _rows(self, collection: Collection, limit: int) -> list[Row]:
         rows: list[Row] = await self.astore.call(
@@ -301,48 +415,74 @@ class NightscoutOutput(Output):
         )
         return rows
 
-    async def _deliver_collection(self, collection: Collection) -> None:
+    async def _queued(self, collection: Collection, limit: int) -> list[Row]:
+        rows: list[Row] = await self.astore.call(queued_rows, self.astore.store, self.name, collection, limit)
+        return rows
+
+    async def _deliver_collection(self, collection: Collection, *, retry: bool = False) -> None:
+        # records set aside and queued again by `rejected retry` go first, then the new ones
+        if retry:
+            await self._deliver_rows(collection, self._queued, retry=True)
+        await self._deliver_rows(collection, self._rows, retry=False)
+
+    async def _deliver_rows(
+        self, collection: Collection, read: Callable[[Collection, int], Awaitable[list[Row]]], *, retry: bool
+    ) -> None:
         while True:
-            chunk = await self._rows(collection, self.machine.limit)
+            chunk = await read(collection, self.machine.limit)
             if not chunk:
+                if retry:  # queued entries whose records changed since: nothing left to send
+                    await self.astore.retry_done(self.name, collection, [])
                 return
             self._sending()
             try:
                 await self._send_chunk(collection, chunk)
             except ChunkRejected as exc:
                 # the machine halves the chunk until the refused record is alone, then sets
-                # it aside so one bad record never holds back the ones after it
+                # it aside so one bad record never holds back the ones after it (a queued
+                # record refused again is set aside again)
                 await self._refused(collection, chunk, exc.status, describe_error(exc) or "rejected")
                 continue
+            if retry:
+                await self.astore.retry_done(self.name, collection, [r.seq for r in chunk])
             await self._accepted(collection, chunk)
 
     async def _send_chunk(self, collection: Collection, chunk: Sequence[Row]) -> None:
         rows = list(chunk)
-        if collection in NON_IDEMPOTENT:
+        if collection == "profile":
+            # a profile is posted only when the site does not hold it yet: the site inserts
+            # every profile it is sent, and a fresh store does not know what went up before
+            rows = await self._not_at_site(collection, rows, rows)
+        elif collection in NON_IDEMPOTENT:
             attempted = int(await self.astore.cursor(self.attempt_name, collection))
             if attempted >= chunk[0].seq:
-                uncertain = [r.doc() for r in chunk if r.seq <= attempted]
-                try:
-                    present = await self._already_stored(collection, uncertain)
-                except ChunkRejected as exc:
-                    # a site that refuses the check would otherwise hold this collection back
-                    # forever; a possible duplicate status is the lesser harm
-                    log.warning("cannot check for records already sent", output=self.name,
-                                collection=collection, error=describe_error(exc))  # fmt: skip
-                    present = set()
-                rows = [r for r in rows if not (identity_keys(collection, r.doc()) & present)]
-                if len(rows) < len(chunk):
-                    log.info(
-                        "not resending records the site already holds", output=self.name,
-                        collection=collection, records=len(chunk) - len(rows),
-                    )  # fmt: skip
-                if not rows:
-                    return
+                rows = await self._not_at_site(collection, rows, [r for r in rows if r.seq <= attempted])
+        if collection in NON_IDEMPOTENT:
+            if not rows:
+                return
             # written before the POST: after a crash, the records up to here may be at the site
             await self.astore.advance(self.attempt_name, collection, chunk[-1].seq)
         # the store keeps each document as compact JSON: the body is made without parsing them
         body = ("[" + ",".join(r.text for r in rows) + "]").encode("utf-8")
         await self._call("POST", f"{API}/{collection}", body=body)
+
+    async def _not_at_site(self, collection: Collection, rows: list[Row], uncertain: list[Row]) -> list[Row]:
+        """``rows`` without those the site already holds (it is asked about ``uncertain``)."""
+        try:
+            present = await self._already_stored(collection, [r.doc() for r in uncertain])
+        except ChunkRejected as exc:
+            # a site that refuses the check would otherwise hold this collection back
+            # forever; a possible duplicate is the lesser harm
+            log.warning("cannot check for records already sent", output=self.name,
+                        collection=collection, error=describe_error(exc))  # fmt: skip
+            return rows
+        kept = [r for r in rows if not (identity_keys(collection, r.doc()) & present)]
+        if len(kept) < len(rows):
+            log.info(
+                "not sending records the site already holds", output=self.name,
+                collection=collection, records=len(rows) - len(kept),
+            )  # fmt: skip
+        return kept
 
     async def _already_stored(self, collection: Collection, docs: Sequence[dict[str, Any]]) -> set[str]:
         """Identity keys of the site's copies of ``docs`` (devicestatus / profile)."""

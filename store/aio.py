@@ -18,7 +18,7 @@ import trio
 
 from connect.errors import StoreError
 from connect.records import Batch, Collection, Record
-from store.database import Pending, PersistResult, Store, as_store_error
+from store.database import Pending, PersistResult, RejectedGroup, Store, as_store_error
 
 log = structlog.get_logger("store")
 
@@ -121,6 +121,14 @@ class AsyncStore:
     ) -> None:
         await self.call(self.store.set_aside, output, collection, first_seq, last_seq, records, status, error)
 
+    async def queue_retry(
+        self, output: str | None = None, collection: Collection | None = None
+    ) -> dict[str, int]:
+        return await self.call(self.store.queue_retry, output, collection)
+
+    async def retry_done(self, output: str, collection: Collection, seqs: Sequence[int]) -> None:
+        await self.call(self.store.retry_done, output, collection, seqs)
+
     async def save_status(self, key: str, value: Mapping[str, Any]) -> None:
         await self.call(self.store.save_status, key, value)
 
@@ -149,6 +157,11 @@ class AsyncStore:
 
     async def rejected_count(self, output: str) -> int:
         return await self.call(self.store.rejected_count, output)
+
+    async def rejected(
+        self, output: str | None = None, collection: Collection | None = None
+    ) -> list[RejectedGroup]:
+        return await self.call(self.store.rejected, output, collection)
 
     async def load_status(self) -> dict[str, Any]:
         return await self.call(self.store.load_status)

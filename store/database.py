@@ -90,6 +90,70 @@ class PersistResult:
 
 
 @attrs.frozen
+class RejectedGroup:
+    """Records one output set aside in one collection, for one status code and reason."""
+
+    output: str
+    collection: str
+    status: int
+    reason: str
+    records: int
+    queued: bool
+    first_at: int
+    last_at: int
+
+
+def _queued_count_sql(collection: str) -> str:
+    # records queued for another try, still in the store under the seq they were refused with
+    # (at or below the cursor: a record past it is counted there already)
+    return (
+        f"SELECT count(*) FROM rejected r JOIN {collection} c "
+        "ON c.seq BETWEEN r.first_seq AND r.last_seq "
+        f"WHERE r.output = ? AND r.collection = '{collection}' AND r.retry = 1 AND c.seq <= ?"
+    )
+
+
+QUEUED_COUNT_SQL: dict[str, str] = {c: _queued_count_sql(c) for c in COLLECTIONS}
+
+
+def _rejected_where(output: str | None, collection: str | None) -> tuple[str, tuple[Any, ...]]:
+    clauses, params = ["1 = 1"], []
+    if output is not None:
+        clauses.append("output = ?")
+        params.append(output)
+    if collection is not None:
+        clauses.append("collection = ?")
+        params.append(collection)
+    return " AND ".join(clauses), tuple(params)
+
+
+def has_retry_queue(conn: sqlite3.Connection) -> bool:
+    return any(row[1] == "retry" for row in conn.execute("PRAGMA table_info(rejected)"))
+
+
+def rejected_groups(
+    conn: sqlite3.Connection, output: str | None = None, collection: str | None = None
+) -> list[RejectedGroup]:
+    """The ``rejected`` table summed up (any connection: the writer's, or a reader's)."""
+    where, params = _rejected_where(output, collection)
+    # a store from before schema 2 (read by `serve` before a daemon migrated it) has no queue
+    retry = "retry" if has_retry_queue(conn) else "0 AS retry"
+    rows = conn.execute(
+        f"SELECT output, collection, status, error, {retry}, sum(records), min(at), max(at) FROM rejected "
+        f"WHERE {where} GROUP BY output, collection, status, error, retry "
+        "ORDER BY output, collection, retry, min(at)",
+        params,
+    ).fetchall()
+    return [
+        RejectedGroup(
+            output=str(out), collection=str(coll), status=int(status), reason=str(error or ""),
+            records=int(records), queued=bool(retry), first_at=int(first), last_at=int(last),
+        )
+        for out, coll, status, error, retry, records, first, last in rows
+    ]  # fmt: skip
+
+
+@attrs.frozen
 class Pending:
     """A record waiting for an output: its sequence number and Nightscout JSON."""
 
@@ -314,13 +378,15 @@ class Store:
         return [Pending(seq=int(seq), doc=json.loads(doc)) for seq, doc in rows]
 
     def lag(self, output: str, collection: Collection | None = None) -> int:
-        """How many records ``output`` has not delivered yet."""
+        """How many records ``output`` has not delivered yet: those past its cursor and those
+        set aside and queued for another try."""
         total = 0
         names: tuple[Collection, ...] = (collection,) if collection else COLLECTIONS
         for name in names:
             after = self.cursor(output, name)
             (n,) = self.conn.execute(f"SELECT count(*) FROM {name} WHERE seq > ?", (after,)).fetchone()
-            total += int(n)
+            (queued,) = self.conn.execute(QUEUED_COUNT_SQL[name], (output, after)).fetchone()
+            total += int(n) + int(queued)
         return total
 
     def cursor(self, output: str, collection: Collection) -> int:
@@ -351,6 +417,12 @@ class Store:
     ) -> None:
         """Record a batch the output's remote side refused for good, and move past it."""
         with self.transaction() as conn:
+            # refused again after `rejected retry`: the new refusal replaces the queued one
+            conn.execute(
+                "DELETE FROM rejected WHERE output = ? AND collection = ? AND retry = 1 "
+                "AND first_seq >= ? AND last_seq <= ?",
+                (output, collection, first_seq, last_seq),
+            )
             conn.execute(
                 "INSERT INTO rejected (output, collection, first_seq, last_seq, records, status, "
                 "error, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -364,10 +436,75 @@ class Store:
             )
 
     def rejected_count(self, output: str) -> int:
+        """Records ``output`` set aside and not queued for another try."""
         (n,) = self.conn.execute(
-            "SELECT coalesce(sum(records), 0) FROM rejected WHERE output = ?", (output,)
+            "SELECT coalesce(sum(records), 0) FROM rejected WHERE output = ? AND retry = 0", (output,)
         ).fetchone()
         return int(n)
+
+    def rejected(
+        self, output: str | None = None, collection: Collection | None = None
+    ) -> list[RejectedGroup]:
+        """Records set aside, grouped by output, collection, status code, reason and whether
+        they are queued for another try."""
+        return rejected_groups(self.conn, output, collection)
+
+    def queue_retry(self, output: str | None = None, collection: Collection | None = None) -> dict[str, int]:
+        """Queue the records set aside (by ``output`` / in ``collection``, or all) for another
+        try: the output's next pass sends them before anything past its cursor. Returns the
+        records queued, per ``output collection``.
+
+        A record changed since it was set aside went out again under its new ``seq`` (or was
+        set aside again under it): its old entry has nothing left to send and is dropped.
+        """
+        queued: dict[str, int] = {}
+        with self.transaction() as conn:
+            for name in COLLECTIONS:
+                if collection is not None and name != collection:
+                    continue
+                where, params = _rejected_where(output, name)
+                conn.execute(
+                    f"DELETE FROM rejected WHERE {where} AND NOT EXISTS "
+                    f"(SELECT 1 FROM {name} c WHERE c.seq BETWEEN rejected.first_seq AND rejected.last_seq)",
+                    params,
+                )
+                rows = conn.execute(
+                    f"SELECT output, sum(records) FROM rejected WHERE {where} AND retry = 0 GROUP BY output",
+                    params,
+                ).fetchall()
+                conn.execute(f"UPDATE rejected SET retry = 1 WHERE {where} AND retry = 0", params)
+                for name_of_output, records in rows:
+                    queued[f"{name_of_output} {name}"] = int(records)
+        return queued
+
+    def retry_done(self, output: str, collection: Collection, seqs: Sequence[int]) -> None:
+        """The far side accepted the queued records ``seqs``: their entries leave ``rejected``
+        (and so do queued entries whose records are no longer in the store under their seq)."""
+        queued = self.conn.execute(
+            "SELECT 1 FROM rejected WHERE output = ? AND collection = ? AND retry = 1 LIMIT 1",
+            (output, collection),
+        ).fetchone()
+        if queued is None:  # the common case, once per pass: no write
+            return
+        with self.transaction() as conn:
+            if seqs:
+                sent = set(seqs)
+                rows = conn.execute(
+                    "SELECT id, first_seq, last_seq FROM rejected WHERE output = ? AND collection = ? "
+                    "AND retry = 1 AND first_seq >= ? AND last_seq <= ?",
+                    (output, collection, min(sent), max(sent)),
+                ).fetchall()
+                for row_id, first, last in rows:
+                    held = conn.execute(
+                        f"SELECT seq FROM {collection} WHERE seq BETWEEN ? AND ?", (first, last)
+                    ).fetchall()
+                    if all(int(seq) in sent for (seq,) in held):
+                        conn.execute("DELETE FROM rejected WHERE id = ?", (row_id,))
+            conn.execute(
+                "DELETE FROM rejected WHERE output = ? AND collection = ? AND retry = 1 AND NOT EXISTS "
+                f"(SELECT 1 FROM {collection} c WHERE c.seq BETWEEN rejected.first_seq AND rejected.last_seq)",
+                (output, collection),
+            )
 
     # --- status ---------------------------------------------------------------------------
 

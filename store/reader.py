@@ -27,7 +27,13 @@ import attrs
 
 from connect.errors import ConfigError, StoreUnusable
 from connect.records import COLLECTIONS, Collection
-from store.database import SQLITE_HEADER
+from store.database import (
+    QUEUED_COUNT_SQL,
+    SQLITE_HEADER,
+    RejectedGroup,
+    has_retry_queue,
+    rejected_groups,
+)
 from store.schema import SCHEMA_VERSION
 
 Op = Literal["=", "!=", ">", ">=", "<", "<="]
@@ -335,14 +341,23 @@ class StoreReader:
                 cursors = dict(
                     conn.execute("SELECT collection, seq FROM cursors WHERE output = ?", (output,))
                 )
+                queue = has_retry_queue(conn)
                 per: dict[str, int] = {}
                 for name in COLLECTIONS:
-                    (n,) = conn.execute(
-                        f"SELECT count(*) FROM {name} WHERE seq > ?", (int(cursors.get(name, 0)),)
-                    ).fetchone()
-                    per[name] = int(n)
+                    after = int(cursors.get(name, 0))
+                    (n,) = conn.execute(f"SELECT count(*) FROM {name} WHERE seq > ?", (after,)).fetchone()
+                    # set-aside records queued by `rejected retry` wait for delivery too
+                    (queued,) = (
+                        conn.execute(QUEUED_COUNT_SQL[name], (output, after)).fetchone() if queue else (0,)
+                    )
+                    per[name] = int(n) + int(queued)
                 result[output] = per
         return result
+
+    def rejected(self) -> list[RejectedGroup]:
+        """Records the outputs set aside, grouped (see :meth:`store.database.Store.rejected`)."""
+        with self.connection() as conn:
+            return rejected_groups(conn)
 
     def saved_status(self, key: str = "daemon") -> dict[str, Any]:
         """The status snapshot a daemon last wrote into this store (``serve`` shows it)."""

@@ -94,8 +94,14 @@ def _v1(db: Database) -> None:
     db.execute("INSERT INTO sequence (name, value) VALUES ('seq', 0)")
 
 
+def _v2(db: Database) -> None:
+    # records set aside and queued by `nightscout-connect rejected retry` for another try
+    db.execute("ALTER TABLE rejected ADD COLUMN retry INTEGER NOT NULL DEFAULT 0")
+    db["rejected"].create_index(["output", "collection", "retry"], index_name="rejected_output")  # type: ignore[union-attr]
+
+
 #: index i holds the migration from version i to i + 1
-MIGRATIONS: Final[tuple[Callable[[Database], None], ...]] = (_v1,)
+MIGRATIONS: Final[tuple[Callable[[Database], None], ...]] = (_v1, _v2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

@@ -38,11 +38,13 @@ async def connect_status(access: RequestAccess, context: Context) -> Response:
     def from_store() -> dict[str, Any]:
         all_names = sorted({*names, *reader.outputs()})
         lag = reader.lag(all_names)
-        return {
-            "schema": reader.ping(),
-            "collections": reader.collections(),
-            "delivery": {name: {"lag": sum(per.values()), "collections": per} for name, per in lag.items()},
+        delivery: dict[str, dict[str, Any]] = {
+            name: {"lag": sum(per.values()), "collections": per, "rejected": 0} for name, per in lag.items()
         }
+        for group in reader.rejected():
+            if not group.queued and group.output in delivery:  # a queued record counts in the lag
+                delivery[group.output]["rejected"] += group.records
+        return {"schema": reader.ping(), "collections": reader.collections(), "delivery": delivery}
 
     store_view = await run_in_threadpool(from_store)
     now = context.clock()
