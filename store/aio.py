@@ -7,8 +7,9 @@ from typing import Any, ParamSpec, TypeVar
 
 import trio
 
-from connect.records import Batch, Collection, Record
+from connect.records import Batch, Collection, Record, Stream
 from store.database import Pending, PersistResult, Store
+from store.events import EventRow
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -52,13 +53,13 @@ class AsyncStore:
     async def persist_frame(self, source: str, loop: str, batch: Batch) -> PersistResult:
         return await self.call(self.store.persist_frame, source, loop, batch)
 
-    async def advance(self, output: str, collection: Collection, seq: int) -> None:
+    async def advance(self, output: str, collection: Stream, seq: int) -> None:
         await self.call(self.store.advance, output, collection, seq)
 
     async def set_aside(
         self,
         output: str,
-        collection: Collection,
+        collection: Stream,
         first_seq: int,
         last_seq: int,
         records: int,
@@ -66,6 +67,14 @@ class AsyncStore:
         error: str,
     ) -> None:
         await self.call(self.store.set_aside, output, collection, first_seq, last_seq, records, status, error)
+
+    async def ensure_cursors(self, output: str, streams: Sequence[Stream]) -> None:
+        await self.call(self.store.ensure_cursors, output, streams)
+
+    async def log_delivery(
+        self, hook: str, row: EventRow, *, outcome: str, status: int | None, at: int
+    ) -> None:
+        await self.call(self.store.log_delivery, hook, row, outcome=outcome, status=status, at=at)
 
     async def save_status(self, key: str, value: Mapping[str, Any]) -> None:
         await self.call(self.store.save_status, key, value)
@@ -90,8 +99,14 @@ class AsyncStore:
     async def lag(self, output: str, collection: Collection | None = None) -> int:
         return await self.call(self.store.lag, output, collection)
 
-    async def cursor(self, output: str, collection: Collection) -> int:
+    async def cursor(self, output: str, collection: Stream) -> int:
         return await self.call(self.store.cursor, output, collection)
+
+    async def events_after(self, after: int, *, limit: int = 500) -> list[EventRow]:
+        return await self.call(self.store.events_after, after, limit=limit)
+
+    async def events_lag(self, output: str) -> int:
+        return await self.call(self.store.events_lag, output)
 
     async def rejected_count(self, output: str) -> int:
         return await self.call(self.store.rejected_count, output)
