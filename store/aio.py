@@ -72,9 +72,20 @@ class AsyncStore:
         await self.call(self.store.ensure_cursors, output, streams)
 
     async def log_delivery(
-        self, hook: str, row: EventRow, *, outcome: str, status: int | None, at: int
+        self,
+        hook: str,
+        event_id: str,
+        seq: int,
+        event: str,
+        body: str,
+        *,
+        outcome: str,
+        status: int | None,
+        at: int,
     ) -> None:
-        await self.call(self.store.log_delivery, hook, row, outcome=outcome, status=status, at=at)
+        await self.call(
+            self.store.log_delivery, hook, event_id, seq, event, body, outcome=outcome, status=status, at=at
+        )
 
     async def save_status(self, key: str, value: Mapping[str, Any]) -> None:
         await self.call(self.store.save_status, key, value)

@@ -283,9 +283,21 @@ class Store:
         with self.transaction() as conn:
             ev.ensure_cursors(conn, output, streams)
 
-    def log_delivery(self, hook: str, row: EventRow, *, outcome: str, status: int | None, at: int) -> None:
-        """Note what became of the event ``row`` at ``hook`` (its attempts counted); the newest
+    def log_delivery(
+        self,
+        hook: str,
+        event_id: str,
+        seq: int,
+        event: str,
+        body: str,
+        *,
+        outcome: str,
+        status: int | None,
+        at: int,
+    ) -> None:
+        """Note what became of an event at ``hook`` (its attempts counted); the newest
         :data:`store.events.WEBHOOK_LOG_KEEP` events per hook are kept."""
+        row = EventRow(seq=seq, id=event_id, event=event, account="", time=at, text=body)
         with self.transaction() as conn:
             ev.log_delivery(conn, hook, row, outcome=outcome, status=status, at=at)
 
