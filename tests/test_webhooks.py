@@ -83,7 +83,9 @@ class Receiver:
 
     @staticmethod
     async def _answer(send: Any, status: int) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+        await send(
+            {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]}
+        )
         await send({"type": "http.response.body", "body": b"ok"})
 
 
@@ -110,12 +112,21 @@ def store_with_events(path: Path) -> tuple[Store, list[tuple[int, str, str]]]:
             Entry(type="sgv", date=now - (len(sgvs) - i) * 5 * MIN_MS, device="cgm", sgv=v, direction="Flat")
             for i, v in enumerate(sgvs)
         ]
-        records.append(Treatment(event_type="Correction Bolus", date=now - 2 * MIN_MS, device="pump", insulin=1.5))
+        records.append(
+            Treatment(event_type="Correction Bolus", date=now - 2 * MIN_MS, device="pump", insulin=1.5)
+        )
         store.persist_frame(account, "Loop", Batch.of(records))
         # judged as the readings came: each one shortly after it was taken
         for i in range(len(sgvs)):
-            evaluate(store, AlertConfig(key=account, label=account.split(":")[1]), now - (len(sgvs) - i) * 5 * MIN_MS + 1000)
-    rows = [(int(s), str(i), str(a)) for s, i, a in store.conn.execute("SELECT seq, id, account FROM events ORDER BY seq")]
+            evaluate(
+                store,
+                AlertConfig(key=account, label=account.split(":")[1]),
+                now - (len(sgvs) - i) * 5 * MIN_MS + 1000,
+            )
+    rows = [
+        (int(s), str(i), str(a))
+        for s, i, a in store.conn.execute("SELECT seq, id, account FROM events ORDER BY seq")
+    ]
     return store, rows
 
 
@@ -171,14 +182,22 @@ async def test_the_filter_and_the_event_list_select_what_is_sent(tmp_path: Path,
     store, rows = store_with_events(tmp_path / "s.db")
     async with httpx.AsyncClient() as client:
         out = WebhookOutput(
-            HookSpec(name="lows", url=url, secret=SECRET, events=frozenset({"alert:raised"}), filter="data.kind == 'low'"),
+            HookSpec(
+                name="lows",
+                url=url,
+                secret=SECRET,
+                events=frozenset({"alert:raised"}),
+                filter="data.kind == 'low'",
+            ),
             AsyncStore(store),
             client,
             policy=FAST,
         )
         await deliver(out, store)
         sugars = WebhookOutput(
-            HookSpec(name="sugars", url=url, secret=SECRET, filter="event == 'glucose:new' && data.sgv > `100`"),
+            HookSpec(
+                name="sugars", url=url, secret=SECRET, filter="event == 'glucose:new' && data.sgv > `100`"
+            ),
             AsyncStore(store),
             client,
             policy=FAST,
@@ -202,7 +221,9 @@ async def test_a_refused_event_is_set_aside_and_the_rest_go_on(tmp_path: Path, r
     url = receiver_url(receiver)
     store, rows = store_with_events(tmp_path / "s.db")
     async with httpx.AsyncClient() as client:
-        out = WebhookOutput(HookSpec(name="webhook", url=url, secret=SECRET), AsyncStore(store), client, policy=FAST)
+        out = WebhookOutput(
+            HookSpec(name="webhook", url=url, secret=SECRET), AsyncStore(store), client, policy=FAST
+        )
         await deliver(out, store)
     assert [r["id"] for r in receiver.accepted] == [eid for i, (_, eid, _) in enumerate(rows) if i != 1]
     assert store.rejected_count("webhook") == 1
