@@ -183,10 +183,11 @@ class Output(abc.ABC):
 
     async def refresh(self) -> None:
         """Re-read lag and rejected count from the store (for status)."""
-        if not self._streams_noted:
-            # the store's readers (status, metrics) learn from the cursors what this output delivers
+        if not self._streams_noted and EVENTS in self.streams:
+            # an output of the events outbox: the store's readers (status, metrics) learn from its
+            # cursors what it delivers, before it has delivered anything
             await self.astore.ensure_cursors(self.name, self.streams)
-            self._streams_noted = True
+        self._streams_noted = True
         self._lag = int(await self._pending())
         self._rejected = int(await self.astore.rejected_count(self.name))
 
