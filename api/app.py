@@ -13,16 +13,22 @@ from fastapi import APIRouter, FastAPI
 
 from api.context import ApiContext, Clock, StatusFn, StoreFaultFn, attach
 from api.errors import add_error_handlers
-from api.guard import GuardMiddleware
+from api.guard import GuardMiddleware, LoopGuardMiddleware
 from api.openapi import SECURITY_SCHEMES
-from api.routes import connect, nightscout, ops, status_page
+from api.routes import alerts, connect, nightscout, ops, status_page
 from api.settings import ApiSettings
 from api.version import NAME, connect_version
 from connect.clock import wall_ms
 from store.reader import StoreReader
 
 #: in the order they are matched and documented
-ROUTERS: tuple[APIRouter, ...] = (nightscout.router, connect.router, ops.router, status_page.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    nightscout.router,
+    connect.router,
+    alerts.router,
+    ops.router,
+    status_page.router,
+)
 
 
 def create_app(
@@ -44,6 +50,7 @@ def create_app(
     )
     attach(app, ApiContext.build(reader, status, settings, clock, store_fault))
     add_error_handlers(app)
+    app.add_middleware(LoopGuardMiddleware)
     app.add_middleware(GuardMiddleware)
     for router in ROUTERS:
         app.include_router(router)

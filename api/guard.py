@@ -6,6 +6,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.responses import JSON, error_body
+from connect.httpkit import INSTANCE_ID, LOOP_HEADER
 from connect.redact import describe_error, redact_text
 
 log = structlog.get_logger("api")
@@ -53,3 +54,36 @@ class GuardMiddleware:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+
+
+class LoopGuardMiddleware:
+    """Refuses (508 Loop Detected) a request sent by a webhook of this very process: a hook that
+    points back at our own API would otherwise turn every event into a request into another
+    event. Settings refuse such a hook at start; this catches the ones a name or a proxy hides."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._marker = INSTANCE_ID.encode()
+        self._header = LOOP_HEADER.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and any(
+            name.lower() == self._header and value == self._marker for name, value in scope.get("headers", ())
+        ):
+            log.warning("request from our own webhook refused", path=redact_text(str(scope.get("path", ""))))
+            body = error_body(
+                508, "Loop Detected", "this request came from one of this daemon's own webhooks"
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 508,
+                    "headers": [
+                        (b"content-type", JSON.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)

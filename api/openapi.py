@@ -273,3 +273,66 @@ def read_parameters(collection: Collection, with_count: bool) -> list[dict[str, 
                 param["description"] = "the _id this API serves (24 hex digits)"
             params.append(param)
     return params
+
+
+EPISODES_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["since", "until", "episodes"],
+    "properties": {
+        "since": {"type": "integer"},
+        "until": {"type": "integer"},
+        "episodes": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["account", "kind", "start", "end"],
+                "properties": {
+                    "account": {"type": "string"},
+                    "kind": {"enum": ["urgent_low", "low", "normal", "high", "urgent_high", "stale"]},
+                    "start": {"type": "integer"},
+                    "end": {"type": ["integer", "null"]},
+                    "sgv_min": {"type": ["integer", "null"]},
+                    "sgv_max": {"type": ["integer", "null"]},
+                    "readings": {"type": "integer"},
+                },
+            },
+        },
+    },
+}
+
+WEBHOOKS_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["webhooks"],
+    "properties": {
+        "webhooks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "recent"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "target": {"type": ["string", "null"]},
+                    "state": {"type": ["string", "null"]},
+                    "recent": {
+                        "type": "array",
+                        "maxItems": 50,
+                        "items": {
+                            "type": "object",
+                            "required": ["id", "seq", "event", "attempts", "outcome", "at", "payload"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "seq": {"type": "integer"},
+                                "event": {"type": "string"},
+                                "attempts": {"type": "integer"},
+                                "status": {"type": ["integer", "null"]},
+                                "outcome": {"type": "string"},
+                                "at": {"type": "integer"},
+                                "payload": {},
+                            },
+                        },
+                    },
+                },
+            },
+        }
+    },
+}

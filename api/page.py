@@ -1,8 +1,8 @@
 """The status page at ``/``: one self-contained HTML document, no scripts, no external assets.
 
 It shows the newest reading (value, Nightscout's direction arrow, age), an inline SVG chart of
-the last 24 hours with the 70–180 mg/dL target range shaded, and every machine's state and
-next poll. The browser reloads it every minute.
+the last 24 hours with the 70–180 mg/dL target range shaded and the episodes out of range (and
+without readings) as bands, and every machine's state and next poll. The browser reloads it every minute.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from html import escape
 from typing import Any, Final
 
 from api import status as st
-from store.reader import Reading
+from store.reader import Reading, StoredEpisode
 
 DAY_MS: Final = 86_400_000
 TARGET_LOW: Final = 70
@@ -58,6 +58,8 @@ h2{font-size:1rem;margin:1.5rem 0 .5rem;color:#aaa}
 .low{color:#e55}.high{color:#eb3}.in-range{color:#5c5}
 svg{width:100%;max-width:960px;height:auto;background:#181818;border-radius:6px}
 .target-range{fill:#2a4d2a;opacity:.55}
+.episode{opacity:.28}.episode-low{fill:#e55}.episode-urgent_low{fill:#f22;opacity:.42}
+.episode-high{fill:#eb3}.episode-urgent_high{fill:#f80;opacity:.42}.episode-stale{fill:#888}
 .grid{stroke:#333;stroke-width:1}
 .axis-label{fill:#888;font-size:11px}
 table{border-collapse:collapse;font-size:.9rem}
@@ -113,8 +115,19 @@ def band(sgv: int) -> str:
 COLOURS: Final = {"low": "#e55", "high": "#eb3", "in-range": "#5c5"}
 
 
-def chart(readings: Sequence[Reading], now_ms: int) -> str:
-    """The last 24 hours as SVG: one circle per reading, the target range shaded."""
+#: what an episode band says when hovered
+EPISODE_NAMES: Final = {
+    "urgent_low": "urgent low",
+    "low": "low",
+    "high": "high",
+    "urgent_high": "urgent high",
+    "stale": "no readings",
+}
+
+
+def chart(readings: Sequence[Reading], now_ms: int, episodes: Sequence[StoredEpisode] = ()) -> str:
+    """The last 24 hours as SVG: one circle per reading, the target range shaded, and a band
+    behind the readings for every episode out of range (or without readings)."""
     start = now_ms - DAY_MS
     plot_w = WIDTH - LEFT - RIGHT
     plot_h = HEIGHT - TOP - BOTTOM
@@ -132,6 +145,18 @@ def chart(readings: Sequence[Reading], now_ms: int) -> str:
         f'<rect class="target-range" x="{LEFT}" y="{y(TARGET_HIGH):.1f}" width="{plot_w}" '
         f'height="{y(TARGET_LOW) - y(TARGET_HIGH):.1f}"/>',
     ]
+    for e in episodes:
+        if e.kind not in EPISODE_NAMES:
+            continue
+        end = now_ms if e.end is None else e.end
+        if end < start or e.start > now_ms:
+            continue
+        x0, x1 = x(e.start), x(end)
+        until = "now" if e.end is None else clock_time(e.end)
+        parts.append(
+            f'<rect class="episode episode-{e.kind}" x="{x0:.1f}" y="{TOP}" width="{max(x1 - x0, 1.0):.1f}" '
+            f'height="{plot_h}"><title>{escape(EPISODE_NAMES[e.kind])} {clock_time(e.start)}–{until}</title></rect>'
+        )
     for level in (TARGET_LOW, TARGET_HIGH, 100, 250, 300, 400):
         parts.append(
             f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(level):.1f}" y2="{y(level):.1f}"/>'
@@ -232,6 +257,7 @@ def render(
     lag: Mapping[str, Mapping[str, int]],
     now_ms: int,
     title: str = "nightscout-connect",
+    episodes: Sequence[StoredEpisode] = (),
 ) -> str:
     in_window = sum(1 for r in readings if r.date >= now_ms - DAY_MS)
     return (
@@ -243,7 +269,7 @@ def render(
         f"<h1>{escape(title)}</h1>"
         f"{current_block(latest, now_ms)}"
         f'<p class="muted">{in_window} readings in the last 24 hours · page built {clock_time(now_ms)}</p>'
-        f"{chart(readings, now_ms)}"
+        f"{chart(readings, now_ms, episodes)}"
         f"<h2>Machines</h2>{machines_block(snapshot, now_ms)}"
         f"<h2>Outputs</h2>{outputs_block(snapshot, lag)}"
         "</body></html>"

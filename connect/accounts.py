@@ -29,7 +29,7 @@ from connect.contract import SourceInfo
 from connect.errors import ConfigError
 from connect.loading import UsageError, load_settings
 from connect.redact import describe_error
-from connect.settings import SITE_LEGACY_ENV, CoreSettings, installed_legacy_env, preserved_environ
+from connect.settings import CoreSettings, installed_legacy_env, legacy_env_for, preserved_environ
 
 log = structlog.get_logger("connect.accounts")
 
@@ -70,7 +70,7 @@ def parse_env_file(text: str) -> dict[str, str]:
 
 def _settings_names() -> set[str]:
     """Names the settings read: ours and every installed source's old ones."""
-    names = set(SITE_LEGACY_ENV)
+    names = set(legacy_env_for(None))
     for legacy in installed_legacy_env().values():
         names.update(legacy)
     return names

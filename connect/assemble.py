@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 
+from connect.alerting import AlertConfig, Alerting
 from connect.builder import Builder
 from connect.clock import Clock, wall_ms
 from connect.contract import SourceInfo
@@ -19,6 +20,7 @@ from connect.httpkit import USER_AGENT
 from connect.runtime import GapFinder, SourceRuntime
 from connect.settings import CoreSettings
 from outputs import Output, build_outputs
+from outputs.alert_settings import AlertSettings
 from outputs.nightscout import NightscoutOutput
 from store import AsyncStore, Store
 
@@ -94,6 +96,21 @@ async def assemble(
             account=settings.account or None,
             gap_finder=gap_finder(outputs),
         )
+        alerting = None
+        if deliver and isinstance(settings, AlertSettings):
+            alerting = Alerting(
+                astore,
+                AlertConfig(
+                    key=runtime.key,
+                    label=settings.account or source.name,
+                    thresholds=settings.thresholds(),
+                    units=settings.display_units,
+                    news_ms=int(settings.events_max_age_minutes * 60_000),
+                    keep_ms=int(settings.events_keep_days * 86_400_000),
+                ),
+                clock=clock,
+                rng=rng,
+            )
         daemon = Daemon(
             settings=settings,
             source=source,
@@ -102,6 +119,9 @@ async def assemble(
             client=client,
             runtime=runtime,
             outputs=outputs,
+            alerting=alerting,
         )
         runtime.on_persist = daemon.persisted
+        if alerting is not None:
+            alerting.on_events = daemon.events_written
         yield daemon

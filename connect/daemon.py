@@ -14,6 +14,7 @@ import structlog
 import trio
 
 from api.settings import ApiSettings, check_bind
+from connect.alerting import Alerting
 from connect.contract import SourceInfo
 from connect.errors import StoreError
 from connect.redact import redact
@@ -39,6 +40,8 @@ class Daemon:
     client: httpx.AsyncClient
     runtime: SourceRuntime
     outputs: list[Output] = attrs.Factory(list)
+    #: the alert rules over this account's readings (None: a run that writes nothing)
+    alerting: Alerting | None = None
     _status_dirty: trio.Event = attrs.Factory(trio.Event)
 
     def status(self) -> dict[str, Any]:
@@ -46,10 +49,20 @@ class Daemon:
         snapshot: dict[str, Any] = {"sources": [self.runtime.status()]}
         snapshot["outputs"] = [output.status() for output in self.outputs]
         snapshot["store"] = self.astore.health
+        if self.alerting is not None:
+            snapshot["alerts"] = [self.alerting.status()]
         result: dict[str, Any] = redact(snapshot)
         return result
 
     def persisted(self) -> None:
+        self._status_dirty.set()
+        if self.alerting is not None:
+            self.alerting.wake()
+        for output in self.outputs:
+            output.wake()
+
+    def events_written(self) -> None:
+        """The alerting task wrote events: the outputs that carry them deliver them."""
         self._status_dirty.set()
         for output in self.outputs:
             output.wake()
@@ -78,6 +91,8 @@ class Daemon:
                 await nursery.start(self.status_task)
                 for output in self.outputs:
                     await nursery.start(output.run)
+                if self.alerting is not None:
+                    await nursery.start(self.alerting.run)
                 await nursery.start(self.runtime.run)
                 task_status.started()
         finally:
@@ -175,6 +190,9 @@ async def run_forever(daemon: Daemon) -> None:
 async def run_once(daemon: Daemon) -> bool:
     """``once``: one frame per loop, then wait for the outputs to deliver it."""
     ok = await daemon.runtime.run_once()
+    if daemon.alerting is not None:
+        # what the frames stored, judged now: events for the outputs below to deliver
+        await daemon.alerting.evaluate()
     for output in daemon.outputs:
         delivered = await output.deliver_until_idle()
         ok = ok and bool(delivered)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -22,6 +23,11 @@ from connect.errors import (
 from connect.redact import redact_text
 
 USER_AGENT = "nightscout-connect-py"
+#: every webhook request carries this header with :data:`INSTANCE_ID`; an API of this process
+#: refuses requests that carry its own (a webhook pointed back at ourselves)
+LOOP_HEADER = "x-connect-origin"
+#: this process, as its webhooks name it
+INSTANCE_ID = uuid.uuid4().hex
 
 
 def sha1_hex(secret: str) -> str:

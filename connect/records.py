@@ -21,6 +21,9 @@ NIGHTSCOUT_NAMESPACE: Final = uuid.UUID(bytes=b"NightscoutRocks!")
 
 Collection = Literal["entries", "treatments", "devicestatus", "profile"]
 COLLECTIONS: Final[tuple[Collection, ...]] = ("entries", "treatments", "devicestatus", "profile")
+#: what an output delivers past a cursor: a collection, or the events outbox
+Stream = Literal["entries", "treatments", "devicestatus", "profile", "events"]
+EVENTS: Final = "events"
 
 #: Nightscout direction strings and their trend numbers (protocols/05 §5).
 DIRECTIONS: Final[dict[str, int]] = {

@@ -66,7 +66,11 @@ def load_source(name: str) -> SourceInfo:
 def extra_settings_models() -> list[type[BaseSettings]]:
     """Settings of the outputs and the API, when those packages provide them."""
     models: list[type[BaseSettings]] = []
-    for module, attr in (("outputs.settings", "OutputSettings"), ("api.settings", "ApiSettings")):
+    for module, attr in (
+        ("outputs.settings", "OutputSettings"),
+        ("outputs.alert_settings", "AlertSettings"),
+        ("api.settings", "ApiSettings"),
+    ):
         try:
             mod = __import__(module, fromlist=[attr])
         except ImportError:
@@ -155,8 +159,11 @@ TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
 
 
 def legacy_env_for(source: SourceInfo | None) -> dict[str, str]:
-    """Old name → our name, for one run: the source's own and the Nightscout site's."""
-    return {**SITE_LEGACY_ENV, **(source.legacy_env if source is not None else {})}
+    """Old name → our name, for one run: the source's own and the Nightscout site's (its
+    address and secret, and its alarm thresholds)."""
+    from outputs.alert_settings import LEGACY_ENV as ALERT_LEGACY_ENV
+
+    return {**SITE_LEGACY_ENV, **ALERT_LEGACY_ENV, **(source.legacy_env if source is not None else {})}
 
 
 def _legacy_applies(old: str, new: str, env: Mapping[str, str]) -> bool:

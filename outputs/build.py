@@ -6,7 +6,9 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from connect.clock import wall_ms
+from outputs.alert_settings import AlertSettings
 from outputs.delivery import Clock, Output
+from outputs.events import NotifyOutput, WebhookOutput, notify_names
 from outputs.mqtt import MqttOutput
 from outputs.nightscout import NightscoutOutput
 
@@ -31,4 +33,20 @@ def build_outputs(
         outputs.append(NightscoutOutput.from_settings(settings, astore, client, clock=clock, rng=rng))
     if getattr(settings, "mqtt_url", None) is not None:
         outputs.append(MqttOutput.from_settings(settings, astore, clock=clock, rng=rng))
+    if isinstance(settings, AlertSettings):
+        for hook in settings.hooks():
+            outputs.append(WebhookOutput(hook, astore, client, clock=clock, rng=rng))
+        urls = settings.notify_targets()
+        for url, name in zip(urls, notify_names(urls), strict=True):
+            outputs.append(
+                NotifyOutput(
+                    url,
+                    name,
+                    astore,
+                    events=settings.notified_events(),
+                    units=settings.display_units,
+                    clock=clock,
+                    rng=rng,
+                )
+            )
     return outputs

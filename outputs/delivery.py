@@ -23,7 +23,7 @@ import trio
 
 from connect.clock import wall_ms
 from connect.errors import ConnectError, StoreError, TransientError
-from connect.records import Collection
+from connect.records import COLLECTIONS, EVENTS, Stream
 from connect.redact import describe_error, redact
 from machines import DeliveryMachine
 from machines.decisions import Idle, SleepUntil, Stop
@@ -61,6 +61,9 @@ class Output(abc.ABC):
     record set aside: the machine decides all of it.
     """
 
+    #: what this output delivers past its cursors: the collections, the events outbox, or both
+    streams: tuple[Stream, ...] = COLLECTIONS
+
     def __init__(
         self,
         name: str,
@@ -89,6 +92,7 @@ class Output(abc.ABC):
         self._last_error_at: int | None = None
         self._lag: int | None = None
         self._rejected = 0
+        self._streams_noted = False
 
     # --- what the runtime calls -------------------------------------------------------------
 
@@ -187,11 +191,25 @@ class Output(abc.ABC):
         """Re-read lag and rejected count from the store (for status); False (the last numbers
         kept) while the store cannot be read, which its own status shows."""
         try:
-            self._lag = int(await self.astore.lag(self.name))
+            if not self._streams_noted and EVENTS in self.streams:
+                # an output of the events outbox: the store's readers (status, metrics) learn
+                # from its cursors what it delivers, before it has delivered anything
+                await self.astore.ensure_cursors(self.name, self.streams)
+            self._streams_noted = True
+            self._lag = int(await self._pending())
             self._rejected = int(await self.astore.rejected_count(self.name))
         except StoreError:
             return False
         return True
+
+    async def _pending(self) -> int:
+        """What this output has not delivered yet (its lag)."""
+        lag = 0
+        if any(stream != EVENTS for stream in self.streams):
+            lag += int(await self.astore.lag(self.name))
+        if EVENTS in self.streams:
+            lag += int(await self.astore.events_lag(self.name))
+        return lag
 
     # --- what an output implements --------------------------------------------------------------
 
@@ -222,7 +240,7 @@ class Output(abc.ABC):
         """Records were read: a chunk is on its way (one at a time, as the machine sees it)."""
         self.machine.sent()
 
-    async def _accepted(self, collection: Collection, chunk: Sequence[Sequenced]) -> None:
+    async def _accepted(self, collection: Stream, chunk: Sequence[Sequenced]) -> None:
         """The remote side took ``chunk``: move the cursor past it."""
         await self.astore.advance(self.name, collection, chunk[-1].seq)
         self._sending()  # an output that sends as it reads reports both at once
@@ -231,9 +249,7 @@ class Output(abc.ABC):
         self._last_success = self.clock()
         log.debug("delivered", output=self.name, collection=collection, records=len(chunk))
 
-    async def _refused(
-        self, collection: Collection, chunk: Sequence[Sequenced], status: int, error: str
-    ) -> None:
+    async def _refused(self, collection: Stream, chunk: Sequence[Sequenced], status: int, error: str) -> None:
         """The remote side refused ``chunk`` for good: the machine splits it, or the record
         (alone) is kept, counted, and passed over; raises :class:`Paused` when the refusals
         in a row pause the output."""

@@ -32,10 +32,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from connect.clock import wall_ms
 from connect.errors import ConnectError, OutputAuthError, TransientError
-from connect.records import COLLECTIONS, Collection
+from connect.records import COLLECTIONS, EVENTS, Collection, Stream
 from connect.redact import redact_text, register_secret
 from machines.delivery import DeliveryPolicy
-from outputs.delivery import Clock, Output
+from outputs.delivery import Clock, Output, Sequenced
 from outputs.settings import MqttTarget, mqtt_target
 from store.database import Pending
 
@@ -279,7 +279,9 @@ class _Link:
 
 
 class MqttOutput(Output):
-    """Publishes the store's records to an MQTT broker, QoS 1 by default."""
+    """Publishes the store's records, and then the events, to an MQTT broker, QoS 1 by default."""
+
+    streams: tuple[Stream, ...] = (*COLLECTIONS, EVENTS)
 
     def __init__(
         self,
@@ -344,6 +346,9 @@ class MqttOutput(Output):
         snapshot = super().status()
         snapshot["connected"] = self._connected
         return snapshot
+
+    def event_topic(self, event: str) -> str:
+        return f"{self.topic_prefix}/events/{topic_level(event)}"
 
     def topic(self, collection: Collection, doc: dict[str, Any]) -> str:
         return f"{self.topic_prefix}/{collection}/{topic_level(doc.get('device'))}"
@@ -473,24 +478,35 @@ class MqttOutput(Output):
         pipe full matters: a burst that drains completely waits on the broker's last PUBACKs
         (small segments, Nagle) once per burst.
         """
-        for collection in COLLECTIONS:
-            after = int(await self.astore.cursor(self.name, collection))
-            in_flight: deque[tuple[list[Pending], AckGroup]] = deque()
+        for stream in self.streams:
+            after = int(await self.astore.cursor(self.name, stream))
+            in_flight: deque[tuple[Sequence[Sequenced], AckGroup]] = deque()
             exhausted = False
             while True:
                 while not exhausted and len(in_flight) < self.window:
-                    group = await self._records_after(collection, after, self.group_size)
+                    group, messages = await self._group_after(stream, after)
                     if not group:
                         exhausted = True
                         break
-                    in_flight.append((group, link.publish(self._messages(collection, group))))
+                    in_flight.append((group, link.publish(messages)))
                     after = group[-1].seq
                 if not in_flight:
                     break
                 group, acks = in_flight.popleft()
                 self._sending()  # the broker's PUBACKs for this group are what is awaited
                 await link.acknowledged(acks, within=self.ack_timeout)
-                await self._accepted(collection, group)
+                await self._accepted(stream, group)
+
+    async def _group_after(
+        self, stream: Stream, after: int
+    ) -> tuple[Sequence[Sequenced], list[tuple[str, bytes, bool]]]:
+        """The next group past ``after`` and its messages: records on their collection's topics,
+        events (their body as webhooks get it) on ``{prefix}/events/{event}``."""
+        if stream == EVENTS:
+            events = await self.astore.events_after(after, limit=self.group_size)
+            return events, [(self.event_topic(e.event), e.text.encode("utf-8"), False) for e in events]
+        group = await self._records_after(stream, after, self.group_size)
+        return group, self._messages(stream, group)
 
     async def _records_after(self, collection: Collection, after: int, limit: int) -> list[Pending]:
         rows: list[Pending] = await self.astore.call(

@@ -17,8 +17,9 @@ import structlog
 import trio
 
 from connect.errors import StoreError
-from connect.records import Batch, Collection, Record
+from connect.records import Batch, Collection, Record, Stream
 from store.database import Pending, PersistResult, RejectedGroup, Store, as_store_error
+from store.events import EventRow
 
 log = structlog.get_logger("store")
 
@@ -106,13 +107,13 @@ class AsyncStore:
     async def persist_frame(self, source: str, loop: str, batch: Batch) -> PersistResult:
         return await self.call(self.store.persist_frame, source, loop, batch)
 
-    async def advance(self, output: str, collection: Collection, seq: int) -> None:
+    async def advance(self, output: str, collection: Stream, seq: int) -> None:
         await self.call(self.store.advance, output, collection, seq)
 
     async def set_aside(
         self,
         output: str,
-        collection: Collection,
+        collection: Stream,
         first_seq: int,
         last_seq: int,
         records: int,
@@ -128,6 +129,25 @@ class AsyncStore:
 
     async def retry_done(self, output: str, collection: Collection, seqs: Sequence[int]) -> None:
         await self.call(self.store.retry_done, output, collection, seqs)
+
+    async def ensure_cursors(self, output: str, streams: Sequence[Stream]) -> None:
+        await self.call(self.store.ensure_cursors, output, streams)
+
+    async def log_delivery(
+        self,
+        hook: str,
+        event_id: str,
+        seq: int,
+        event: str,
+        body: str,
+        *,
+        outcome: str,
+        status: int | None,
+        at: int,
+    ) -> None:
+        await self.call(
+            self.store.log_delivery, hook, event_id, seq, event, body, outcome=outcome, status=status, at=at
+        )
 
     async def save_status(self, key: str, value: Mapping[str, Any]) -> None:
         await self.call(self.store.save_status, key, value)
@@ -152,8 +172,14 @@ class AsyncStore:
     async def lag(self, output: str, collection: Collection | None = None) -> int:
         return await self.call(self.store.lag, output, collection)
 
-    async def cursor(self, output: str, collection: Collection) -> int:
+    async def cursor(self, output: str, collection: Stream) -> int:
         return await self.call(self.store.cursor, output, collection)
+
+    async def events_after(self, after: int, *, limit: int = 500) -> list[EventRow]:
+        return await self.call(self.store.events_after, after, limit=limit)
+
+    async def events_lag(self, output: str) -> int:
+        return await self.call(self.store.events_lag, output)
 
     async def rejected_count(self, output: str) -> int:
         return await self.call(self.store.rejected_count, output)

@@ -22,16 +22,20 @@ from sqlite_utils import Database
 from connect.errors import StoreError, StoreUnusable
 from connect.records import (
     COLLECTIONS,
+    EVENTS,
     Batch,
     Collection,
     DeviceStatus,
     Entry,
     Profile,
     Record,
+    Stream,
     Treatment,
     iso_from_ms,
     to_nightscout,
 )
+from store import events as ev
+from store.events import EventRow
 from store.lock import StoreLock
 from store.schema import COLLECTION_COLUMNS, SCHEMA_VERSION, NotAStore, SchemaTooNew, check_schema, migrate
 
@@ -389,13 +393,13 @@ class Store:
             total += int(n) + int(queued)
         return total
 
-    def cursor(self, output: str, collection: Collection) -> int:
+    def cursor(self, output: str, collection: Stream) -> int:
         row = self.conn.execute(
             "SELECT seq FROM cursors WHERE output = ? AND collection = ?", (output, collection)
         ).fetchone()
         return 0 if row is None else int(row[0])
 
-    def advance(self, output: str, collection: Collection, seq: int) -> None:
+    def advance(self, output: str, collection: Stream, seq: int) -> None:
         """Move ``output``'s cursor forward to ``seq`` (never backwards)."""
         with self.transaction() as conn:
             conn.execute(
@@ -408,7 +412,7 @@ class Store:
     def set_aside(
         self,
         output: str,
-        collection: Collection,
+        collection: Stream,
         first_seq: int,
         last_seq: int,
         records: int,
@@ -505,6 +509,40 @@ class Store:
                 f"(SELECT 1 FROM {collection} c WHERE c.seq BETWEEN rejected.first_seq AND rejected.last_seq)",
                 (output, collection),
             )
+
+    # --- the events outbox -----------------------------------------------------------------
+
+    def events_after(self, after: int, *, limit: int = 500) -> list[EventRow]:
+        """Events with ``seq`` above ``after``, oldest first."""
+        return ev.events_after(self.conn, after, limit)
+
+    def events_lag(self, output: str) -> int:
+        """Events ``output`` has not delivered yet."""
+        return ev.events_lag(self.conn, self.cursor(output, EVENTS))
+
+    def ensure_cursors(self, output: str, streams: Sequence[Stream]) -> None:
+        """A cursor (at 0) for each stream ``output`` delivers that has none yet, so readers of
+        the store see what an output delivers before it has delivered anything."""
+        with self.transaction() as conn:
+            ev.ensure_cursors(conn, output, streams)
+
+    def log_delivery(
+        self,
+        hook: str,
+        event_id: str,
+        seq: int,
+        event: str,
+        body: str,
+        *,
+        outcome: str,
+        status: int | None,
+        at: int,
+    ) -> None:
+        """Note what became of an event at ``hook`` (its attempts counted); the newest
+        :data:`store.events.WEBHOOK_LOG_KEEP` events per hook are kept."""
+        row = EventRow(seq=seq, id=event_id, event=event, account="", time=at, text=body)
+        with self.transaction() as conn:
+            ev.log_delivery(conn, hook, row, outcome=outcome, status=status, at=at)
 
     # --- status ---------------------------------------------------------------------------
 

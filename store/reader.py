@@ -26,7 +26,7 @@ from urllib.parse import quote
 import attrs
 
 from connect.errors import ConfigError, StoreUnusable
-from connect.records import COLLECTIONS, Collection
+from connect.records import COLLECTIONS, EVENTS, Collection
 from store.database import (
     QUEUED_COUNT_SQL,
     SQLITE_HEADER,
@@ -46,6 +46,12 @@ FILTER_COLUMNS: Final[dict[Collection, frozenset[str]]] = {
     "devicestatus": frozenset({"date", "device"}),
     "profile": frozenset({"date", "device"}),
 }
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return row is not None
+
 
 #: a reading this close to the previous one of the same device gets a ``delta``
 DELTA_WINDOW_MS: Final = 15 * 60_000
@@ -79,6 +85,19 @@ class Reading:
     sgv: int
     direction: str | None
     device: str
+
+
+@attrs.frozen
+class StoredEpisode:
+    """An episode as the API and the status page show it (``end`` None while it lasts)."""
+
+    account: str
+    kind: str
+    start: int
+    end: int | None
+    sgv_min: int | None
+    sgv_max: int | None
+    readings: int
 
 
 def object_id(identifier: str) -> str:
@@ -343,7 +362,12 @@ class StoreReader:
                 )
                 queue = has_retry_queue(conn)
                 per: dict[str, int] = {}
+                # an output with an events cursor delivers the events and the collections it
+                # has cursors for (webhooks: none); any other output delivers every collection
+                delivers_events = EVENTS in cursors
                 for name in COLLECTIONS:
+                    if delivers_events and name not in cursors:
+                        continue
                     after = int(cursors.get(name, 0))
                     (n,) = conn.execute(f"SELECT count(*) FROM {name} WHERE seq > ?", (after,)).fetchone()
                     # set-aside records queued by `rejected retry` wait for delivery too
@@ -351,6 +375,11 @@ class StoreReader:
                         conn.execute(QUEUED_COUNT_SQL[name], (output, after)).fetchone() if queue else (0,)
                     )
                     per[name] = int(n) + int(queued)
+                if delivers_events:
+                    (n,) = conn.execute(
+                        "SELECT count(*) FROM events WHERE seq > ?", (int(cursors[EVENTS]),)
+                    ).fetchone()
+                    per[EVENTS] = int(n)
                 result[output] = per
         return result
 
@@ -358,6 +387,55 @@ class StoreReader:
         """Records the outputs set aside, grouped (see :meth:`store.database.Store.rejected`)."""
         with self.connection() as conn:
             return rejected_groups(conn)
+
+    def episodes(self, since_ms: int, until_ms: int, *, account: str | None = None) -> list[StoredEpisode]:
+        """Episodes that overlap ``[since_ms, until_ms]``, oldest first (an open one has no end)."""
+        sql = (
+            "SELECT account, kind, start_at, end_at, sgv_min, sgv_max, readings FROM episodes "
+            "WHERE start_at <= ? AND (end_at IS NULL OR end_at >= ?)"
+        )
+        params: list[Any] = [until_ms, since_ms]
+        if account is not None:
+            sql += " AND account = ?"
+            params.append(account)
+        sql += " ORDER BY start_at, id"
+        with self.connection() as conn:
+            if not _has_table(conn, "episodes"):  # a store written before episodes existed
+                return []
+            rows = conn.execute(sql, params).fetchall()
+        return [
+            StoredEpisode(str(a), str(k), int(s), None if e is None else int(e), lo, hi, int(n))
+            for a, k, s, e, lo, hi, n in rows
+        ]
+
+    def webhook_log(self) -> dict[str, list[dict[str, Any]]]:
+        """The payloads each webhook was last sent (newest first) and what became of them."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        with self.connection() as conn:
+            if not _has_table(conn, "webhook_log"):
+                return out
+            rows = conn.execute(
+                "SELECT hook, event_id, seq, event, attempts, status, outcome, at, body FROM webhook_log "
+                "ORDER BY hook, seq DESC"
+            ).fetchall()
+        for hook, event_id, seq, event, attempts, status, outcome, at, body in rows:
+            try:
+                payload: Any = json.loads(body)
+            except ValueError:
+                payload = body
+            out.setdefault(str(hook), []).append(
+                {
+                    "id": event_id,
+                    "seq": int(seq),
+                    "event": event,
+                    "attempts": int(attempts),
+                    "status": status,
+                    "outcome": outcome,
+                    "at": int(at),
+                    "payload": payload,
+                }
+            )
+        return out
 
     def saved_status(self, key: str = "daemon") -> dict[str, Any]:
         """The status snapshot a daemon last wrote into this store (``serve`` shows it)."""

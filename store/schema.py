@@ -100,8 +100,48 @@ def _v2(db: Database) -> None:
     db["rejected"].create_index(["output", "collection", "retry"], index_name="rejected_output")  # type: ignore[union-attr]
 
 
-#: index i holds the migration from version i to i + 1
-MIGRATIONS: Final[tuple[Callable[[Database], None], ...]] = (_v1, _v2)
+def _alerts_episodes_events(db: Database) -> None:
+    """Alerts, episodes and the events outbox (issue 14).
+
+    ``events`` is an outbox delivered like the collections: each row has a ``seq`` (its own,
+    growing, never reused) that event outputs keep a cursor on (``cursors.collection =
+    'events'``), and a stable ``id`` that makes writing an event twice a no-op. ``alert_state``
+    holds each account's alert machine and how far into the collections it has looked;
+    ``episodes`` the bands a series went through (``end_at`` NULL while one lasts);
+    ``webhook_log`` the last payloads each webhook was sent and what became of them.
+    """
+    db.execute(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
+        "event TEXT NOT NULL, account TEXT NOT NULL, time INTEGER NOT NULL, json TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX events_time ON events (time)")
+    db.execute(
+        "CREATE TABLE episodes (id INTEGER PRIMARY KEY AUTOINCREMENT, account TEXT NOT NULL, "
+        "kind TEXT NOT NULL, start_at INTEGER NOT NULL, end_at INTEGER, sgv_min INTEGER, "
+        "sgv_max INTEGER, readings INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX episodes_account_start ON episodes (account, start_at)")
+    db.execute("CREATE INDEX episodes_end ON episodes (end_at)")
+    db.execute(
+        "CREATE TABLE alert_state (account TEXT PRIMARY KEY, json TEXT NOT NULL, "
+        "entries_seq INTEGER NOT NULL DEFAULT 0, treatments_seq INTEGER NOT NULL DEFAULT 0, "
+        "updated_at INTEGER NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE webhook_log (hook TEXT NOT NULL, event_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "event TEXT NOT NULL, attempts INTEGER NOT NULL, status INTEGER, outcome TEXT NOT NULL, "
+        "at INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (hook, event_id))"
+    )
+    db.execute("CREATE INDEX webhook_log_hook_at ON webhook_log (hook, at)")
+
+
+#: index i holds the migration from version i to i + 1; each step stands alone, so steps added
+#: on different branches merge by renumbering (reordering this tuple) at most
+MIGRATIONS: Final[tuple[Callable[[Database], None], ...]] = (
+    _v1,
+    _v2,  # → 2
+    _alerts_episodes_events,  # → 3
+)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

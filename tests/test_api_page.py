@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from api.page import ARROWS, DAY_MS
+from connect.alerting import AlertConfig, evaluate
 from connect.records import Entry
 from store import Store
 from tests.emulators.serve import serve_in_thread
@@ -41,6 +42,7 @@ class Dom(HTMLParser):
         super().__init__()
         self.readings = 0
         self.target_ranges = 0
+        self.episodes: list[str] = []
         self.refresh: str | None = None
         self.stack: list[str] = []
         self.text: dict[str, list[str]] = {"sgv": [], "arrow": [], "age": [], "machine": []}
@@ -53,6 +55,8 @@ class Dom(HTMLParser):
             self.readings += 1
         if tag == "rect" and "target-range" in classes:
             self.target_ranges += 1
+        if tag == "rect" and "episode" in classes:
+            self.episodes.append(next(c for c in classes if c.startswith("episode-")))
         if tag == "meta" and (a.get("http-equiv") or "").lower() == "refresh":
             self.refresh = a.get("content")
         if "arrow" in classes:
@@ -88,6 +92,16 @@ def test_status_page_in_headless_chromium(tmp_path):
     expected = sum(
         1 for doc in store.docs("entries") if doc["type"] == "sgv" and now - DAY_MS <= doc["date"] <= now
     )
+    # the alert rules' episodes over the readings (the wave goes low and high): bands on the chart
+    evaluate(store, AlertConfig(key="test", label="test"), now)
+    bands = [
+        f"episode-{kind}"
+        for (kind,) in store.conn.execute(
+            "SELECT kind FROM episodes WHERE kind != 'normal' AND start_at <= ? AND coalesce(end_at, ?) >= ? "
+            "ORDER BY start_at, id",
+            (now, now, now - DAY_MS),
+        )
+    ]
     store.close()
     newest = info["entries"][-1]
 
@@ -125,6 +139,7 @@ def test_status_page_in_headless_chromium(tmp_path):
     assert expected == 288 + 1  # the test's own arithmetic: 288 share2 readings + the libre one
     assert dom.readings == expected
     assert dom.target_ranges == 1
+    assert dom.episodes == bands and "episode-low" in bands and "episode-high" in bands
     assert dom.refresh == "60"
     assert "".join(dom.text["sgv"]).strip() == str(newest.sgv)
     assert "".join(dom.text["arrow"]).strip() == ARROWS[newest.direction]

@@ -21,7 +21,12 @@ from typing import Any
 
 import pytest
 
-from connect.settings import SITE_LEGACY_ENV, apply_legacy_env, apply_node_values, installed_legacy_env
+from connect.settings import (
+    apply_legacy_env,
+    apply_node_values,
+    installed_legacy_env,
+    legacy_env_for,
+)
 from tests.emulators.dexcom import ShareEmulator
 from tests.emulators.nightscout import NightscoutEmulator
 from tests.emulators.nightscout import serve_in_thread as serve_site
@@ -244,7 +249,7 @@ def test_the_readme_table_lists_every_old_name_read() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     start = readme.index("## Coming from nightscout-connect")
     section = readme[start : readme.index("\n## ", start + 1)]
-    names = set(SITE_LEGACY_ENV)
+    names = set(legacy_env_for(None))  # the site's own names: its address, secret and thresholds
     for legacy in installed_legacy_env().values():
         names.update(legacy)
     for name in sorted(names):

@@ -66,6 +66,7 @@ KNOWN: frozenset[tuple[str, str]] = frozenset(
         ("outputs.nightscout", "store.database"),
         ("outputs.mqtt", "store.aio"),
         ("outputs.mqtt", "store.database"),
+        ("outputs.events", "store.aio"),
     }
 )
 

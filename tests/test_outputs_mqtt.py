@@ -22,7 +22,9 @@ from store import AsyncStore, Store
 from tests.mosquitto import Broker, Subscriber, make_tls_files
 
 T0 = 1_700_000_000_000
-FAST = DeliveryPolicy(transient=Backoff(base=0.1, cap=0.5, jitter=0.0), paused=Backoff(base=0.5, cap=1.0, jitter=0.0))
+FAST = DeliveryPolicy(
+    transient=Backoff(base=0.1, cap=0.5, jitter=0.0), paused=Backoff(base=0.5, cap=1.0, jitter=0.0)
+)
 
 
 def readings(n: int, start: int = T0, device: str = "sim-cgm") -> list[Entry]:
@@ -348,3 +350,41 @@ async def test_a_ca_bundle_gone_since_start_is_a_delivery_error_not_a_crash(
     assert not await out.deliver_until_idle(attempts=1)
     assert out.status()["state"] == "backoff"
     assert "unreachable (FileNotFoundError)" in out.status()["last_error"]
+
+
+async def test_events_are_published_on_their_topics_after_the_records(
+    mosquitto: Broker, store: Store
+) -> None:
+    from connect.alerting import AlertConfig, evaluate
+
+    sub = Subscriber(mosquitto.port, "nightscout/#").start()
+    now = T0 + 3 * 300_000
+    persist(
+        store,
+        [
+            Entry(type="sgv", date=T0 + i * 300_000, device="cgm", sgv=v, direction="Flat")
+            for i, v in enumerate([110, 75, 70])
+        ],
+    )
+    evaluate(store, AlertConfig(key="sim", label="alice"), now)
+    stored = [text for (text,) in store.conn.execute("SELECT json FROM events ORDER BY seq")]
+    astore = AsyncStore(store)
+    out = output(mosquitto, astore)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(out.run)
+            await eventually(lambda: len(sub.snapshot()) >= 3 + len(stored))
+            await eventually(lambda: out.state == "idle" and store.events_lag("mqtt") == 0)
+            nursery.cancel_scope.cancel()
+    finally:
+        sub.stop()
+    messages = sub.snapshot()
+    events = [(topic, payload) for topic, payload, _ in messages if topic.startswith("nightscout/events/")]
+    # the event's body exactly as stored (and as a webhook gets it), on its own topic
+    assert [payload.decode() for _, payload in events] == stored
+    assert [topic for topic, _ in events] == [f"nightscout/events/{json.loads(t)['event']}" for t in stored]
+    assert "nightscout/events/alert:raised" in {topic for topic, _ in events}
+    # records first, then the events
+    topics = [topic for topic, _, _ in messages]
+    assert all(t.startswith("nightscout/entries/") for t in topics[:3])
+    assert out.status()["lag"] == 0

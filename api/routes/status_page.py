@@ -41,7 +41,10 @@ async def status_page(access: RequestAccess, context: Context) -> Response:
         readings = reader.readings(now - page.DAY_MS, now)
         latest = reader.latest_reading()
         lag = reader.lag(sorted({*names, *reader.outputs()}))
-        return page.render(readings=readings, latest=latest, snapshot=snapshot, lag=lag, now_ms=now)
+        episodes = reader.episodes(now - page.DAY_MS, now)
+        return page.render(
+            readings=readings, latest=latest, snapshot=snapshot, lag=lag, now_ms=now, episodes=episodes
+        )
 
     html = await run_in_threadpool(build)
     return HTMLResponse(html)

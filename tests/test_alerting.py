@@ -1,0 +1,143 @@
+"""The alerting task over a real store: what a pass writes (events, episodes, state), that it
+is all-or-nothing and never repeats itself (restarts included), and that it wakes by itself at
+the machine's deadline for stale data (MockClock: no polling, no waiting)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from connect.alerting import AlertConfig, Alerting, evaluate
+from connect.clock import VirtualClock
+from connect.records import Batch, Entry, Treatment
+from machines.alerts import MIN_MS
+from store import AsyncStore, Store
+
+NOW = 1_750_000_000_000
+KEY = "sim:alice"
+CONFIG = AlertConfig(key=KEY, label="alice")
+
+
+def entry(minutes_ago: float, sgv: int, *, now: int = NOW, direction: str = "Flat") -> Entry:
+    return Entry(type="sgv", date=now - int(minutes_ago * MIN_MS), device="cgm", sgv=sgv, direction=direction)
+
+
+def persist(store: Store, records: list[Any], source: str = KEY) -> None:
+    store.persist_frame(source, "Loop", Batch.of(records))
+
+
+def events(store: Store) -> list[dict[str, Any]]:
+    return [json.loads(t) for (t,) in store.conn.execute("SELECT json FROM events ORDER BY seq")]
+
+
+def names(store: Store) -> list[str]:
+    return [e["event"] for e in events(store)]
+
+
+def test_a_backfill_whose_newest_reading_is_low_raises_one_alert(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    # two hours of history full of lows and highs, then the newest reading, low
+    history = [entry(130 - 5 * i, 60 if i % 6 < 3 else 250) for i in range(23)]  # the newest 20 min old
+    persist(store, [*history, entry(1, 62, direction="FortyFiveDown")])
+    result = evaluate(store, CONFIG, NOW)
+    raised = [e for e in events(store) if e["event"] == "alert:raised"]
+    assert [(e["data"]["kind"], e["data"]["sgv"]) for e in raised] == [("low", 62)]
+    body = raised[0]
+    assert body["account"] == "alice" and body["time"] == NOW
+    assert body["data"] | {"message": "-"} == {
+        "kind": "low", "level": "warning", "sgv": 62, "date": NOW - MIN_MS, "direction": "FortyFiveDown",
+        "threshold": 80.0, "units": "mg/dL", "since": NOW, "repeat": 0, "message": "-",
+    }  # fmt: skip
+    assert body["data"]["message"].startswith("Low 62 mg/dL ↘ at ") and body["data"]["message"].endswith(
+        ", 1 min ago"
+    )
+    # only the last hour's readings are announced as new (CONNECT_EVENTS_MAX_AGE_MINUTES)
+    assert names(store).count("glucose:new") == sum(
+        1 for e in [*history, entry(1, 62)] if NOW - e.date <= 60 * MIN_MS
+    )
+    assert names(store).count("episode:changed") == 1  # the current low episode; history is silent
+    assert result.deadline == NOW - MIN_MS + 15 * MIN_MS
+    # episodes record the whole history, the last one open
+    rows = store.conn.execute("SELECT kind, end_at FROM episodes ORDER BY id").fetchall()
+    assert rows[0][0] == "low" and rows[-1] == ("low", None)
+    assert len(rows) >= 8
+    # nothing new: a second pass, and a restart (state from the store), write nothing
+    assert evaluate(store, CONFIG, NOW + 1000).events == 0
+    store.close()
+    again = Store(tmp_path / "s.db")
+    assert evaluate(again, CONFIG, NOW + 2000).events == 0
+    assert names(again).count("alert:raised") == 1
+
+
+def test_ids_are_stable_and_the_body_is_the_stored_text(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    persist(
+        store,
+        [entry(2, 120), Treatment(event_type="Meal Bolus", date=NOW - 3 * MIN_MS, device="pump", carbs=30.0)],
+    )
+    evaluate(store, CONFIG, NOW)
+    rows = store.conn.execute("SELECT seq, id, event, json FROM events ORDER BY seq").fetchall()
+    assert [r[2] for r in rows] == ["glucose:new", "episode:changed", "treatment:new"]
+    for _seq, eid, event, text in rows:
+        body = json.loads(text)
+        assert body["id"] == eid and body["event"] == event
+        assert set(body) == {"event", "id", "time", "account", "data"}
+    assert json.loads(rows[0][3])["data"]["sgv"] == 120
+    assert json.loads(rows[2][3])["data"]["carbs"] == 30
+    # an identical frame stored again writes nothing; a changed row keeps its event id
+    persist(store, [entry(2, 120, direction="SingleUp")])
+    assert evaluate(store, CONFIG, NOW + 1000).events == 0
+
+
+def test_other_accounts_rows_are_not_this_accounts(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    persist(store, [entry(1, 50)], source="sim:bob")
+    assert evaluate(store, CONFIG, NOW).events == 0
+    assert evaluate(store, AlertConfig(key="sim:bob", label="bob"), NOW).events >= 3
+
+
+def test_a_failed_pass_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "s.db")
+    persist(store, [entry(1, 50)])
+    import store.events as ev
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(ev, "save_alert_state", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        evaluate(store, CONFIG, NOW)
+    assert events(store) == [] and store.conn.execute("SELECT count(*) FROM episodes").fetchone()[0] == 0
+    monkeypatch.undo()
+    assert evaluate(store, CONFIG, NOW).events > 0
+
+
+async def test_the_task_wakes_at_the_deadline_for_stale_data(autojump_clock: trio.abc.Clock) -> None:
+    clock = VirtualClock(NOW)
+    store = Store(":memory:")
+    woken: list[int] = []
+    alerting = Alerting(AsyncStore(store), CONFIG, clock=clock, on_events=lambda: woken.append(clock()))
+    persist(store, [entry(0, 120)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(alerting.run)
+        await trio.sleep(14 * 60)
+        assert "alert:raised" not in names(store)
+        await trio.sleep(2 * 60)  # past 15 minutes without a reading
+        raised = [e["data"]["kind"] for e in events(store) if e["event"] == "alert:raised"]
+        assert raised == ["stale"]
+        assert alerting.status()["episode"] == "stale"
+        # a new reading (a frame persisted: the daemon wakes the task) ends it
+        persist(store, [entry(0, 118, now=clock())])
+        alerting.wake()
+        await trio.sleep(1)
+        assert [e["data"]["kind"] for e in events(store) if e["event"] == "alert:cleared"] == ["stale"]
+        passes = alerting.status()["passes"]
+        await trio.sleep(10 * 60)  # nothing due: the task slept, it did not poll
+        assert alerting.status()["passes"] == passes
+        nursery.cancel_scope.cancel()
+    assert woken and alerting.status()["raised"] == []
