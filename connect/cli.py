@@ -29,7 +29,6 @@ from connect.loading import UsageError, flag_source, load_settings, selected_sou
 from connect.logs import configure
 from connect.redact import describe_error
 from connect.settings import (
-    TRUE_WORDS,
     CoreSettings,
     env_for,
     env_notes,
@@ -114,18 +113,20 @@ def cmd_once(args: Sequence[str]) -> int:
 
 
 def cmd_demo(args: Sequence[str]) -> int:
-    defaults = {
-        "source": "sim",
-        "store_path": os.environ.get("CONNECT_STORE_PATH", "nightscout-connect-demo.db"),
-        "backfill_days": float(os.environ.get("CONNECT_BACKFILL_DAYS", "1")),
-    }
-    if not os.environ.get("CONNECT_HTTP_SECRET") and not any(a.startswith("--http-secret") for a in args):
+    """The one command that reads the simulator without being asked to."""
+    # the demo's own defaults go where the user's variables would, so the user's flags and
+    # variables still win and are checked like any others
+    demo_env = {"CONNECT_STORE_PATH": "nightscout-connect-demo.db", "CONNECT_BACKFILL_DAYS": "1"}
+    if not os.environ.get("CONNECT_HTTP_SECRET", "").strip() and not any(
+        a.startswith("--http-secret") for a in args
+    ):
         # the demo is for looking at: with no secret its page and reads are open (on loopback,
         # where the API binds by default; a public bind still needs CONNECT_HTTP_SECRET)
-        readable = os.environ.get("CONNECT_HTTP_READABLE", "true").strip().lower() in TRUE_WORDS
-        defaults["http_readable"] = readable
-    os.environ["CONNECT_SOURCE"] = "sim"
-    settings, source = load_settings(args, defaults=defaults)
+        demo_env["CONNECT_HTTP_READABLE"] = "true"
+    for name, value in demo_env.items():
+        if not os.environ.get(name, "").strip():
+            os.environ[name] = value
+    settings, source = load_settings(args, source_name="sim")
     _configure_logs(settings, fmt="console", level="debug")
     log = structlog.get_logger("connect.demo")
     log.info("demo: simulated CGM → machines → store", store=settings.store_path)
@@ -281,8 +282,10 @@ def cmd_capture(args: Sequence[str]) -> int:
             ]
         )
     # a capture is for showing a problem, not for history: one day back unless asked otherwise
-    defaults = {} if "CONNECT_BACKFILL_DAYS" in os.environ else {"backfill_days": 1.0}
-    settings, source = load_settings(flags, defaults=defaults)
+    # (given where a variable would be, so a flag still wins)
+    if not os.environ.get("CONNECT_BACKFILL_DAYS", "").strip():
+        os.environ["CONNECT_BACKFILL_DAYS"] = "1"
+    settings, source = load_settings(flags)
     _configure_logs(settings)
     recorder = Recorder()
     result = FrameResult(ok=False, counts={})

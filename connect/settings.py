@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
@@ -20,16 +21,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connect.contract import SourceInfo
 from connect.errors import ConfigError
+from connect.fields import ConnectSettings, StorePath
 
 ENTRY_POINT_GROUP = "nightscout_connect.sources"
 
 
-class CoreSettings(BaseSettings):
+class CoreSettings(ConnectSettings):
     """Settings every run has, whatever the source."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CONNECT_",
-        extra="ignore",
         cli_kebab_case=True,
         cli_implicit_flags=True,
         cli_exit_on_error=False,
@@ -37,7 +37,7 @@ class CoreSettings(BaseSettings):
     )
 
     source: str = Field(default="sim", description="where readings come from")
-    store_path: str = Field(
+    store_path: StorePath = Field(
         default="nightscout-connect.db", description="SQLite store file (:memory: allowed)"
     )
     backfill_days: float = Field(default=30.0, gt=0, le=3650, description="history to fetch on first start")
@@ -60,7 +60,7 @@ def load_source(name: str) -> SourceInfo:
                 raise ConfigError(f"source {name!r}: entry point {ep.value} is not a SourceInfo")
             return info
     known = ", ".join(sorted(known_sources()))
-    raise ConfigError(f"--source / CONNECT_SOURCE: unknown source {name!r} (known: {known})")
+    raise ConfigError(f"--source / CONNECT_SOURCE: unknown source (known: {known})")
 
 
 def extra_settings_models() -> list[type[BaseSettings]]:
@@ -79,9 +79,16 @@ def extra_settings_models() -> list[type[BaseSettings]]:
 
 def settings_model(source: SourceInfo | None) -> type[CoreSettings]:
     """The settings model of one run: core + the source's + outputs' + API's fields."""
+    return _composed_model(None if source is None else source.settings)
+
+
+@functools.cache
+def _composed_model(source_settings: type[BaseSettings] | None) -> type[CoreSettings]:
+    # built once per source: a model class costs milliseconds, and every account file of
+    # --accounts-dir (and every check) reads its settings through one
     bases: list[type[BaseSettings]] = [CoreSettings]
-    if source is not None:
-        bases.append(source.settings)
+    if source_settings is not None:
+        bases.append(source_settings)
     bases.extend(extra_settings_models())
     if len(bases) == 1:
         return CoreSettings
