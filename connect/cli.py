@@ -57,6 +57,8 @@ commands:
   capture   capture DIR: one frame per loop, each HTTP exchange saved to DIR, secrets replaced
 
 Every setting is a --flag or a CONNECT_* variable; `nightscout-connect <command> --help` lists them.
+run, once, check and capture need a source (CONNECT_SOURCE or --source); only demo reads the
+simulator by itself. Exit status: 0 done, 1 a frame, delivery or login failed, 2 bad settings.
 """
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -166,15 +168,16 @@ def cmd_serve(args: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def env_report(source: SourceInfo, args: Sequence[str], given: Mapping[str, str]) -> list[str]:
-    """What ``check`` prints about the environment: the source, the variables it recognised
-    (old names included), those it ignored, and a line of advice per ignored one that has some."""
+def env_report(source: SourceInfo | None, args: Sequence[str], given: Mapping[str, str]) -> list[str]:
+    """What ``check`` prints about the environment: the source (and what chose it), the
+    variables it recognised (old names included), those it ignored, and a line of advice per
+    ignored one that has some. Without a source, the settings every run reads are listed."""
     models = [settings_model(source)]
     legacy = legacy_env_for(source)
     others = {
         old: name
         for name, names in installed_legacy_env().items()
-        if name != source.name
+        if source is None or name != source.name
         for old in names
         if old not in legacy
     }
@@ -183,8 +186,11 @@ def env_report(source: SourceInfo, args: Sequence[str], given: Mapping[str, str]
     chosen = f" (chosen by {inferred[1]}: CONNECT_SOURCE is not set)" if inferred else ""
     known = [env_for(name) for name in field_names(models)]
     notes = env_notes(ignored, given, legacy=legacy, other_legacy=others, known=known)
+    described = (
+        "none: CONNECT_SOURCE is not set" if source is None else f"{source.name} — {source.description}"
+    )
     return [
-        f"source: {source.name} — {source.description}{chosen}",
+        f"source: {described}{chosen}",
         "recognised variables: " + (", ".join(used) if used else "none"),
         "ignored variables: " + (", ".join(ignored) if ignored else "none"),
         *(f"  {note}" for note in notes),
@@ -198,7 +204,8 @@ def cmd_check(args: Sequence[str]) -> int:
     except UsageError:
         # the list still helps most here: a typo is often why a required setting is missing
         with contextlib.suppress(ConfigError):
-            print("\n".join(env_report(load_source(selected_source(args)), args, given)))
+            name = selected_source(args)
+            print("\n".join(env_report(None if name is None else load_source(name), args, given)))
         raise
     _configure_logs(settings)
     print("\n".join(env_report(source, args, given)))

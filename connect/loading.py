@@ -28,6 +28,7 @@ from connect.settings import (
     infer_source,
     legacy_env_for,
     load_source,
+    no_source_problem,
     preserved_environ,
     secret_values,
     settings_model,
@@ -52,25 +53,25 @@ def flag_source(args: Sequence[str]) -> str | None:
     return None
 
 
-def selected_source(args: Sequence[str]) -> str:
+def selected_source(args: Sequence[str]) -> str | None:
     """The source named by ``--source`` (flags win) or CONNECT_SOURCE, before full parsing.
 
-    Without either, the old variables of exactly one source (``BRIDGE_USER_NAME`` …) choose
-    it, as the single-vendor bridges they come from did; otherwise it is the simulator.
+    Without either, the old variables of exactly one other tool (``BRIDGE_USER_NAME`` …)
+    choose its source, as the single-vendor bridges they come from did. Otherwise None: there
+    is no default source (see :func:`connect.settings.no_source_problem`).
     """
     flag = flag_source(args)
-    if flag is not None:
-        return flag
-    if "CONNECT_SOURCE" not in os.environ:
-        inferred = infer_source(os.environ)
-        if inferred is not None:
-            os.environ["CONNECT_SOURCE"] = inferred[0]
-            return inferred[0]
-    return os.environ.get("CONNECT_SOURCE", "sim")
+    if flag is not None and flag.strip():
+        return flag.strip()
+    named = os.environ.get("CONNECT_SOURCE", "").strip()
+    if named:
+        return named
+    inferred = infer_source(os.environ)
+    return None if inferred is None else inferred[0]
 
 
 @contextlib.contextmanager
-def _translated_environ(source: SourceInfo) -> Iterator[None]:
+def _translated_environ(source: SourceInfo | None) -> Iterator[None]:
     """nightscout-connect's names and values translated into ours while the settings are read,
     and the process environment as it was afterwards (an embedding program's included)."""
     with preserved_environ():
@@ -83,24 +84,33 @@ def load_settings(
     args: Sequence[str], *, defaults: dict[str, Any] | None = None, source_name: str | None = None
 ) -> tuple[CoreSettings, SourceInfo]:
     """Parse flags and environment for the selected source; raise :class:`UsageError` listing
-    every problem at once."""
-    try:
-        source = load_source(source_name or selected_source(args))
-    except ConfigError as exc:
-        raise UsageError([str(exc)]) from None
-    problems = overlong_arguments(args)
-    if problems:
+    every problem (a missing or unknown source among them) at once."""
+    problems: list[str] = []
+    name = source_name or selected_source(args)
+    source: SourceInfo | None = None
+    if name is None:
+        problems.append(no_source_problem(os.environ))
+    else:
+        try:
+            source = load_source(name)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    overlong = overlong_arguments(args)
+    if overlong:
+        problems.extend(overlong)
         args = without_overlong(args)
     model = settings_model(source)
+    # the source as chosen (a flag, the variable, another tool's names or the command itself)
+    given = {**(defaults or {}), **({"source": source.name} if source is not None else {})}
     settings: CoreSettings | None = None
     try:
         with _translated_environ(source):
-            settings = CliApp.run(model, cli_args=list(args), **(defaults or {}))
+            settings = CliApp.run(model, cli_args=list(args), **given)
     except pydantic.ValidationError as exc:
         problems.extend(describe_validation(exc))
     except SettingsError as exc:
         problems.append(describe_settings_error(exc))
-    if problems or settings is None:
+    if problems or settings is None or source is None:
         raise UsageError(problems or ["settings: could not be read"])
     register_secret(*secret_values(settings))
     return settings, source

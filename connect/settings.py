@@ -36,7 +36,10 @@ class CoreSettings(ConnectSettings):
         cli_prog_name="nightscout-connect",
     )
 
-    source: str = Field(default="sim", description="where readings come from")
+    source: str | None = Field(
+        default=None,
+        description="where readings come from (no default: sim is the simulator, which only demo picks by itself)",
+    )
     store_path: StorePath = Field(
         default="nightscout-connect.db", description="SQLite store file (:memory: allowed)"
     )
@@ -229,20 +232,44 @@ def installed_legacy_env() -> dict[str, dict[str, str]]:
     return out
 
 
+def implied_sources(environ: Mapping[str, str]) -> dict[str, list[str]]:
+    """Source name → the other tools' variables present (not blank) that name it."""
+    found = {
+        name: sorted(old for old in legacy if environ.get(old, "").strip())
+        for name, legacy in installed_legacy_env().items()
+    }
+    return {name: olds for name, olds in found.items() if olds}
+
+
 def infer_source(environ: Mapping[str, str]) -> tuple[str, str] | None:
     """(source, the variables that name it) when CONNECT_SOURCE is unset and exactly one source's
     old variables are present: the bridges those names come from read one vendor each."""
-    if "CONNECT_SOURCE" in environ:
+    if environ.get("CONNECT_SOURCE", "").strip():
         return None
-    found = {
-        name: sorted(old for old in legacy if old in environ)
-        for name, legacy in installed_legacy_env().items()
-    }
-    found = {name: olds for name, olds in found.items() if olds}
+    found = implied_sources(environ)
     if len(found) != 1:
         return None
     ((name, olds),) = found.items()
     return name, ", ".join(olds)
+
+
+def no_source_problem(environ: Mapping[str, str]) -> str:
+    """The one line for a run that names no source: which sources exist, or which tools'
+    variables contradict each other. Nothing is read from a source nobody chose: a misspelt or
+    missing CONNECT_SOURCE must not send simulated readings to a real site."""
+    found = implied_sources(environ)
+    if len(found) > 1:
+        named = ", ".join(f"{' '.join(olds)} ({name})" for name, olds in sorted(found.items()))
+        return (
+            f"--source / CONNECT_SOURCE: not set, and other tools' variables name more than one "
+            f"source: {named}; set CONNECT_SOURCE to the one to read"
+        )
+    real = sorted(name for name in known_sources() if name != "sim")
+    return (
+        "--source / CONNECT_SOURCE: not set; name where readings come from: "
+        + ", ".join(real)
+        + ", or sim for simulated readings"
+    )
 
 
 def flag_for(field: str) -> str:

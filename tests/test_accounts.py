@@ -168,7 +168,7 @@ def test_a_bad_setting_in_one_file_stops_every_account_before_start(tmp_path: Pa
 
 def test_two_accounts_may_not_bind_one_address(tmp_path: Path) -> None:
     for name in ("alice", "bob"):
-        write_account(tmp_path, name, CONNECT_HTTP_BIND="127.0.0.1:1")
+        write_account(tmp_path, name, CONNECT_SOURCE="sim", CONNECT_HTTP_BIND="127.0.0.1:1")
     result = cli("run", "--accounts-dir", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
