@@ -10,10 +10,10 @@ import ipaddress
 from typing import Final
 
 import attrs
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from connect.errors import ConfigError
+from connect.fields import ConnectSettings, check_host, check_path
 
 #: Nightscout's MIN_PASSPHRASE_LENGTH
 MIN_SECRET_LENGTH: Final = 12
@@ -21,19 +21,17 @@ DEFAULT_BIND: Final = "127.0.0.1:1338"
 DISABLED: Final = frozenset({"0", "", "off", "false", "no", "none"})
 
 
-class ApiSettings(BaseSettings):
+class ApiSettings(ConnectSettings):
     """``CONNECT_HTTP_*``: where the API listens and who may read it."""
 
-    # a rejected secret must not be quoted back in the validation error
-    model_config = SettingsConfigDict(env_prefix="CONNECT_", extra="ignore", hide_input_in_errors=True)
-
-    http_bind: str = Field(
-        default=DEFAULT_BIND,
-        description="HTTP API address host:port (0 disables the API)",
-    )
+    # the secret comes before the address: the address's check reads it
     http_secret: SecretStr | None = Field(
         default=None,
         description="secret that protects the HTTP API (12+ characters; api-secret header, ?token= or Bearer)",
+    )
+    http_bind: str = Field(
+        default=DEFAULT_BIND,
+        description="HTTP API address host:port (0 disables the API)",
     )
     http_readable: bool = Field(
         default=False,
@@ -50,6 +48,23 @@ class ApiSettings(BaseSettings):
             raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
         return value
 
+    @field_validator("http_bind")
+    @classmethod
+    def _usable_bind(cls, value: str, info: ValidationInfo) -> str:
+        # checked with the other settings, so that every problem is reported at once
+        bind = _parse_bind(value)
+        if bind is not None and not bind.loopback and info.data.get("http_secret", "") is None:
+            # (a secret that failed its own check is reported there, not here)
+            raise ValueError(PUBLIC_WITHOUT_SECRET.format(address="the address"))
+        return value
+
+
+#: the address (quoted only when it passed the settings' checks) and what to do
+PUBLIC_WITHOUT_SECRET: Final = (
+    "{address} is reachable from other machines; "
+    "set --http-secret / CONNECT_HTTP_SECRET (12+ characters) or bind 127.0.0.1"
+)
+
 
 @attrs.frozen
 class Bind:
@@ -63,23 +78,33 @@ class Bind:
 
 def parse_bind(text: str) -> Bind | None:
     """Parse ``CONNECT_HTTP_BIND``; ``None`` when the API is disabled."""
+    try:
+        return _parse_bind(text)
+    except ValueError as exc:
+        raise ConfigError(f"--http-bind / CONNECT_HTTP_BIND: {exc}") from None
+
+
+def _parse_bind(text: str) -> Bind | None:
     value = text.strip()
     if value.lower() in DISABLED:
         return None
     if value.startswith("unix:"):
         # a unix socket is reachable from this machine only (file permissions decide who)
         if len(value) <= len("unix:"):
-            raise ConfigError("--http-bind / CONNECT_HTTP_BIND: a unix socket needs a path (unix:/path)")
+            raise ValueError("a unix socket needs a path (unix:/path)")
+        check_path(value[len("unix:") :], "the socket path")
         return Bind(text=value, host=value, port=None, loopback=True)
     host, sep, port_text = value.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(
-            "--http-bind / CONNECT_HTTP_BIND: expected host:port (for example 127.0.0.1:1338), or 0 to disable"
-        )
+        raise ValueError("expected host:port (for example 127.0.0.1:1338), or 0 to disable")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not host:
-        raise ConfigError("--http-bind / CONNECT_HTTP_BIND: name the address to listen on (127.0.0.1:1338)")
+        raise ValueError("name the address to listen on (127.0.0.1:1338)")
+    try:
+        check_host(host)
+    except ValueError as exc:
+        raise ValueError(f"the address: {exc}") from None
     return Bind(text=value, host=host, port=int(port_text), loopback=_is_loopback(host))
 
 
@@ -104,7 +129,6 @@ def check_bind(settings: ApiSettings) -> str | None:
         return None
     if not bind.loopback and settings.http_secret is None:
         raise ConfigError(
-            f"--http-bind / CONNECT_HTTP_BIND: {bind.text} is reachable from other machines; "
-            "set --http-secret / CONNECT_HTTP_SECRET (12+ characters) or bind 127.0.0.1"
+            "--http-bind / CONNECT_HTTP_BIND: " + PUBLIC_WITHOUT_SECRET.format(address=bind.text)
         )
     return bind.text

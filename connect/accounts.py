@@ -87,7 +87,9 @@ def account_environ(pairs: Mapping[str, str], *, defaults: Mapping[str, str]) ->
             if key in PROCESS_WIDE_ENV or not (key.startswith("CONNECT_") or key in legacy)
         }
         os.environ.clear()
-        os.environ.update({**env, **defaults, **pairs})
+        # an empty value is no value: the account's default applies (CONNECT_HTTP_BIND= serves
+        # no API, as an account without the line)
+        os.environ.update({**env, **defaults, **{k: v for k, v in pairs.items() if v.strip()}})
         yield
 
 

@@ -33,7 +33,6 @@ from connect.logs import configure
 from connect.redact import describe_error
 from connect.rejected import cmd_rejected
 from connect.settings import (
-    TRUE_WORDS,
     CoreSettings,
     env_for,
     env_notes,
@@ -64,6 +63,8 @@ commands:
             ([--output NAME] [--collection NAME])
 
 Every setting is a --flag or a CONNECT_* variable; `nightscout-connect <command> --help` lists them.
+run, once, check and capture need a source (CONNECT_SOURCE or --source); only demo reads the
+simulator by itself. Exit status: 0 done, 1 a frame, delivery or login failed, 2 bad settings.
 """
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -120,18 +121,20 @@ def cmd_once(args: Sequence[str]) -> int:
 
 
 def cmd_demo(args: Sequence[str]) -> int:
-    defaults = {
-        "source": "sim",
-        "store_path": os.environ.get("CONNECT_STORE_PATH", "nightscout-connect-demo.db"),
-        "backfill_days": float(os.environ.get("CONNECT_BACKFILL_DAYS", "1")),
-    }
-    if not os.environ.get("CONNECT_HTTP_SECRET") and not any(a.startswith("--http-secret") for a in args):
+    """The one command that reads the simulator without being asked to."""
+    # the demo's own defaults go where the user's variables would, so the user's flags and
+    # variables still win and are checked like any others
+    demo_env = {"CONNECT_STORE_PATH": "nightscout-connect-demo.db", "CONNECT_BACKFILL_DAYS": "1"}
+    if not os.environ.get("CONNECT_HTTP_SECRET", "").strip() and not any(
+        a.startswith("--http-secret") for a in args
+    ):
         # the demo is for looking at: with no secret its page and reads are open (on loopback,
         # where the API binds by default; a public bind still needs CONNECT_HTTP_SECRET)
-        readable = os.environ.get("CONNECT_HTTP_READABLE", "true").strip().lower() in TRUE_WORDS
-        defaults["http_readable"] = readable
-    os.environ["CONNECT_SOURCE"] = "sim"
-    settings, source = load_settings(args, defaults=defaults)
+        demo_env["CONNECT_HTTP_READABLE"] = "true"
+    for name, value in demo_env.items():
+        if not os.environ.get(name, "").strip():
+            os.environ[name] = value
+    settings, source = load_settings(args, source_name="sim")
     _configure_logs(settings, fmt="console", level="debug")
     log = structlog.get_logger("connect.demo")
 
@@ -176,15 +179,16 @@ def cmd_serve(args: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def env_report(source: SourceInfo, args: Sequence[str], given: Mapping[str, str]) -> list[str]:
-    """What ``check`` prints about the environment: the source, the variables it recognised
-    (old names included), those it ignored, and a line of advice per ignored one that has some."""
+def env_report(source: SourceInfo | None, args: Sequence[str], given: Mapping[str, str]) -> list[str]:
+    """What ``check`` prints about the environment: the source (and what chose it), the
+    variables it recognised (old names included), those it ignored, and a line of advice per
+    ignored one that has some. Without a source, the settings every run reads are listed."""
     models = [settings_model(source)]
     legacy = legacy_env_for(source)
     others = {
         old: name
         for name, names in installed_legacy_env().items()
-        if name != source.name
+        if source is None or name != source.name
         for old in names
         if old not in legacy
     }
@@ -193,8 +197,11 @@ def env_report(source: SourceInfo, args: Sequence[str], given: Mapping[str, str]
     chosen = f" (chosen by {inferred[1]}: CONNECT_SOURCE is not set)" if inferred else ""
     known = [env_for(name) for name in field_names(models)]
     notes = env_notes(ignored, given, legacy=legacy, other_legacy=others, known=known)
+    described = (
+        "none: CONNECT_SOURCE is not set" if source is None else f"{source.name} — {source.description}"
+    )
     return [
-        f"source: {source.name} — {source.description}{chosen}",
+        f"source: {described}{chosen}",
         "recognised variables: " + (", ".join(used) if used else "none"),
         "ignored variables: " + (", ".join(ignored) if ignored else "none"),
         *(f"  {note}" for note in notes),
@@ -208,7 +215,8 @@ def cmd_check(args: Sequence[str]) -> int:
     except UsageError:
         # the list still helps most here: a typo is often why a required setting is missing
         with contextlib.suppress(ConfigError):
-            print("\n".join(env_report(load_source(selected_source(args)), args, given)))
+            name = selected_source(args)
+            print("\n".join(env_report(None if name is None else load_source(name), args, given)))
         raise
     _configure_logs(settings)
     print("\n".join(env_report(source, args, given)))
@@ -294,8 +302,10 @@ def cmd_capture(args: Sequence[str]) -> int:
             ]
         )
     # a capture is for showing a problem, not for history: one day back unless asked otherwise
-    defaults = {} if "CONNECT_BACKFILL_DAYS" in os.environ else {"backfill_days": 1.0}
-    settings, source = load_settings(flags, defaults=defaults)
+    # (given where a variable would be, so a flag still wins)
+    if not os.environ.get("CONNECT_BACKFILL_DAYS", "").strip():
+        os.environ["CONNECT_BACKFILL_DAYS"] = "1"
+    settings, source = load_settings(flags)
     _configure_logs(settings)
     recorder = Recorder()
     result = FrameResult(ok=False, counts={})

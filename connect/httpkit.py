@@ -20,7 +20,7 @@ from connect.errors import (
     TransientError,
     Unreachable,
 )
-from connect.redact import redact_text
+from connect.fields import HTTP_SCHEMES, check_url
 
 USER_AGENT = "nightscout-connect-py"
 #: every webhook request carries this header with :data:`INSTANCE_ID`; an API of this process
@@ -101,21 +101,13 @@ def server_base(text: str, what: str) -> tuple[str, str]:
     """``("scheme://host[:port]", "/path")`` of a configured server override.
 
     A bare host name means https. Raises ValueError naming the problem; the message never
-    echoes credentials the text might carry (``user:password@host``).
+    quotes the text (it may carry credentials, ``user:password@host``).
     """
+    check_url(text, schemes=HTTP_SCHEMES, what=what, default_scheme="https")
     text = text.strip()
-    shown = redact_text(text)
-    candidate = text if "://" in text else f"https://{text}"
-    try:
-        url = httpx.URL(candidate)
-    except (httpx.InvalidURL, ValueError) as exc:
-        raise ValueError(f"{what} {shown!r} is not a host name or URL ({exc})") from None
-    if url.scheme not in ("http", "https"):
-        raise ValueError(f"{what} {shown!r} must use http or https")
-    if not url.host:
-        raise ValueError(f"{what} {shown!r} has no host")
+    url = httpx.URL(text if "://" in text else f"https://{text}")
     if url.userinfo or url.query or url.fragment:
-        raise ValueError(f"{what} {shown!r} must not carry credentials, a query or a fragment")
+        raise ValueError(f"{what} must not carry credentials, a query or a fragment")
     port = f":{url.port}" if url.port is not None else ""
     host = f"[{url.host}]" if ":" in url.host else url.host
     return f"{url.scheme}://{host}{port}", url.path.rstrip("/")

@@ -8,24 +8,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pydantic
 from pydantic_settings import CliApp, SettingsError
 
-from api.settings import ApiSettings, check_bind
 from connect.contract import SourceInfo
 from connect.errors import ConfigError
+from connect.fields import MAX_VALUE_LENGTH
 from connect.redact import register_secret
 from connect.settings import (
     CoreSettings,
     apply_legacy_env,
     apply_node_values,
     describe_validation,
+    env_for,
     infer_source,
     legacy_env_for,
     load_source,
+    no_source_problem,
     preserved_environ,
     secret_values,
     settings_model,
@@ -50,25 +53,25 @@ def flag_source(args: Sequence[str]) -> str | None:
     return None
 
 
-def selected_source(args: Sequence[str]) -> str:
+def selected_source(args: Sequence[str]) -> str | None:
     """The source named by ``--source`` (flags win) or CONNECT_SOURCE, before full parsing.
 
-    Without either, the old variables of exactly one source (``BRIDGE_USER_NAME`` …) choose
-    it, as the single-vendor bridges they come from did; otherwise it is the simulator.
+    Without either, the old variables of exactly one other tool (``BRIDGE_USER_NAME`` …)
+    choose its source, as the single-vendor bridges they come from did. Otherwise None: there
+    is no default source (see :func:`connect.settings.no_source_problem`).
     """
     flag = flag_source(args)
-    if flag is not None:
-        return flag
-    if "CONNECT_SOURCE" not in os.environ:
-        inferred = infer_source(os.environ)
-        if inferred is not None:
-            os.environ["CONNECT_SOURCE"] = inferred[0]
-            return inferred[0]
-    return os.environ.get("CONNECT_SOURCE", "sim")
+    if flag is not None and flag.strip():
+        return flag.strip()
+    named = os.environ.get("CONNECT_SOURCE", "").strip()
+    if named:
+        return named
+    inferred = infer_source(os.environ)
+    return None if inferred is None else inferred[0]
 
 
 @contextlib.contextmanager
-def _translated_environ(source: SourceInfo) -> Iterator[None]:
+def _translated_environ(source: SourceInfo | None) -> Iterator[None]:
     """nightscout-connect's names and values translated into ours while the settings are read,
     and the process environment as it was afterwards (an embedding program's included)."""
     with preserved_environ():
@@ -80,26 +83,87 @@ def _translated_environ(source: SourceInfo) -> Iterator[None]:
 def load_settings(
     args: Sequence[str], *, defaults: dict[str, Any] | None = None, source_name: str | None = None
 ) -> tuple[CoreSettings, SourceInfo]:
-    """Parse flags and environment for the selected source; raise :class:`UsageError` on problems."""
-    try:
-        source = load_source(source_name or selected_source(args))
-    except ConfigError as exc:
-        raise UsageError([str(exc)]) from None
+    """Parse flags and environment for the selected source; raise :class:`UsageError` listing
+    every problem (a missing or unknown source among them) at once."""
+    problems: list[str] = []
+    name = source_name or selected_source(args)
+    source: SourceInfo | None = None
+    if name is None:
+        problems.append(no_source_problem(os.environ))
+    else:
+        try:
+            source = load_source(name)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    overlong = overlong_arguments(args)
+    if overlong:
+        problems.extend(overlong)
+        args = without_overlong(args)
     model = settings_model(source)
+    # the source as chosen (a flag, the variable, another tool's names or the command itself)
+    given = {**(defaults or {}), **({"source": source.name} if source is not None else {})}
+    settings: CoreSettings | None = None
     try:
         with _translated_environ(source):
-            settings = CliApp.run(model, cli_args=list(args), **(defaults or {}))
+            settings = CliApp.run(model, cli_args=list(args), **given)
     except pydantic.ValidationError as exc:
-        raise UsageError(describe_validation(exc)) from None
+        problems.extend(describe_validation(exc))
     except SettingsError as exc:
-        raise UsageError([f"settings: {exc}"]) from None
+        problems.append(describe_settings_error(exc))
+    if problems or settings is None or source is None:
+        raise UsageError(problems or ["settings: could not be read"])
     register_secret(*secret_values(settings))
-    if isinstance(settings, ApiSettings):
-        try:
-            check_bind(settings)
-        except ConfigError as exc:
-            raise UsageError([str(exc)]) from None
     return settings, source
+
+
+def overlong_arguments(args: Sequence[str]) -> list[str]:
+    """One line per command-line value over :data:`MAX_VALUE_LENGTH`, naming its flag.
+
+    Checked here, before the settings' own cap, because pydantic-settings tokenises every
+    argument with :mod:`shlex`, which takes seconds for one of a few hundred kilobytes."""
+    lines = []
+    for i, arg in enumerate(args):
+        if len(arg) <= MAX_VALUE_LENGTH:
+            continue
+        flag = arg.split("=", 1)[0] if arg.startswith("--") else (args[i - 1] if i else "")
+        if re.fullmatch(r"--[a-z0-9-]{1,64}", flag):
+            lines.append(
+                f"{flag} / {env_for(flag[2:].replace('-', '_'))}: longer than {MAX_VALUE_LENGTH} characters"
+            )
+        else:
+            lines.append(f"command line: an argument is longer than {MAX_VALUE_LENGTH} characters")
+    return lines
+
+
+def without_overlong(args: Sequence[str]) -> list[str]:
+    """``args`` without the over-long values (and the flag before one given separately), so the
+    other arguments are still checked."""
+    kept: list[str] = []
+    for arg in args:
+        if len(arg) <= MAX_VALUE_LENGTH:
+            kept.append(arg)
+        elif not arg.startswith("--") and kept and kept[-1].startswith("--"):
+            kept.pop()
+    return kept
+
+
+def describe_settings_error(exc: SettingsError) -> str:
+    """pydantic-settings' complaint about the command line (argparse's words), on one line,
+    naming the flag and its variable, and without the values it quotes (a value given to the
+    wrong flag may be a secret)."""
+    text = " ".join(str(exc).split()).removeprefix("error parsing CLI: ")
+    _, sep, rest = text.partition("unrecognized arguments:")
+    if sep:
+        flags = [word.split("=", 1)[0] for word in rest.split() if word.startswith("-")]
+        return f"unknown flags: {' '.join(flags) or '(values without a flag)'}"
+    text = re.sub(r"'[^']*'", "'…'", text)
+    named = re.match(r"argument (--[a-z0-9-]+)(?:/--[a-z0-9-]+)*: (.*)", text)
+    if named:
+        flag, message = named.groups()
+        if message.startswith("ignored explicit argument"):
+            message = f"takes no value: {flag} or --no-{flag[2:]}"
+        return f"{flag} / {env_for(flag[2:].replace('-', '_'))}: {message}"
+    return f"command line: {text}"
 
 
 def take_option(args: Sequence[str], flag: str, missing: str) -> tuple[str | None, list[str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
@@ -20,24 +21,26 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connect.contract import SourceInfo
 from connect.errors import ConfigError
+from connect.fields import ConnectSettings, StorePath
 
 ENTRY_POINT_GROUP = "nightscout_connect.sources"
 
 
-class CoreSettings(BaseSettings):
+class CoreSettings(ConnectSettings):
     """Settings every run has, whatever the source."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CONNECT_",
-        extra="ignore",
         cli_kebab_case=True,
         cli_implicit_flags=True,
         cli_exit_on_error=False,
         cli_prog_name="nightscout-connect",
     )
 
-    source: str = Field(default="sim", description="where readings come from")
-    store_path: str = Field(
+    source: str | None = Field(
+        default=None,
+        description="where readings come from (no default: sim is the simulator, which only demo picks by itself)",
+    )
+    store_path: StorePath = Field(
         default="nightscout-connect.db", description="SQLite store file (:memory: allowed)"
     )
     backfill_days: float = Field(default=30.0, gt=0, le=3650, description="history to fetch on first start")
@@ -60,7 +63,7 @@ def load_source(name: str) -> SourceInfo:
                 raise ConfigError(f"source {name!r}: entry point {ep.value} is not a SourceInfo")
             return info
     known = ", ".join(sorted(known_sources()))
-    raise ConfigError(f"--source / CONNECT_SOURCE: unknown source {name!r} (known: {known})")
+    raise ConfigError(f"--source / CONNECT_SOURCE: unknown source (known: {known})")
 
 
 def extra_settings_models() -> list[type[BaseSettings]]:
@@ -83,9 +86,16 @@ def extra_settings_models() -> list[type[BaseSettings]]:
 
 def settings_model(source: SourceInfo | None) -> type[CoreSettings]:
     """The settings model of one run: core + the source's + outputs' + API's fields."""
+    return _composed_model(None if source is None else source.settings)
+
+
+@functools.cache
+def _composed_model(source_settings: type[BaseSettings] | None) -> type[CoreSettings]:
+    # built once per source: a model class costs milliseconds, and every account file of
+    # --accounts-dir (and every check) reads its settings through one
     bases: list[type[BaseSettings]] = [CoreSettings]
-    if source is not None:
-        bases.append(source.settings)
+    if source_settings is not None:
+        bases.append(source_settings)
     bases.extend(extra_settings_models())
     if len(bases) == 1:
         return CoreSettings
@@ -229,20 +239,44 @@ def installed_legacy_env() -> dict[str, dict[str, str]]:
     return out
 
 
+def implied_sources(environ: Mapping[str, str]) -> dict[str, list[str]]:
+    """Source name → the other tools' variables present (not blank) that name it."""
+    found = {
+        name: sorted(old for old in legacy if environ.get(old, "").strip())
+        for name, legacy in installed_legacy_env().items()
+    }
+    return {name: olds for name, olds in found.items() if olds}
+
+
 def infer_source(environ: Mapping[str, str]) -> tuple[str, str] | None:
     """(source, the variables that name it) when CONNECT_SOURCE is unset and exactly one source's
     old variables are present: the bridges those names come from read one vendor each."""
-    if "CONNECT_SOURCE" in environ:
+    if environ.get("CONNECT_SOURCE", "").strip():
         return None
-    found = {
-        name: sorted(old for old in legacy if old in environ)
-        for name, legacy in installed_legacy_env().items()
-    }
-    found = {name: olds for name, olds in found.items() if olds}
+    found = implied_sources(environ)
     if len(found) != 1:
         return None
     ((name, olds),) = found.items()
     return name, ", ".join(olds)
+
+
+def no_source_problem(environ: Mapping[str, str]) -> str:
+    """The one line for a run that names no source: which sources exist, or which tools'
+    variables contradict each other. Nothing is read from a source nobody chose: a misspelt or
+    missing CONNECT_SOURCE must not send simulated readings to a real site."""
+    found = implied_sources(environ)
+    if len(found) > 1:
+        named = ", ".join(f"{' '.join(olds)} ({name})" for name, olds in sorted(found.items()))
+        return (
+            f"--source / CONNECT_SOURCE: not set, and other tools' variables name more than one "
+            f"source: {named}; set CONNECT_SOURCE to the one to read"
+        )
+    real = sorted(name for name in known_sources() if name != "sim")
+    return (
+        "--source / CONNECT_SOURCE: not set; name where readings come from: "
+        + ", ".join(real)
+        + ", or sim for simulated readings"
+    )
 
 
 def flag_for(field: str) -> str:

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlunsplit
 
 import attrs
 import pydantic
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-MQTT_SCHEMES = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True, "tls": True}
+from connect.fields import HTTP_SCHEMES, MQTT_SCHEMES, ConnectSettings, check_url, readable_file
 
 
-class OutputSettings(BaseSettings):
+class OutputSettings(ConnectSettings):
     """Where delivered data goes besides the local store."""
-
-    model_config = SettingsConfigDict(env_prefix="CONNECT_", extra="ignore")
 
     nightscout_endpoint: str | None = Field(
         default=None,
@@ -78,14 +75,11 @@ class OutputSettings(BaseSettings):
             return None
         # checked at start: a missing bundle found only at the first TLS connect would leave the
         # output retrying something no retry can fix
-        if not value.is_file():
-            raise ValueError(f"no CA bundle at {str(value)!r}")
+        readable_file(value, "CA bundle")
         try:
             ssl.create_default_context(cafile=str(value))
         except (OSError, ssl.SSLError) as exc:
-            raise ValueError(
-                f"{str(value)!r} is not a readable PEM CA bundle ({type(exc).__name__})"
-            ) from None
+            raise ValueError(f"the file is not a readable PEM CA bundle ({type(exc).__name__})") from None
         return value
 
     @pydantic.field_validator("mqtt_url")
@@ -127,12 +121,7 @@ class NightscoutTarget:
 
 def nightscout_target(endpoint: str) -> NightscoutTarget:
     """Normalise an endpoint: scheme defaults to https, ``/api/v1`` and ``?token=`` are split off."""
-    text = endpoint.strip()
-    if "://" not in text:
-        text = "https://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be a host name or an http(s) URL")
+    parts = check_url(endpoint, schemes=HTTP_SCHEMES, what="the endpoint", default_scheme="https")
     if parts.username or parts.password:
         raise ValueError("must not carry credentials; use CONNECT_API_SECRET")
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -167,19 +156,11 @@ class MqttTarget:
 
 def mqtt_target(url: str) -> MqttTarget:
     """Parse ``mqtt://user:pass@host:1883`` / ``mqtts://…`` (default ports 1883 and 8883)."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in MQTT_SCHEMES:
-        raise ValueError("must start with mqtt:// or mqtts://")
-    tls = MQTT_SCHEMES[scheme]
-    if not parts.hostname:
-        raise ValueError("has no host")
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise ValueError("has a bad port") from None
+    parts = check_url(url, schemes=MQTT_SCHEMES, what="the broker URL")
+    tls = parts.scheme.lower() == "mqtts"
+    port = parts.port or (8883 if tls else 1883)
     return MqttTarget(
-        host=parts.hostname,
+        host=parts.hostname or "",
         port=port,
         tls=tls,
         username=unquote(parts.username) if parts.username else None,

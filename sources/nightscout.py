@@ -39,7 +39,6 @@ import attrs
 import httpx
 import structlog
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connect import httpkit
 from connect.contract import BuilderLike, LastKnown, SourceInfo
@@ -50,6 +49,7 @@ from connect.errors import (
     ProtocolError,
     RequestRejected,
 )
+from connect.fields import HTTP_SCHEMES, ConnectSettings, check_url
 from connect.records import Batch, Collection, Record, from_nightscout, iso_from_ms
 from connect.redact import describe_error, register_secret
 
@@ -113,11 +113,9 @@ SPECS: Final[dict[str, CollectionSpec]] = {
 }
 
 
-class NightscoutSettings(BaseSettings):
-    """The ``nightscout`` source: the site to read and how to authenticate to it."""
-
-    # the endpoint may carry an access token: validation errors must not echo it
-    model_config = SettingsConfigDict(env_prefix="CONNECT_", extra="ignore", hide_input_in_errors=True)
+class NightscoutSettings(ConnectSettings):
+    """The ``nightscout`` source: the site to read and how to authenticate to it (the endpoint
+    may carry an access token: validation errors never quote a value)."""
 
     source_endpoint: str = Field(
         description="URL of the Nightscout site to read (may carry ?token=<access token>)",
@@ -161,14 +159,10 @@ def parse_endpoint(text: str) -> Endpoint:
     raw = text.strip()
     if not raw:
         raise ValueError("the Nightscout URL is empty")
+    check_url(raw, schemes=HTTP_SCHEMES, what="the Nightscout URL", default_scheme="https")
     if "://" not in raw:
         raw = "https://" + raw
-    try:
-        url = httpx.URL(raw)
-    except (httpx.InvalidURL, ValueError, TypeError):
-        raise ValueError("the Nightscout URL cannot be parsed") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("the Nightscout URL needs an http(s) scheme and a host")
+    url = httpx.URL(raw)
     token = url.params.get("token") or None
     if url.username:
         if url.password:

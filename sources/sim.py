@@ -16,10 +16,10 @@ from typing import Any, Final
 
 import attrs
 import httpx
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connect.contract import BuilderLike, LastKnown, SourceInfo
 from connect.errors import ProtocolError
+from connect.fields import ConnectSettings
 from connect.records import Batch, Entry, Record, Treatment
 
 INTERVAL_MS: Final = 300_000
@@ -30,10 +30,8 @@ MAX_WINDOW_MS: Final = 2 * DAY_MS
 MEALS: Final = ((7 * 60 + 30, 45), (12 * 60 + 30, 60), (19 * 60, 70))
 
 
-class SimSettings(BaseSettings):
+class SimSettings(ConnectSettings):
     """Settings of the simulated CGM (``CONNECT_SIM_*``)."""
-
-    model_config = SettingsConfigDict(env_prefix="CONNECT_", extra="ignore")
 
     sim_seed: int = 1
     sim_device: str = "nightscout-connect-sim"

@@ -168,7 +168,7 @@ def test_a_bad_setting_in_one_file_stops_every_account_before_start(tmp_path: Pa
 
 def test_two_accounts_may_not_bind_one_address(tmp_path: Path) -> None:
     for name in ("alice", "bob"):
-        write_account(tmp_path, name, CONNECT_HTTP_BIND="127.0.0.1:1")
+        write_account(tmp_path, name, CONNECT_SOURCE="sim", CONNECT_HTTP_BIND="127.0.0.1:1")
     result = cli("run", "--accounts-dir", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -198,8 +198,12 @@ def test_env_files_and_the_environment_they_are_read_in(monkeypatch: pytest.Monk
     monkeypatch.setenv("BRIDGE_USER_NAME", "someone")
     monkeypatch.setenv("CONNECT_LOG_LEVEL", "debug")
     before = dict(os.environ)
-    with account_environ({"CONNECT_SOURCE": "sim"}, defaults={"CONNECT_ACCOUNT": "x"}):
+    with account_environ(
+        {"CONNECT_SOURCE": "sim", "CONNECT_HTTP_BIND": ""}, defaults={"CONNECT_ACCOUNT": "x", "CONNECT_HTTP_BIND": "0"}
+    ):
         assert "CONNECT_SIM_SEED" not in os.environ and "BRIDGE_USER_NAME" not in os.environ
         assert os.environ["CONNECT_SOURCE"] == "sim" and os.environ["CONNECT_ACCOUNT"] == "x"
         assert os.environ["CONNECT_LOG_LEVEL"] == "debug"
+        # an empty value in a file is no value: the account's default stays
+        assert os.environ["CONNECT_HTTP_BIND"] == "0"
     assert dict(os.environ) == before

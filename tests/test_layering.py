@@ -32,6 +32,7 @@ KERNEL = frozenset(
         "connect.contract",
         "connect.clock",
         "connect.httpkit",
+        "connect.fields",
         "connect.redact",
         "connect.logs",
         "connect.builder",

@@ -66,7 +66,15 @@ def test_outputs_from_the_environment(clean_env: pytest.MonkeyPatch, tmp_path: P
     ("env", "problem"),
     [
         ({"CONNECT_NIGHTSCOUT_ENDPOINT": "https://site.example"}, "needs CONNECT_API_SECRET"),
-        ({"CONNECT_NIGHTSCOUT_ENDPOINT": "ftp://site.example", "CONNECT_API_SECRET": SECRET}, "http(s) URL"),
+        ({"CONNECT_NIGHTSCOUT_ENDPOINT": "ftp://site.example", "CONNECT_API_SECRET": SECRET}, "http:// or https://"),
+        (
+            {"CONNECT_NIGHTSCOUT_ENDPOINT": "http://127.0.0.1:13x8", "CONNECT_API_SECRET": SECRET},
+            "invalid port",
+        ),
+        ({"CONNECT_NIGHTSCOUT_ENDPOINT": "javascript:alert(1)", "CONNECT_API_SECRET": SECRET}, "http://"),
+        ({"CONNECT_NIGHTSCOUT_ENDPOINT": "http://x..y", "CONNECT_API_SECRET": SECRET}, "empty label"),
+        ({"CONNECT_MQTT_URL": "mqtt://" + "a" * 64 + ".example"}, "longer than 63"),
+        ({"CONNECT_MQTT_URL": "mqtt://broker:0"}, "1-65535"),
         (
             {"CONNECT_NIGHTSCOUT_ENDPOINT": "https://s.example", "CONNECT_API_SECRET": "short"},
             "12 characters",
@@ -156,6 +164,12 @@ def test_a_missing_or_broken_ca_bundle_is_a_settings_error(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     clean_env.setenv("CONNECT_MQTT_URL", "mqtts://broker.example")
+    # an empty value is no value (not the path "."): the system CAs
+    clean_env.setenv("CONNECT_MQTT_CA_FILE", "")
+    assert OutputSettings().mqtt_ca_file is None
+    clean_env.setenv("CONNECT_MQTT_CA_FILE", str(tmp_path))
+    with pytest.raises(pydantic.ValidationError, match="not a file"):
+        OutputSettings()
     clean_env.setenv("CONNECT_MQTT_CA_FILE", str(tmp_path / "nowhere.pem"))
     with pytest.raises(pydantic.ValidationError, match="no CA bundle at"):
         OutputSettings()

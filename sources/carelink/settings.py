@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import httpx
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connect import httpkit
+from connect.fields import ConnectSettings, FilePath
 from sources.carelink.const import REGION_DOMAINS
 
 #: the older bridges' variable that the source's legacy names copy into CONNECT_CARELINK_REGION
 LEGACY_SERVER_ENV = "MMCONNECT_SERVER"
 
 
-class CareLinkSettings(BaseSettings):
+class CareLinkSettings(ConnectSettings):
     """``CONNECT_CARELINK_*``: where the token file is, and which account and patient to read."""
 
-    model_config = SettingsConfigDict(env_prefix="CONNECT_", extra="ignore")
-
-    carelink_token_file: Path = Field(
+    carelink_token_file: FilePath = Field(
         description="file holding the CareLink tokens; `nightscout-connect login carelink` writes it "
         "(mode 0600) and the daemon rewrites it whenever the refresh token rotates"
     )

@@ -5,16 +5,14 @@ from __future__ import annotations
 import attrs
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connect.fields import ConnectSettings
 from connect.httpkit import server_base
 from sources.dexcomshare.const import DEFAULT_REGION, PATH_PREFIX, REGION_ALIASES, REGIONS, Region
 
 
-class DexcomShareSettings(BaseSettings):
+class DexcomShareSettings(ConnectSettings):
     """``CONNECT_SHARE_*``: the publisher's Share credentials and where the account lives."""
-
-    model_config = SettingsConfigDict(env_prefix="CONNECT_", extra="ignore")
 
     share_account_name: str = Field(
         min_length=1, description="Dexcom Share user name, e-mail or phone number of the publisher"
@@ -41,7 +39,7 @@ class DexcomShareSettings(BaseSettings):
     def _known_region(cls, value: str) -> str:
         region = REGION_ALIASES.get(value.strip().lower())
         if region is None:
-            raise ValueError(f"unknown Share region {value!r}; use us, ous or jp")
+            raise ValueError("unknown Share region; use us, ous or jp")
         return region
 
     @field_validator("share_server")

@@ -7,16 +7,13 @@ from datetime import UTC, timedelta, timezone, tzinfo
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from connect.redact import redact_text
+from connect.fields import HTTP_SCHEMES, ConnectSettings, check_url
 from sources.glooko.const import DEFAULT_LATE_SYNC_HOURS, DEFAULT_SERVER, HOSTS
 
 
-class GlookoSettings(BaseSettings):
+class GlookoSettings(ConnectSettings):
     """``CONNECT_GLOOKO_*``: the Glooko login, where it lives, and how to read its local times."""
-
-    model_config = SettingsConfigDict(env_prefix="CONNECT_", extra="ignore")
 
     glooko_email: str = Field(min_length=3, description="e-mail address of the Glooko account")
     glooko_password: SecretStr = Field(description="password of the Glooko account")
@@ -100,16 +97,10 @@ def base_url(server: str) -> str:
     key = HOSTS.get(text.lower())
     if key is not None:
         return f"https://{key}"
-    shown = redact_text(text)
-    candidate = text if "://" in text else f"https://{text}"
-    try:
-        url = httpx.URL(candidate)
-    except (httpx.InvalidURL, ValueError) as exc:
-        raise ValueError(f"Glooko server {shown!r} is not a server name, host or URL ({exc})") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"Glooko server {shown!r} must be an http or https URL with a host")
+    check_url(text, schemes=HTTP_SCHEMES, what="Glooko server", default_scheme="https")
+    url = httpx.URL(text if "://" in text else f"https://{text}")
     if url.userinfo or url.query or url.fragment:
-        raise ValueError(f"Glooko server {shown!r} must not carry credentials, a query or a fragment")
+        raise ValueError("Glooko server must not carry credentials, a query or a fragment")
     port = f":{url.port}" if url.port is not None else ""
     host = f"[{url.host}]" if ":" in url.host else url.host
     return f"{url.scheme}://{host}{port}{url.path.rstrip('/')}"

@@ -5,10 +5,9 @@ from __future__ import annotations
 import attrs
 import httpx
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connect.errors import ConfigError, ProtocolError
-from connect.redact import redact_text
+from connect.fields import HTTP_SCHEMES, ConnectSettings, check_url
 from sources.linkup.const import (
     API_PREFIX,
     DEFAULT_PRODUCT,
@@ -29,10 +28,8 @@ def region_key(value: str) -> str | None:
     return key if key in REGION_HOSTS else None
 
 
-class LinkUpSettings(BaseSettings):
+class LinkUpSettings(ConnectSettings):
     """A LibreLinkUp follower account and where it lives."""
-
-    model_config = SettingsConfigDict(env_prefix="CONNECT_", extra="ignore")
 
     link_up_username: str = Field(min_length=1, description="LibreLinkUp (follower) account e-mail")
     link_up_password: SecretStr = Field(description="LibreLinkUp account password")
@@ -77,7 +74,7 @@ class LinkUpSettings(BaseSettings):
         key = region_key(value)
         if key is None:
             known = ", ".join(k for k in REGION_HOSTS if k != "GLOBAL")
-            raise ValueError(f"unknown LibreLinkUp region {value.strip()!r}; use one of {known}")
+            raise ValueError(f"unknown LibreLinkUp region; use one of {known}")
         return key
 
     @field_validator("link_up_server")
@@ -125,18 +122,13 @@ def endpoint_for(server: str | None, region: str) -> Endpoint:
     text = (server or "").strip()
     if not text:
         return _region_endpoint(region_key(region) or DEFAULT_REGION)
-    shown = redact_text(text)
-    candidate = text if "://" in text else f"https://{text}"
     try:
-        url = httpx.URL(candidate)
-    except (httpx.InvalidURL, ValueError):
-        raise ConfigError(f"LibreLinkUp server {shown!r} is not a host name or URL") from None
-    if url.scheme not in ("http", "https"):
-        raise ConfigError(f"LibreLinkUp server {shown!r} must use http or https")
-    if not url.host:
-        raise ConfigError(f"LibreLinkUp server {shown!r} has no host")
+        check_url(text, schemes=HTTP_SCHEMES, what="LibreLinkUp server", default_scheme="https")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    url = httpx.URL(text if "://" in text else f"https://{text}")
     if url.userinfo or url.query or url.fragment:
-        raise ConfigError(f"LibreLinkUp server {shown!r} must not carry credentials, a query or a fragment")
+        raise ConfigError("LibreLinkUp server must not carry credentials, a query or a fragment")
     path = url.path.rstrip("/")
     if path.endswith(API_PREFIX):
         # the request paths carry /llu themselves: a server written as ".../llu" (as the API's
