@@ -346,6 +346,9 @@ class Request:
     lockout_s: int | None = None
     #: a login the service judged and refused (bad credentials or the lockout)
     refused: bool = False
+    #: a login answered with the account's region: the client logs in there next, as part of
+    #: the same logical login
+    redirected: bool = False
 
 
 def _html(status: int, title: str) -> _Answer:
@@ -676,6 +679,7 @@ class LinkUpEmulator:
                     return self._lock_body()
             return _json({"status": 2, "error": {"message": "notAuthenticated"}})
         if request.region != account.region:
+            request.redirected = True
             return _json({"data": {"redirect": True, "region": account.region}, "status": 0})
         return self._after_login(account, now, request.headers.get("product", "llu.android"))
 
