@@ -48,7 +48,9 @@ def test_a_version_1_store_gets_server_times_from_its_records(tmp_path: Path) ->
     columns = ", ".join(V1_COLUMNS["entries"])
     marks = ", ".join("?" for _ in V1_COLUMNS["entries"])
     for i in range(3):
-        conn.execute(f"INSERT INTO entries ({columns}) VALUES ({marks})", row_for(entry(i), "old", i + 1)[:10])
+        conn.execute(
+            f"INSERT INTO entries ({columns}) VALUES ({marks})", row_for(entry(i), "old", i + 1)[:10]
+        )
     conn.close()
 
     store = Store(path)
