@@ -15,14 +15,20 @@ from api.context import ApiContext, Clock, StatusFn, attach
 from api.errors import add_error_handlers
 from api.guard import GuardMiddleware
 from api.openapi import SECURITY_SCHEMES
-from api.routes import connect, nightscout, ops, status_page
+from api.routes import connect, nightscout, ops, status_page, v3
 from api.settings import ApiSettings
 from api.version import NAME, connect_version
 from connect.clock import wall_ms
 from store.reader import StoreReader
 
 #: in the order they are matched and documented
-ROUTERS: tuple[APIRouter, ...] = (nightscout.router, connect.router, ops.router, status_page.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    nightscout.router,
+    v3.router,
+    connect.router,
+    ops.router,
+    status_page.router,
+)
 
 
 def create_app(

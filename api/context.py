@@ -45,7 +45,7 @@ class ApiContext:
 
     @classmethod
     def build(cls, reader: StoreReader, status: StatusFn, settings: ApiSettings, clock: Clock) -> ApiContext:
-        auth = Authenticator(settings.http_secret, readable=settings.http_readable)
+        auth = Authenticator(settings.http_secret, readable=settings.http_readable, clock=clock)
         return cls(reader, status, settings, clock, auth, make_registry(reader, status), BodyCache())
 
     def respond(
