@@ -56,6 +56,7 @@ _FILTER = re.compile(r"^(.*)\$([a-zA-Z]+)$", re.DOTALL)
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _WHOLE = re.compile(r"^[+-]?\d+$")
 _DIGITS = re.compile(r"^\d{1,18}$")
+_WHOLE_PARAM = re.compile(r"^\d{1,19}$")
 #: how much of a client's parameter name a message repeats
 _NAME_LIMIT: Final = 60
 
@@ -148,7 +149,7 @@ def parse_value(field: str, raw: str) -> Value:
 
 def _whole(raw: str, message: str, *, least: int, most: int) -> int:
     text = raw.strip()
-    if not _DIGITS.match(text) or not least <= int(text) <= most:
+    if not _WHOLE_PARAM.match(text) or not least <= int(text) <= most:
         raise bad(message)
     return int(text)
 

@@ -208,6 +208,8 @@ CASES = [
     ("/api/v3/entries?limit=1001", "jwt", 400, error(400, "Parameter limit out of tolerance")),
     ("/api/v3/entries?limit=abc", "jwt", 400, error(400, "Parameter limit out of tolerance")),
     ("/api/v3/entries?skip=-1", "jwt", 400, error(400, "Parameter skip out of tolerance")),
+    ("/api/v3/entries?skip=9223372036854775808", "jwt", 400, error(400, "Parameter skip out of tolerance")),
+    ("/api/v3/entries?skip=9223372036854775807", "jwt", 200, empty),
     ("/api/v3/entries?sort=date&sort$desc=date", "jwt", 400, error(400, "Parameters sort and sort_desc cannot be combined")),
     ("/api/v3/entries?date$exists=1", "jwt", 400, error(400, "Unsupported filter operator exists")),
     ("/api/v3/entries/history/abc", "jwt", 400, error(400, "Bad or missing Last-Modified header/parameter")),
