@@ -15,7 +15,7 @@ from api.context import ApiContext, Clock, StatusFn, attach
 from api.errors import add_error_handlers
 from api.guard import GuardMiddleware
 from api.openapi import SECURITY_SCHEMES
-from api.routes import connect, nightscout, ops, status_page, v3
+from api.routes import connect, export, nightscout, ops, status_page, v3
 from api.settings import ApiSettings
 from api.version import NAME, connect_version
 from connect.clock import wall_ms
@@ -26,6 +26,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     nightscout.router,
     v3.router,
     connect.router,
+    export.router,
     ops.router,
     status_page.router,
 )

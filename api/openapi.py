@@ -470,3 +470,31 @@ def v3_search_parameters(max_limit: int, max_values: int) -> list[dict[str, Any]
             for name, schema in filters.items()
         ),
     ]
+
+
+def export_parameters(collections: tuple[str, ...]) -> list[dict[str, Any]]:
+    # empty: not given (a form's blank field)
+    time_schema = {"type": "string", "pattern": "^$|" + ISO_PATTERN}
+    return [
+        {
+            "name": "collection",
+            "in": "query",
+            "required": False,
+            "description": "what to export (default entries)",
+            "schema": {"type": "string", "enum": list(collections)},
+        },
+        {
+            "name": "from",
+            "in": "query",
+            "required": False,
+            "description": "the first record's time or day (UTC), inclusive; default: the oldest",
+            "schema": time_schema,
+        },
+        {
+            "name": "to",
+            "in": "query",
+            "required": False,
+            "description": "the last time or day (UTC), inclusive: a day includes all of it; default: the newest",
+            "schema": time_schema,
+        },
+    ]

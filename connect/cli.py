@@ -56,6 +56,7 @@ commands:
   diagram   print the machines as mermaid, md or dot (--format)
   login     login carelink [--import FILE]: CareLink's first login (a person at a browser)
   capture   capture DIR: one frame per loop, each HTTP exchange saved to DIR, secrets replaced
+  export    records of a time range (--from, --to: both included) as csv, json or ndjson
 
 Every setting is a --flag or a CONNECT_* variable; `nightscout-connect <command> --help` lists them.
 """
@@ -312,6 +313,14 @@ def cmd_diagram(args: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: Sequence[str]) -> int:
+    """``export [--from DATE] [--to DATE] [--collection C] [--format F] [--output FILE]``: the
+    records of a time range (both ends included), oldest first, to stdout or a file."""
+    from connect.export import run_export
+
+    return run_export(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": cmd_run,
     "once": cmd_once,
@@ -321,6 +330,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "diagram": cmd_diagram,
     "login": cmd_login,
     "capture": cmd_capture,
+    "export": cmd_export,
 }
 
 

@@ -29,6 +29,9 @@ READS = [
     ("/api/v3/entries?sort$desc=date&limit=5", BEARER),
     ("/api/v3/treatments/history/0", BEARER),
     ("/api/v3/food", BEARER),
+    ("/api/connect/latest", AUTH),
+    ("/api/connect/devices/share2/latest?count=3", AUTH),
+    ("/api/connect/export.ndjson?from=2020-01-01", AUTH),
 ]
 
 
@@ -106,6 +109,26 @@ def test_answers_that_carry_the_time_have_no_etag(site) -> None:
     ):
         response = client.get(url, headers=auth)
         assert response.status_code == 200 and "etag" not in response.headers, url
+
+
+def test_latest_is_kept_a_minute_at_most(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    info = populate(path, count=10)
+    now = [info["end"]]
+    app, reader = make_app(path, clock=lambda: now[0])
+    with ApiClient(app) as client:
+        etag = client.get("/api/connect/latest", headers=AUTH).headers["etag"]
+        assert client.get("/api/connect/latest", headers={**AUTH, "If-None-Match": etag}).status_code == 304
+        now[0] += 60_000  # which devices are silent depends on the clock
+        assert client.get("/api/connect/latest", headers={**AUTH, "If-None-Match": etag}).status_code == 200
+        # with every device shown, the answer is the store's alone
+        shown = client.get("/api/connect/latest?all=true", headers=AUTH).headers["etag"]
+        now[0] += 3_600_000
+        assert (
+            client.get("/api/connect/latest?all=true", headers={**AUTH, "If-None-Match": shown}).status_code
+            == 304
+        )
+    reader.close()
 
 
 def test_the_cache_stays_within_its_bounds() -> None:

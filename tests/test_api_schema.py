@@ -47,6 +47,12 @@ V3_OPERATIONS = {
     "GET /api/v3/{collection}/history/{lastModified}",
     "GET /api/v3/{collection}/{identifier}",
 }
+CONNECT_OPERATIONS = {
+    "GET /api/connect/export.csv",
+    "GET /api/connect/export.ndjson",
+    "GET /api/connect/latest",
+    "GET /api/connect/devices/{device}/latest",
+}
 
 
 def run_operations(schema, mode: GenerationMode, examples: int) -> list[str]:
@@ -78,8 +84,9 @@ def test_valid_requests_conform(api_schema):
         "GET /api/v1/entries/{spec}",
         "GET /api/v1/status.json",
         *V3_OPERATIONS,
+        *CONNECT_OPERATIONS,
     } <= set(checked)
-    assert len(checked) >= 19
+    assert len(checked) >= 23
 
 
 def test_the_document_describes_ids_patterns_and_served_fields(api_schema):
@@ -109,4 +116,6 @@ def test_invalid_requests_are_refused_not_crashed(api_schema):
         "GET /api/v1/entries/{spec}",
         "GET /api/v3/{collection}",
         "GET /api/v3/{collection}/history/{lastModified}",
+        "GET /api/connect/export.csv",
+        "GET /api/connect/devices/{device}/latest",
     } <= set(checked)
