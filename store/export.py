@@ -76,9 +76,10 @@ def stored_pages(
     (:data:`PAGE` rows unless told) at a time."""
     page = PAGE if page is None else page
     first = f"SELECT date, rowid, json FROM {collection} WHERE date >= ? AND date <= ? ORDER BY date, rowid LIMIT ?"
+    # from the last row's time on (an index range), past the last row itself
     after_sql = (
-        f"SELECT date, rowid, json FROM {collection} WHERE date <= ? "
-        "AND (date > ? OR (date = ? AND rowid > ?)) ORDER BY date, rowid LIMIT ?"
+        f"SELECT date, rowid, json FROM {collection} WHERE date >= ? AND date <= ? "
+        "AND (date > ? OR rowid > ?) ORDER BY date, rowid LIMIT ?"
     )
     last: tuple[int, int] | None = None
     while True:
@@ -86,7 +87,7 @@ def stored_pages(
             if last is None:
                 rows = conn.execute(first, (since, until, page)).fetchall()
             else:
-                rows = conn.execute(after_sql, (until, last[0], last[0], last[1], page)).fetchall()
+                rows = conn.execute(after_sql, (last[0], until, last[0], last[1], page)).fetchall()
         if not rows:
             return
         yield [str(doc) for _date, _rowid, doc in rows]
