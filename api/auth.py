@@ -94,6 +94,9 @@ class Authenticator:
 
         A wrong credential beside a right one still fails: a client that sends two different
         secrets is misconfigured, and saying so beats guessing which one it meant.
+
+        ``v3``: only the token forms count (``Authorization: Bearer`` and ``?token=``), as API v3
+        judges them; ``api-secret`` and ``?secret=`` are not looked at.
         """
         if not self.required:
             return None
