@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 
 from api.auth import Authenticator
 from api.context import Context
-from api.errors import ApiError
+from api.errors import ApiError, V3Error
 
 
 class Access:
@@ -42,6 +42,18 @@ class Access:
         """Refuse with 401 (its body says how to read) unless the request may read."""
         if not self.may_read():
             raise ApiError(401, "Unauthorized", "Invalid/Missing")
+
+    def require_read_v3(self) -> None:
+        """API v3's check: only a token (``Authorization: Bearer`` or ``?token=``: the secret, or a
+        JWT issued for it) counts; 401 with v3's messages otherwise."""
+        headers, query = self._request.headers, self._request.query_params
+        if self._auth.may_read(headers, query, v3=True):
+            return
+        offered = self._auth.credentials_valid(headers, query, v3=True) is not None
+        raise V3Error(401, "Bad access token or JWT" if offered else "Missing or bad access token or JWT")
+
+    def issue_token(self, given: str) -> dict[str, Any] | None:
+        return self._auth.issue_token(given)
 
 
 async def _request_access(request: Request, context: Context) -> Access:

@@ -15,7 +15,7 @@ from api.context import ApiContext, Clock, StatusFn, StoreFaultFn, attach
 from api.errors import add_error_handlers
 from api.guard import GuardMiddleware, LoopGuardMiddleware
 from api.openapi import SECURITY_SCHEMES
-from api.routes import alerts, connect, nightscout, ops, status_page
+from api.routes import alerts, connect, export, nightscout, ops, status_page, v3
 from api.settings import ApiSettings
 from api.version import NAME, connect_version
 from connect.clock import wall_ms
@@ -24,8 +24,10 @@ from store.reader import StoreReader
 #: in the order they are matched and documented
 ROUTERS: tuple[APIRouter, ...] = (
     nightscout.router,
+    v3.router,
     connect.router,
     alerts.router,
+    export.router,
     ops.router,
     status_page.router,
 )

@@ -7,15 +7,17 @@ apps (tests, several accounts) never share any.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Annotated, Any
 
 import attrs
 import structlog
 from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 
 from api.auth import Authenticator
+from api.cache import BodyCache, Rendered, cached
 from api.metrics import make_registry
 from api.settings import ApiSettings
 from connect.redact import describe_error
@@ -44,6 +46,8 @@ class ApiContext:
     auth: Authenticator
     #: this app's own metrics, so two apps never register the same collector
     registry: CollectorRegistry
+    #: bodies of reads of the store, kept per store revision
+    cache: BodyCache
     #: the daemon's store fault (a full disk): reads answer 503 and readiness fails meanwhile
     store_fault: StoreFaultFn = _no_fault
 
@@ -56,9 +60,16 @@ class ApiContext:
         clock: Clock,
         store_fault: StoreFaultFn | None = None,
     ) -> ApiContext:
-        auth = Authenticator(settings.http_secret, readable=settings.http_readable)
+        auth = Authenticator(settings.http_secret, readable=settings.http_readable, clock=clock)
         return cls(
-            reader, status, settings, clock, auth, make_registry(reader, status), store_fault or _no_fault
+            reader,
+            status,
+            settings,
+            clock,
+            auth,
+            make_registry(reader, status),
+            BodyCache(),
+            store_fault or _no_fault,
         )
 
     def store_failing(self) -> bool:
@@ -68,6 +79,20 @@ class ApiContext:
         except Exception as exc:  # the API keeps answering when the hook breaks
             log.warning("store state unavailable", error=describe_error(exc))
             return False
+
+    def respond(
+        self,
+        request: Request,
+        render: Callable[[], Rendered],
+        *,
+        key: tuple[Hashable, ...] | None = None,
+        etag_extra: str = "",
+    ) -> Response:
+        """A read of the store answered with the store's revision as its ``ETag``: 304 when the
+        client has it, the kept body when the store has not changed, else ``render()``'s (on a
+        worker thread: it reads the store)."""
+        revision = self.reader.revision()
+        return cached(request, self.cache, revision, render, key=key, etag_extra=etag_extra)
 
     def take_status(self) -> Mapping[str, Any] | None:
         """The runtime's snapshot, or None when it cannot be had."""

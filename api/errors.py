@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import structlog
@@ -10,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.auth import READS_OFF_BODY, UNAUTHORIZED_BODY
+from api.auth import READS_OFF_BODY, READS_OFF_HINT, UNAUTHORIZED_BODY
 from api.context import context_of
 from api.query import QueryError
 from api.responses import JSON, error_body
@@ -29,12 +30,22 @@ class ApiError(Exception):
         self.description = description
 
 
+class V3Error(ApiError):
+    """An API v3 answer other than 200: ``{"status", "message"?}``, its 401 included."""
+
+
 async def on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    if exc.status == 401 and isinstance(exc, V3Error):
+        hint = READS_OFF_HINT if context_of(request).auth.reads_off else None
+        return Response(error_body(401, exc.message, hint), status_code=401, media_type=JSON)
     if exc.status == 401:
         # with reading off, no credential can help: say what setting turns it on
         body = READS_OFF_BODY if context_of(request).auth.reads_off else UNAUTHORIZED_BODY
         return Response(body, status_code=401, media_type=JSON)
+    if exc.message == "" and isinstance(exc, V3Error):
+        # v3's answer for a document that is not there: the status alone
+        return Response(json.dumps({"status": exc.status}).encode(), status_code=exc.status, media_type=JSON)
     return Response(
         error_body(exc.status, exc.message, exc.description), status_code=exc.status, media_type=JSON
     )

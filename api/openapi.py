@@ -55,7 +55,21 @@ SECURITY_SCHEMES: Final[dict[str, Any]] = {
             "schemes (a reverse proxy's Basic) are left alone."
         ),
     },
-    "token": {"type": "apiKey", "in": "query", "name": "token", "description": "CONNECT_HTTP_SECRET itself"},
+    "token": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "token",
+        "description": "CONNECT_HTTP_SECRET itself, or a JWT issued for it",
+    },
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": (
+            "a JWT from /api/v2/authorization/request/<CONNECT_HTTP_SECRET> (it lives 8 hours), or "
+            "the secret itself; API v3 takes only this and ?token= (never api-secret)"
+        ),
+    },
 }
 SECURITY: Final[list[dict[str, list[str]]]] = [{"apiSecret": []}, {"token": []}]
 
@@ -336,3 +350,218 @@ WEBHOOKS_SCHEMA: Final[dict[str, Any]] = {
         }
     },
 }
+# --- API v3 (Nightscout's lib/api3 swagger, for the reads served here) ---------------------------
+
+V3_SECURITY: Final[list[dict[str, list[str]]]] = [{"bearer": []}, {"token": []}]
+
+V3_ERROR_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "integer"},
+        "message": {"type": "string"},
+        "description": {"type": "string"},
+    },
+}
+
+
+def _v3_error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": V3_ERROR_SCHEMA}}}
+
+
+V3_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    400: _v3_error("a parameter v3 cannot answer (its message says which)"),
+    401: _v3_error("no token, or a wrong one (Bearer JWT or ?token=)"),
+    404: _v3_error("a collection v3 does not know, or no document with this identifier"),
+    503: _v3_error("the store cannot be read"),
+}
+#: a path parameter with a line break in it matches no route
+UNROUTABLE: Final[dict[int | str, dict[str, Any]]] = {
+    404: {
+        "description": "a path parameter with a line break in it (no route takes one)",
+        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+    },
+}
+NOT_MODIFIED: Final[dict[int | str, dict[str, Any]]] = {
+    304: {"description": "If-None-Match names this answer's ETag: nothing changed (no body)"},
+}
+
+V3_DOCUMENT: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "identifier": {"type": "string"},
+        "date": {"type": "integer"},
+        "utcOffset": {"type": "integer"},
+        "device": {"type": "string"},
+        "app": {"type": "string"},
+        "srvCreated": {"type": "integer"},
+        "srvModified": {"type": "integer"},
+        "isValid": {"type": "boolean"},
+    },
+}
+
+
+def v3_result(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["status", "result"],
+        "properties": {"status": {"type": "integer", "enum": [200]}, "result": result},
+    }
+
+
+V3_VERSION_RESULT: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["version", "apiVersion", "srvDate", "storage"],
+    "properties": {
+        "version": {"type": "string"},
+        "apiVersion": {"type": "string"},
+        "srvDate": {"type": "integer"},
+        "storage": {
+            "type": "object",
+            "required": ["storage", "version"],
+            "properties": {"storage": {"type": "string"}, "version": {"type": "string"}},
+        },
+    },
+}
+V3_STATUS_RESULT: Final[dict[str, Any]] = {
+    **V3_VERSION_RESULT,
+    "required": [*V3_VERSION_RESULT["required"], "apiPermissions"],
+    "properties": {
+        **V3_VERSION_RESULT["properties"],
+        "apiPermissions": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+V3_LAST_MODIFIED_RESULT: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["srvDate", "collections"],
+    "properties": {
+        "srvDate": {"type": "integer"},
+        "collections": {"type": "object", "additionalProperties": {"type": "integer"}},
+    },
+}
+V3_DOCUMENTS: Final[dict[str, Any]] = v3_result({"type": "array", "items": V3_DOCUMENT})
+V3_ONE: Final[dict[str, Any]] = v3_result(V3_DOCUMENT)
+
+AUTHORIZATION_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["token", "sub", "permissionGroups", "iat", "exp"],
+    "properties": {
+        "token": {"type": "string"},
+        "sub": {"type": "string"},
+        "permissionGroups": {"type": "array", "items": {"type": "array", "items": {"type": "string"}}},
+        "iat": {"type": "integer"},
+        "exp": {"type": "integer"},
+    },
+}
+
+#: a field name as a v3 filter or sort may name it (store.search.FIELD); empty: not given
+V3_FIELD_PATTERN: Final = r"^([A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7})?$"
+
+
+def v3_collection_parameter(collections: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "name": "collection",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": list(collections)},
+    }
+
+
+def v3_common_parameters(max_limit: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": f"at most this many documents (1–{max_limit}, default {max_limit})",
+            "schema": {"type": "integer", "minimum": 1, "maximum": max_limit},
+        },
+        {
+            "name": "fields",
+            "in": "query",
+            "required": False,
+            "description": "_all (the default) or the fields to keep, comma-separated",
+            "schema": {"type": "string"},
+        },
+    ]
+
+
+def v3_search_parameters(max_limit: int, max_values: int) -> list[dict[str, Any]]:
+    """The paging and sorting parameters, and a sample of filters (any field takes any operator:
+    ``field$op=value``; documented here are those a schema-driven client can exercise)."""
+    text: dict[str, Any] = {"type": "string"}
+    many = {"type": "string", "pattern": r"^[^|]*(\|[^|]*){0," + str(max_values - 1) + "}$"}
+    filters = {
+        "type": text,
+        "type$in": many,
+        "device": text,
+        "device$ne": text,
+        "date$gte": text,
+        "date$lt": text,
+        "sgv$gt": text,
+        "eventType$nin": many,
+        "created_at$gt": text,
+        "srvModified$gt": text,
+    }
+    return [
+        *v3_common_parameters(max_limit),
+        {
+            "name": "skip",
+            "in": "query",
+            "required": False,
+            "description": "pass over this many documents first",
+            "schema": {"type": "integer", "minimum": 0, "maximum": SQLITE_INT_MAX},
+        },
+        {
+            "name": "sort",
+            "in": "query",
+            "required": False,
+            "description": "the field to sort on, ascending (then the identifier); not with sort$desc",
+            "schema": {"type": "string", "pattern": V3_FIELD_PATTERN},
+        },
+        {
+            "name": "sort$desc",
+            "in": "query",
+            "required": False,
+            "description": "the field to sort on, descending; not with sort",
+            "schema": {"type": "string", "pattern": V3_FIELD_PATTERN},
+        },
+        *(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": "a filter: field$op=value, op among eq ne gt gte lt lte in nin re",
+                "schema": schema,
+            }
+            for name, schema in filters.items()
+        ),
+    ]
+
+
+def export_parameters(collections: tuple[str, ...]) -> list[dict[str, Any]]:
+    # empty: not given (a form's blank field)
+    time_schema = {"type": "string", "pattern": "^$|" + ISO_PATTERN}
+    return [
+        {
+            "name": "collection",
+            "in": "query",
+            "required": False,
+            "description": "what to export (default entries)",
+            "schema": {"type": "string", "enum": list(collections)},
+        },
+        {
+            "name": "from",
+            "in": "query",
+            "required": False,
+            "description": "the first record's time or day (UTC), inclusive; default: the oldest",
+            "schema": time_schema,
+        },
+        {
+            "name": "to",
+            "in": "query",
+            "required": False,
+            "description": "the last time or day (UTC), inclusive: a day includes all of it; default: the newest",
+            "schema": time_schema,
+        },
+    ]

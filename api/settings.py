@@ -37,6 +37,12 @@ class ApiSettings(ConnectSettings):
         default=False,
         description="let anyone read the HTTP API without the secret",
     )
+    hide_inactive_after_days: float = Field(
+        default=30.0,
+        ge=0,
+        le=36500,
+        description="/api/connect/latest leaves out devices silent for longer (0 shows every device)",
+    )
 
     @field_validator("http_secret")
     @classmethod

@@ -14,6 +14,7 @@ from bench.accounts import bench_accounts
 from bench.api import bench_api
 from bench.backfill import bench_backfill
 from bench.delivery import bench_mqtt, bench_nightscout
+from bench.export import bench_export
 from bench.machines import bench_machines
 from bench.store import bench_store
 from bench.timing import Figures
@@ -34,6 +35,7 @@ FIGURES: tuple[tuple[Callable[[], Figures], str, str], ...] = (
         "backfill from a Nightscout, entries/s (30 days)",
         "bare httpx loop, same windows",
     ),
+    (bench_export, "export of 90 days (NDJSON), rows/s", "one SELECT, written at once"),
 )
 
 
@@ -58,6 +60,11 @@ def main() -> None:
             print(
                 f"{'  memory per account, KiB':<{width}}  {result['bytes_per_account'] / 1024:>12,.1f}  "
                 f"{result['ceiling_bytes'] / 1024:>12,.1f}  {'':>6}  the same driver and store, no daemon"
+            )
+        if "peak_rss" in result:
+            print(
+                f"{'  peak RSS, MiB':<{width}}  {result['peak_rss'] / 2**20:>12,.1f}  "
+                f"{result['ceiling_rss'] / 2**20:>12,.1f}  {'':>6}  every row held at once"
             )
 
 

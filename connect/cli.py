@@ -61,6 +61,7 @@ commands:
   capture   capture DIR: one frame per loop, each HTTP exchange saved to DIR, secrets replaced
   rejected  the records outputs set aside (refused for good); `rejected retry` sends them again
             ([--output NAME] [--collection NAME])
+  export    records of a time range (--from, --to: both included) as csv, json or ndjson
 
 Every setting is a --flag or a CONNECT_* variable; `nightscout-connect <command> --help` lists them.
 run, once, check and capture need a source (CONNECT_SOURCE or --source); only demo reads the
@@ -335,6 +336,14 @@ def cmd_diagram(args: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: Sequence[str]) -> int:
+    """``export [--from DATE] [--to DATE] [--collection C] [--format F] [--output FILE]``: the
+    records of a time range (both ends included), oldest first, to stdout or a file."""
+    from connect.export import run_export
+
+    return run_export(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": cmd_run,
     "once": cmd_once,
@@ -345,6 +354,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "login": cmd_login,
     "capture": cmd_capture,
     "rejected": cmd_rejected,
+    "export": cmd_export,
 }
 
 

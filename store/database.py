@@ -44,24 +44,26 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def row_for(record: Record, source: str, seq: int) -> tuple[Any, ...]:
-    """The typed columns of ``record`` in :data:`COLLECTION_COLUMNS` order."""
+def row_for(record: Record, source: str, seq: int, now: int | None = None) -> tuple[Any, ...]:
+    """The columns of ``record`` in :data:`COLLECTION_COLUMNS` order, written at ``now`` (epoch
+    ms; the wall clock when not given)."""
     doc = json.dumps(to_nightscout(record), separators=(",", ":"), sort_keys=True)
+    at = _now_ms() if now is None else now
     match record:
         case Entry():
             return (
                 record.identifier, seq, record.date, iso_from_ms(record.date), record.type,
-                record.sgv, record.direction, record.device, source, doc,
+                record.sgv, record.direction, record.device, source, doc, at, at,
             )  # fmt: skip
         case Treatment():
             return (
                 record.identifier, seq, record.date, iso_from_ms(record.date), record.event_type,
-                record.insulin, record.carbs, record.device, source, doc,
+                record.insulin, record.carbs, record.device, source, doc, at, at,
             )  # fmt: skip
         case DeviceStatus() | Profile():
             return (
                 record.identifier, seq, record.date, iso_from_ms(record.date), record.device,
-                source, doc,
+                source, doc, at, at,
             )  # fmt: skip
 
 
@@ -69,8 +71,10 @@ def _upsert_sql(collection: str) -> str:
     columns = list(COLLECTION_COLUMNS[collection])
     names = ", ".join(columns)
     marks = ", ".join("?" for _ in columns)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "identifier")
-    # an unchanged record keeps its seq: resending identical data must not re-deliver it
+    # srv_created stays the time of the first write
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("identifier", "srv_created"))
+    # an unchanged record keeps its seq and srv_modified: resending identical data must not
+    # re-deliver it, nor show it as changed to a history read
     return (
         f"INSERT INTO {collection} ({names}) VALUES ({marks}) "
         f"ON CONFLICT(identifier) DO UPDATE SET {updates} "
@@ -240,9 +244,8 @@ class Store:
         self.lock = lock
         #: transactions committed on this connection (a store that commits is healthy again)
         self.commits = 0
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        conn = connect_sqlite(self.path, writer=False)
         try:
-            conn.execute("PRAGMA busy_timeout = 30000")
             check_schema(conn)  # before anything is written: a store we cannot use stays as it is
             _writer_pragmas(conn)
             self.conn = conn
@@ -251,6 +254,12 @@ class Store:
         except BaseException:
             conn.close()
             raise
+        #: the newest srv_modified written: a write never gets an older one, even when the
+        #: wall clock steps back, so a history read that resumes from it misses nothing
+        self._last_write_ms = max(
+            int(self.conn.execute(f"SELECT coalesce(max(srv_modified), 0) FROM {name}").fetchone()[0])
+            for name in COLLECTIONS
+        )
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -310,15 +319,17 @@ class Store:
         if not records:
             return written
         (seq,) = conn.execute("SELECT value FROM sequence WHERE name = 'seq'").fetchone()
+        now = max(_now_ms(), self._last_write_ms)
         by_collection: dict[str, list[tuple[Any, ...]]] = {}
         for record in records:
             seq += 1
-            by_collection.setdefault(record.collection, []).append(row_for(record, source, seq))
+            by_collection.setdefault(record.collection, []).append(row_for(record, source, seq, now))
         for collection, rows in by_collection.items():
             before = conn.total_changes
             conn.executemany(UPSERT_SQL[collection], rows)
             written[collection] = conn.total_changes - before
         conn.execute("UPDATE sequence SET value = ? WHERE name = 'seq'", (seq,))
+        self._last_write_ms = now
         return written
 
     def upsert(self, records: Sequence[Record], *, source: str = "") -> dict[str, int]:

@@ -153,6 +153,11 @@ def _keeps_runs(f: Filter) -> bool:
     return (f.column, f.op) in _RUN_KEEPING
 
 
+_REVISION_SQL: Final = (
+    "SELECT max(" + ", ".join(f"(SELECT coalesce(max(seq), 0) FROM {name})" for name in COLLECTIONS) + ")"
+)
+
+
 class StoreReader:
     """Read-only queries over a store file; safe to use from many threads at once."""
 
@@ -445,6 +450,14 @@ class StoreReader:
             return {"sources": [], "outputs": []}
         loaded = json.loads(row[0])
         return loaded if isinstance(loaded, dict) else {"sources": [], "outputs": []}
+
+    def revision(self) -> int:
+        """The newest ``seq`` in the store: it grows whenever a document is inserted or changed
+        (and only then: an identical record written again keeps its ``seq``). One lookup on
+        each collection's unique ``seq`` index, so a reader can ask it before every answer."""
+        with self.connection() as conn:
+            (value,) = conn.execute(_REVISION_SQL).fetchone()
+        return int(value)
 
     def ping(self) -> int:
         """Check that the store can be read; returns its schema version."""

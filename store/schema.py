@@ -4,6 +4,10 @@ Each collection table has the record's ``identifier`` as primary key, an epoch-m
 typed columns for the fields people filter on, the full Nightscout JSON in ``json``, and a
 ``seq``: a store-wide sequence number that grows whenever a row is inserted or its content
 changes. Outputs deliver "everything past my cursor" by ``seq``.
+
+Since version 2 each row also keeps ``srv_created`` and ``srv_modified``: the epoch ms of its
+first write and of its last write that changed it (Nightscout API v3's ``srvCreated`` and
+``srvModified``; its history reads go by the latter).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import Final
 
 from sqlite_utils import Database
 
-COLLECTION_COLUMNS: Final[dict[str, dict[str, type]]] = {
+#: the collection tables as version 1 created them (a migration never changes)
+V1_COLUMNS: Final[dict[str, dict[str, type]]] = {
     "entries": {
         "identifier": str,
         "seq": int,
@@ -60,8 +65,16 @@ COLLECTION_COLUMNS: Final[dict[str, dict[str, type]]] = {
 }
 
 
+#: the server times version 2 added to every collection table
+SERVER_TIME_COLUMNS: Final[dict[str, type]] = {"srv_created": int, "srv_modified": int}
+#: every column of a collection table, in the order a row is written
+COLLECTION_COLUMNS: Final[dict[str, dict[str, type]]] = {
+    name: {**columns, **SERVER_TIME_COLUMNS} for name, columns in V1_COLUMNS.items()
+}
+
+
 def _v1(db: Database) -> None:
-    for name, columns in COLLECTION_COLUMNS.items():
+    for name, columns in V1_COLUMNS.items():
         table = db[name]
         table.create(columns, pk="identifier", not_null={"seq", "date", "json"})  # type: ignore[union-attr]
         table.create_index(["date"], index_name=f"{name}_date")  # type: ignore[union-attr]
@@ -135,12 +148,25 @@ def _alerts_episodes_events(db: Database) -> None:
     db.execute("CREATE INDEX webhook_log_hook_at ON webhook_log (hook, at)")
 
 
+def _server_times(db: Database) -> None:
+    """Server times per row. Rows written before have neither: both are taken from the record's
+    own time, as Nightscout's v3 reads do for documents its v1 API wrote."""
+    for name in V1_COLUMNS:
+        for column in SERVER_TIME_COLUMNS:
+            db.execute(f"ALTER TABLE {name} ADD COLUMN {column} INTEGER")
+        db.execute(f"UPDATE {name} SET srv_created = date, srv_modified = date")
+        db.execute(f"CREATE INDEX {name}_srv_modified ON {name} (srv_modified, seq)")
+        # the newest records of one device (latest per device) without a scan
+        db.execute(f"CREATE INDEX {name}_device_date ON {name} (device, date)")
+
+
 #: index i holds the migration from version i to i + 1; each step stands alone, so steps added
 #: on different branches merge by renumbering (reordering this tuple) at most
 MIGRATIONS: Final[tuple[Callable[[Database], None], ...]] = (
     _v1,
     _v2,  # → 2
     _alerts_episodes_events,  # → 3
+    _server_times,  # → 4
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -3,7 +3,7 @@ status.json, and verifyauth.
 
 Read handlers are plain functions, so FastAPI runs them on worker threads, each with its own
 read-only store connection: the event loop that runs the machines never waits on SQLite. Bodies
-are built from the stored JSON without re-encoding.
+are built from the stored JSON without re-encoding, once per store revision (the ``ETag``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from api.access import RequestAccess
+from api.cache import Rendered
 from api.context import ApiContext, Context
 from api.errors import StoreUnavailable
 from api.openapi import (
@@ -62,7 +63,7 @@ def _read_endpoint(
         access.require_read()
         _require_store(context)
         query = parse_read(collection, request.query_params.multi_items(), forced=forced, count=count)
-        return Response(read_body(context.reader, query), media_type=JSON)
+        return context.respond(request, lambda: Rendered(read_body(context.reader, query)))
 
     return handler
 
@@ -137,7 +138,7 @@ def entry_by_spec(
         query = parse_read("entries", items, object_id=name.lower())
     else:
         query = parse_read("entries", items, forced=(Filter("type", "=", name),))
-    return Response(read_body(context.reader, query), media_type=JSON)
+    return context.respond(request, lambda: Rendered(read_body(context.reader, query)))
 
 
 _add_read(["/api/v1/treatments.json", "/api/v1/treatments"], "treatments", "Treatments")

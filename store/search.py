@@ -1,0 +1,271 @@
+"""Nightscout API v3's reads over the store: a search on any field with v3's operators, one
+document by identifier, the changes since a time (by ``srv_modified``), and each collection's
+last modification.
+
+A v3 filter names a field of the document (dots for nested members) and compares it as MongoDB
+does: only values of the same type compare (a number never equals a text, ``$gt`` on a missing
+field is false, ``$ne`` and ``$nin`` hold for a missing field). Fields the store keeps in a column
+are read from it (``date``, ``srvModified``, ``type``, ``device`` …); any other field is read from
+the stored JSON with SQLite's JSON functions. Field names are a closed alphabet (letters,
+digits, ``_`` and ``-``; the API refuses others), and every value travels as a bound parameter.
+
+A ``re`` condition carries its own matcher (the API compiles it under the limits of
+:mod:`api.patterns`); SQLite calls it through a function registered on the borrowed connection.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Literal
+
+import attrs
+
+from connect.records import COLLECTIONS, Collection
+from store.reader import StoreReader, object_id
+
+Op = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "re"]
+OPERATORS: Final[tuple[Op, ...]] = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "re")
+Value = bool | int | float | str
+
+#: a field name: parts of letters, digits, ``_`` and ``-``, joined by dots
+FIELD: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
+
+_SQL_OPS: Final[dict[str, str]] = {"eq": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+_COMMON: Final[dict[str, str]] = {
+    "identifier": "identifier",
+    "date": "date",
+    "srvModified": "srv_modified",
+    "srvCreated": "srv_created",
+    "device": "device",
+}
+#: v3 fields kept in a column of their own, per collection (each column holds exactly the
+#: document's value, or NULL where the document has none)
+COLUMNS: Final[dict[Collection, dict[str, str]]] = {
+    "entries": {
+        **_COMMON,
+        "type": "type",
+        "sgv": "sgv",
+        "direction": "direction",
+        "dateString": "date_string",
+    },
+    "treatments": {**_COMMON, "eventType": "event_type", "created_at": "created_at"},
+    "devicestatus": {**_COMMON, "created_at": "created_at"},
+    "profile": {**_COMMON, "created_at": "created_at"},
+}
+#: sorting on these is sorting on ``date`` (the same instant, written as ISO text), on its index
+SORTS_AS_DATE: Final = frozenset({"created_at", "dateString"})
+
+
+@attrs.frozen
+class Condition:
+    """``field op value``: one value, or several for ``in`` / ``nin``; ``matcher`` for ``re``."""
+
+    field: str
+    op: Op
+    values: tuple[Value, ...]
+    matcher: Callable[[str], bool] | None = attrs.field(default=None, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not FIELD.match(self.field):
+            raise ValueError(f"not a field name: {self.field!r}")
+        if self.op not in OPERATORS:
+            raise ValueError(f"unknown operator {self.op!r}")
+        if self.op == "re" and self.matcher is None:
+            raise ValueError("a re condition needs its matcher")
+        if self.op not in ("in", "nin", "re") and len(self.values) != 1:
+            raise ValueError(f"{self.op} takes one value")
+
+
+@attrs.frozen
+class Search:
+    collection: Collection
+    conditions: tuple[Condition, ...] = ()
+    #: the field to sort on first; the identifier always follows (v3's order)
+    sort: str | None = None
+    descending: bool = False
+    limit: int = 1000
+    skip: int = 0
+
+
+@attrs.frozen
+class Row:
+    """A stored document with its server times."""
+
+    identifier: str
+    json: str
+    srv_created: int
+    srv_modified: int
+
+
+_SELECT: Final = "SELECT e.identifier, e.json, e.srv_created, e.srv_modified"
+
+
+def _row(values: Sequence[Any]) -> Row:
+    identifier, doc, created, modified = values
+    return Row(str(identifier), str(doc), int(created), int(modified))
+
+
+def _json_path(field: str) -> str:
+    return "$" + "".join(f'."{part}"' for part in field.split("."))
+
+
+Fragment = tuple[str, list[Any]]
+
+
+class _Sql:
+    """The conditions of a search as SQL, each with its parameters in the order they appear.
+
+    A comparison is ``(type test AND value op ?)``, left unwrapped so that SQLite can use a
+    column's index for it; under ``NOT`` (``ne``, ``nin``) a NULL (a missing field) must count
+    as false first, hence ``coalesce``.
+    """
+
+    def __init__(self, collection: Collection) -> None:
+        self.columns = COLUMNS[collection]
+        self.matchers: list[Callable[[str], bool]] = []
+
+    def _operand(self, field: str) -> tuple[Fragment, Fragment]:
+        """(the value, its type name): a column's ``typeof``, or the JSON member's ``json_type``."""
+        column = self.columns.get(field)
+        if column is not None:
+            return (f"e.{column}", []), (f"typeof(e.{column})", [])
+        path = _json_path(field)
+        return ("json_extract(e.json, ?)", [path]), ("json_type(e.json, ?)", [path])
+
+    def compare(self, field: str, sql_op: str, value: Value) -> Fragment:
+        """``field sql_op value``, true only where both are of one type."""
+        if isinstance(value, bool):
+            if field in self.columns:
+                return "0", []  # no column holds a boolean
+            path = _json_path(field)
+            kind = "json_type(e.json, ?)"
+            sql = f"({kind} IN ('true', 'false') AND ({kind} = 'true') {sql_op} ?)"
+            return sql, [path, path, int(value)]
+        (value_sql, value_params), (type_sql, type_params) = self._operand(field)
+        names = "('integer', 'real')" if isinstance(value, (int, float)) else "('text')"
+        return f"({type_sql} IN {names} AND {value_sql} {sql_op} ?)", [*type_params, *value_params, value]
+
+    def condition(self, c: Condition) -> Fragment:
+        if c.op in _SQL_OPS:
+            return self.compare(c.field, _SQL_OPS[c.op], c.values[0])
+        if c.op == "ne":
+            sql, params = self.compare(c.field, "=", c.values[0])
+            return f"NOT coalesce({sql}, 0)", params
+        if c.op in ("in", "nin"):
+            parts = [self.compare(c.field, "=", v) for v in c.values]
+            anyof = "(" + (" OR ".join(sql for sql, _ in parts) or "0") + ")"
+            params = [p for _, ps in parts for p in ps]
+            return (anyof, params) if c.op == "in" else (f"NOT coalesce({anyof}, 0)", params)
+        # re: a text value the condition's matcher accepts
+        assert c.matcher is not None
+        (value_sql, value_params), (type_sql, type_params) = self._operand(c.field)
+        index = len(self.matchers)
+        self.matchers.append(c.matcher)
+        sql = f"({type_sql} = 'text' AND connect_v3_re(?, {value_sql}))"
+        return sql, [*type_params, index, *value_params]
+
+
+def _use_matchers(conn: sqlite3.Connection, matchers: Sequence[Callable[[str], bool]]) -> None:
+    def matches(index: int, value: object) -> int:
+        return int(isinstance(value, str) and matchers[index](value))
+
+    conn.create_function("connect_v3_re", 2, matches, deterministic=True)
+
+
+def search(reader: StoreReader, query: Search) -> list[Row]:
+    """The documents ``query`` selects, in its order, ``skip`` passed over, at most ``limit``."""
+    if query.collection not in COLLECTIONS:
+        raise ValueError(f"unknown collection {query.collection!r}")
+    sql = _Sql(query.collection)
+    fragments = [sql.condition(c) for c in query.conditions]
+    params: list[Any] = [p for _, ps in fragments for p in ps]
+    where = " AND ".join(f for f, _ in fragments)
+    direction = "DESC" if query.descending else "ASC"
+    order = [f"e.identifier {direction}"]
+    if query.sort is not None and query.sort != "identifier":
+        if query.sort in sql.columns:
+            column = sql.columns[query.sort]
+            order.insert(0, f"e.{'date' if query.sort in SORTS_AS_DATE else column} {direction}")
+        else:
+            order.insert(0, f"json_extract(e.json, ?) {direction}")
+            params.append(_json_path(query.sort))
+    statement = (
+        f"{_SELECT} FROM {query.collection} e"
+        + (f" WHERE {where}" if where else "")
+        + f" ORDER BY {', '.join(order)} LIMIT ? OFFSET ?"
+    )
+    with reader.connection() as conn:
+        if sql.matchers:
+            _use_matchers(conn, sql.matchers)
+        rows = conn.execute(statement, [*params, query.limit, query.skip]).fetchall()
+    return [_row(r) for r in rows]
+
+
+def one(reader: StoreReader, collection: Collection, identifier: str) -> Row | None:
+    """The document with this identifier, or served with this 24-hex ``_id`` (v3's fallback)."""
+    with reader.connection() as conn:
+        found = conn.execute(
+            f"{_SELECT} FROM {collection} e WHERE e.identifier = ?", (identifier,)
+        ).fetchone()
+        if found is not None:
+            return _row(found)
+        wanted = identifier.lower()
+        if not re.fullmatch(r"[0-9a-f]{24}", wanted):
+            return None
+        prefix = f"{wanted[:8]}-{wanted[8:12]}-{wanted[12:16]}-{wanted[16:20]}-{wanted[20:24]}"
+        # "~" sorts after every hex digit: the range is the identifiers that start with prefix
+        candidates = conn.execute(
+            f"{_SELECT} FROM {collection} e WHERE e.identifier >= ? AND e.identifier < ? LIMIT 8",
+            (prefix, prefix + "~"),
+        ).fetchall()
+    for candidate in candidates:
+        if object_id(str(candidate[0])) == wanted:
+            return _row(candidate)
+    return None
+
+
+def history(
+    reader: StoreReader, collection: Collection, since: int, limit: int, *, inclusive: bool = False
+) -> list[Row]:
+    """Documents changed after ``since`` (epoch ms; at or after it when ``inclusive``), oldest
+    change first, at most ``limit`` — but never part of the documents changed at one instant.
+
+    A client resumes from the newest ``srvModified`` it got, asking for what changed *after* it:
+    a page that stopped among documents written in the same millisecond would lose the rest of
+    them. So a page ends before such an instant, unless that instant alone fills the page; then
+    the page holds all of it, even beyond ``limit``.
+    """
+    op = ">=" if inclusive else ">"
+    base = f"{_SELECT} FROM {collection} e WHERE e.srv_modified {op} ? ORDER BY e.srv_modified, e.seq"
+    with reader.connection() as conn:
+        rows = [_row(r) for r in conn.execute(f"{base} LIMIT ?", (since, limit + 1)).fetchall()]
+        if len(rows) <= limit:
+            return rows
+        last = rows[limit - 1].srv_modified
+        if rows[limit].srv_modified != last:
+            return rows[:limit]
+        kept = [row for row in rows[:limit] if row.srv_modified != last]
+        if kept:
+            return kept
+        return [
+            _row(r)
+            for r in conn.execute(
+                f"{_SELECT} FROM {collection} e WHERE e.srv_modified = ? ORDER BY e.seq", (last,)
+            ).fetchall()
+        ]
+
+
+def last_modified(reader: StoreReader) -> dict[Collection, int]:
+    """Per collection that holds documents: its newest ``srv_modified``, or its newest record's
+    time when that is later (v3 looks at both, for documents written without server times)."""
+    out: dict[Collection, int] = {}
+    with reader.connection() as conn:
+        for name in COLLECTIONS:
+            modified, newest = conn.execute(f"SELECT max(srv_modified), max(date) FROM {name}").fetchone()
+            times = [int(t) for t in (modified, newest) if t is not None]
+            if times:
+                out[name] = max(times)
+    return out
