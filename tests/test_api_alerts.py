@@ -98,7 +98,8 @@ def test_an_event_outputs_lag_counts_events_only(tmp_path: Path) -> None:
     with ApiClient(app) as c:
         delivery: dict[str, Any] = c.get("/api/connect/status", headers=AUTH).json()["store"]["delivery"]
     reader.close()
-    assert delivery["webhook"] == {"lag": events, "collections": {"events": events}}
+    webhook = delivery["webhook"]
+    assert (webhook["lag"], webhook["collections"], webhook.get("rejected", 0)) == (events, {"events": events}, 0)
     assert delivery["mqtt"]["collections"]["events"] == events
     assert set(delivery["nightscout"]["collections"]) == {"entries", "treatments", "devicestatus", "profile"}
 
