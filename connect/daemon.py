@@ -37,11 +37,14 @@ class Daemon:
     client: httpx.AsyncClient
     runtime: SourceRuntime
     outputs: list[Output] = attrs.Factory(list)
+    #: what the program running this daemon adds to its status, by key (``--accounts-dir``:
+    #: the accounts of the process that did not start)
+    notes: dict[str, Any] = attrs.Factory(dict)
     _status_dirty: trio.Event = attrs.Factory(trio.Event)
 
     def status(self) -> dict[str, Any]:
         """A snapshot of every machine and output, secrets removed."""
-        snapshot: dict[str, Any] = {"sources": [self.runtime.status()]}
+        snapshot: dict[str, Any] = {**self.notes, "sources": [self.runtime.status()]}
         snapshot["outputs"] = [output.status() for output in self.outputs]
         result: dict[str, Any] = redact(snapshot)
         return result
