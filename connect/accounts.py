@@ -9,12 +9,17 @@ account is labelled ``NAME``, stores into ``DIR/NAME.db`` and serves no API.
 The daemons share one trio run and nothing else: a refused password or a crashed task of one
 account leaves the others polling, and a file that cannot be read or holds a bad setting keeps
 only its own account from starting (unless ``--strict``).
+
+One process holds every account's descriptors, so the soft limit of open files is raised to the
+hard one at start, and a directory that would still need more than the limit allows is refused
+in one line before any store is opened (see :func:`descriptors_needed`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -225,6 +230,84 @@ def log_refused(loaded: Loaded) -> None:
         )
 
 
+# --- open files --------------------------------------------------------------------------------
+
+#: what one account holds open (measured with `once` over sim accounts: 3 a store, and 1 more
+#: per output): its store's writer connection (the database, its WAL and its shared-memory
+#: index) and the lock file beside the store
+STORE_FDS: Final = 4
+#: the account's share of the HTTP client: keep-alive connections to the vendor (the login and
+#: the data hosts may differ); sources that contact nothing need none
+SOURCE_FDS: Final = 2
+LOCAL_SOURCES: Final = frozenset({"sim"})
+#: per output: its connection (the Nightscout site over the shared client, or the MQTT broker)
+OUTPUT_FDS: Final = 1
+#: an account serving the API: its listening socket, the reader's pooled connections (8, each
+#: the database and its WAL) and room for 16 clients at once
+API_FDS: Final = 1 + 8 * 2 + 16
+#: the process's own: standard streams, trio's I/O and wake-up descriptors, the modules it reads
+PROCESS_FDS: Final = 64
+#: where the hard limit is "unlimited", the most the kernel may still refuse above (Linux's
+#: fs.nr_open default; macOS's OPEN_MAX)
+_FALLBACK_LIMITS: Final = (1_048_576, 10_240)
+
+
+def account_fds(account: Account) -> int:
+    """The descriptors one account is expected to hold open at most."""
+    settings = account.settings
+    needed = 0 if settings.store_path == ":memory:" else STORE_FDS
+    if account.source.name not in LOCAL_SOURCES:
+        needed += SOURCE_FDS
+    if getattr(settings, "nightscout_endpoint", None):
+        needed += OUTPUT_FDS
+    if getattr(settings, "mqtt_url", None) is not None:
+        needed += OUTPUT_FDS
+    if account.bind is not None:
+        needed += API_FDS
+    return needed
+
+
+def descriptors_needed(accounts: Sequence[Account]) -> int:
+    return PROCESS_FDS + sum(account_fds(account) for account in accounts)
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """The soft limit of open files raised to the hard one (as far as the kernel allows):
+    (the soft limit before, the soft limit now)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        targets = [limit for limit in _FALLBACK_LIMITS if soft == resource.RLIM_INFINITY or limit > soft]
+    else:
+        targets = [hard] + [limit for limit in _FALLBACK_LIMITS if soft < limit < hard]
+    if soft == resource.RLIM_INFINITY:
+        return soft, soft
+    for target in targets:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            continue
+        return soft, target
+    return soft, soft
+
+
+def check_open_files(accounts: Sequence[Account]) -> tuple[int, int, int]:
+    """Raise the limit and compare it with what the accounts need: (soft limit before, the limit
+    now, the estimate). :class:`UsageError` in one line when the accounts need more."""
+    before, limit = raise_open_files_limit()
+    needed = descriptors_needed(accounts)
+    if limit != resource.RLIM_INFINITY and needed > limit:
+        raise UsageError([open_files_problem(len(accounts), needed, limit)])
+    return before, limit, needed
+
+
+def open_files_problem(count: int, needed: int, limit: int) -> str:
+    return (
+        f"--accounts-dir: {count} accounts need about {needed} open files, but the limit is {limit} "
+        "(ulimit -n, raised as far as the hard limit allows): raise the hard limit (LimitNOFILE= "
+        "in a systemd unit, --ulimit nofile= for Docker) or split the accounts over several directories"
+    )
+
+
 def log_options(accounts: Sequence[Account]) -> tuple[str, str]:
     """(format, level) of the one log stream: the first account's format, the most verbose level."""
     level = min((a.settings.log_level for a in accounts), key=LEVELS.index)
@@ -342,6 +425,12 @@ def check_directory(
     if loaded.accounts:
         fmt, level = log_options(loaded.accounts)
         configure(fmt=fmt, level=level)
+        try:
+            _, limit, needed = check_open_files(loaded.accounts)
+        except UsageError as exc:
+            problems.extend(exc.lines)
+        else:
+            print(f"open files: about {needed} needed, the limit is {limit}")
         results = trio.run(check_logins, loaded.accounts, login)
     for account in loaded.accounts:
         print(f"{account.name}: source {account.source.name} — login: {results[account.name]}")

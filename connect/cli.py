@@ -82,8 +82,12 @@ def _run_accounts(directory: Path, args: Sequence[str], *, once: bool, strict: b
     """``run`` / ``once`` over every account file in ``directory``, in one trio run: a file with
     a problem is reported and the others start (with ``strict``, nothing starts)."""
     loaded = accounts.load_accounts(directory, args, strict=strict)
+    before, limit, needed = accounts.check_open_files(loaded.accounts)
     fmt, level = accounts.log_options(loaded.accounts)
     configure(fmt=fmt, level=level)
+    structlog.get_logger("connect.accounts").info(
+        "open files", accounts=len(loaded.accounts), needed=needed, limit=limit, raised_from=before
+    )
     accounts.log_refused(loaded)
     if once:
         ok = trio.run(accounts.once_accounts, loaded.accounts, loaded.refused)
@@ -93,8 +97,8 @@ def _run_accounts(directory: Path, args: Sequence[str], *, once: bool, strict: b
 
 
 def _check_accounts(directory: Path, args: Sequence[str]) -> int:
-    """``check --accounts-dir DIR``: exit 2 when a file has a problem, else 1 when a login
-    failed."""
+    """``check --accounts-dir DIR``: exit 2 when a file has a problem (or the open-files limit
+    is too low), else 1 when a login failed."""
     problems, failed = accounts.check_directory(directory, args, try_login)
     for line in problems:
         print(f"nightscout-connect: {line}", file=sys.stderr)
