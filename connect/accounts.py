@@ -232,9 +232,9 @@ def log_refused(loaded: Loaded) -> None:
 
 # --- open files --------------------------------------------------------------------------------
 
-#: what one account holds open (measured with `once` over sim accounts: 3 a store, and 1 more
-#: per output): its store's writer connection (the database, its WAL and its shared-memory
-#: index) and the lock file beside the store
+#: what one account's store holds open: the writer connection's database, WAL and shared-memory
+#: index (measured with `once` over sim accounts: 3 each, and 1 more per connected output) and
+#: the lock file beside the store
 STORE_FDS: Final = 4
 #: the account's share of the HTTP client: keep-alive connections to the vendor (the login and
 #: the data hosts may differ); sources that contact nothing need none
@@ -247,8 +247,8 @@ OUTPUT_FDS: Final = 1
 API_FDS: Final = 1 + 8 * 2 + 16
 #: the process's own: standard streams, trio's I/O and wake-up descriptors, the modules it reads
 PROCESS_FDS: Final = 64
-#: where the hard limit is "unlimited", the most the kernel may still refuse above (Linux's
-#: fs.nr_open default; macOS's OPEN_MAX)
+#: tried in turn when the kernel refuses the hard limit itself (an "unlimited" one): Linux
+#: allows at most fs.nr_open (1048576 by default), macOS OPEN_MAX
 _FALLBACK_LIMITS: Final = (1_048_576, 10_240)
 
 
@@ -275,12 +275,11 @@ def raise_open_files_limit() -> tuple[int, int]:
     """The soft limit of open files raised to the hard one (as far as the kernel allows):
     (the soft limit before, the soft limit now)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        targets = [limit for limit in _FALLBACK_LIMITS if soft == resource.RLIM_INFINITY or limit > soft]
-    else:
-        targets = [hard] + [limit for limit in _FALLBACK_LIMITS if soft < limit < hard]
-    if soft == resource.RLIM_INFINITY:
+    if soft in (hard, resource.RLIM_INFINITY):
         return soft, soft
+    unlimited = hard == resource.RLIM_INFINITY
+    targets = [] if unlimited else [hard]
+    targets += [limit for limit in _FALLBACK_LIMITS if soft < limit and (unlimited or limit < hard)]
     for target in targets:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
