@@ -28,6 +28,9 @@ DEFAULT_COUNT: Final[dict[Collection, int]] = {
     "devicestatus": 10,
     "profile": 10,
 }
+#: the most ``find[...]`` conditions one query may carry; more is a 400 (SQLite refuses an
+#: expression of about a thousand terms, and no client needs more than a few)
+MAX_FIND: Final = 100
 #: Nightscout's treatments default grows to 1000 once the query has a ``find``
 DEFAULT_COUNT_WITH_FIND: Final[dict[Collection, int]] = {"treatments": 1000}
 
@@ -186,14 +189,15 @@ def object_id_value(key: str, raw: str) -> str:
 
 
 def parse_find(collection: Collection, params: Iterable[tuple[str, str]]) -> Find:
-    """Every ``find[...]`` parameter (all of them must hold)."""
+    """Every ``find[...]`` parameter (all of them must hold); at most :data:`MAX_FIND`."""
+    items = [(key, raw) for key, raw in params if key == "find" or key.startswith("find[")]
+    if len(items) > MAX_FIND:
+        raise QueryError(f"find: {len(items)} conditions; a query may have at most {MAX_FIND}")
     fields = FIELDS[collection]
     filters: list[Filter] = []
     object_ids: list[str] = []
     matches: list[Match] = []
-    for key, raw in params:
-        if key != "find" and not key.startswith("find["):
-            continue
+    for key, raw in items:
         match = _FIND.match(key)
         if match is None:
             raise QueryError(f"{_name(key)}: expected find[field] or find[field][$operator]")

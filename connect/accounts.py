@@ -7,16 +7,23 @@ own ``CONNECT_*`` and old names, plus the file's pairs. Unless the file says oth
 account is labelled ``NAME``, stores into ``DIR/NAME.db`` and serves no API.
 
 The daemons share one trio run and nothing else: a refused password or a crashed task of one
-account leaves the others polling.
+account leaves the others polling, and a file that cannot be read or holds a bad setting keeps
+only its own account from starting (unless ``--strict``).
+
+One process holds every account's descriptors, so the soft limit of open files is raised to the
+hard one at start, and a directory that would still need more than the limit allows is refused
+in one line before any store is opened (see :func:`descriptors_needed`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import resource
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any, Final
 
 import attrs
 import structlog
@@ -25,11 +32,19 @@ import trio
 from api.settings import ApiSettings, check_bind
 from connect import daemon as daemon_mod
 from connect.assemble import assemble
+from connect.builder import SourcePlan
 from connect.contract import SourceInfo
-from connect.errors import ConfigError
+from connect.errors import ConfigError, ConnectError
 from connect.loading import UsageError, load_settings
+from connect.logs import configure
 from connect.redact import describe_error
-from connect.settings import CoreSettings, installed_legacy_env, legacy_env_for, preserved_environ
+from connect.settings import (
+    CoreSettings,
+    installed_legacy_env,
+    legacy_env_for,
+    preserved_environ,
+)
+from store import Store
 
 log = structlog.get_logger("connect.accounts")
 
@@ -46,6 +61,36 @@ class Account:
     source: SourceInfo
     #: the API's address, or None when this account serves none
     bind: str | None
+
+
+@attrs.frozen
+class Refused:
+    """An account whose file could not be read, holds a bad setting, or shares a store or an
+    API address with another file; each problem is one line beginning with a file's name."""
+
+    name: str
+    file: str
+    problems: tuple[str, ...]
+
+    def status(self) -> dict[str, Any]:
+        return {"account": self.name, "file": self.file, "state": "refused", "problems": list(self.problems)}
+
+
+@attrs.frozen
+class Loaded:
+    """A directory read: the accounts that can start and those refused, in file order."""
+
+    accounts: list[Account]
+    refused: list[Refused]
+
+    @property
+    def problems(self) -> list[str]:
+        """Every problem line once (a shared store names both files in one line)."""
+        return list(dict.fromkeys(line for refused in self.refused for line in refused.problems))
+
+    def status(self) -> dict[str, Any]:
+        """What every started account's status says about the directory."""
+        return {"accounts": {"started": len(self.accounts), "refused": [r.status() for r in self.refused]}}
 
 
 def parse_env_file(text: str) -> dict[str, str]:
@@ -77,9 +122,13 @@ def _settings_names() -> set[str]:
 
 
 @contextlib.contextmanager
-def account_environ(pairs: Mapping[str, str], *, defaults: Mapping[str, str]) -> Iterator[None]:
-    """``os.environ`` as one account sees it while the block runs; the process's afterwards."""
-    legacy = _settings_names()
+def account_environ(
+    pairs: Mapping[str, str], *, defaults: Mapping[str, str], names: Collection[str] | None = None
+) -> Iterator[None]:
+    """``os.environ`` as one account sees it while the block runs; the process's afterwards.
+    ``names``: the settings' old names, when the caller has them already (they are found by
+    loading every installed source)."""
+    legacy = _settings_names() if names is None else names
     with preserved_environ() as saved:
         env = {
             key: value
@@ -96,59 +145,173 @@ def account_environ(pairs: Mapping[str, str], *, defaults: Mapping[str, str]) ->
 def account_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         raise UsageError([f"--accounts-dir: {str(directory)!r} is not a directory"])
-    files = sorted(p for p in directory.glob("*.env") if p.is_file() and not p.name.startswith("."))
+    # anything but a directory: a dangling link or a device is reported as unreadable, not skipped
+    files = sorted(p for p in directory.glob("*.env") if not p.is_dir() and not p.name.startswith("."))
     if not files:
         raise UsageError([f"--accounts-dir: no NAME.env files in {str(directory)!r}"])
     return files
 
 
-def load_accounts(directory: Path, args: Sequence[str]) -> list[Account]:
-    """Every account's settings, or :class:`UsageError` listing every problem of every file,
-    each line naming its file. ``args`` (the other flags) apply to every account. Two accounts may not share a store file or an API address."""
-    accounts: list[Account] = []
-    problems: list[str] = []
+def _read_account(
+    directory: Path, path: Path, args: Sequence[str], names: Collection[str]
+) -> Account | list[str]:
+    """One file's account, or its problems (each line naming the file)."""
+    name = path.stem
+    try:
+        pairs = parse_env_file(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return [f"{path.name}: cannot be read ({exc.strerror or type(exc).__name__})"]
+    except UnicodeDecodeError:
+        return [f"{path.name}: cannot be read (not UTF-8 text)"]
+    except ValueError as exc:
+        return [f"{path.name}: {exc}"]
+    defaults = {
+        "CONNECT_ACCOUNT": name,
+        "CONNECT_STORE_PATH": str(directory / f"{name}.db"),
+        "CONNECT_HTTP_BIND": "0",
+    }
+    try:
+        with account_environ(pairs, defaults=defaults, names=names):
+            settings, source = load_settings(args)
+            bind = check_bind(settings) if isinstance(settings, ApiSettings) else None
+    except ConfigError as exc:
+        return [f"{path.name}: {exc}"]
+    except UsageError as exc:
+        return [f"{path.name}: {line}" for line in exc.lines]
+    return Account(name=name, settings=settings, source=source, bind=bind)
+
+
+def read_accounts(directory: Path, args: Sequence[str]) -> Loaded:
+    """Every account file read, before anything is opened. ``args`` (the other flags) apply to
+    every account. A file that cannot be read or holds a bad setting is refused with its
+    problems; files that share a store file or an API address are all refused (which of them
+    owns it is not for the file order to decide). :class:`UsageError` only when the directory
+    itself is unusable."""
+    read: list[tuple[Path, Account]] = []
+    problems: dict[str, list[str]] = {}
+    names = _settings_names()
+    for path in account_files(directory):
+        result = _read_account(directory, path, args, names)
+        if isinstance(result, Account):
+            read.append((path, result))
+        else:
+            problems[path.name] = result
     stores: dict[str, str] = {}
     binds: dict[str, str] = {}
-    for path in account_files(directory):
-        name = path.stem
-        try:
-            pairs = parse_env_file(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            problems.append(f"{path.name}: {exc}")
-            continue
-        defaults = {
-            "CONNECT_ACCOUNT": name,
-            "CONNECT_STORE_PATH": str(directory / f"{name}.db"),
-            "CONNECT_HTTP_BIND": "0",
-        }
-        try:
-            with account_environ(pairs, defaults=defaults):
-                settings, source = load_settings(args)
-                bind = check_bind(settings) if isinstance(settings, ApiSettings) else None
-        except ConfigError as exc:
-            problems.append(f"{path.name}: {exc}")
-            continue
-        except UsageError as exc:
-            problems.extend(f"{path.name}: {line}" for line in exc.lines)
-            continue
-        store = settings.store_path
+    for path, account in read:
+        store = account.settings.store_path
         if store != ":memory:":
             key = os.path.realpath(store)
             if key in stores:
-                problems.append(
-                    f"{path.name}: --store-path / CONNECT_STORE_PATH: {store} is {stores[key]}'s store too"
-                )
+                line = f"{path.name}: --store-path / CONNECT_STORE_PATH: {store} is {stores[key]}'s store too"
+                problems.setdefault(stores[key], []).append(line)
+                problems.setdefault(path.name, []).append(line)
             stores.setdefault(key, path.name)
-        if bind is not None:
-            if bind in binds:
-                problems.append(
-                    f"{path.name}: --http-bind / CONNECT_HTTP_BIND: {bind} is bound by {binds[bind]}"
-                )
-            binds.setdefault(bind, path.name)
-        accounts.append(Account(name=name, settings=settings, source=source, bind=bind))
-    if problems:
-        raise UsageError(problems)
-    return accounts
+        if account.bind is not None:
+            if account.bind in binds:
+                line = f"{path.name}: --http-bind / CONNECT_HTTP_BIND: {account.bind} is bound by {binds[account.bind]}"
+                problems.setdefault(binds[account.bind], []).append(line)
+                problems.setdefault(path.name, []).append(line)
+            binds.setdefault(account.bind, path.name)
+    accounts = [account for path, account in read if path.name not in problems]
+    refused = [
+        Refused(name=Path(file).stem, file=file, problems=tuple(lines))
+        for file, lines in sorted(problems.items())
+    ]
+    return Loaded(accounts=accounts, refused=refused)
+
+
+def load_accounts(directory: Path, args: Sequence[str], *, strict: bool = False) -> Loaded:
+    """:func:`read_accounts`, refused as a whole (:class:`UsageError` listing every problem of
+    every file) when no account can start, or with ``strict`` when any file has a problem."""
+    loaded = read_accounts(directory, args)
+    if loaded.refused and (strict or not loaded.accounts):
+        raise UsageError(loaded.problems)
+    return loaded
+
+
+def log_refused(loaded: Loaded) -> None:
+    for refused in loaded.refused:
+        log.error(
+            "account not started", account=refused.name, file=refused.file, problems=list(refused.problems)
+        )
+
+
+# --- open files --------------------------------------------------------------------------------
+
+#: what one account's store holds open: the writer connection's database, WAL and shared-memory
+#: index (measured with `once` over sim accounts: 3 each, and 1 more per connected output) and
+#: the lock file beside the store
+STORE_FDS: Final = 4
+#: the account's share of the HTTP client: keep-alive connections to the vendor (the login and
+#: the data hosts may differ); sources that contact nothing need none
+SOURCE_FDS: Final = 2
+LOCAL_SOURCES: Final = frozenset({"sim"})
+#: per output: its connection (the Nightscout site over the shared client, or the MQTT broker)
+OUTPUT_FDS: Final = 1
+#: an account serving the API: its listening socket, the reader's pooled connections (8, each
+#: the database and its WAL) and room for 16 clients at once
+API_FDS: Final = 1 + 8 * 2 + 16
+#: the process's own: standard streams, trio's I/O and wake-up descriptors, the modules it reads
+PROCESS_FDS: Final = 64
+#: tried in turn when the kernel refuses the hard limit itself (an "unlimited" one): Linux
+#: allows at most fs.nr_open (1048576 by default), macOS OPEN_MAX
+_FALLBACK_LIMITS: Final = (1_048_576, 10_240)
+
+
+def account_fds(account: Account) -> int:
+    """The descriptors one account is expected to hold open at most."""
+    settings = account.settings
+    needed = 0 if settings.store_path == ":memory:" else STORE_FDS
+    if account.source.name not in LOCAL_SOURCES:
+        needed += SOURCE_FDS
+    if getattr(settings, "nightscout_endpoint", None):
+        needed += OUTPUT_FDS
+    if getattr(settings, "mqtt_url", None) is not None:
+        needed += OUTPUT_FDS
+    if account.bind is not None:
+        needed += API_FDS
+    return needed
+
+
+def descriptors_needed(accounts: Sequence[Account]) -> int:
+    return PROCESS_FDS + sum(account_fds(account) for account in accounts)
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """The soft limit of open files raised to the hard one (as far as the kernel allows):
+    (the soft limit before, the soft limit now)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft in (hard, resource.RLIM_INFINITY):
+        return soft, soft
+    unlimited = hard == resource.RLIM_INFINITY
+    targets = [] if unlimited else [hard]
+    targets += [limit for limit in _FALLBACK_LIMITS if soft < limit and (unlimited or limit < hard)]
+    for target in targets:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            continue
+        return soft, target
+    return soft, soft
+
+
+def check_open_files(accounts: Sequence[Account]) -> tuple[int, int, int]:
+    """Raise the limit and compare it with what the accounts need: (soft limit before, the limit
+    now, the estimate). :class:`UsageError` in one line when the accounts need more."""
+    before, limit = raise_open_files_limit()
+    needed = descriptors_needed(accounts)
+    if limit != resource.RLIM_INFINITY and needed > limit:
+        raise UsageError([open_files_problem(len(accounts), needed, limit)])
+    return before, limit, needed
+
+
+def open_files_problem(count: int, needed: int, limit: int) -> str:
+    return (
+        f"--accounts-dir: {count} accounts need about {needed} open files, but the limit is {limit} "
+        "(ulimit -n, raised as far as the hard limit allows): raise the hard limit (LimitNOFILE= "
+        "in a systemd unit, --ulimit nofile= for Docker) or split the accounts over several directories"
+    )
 
 
 def log_options(accounts: Sequence[Account]) -> tuple[str, str]:
@@ -157,8 +320,13 @@ def log_options(accounts: Sequence[Account]) -> tuple[str, str]:
     return accounts[0].settings.log_format, level
 
 
-async def _open_all(stack: AsyncExitStack, accounts: Sequence[Account]) -> list[daemon_mod.Daemon]:
-    return [await stack.enter_async_context(assemble(a.settings, a.source)) for a in accounts]
+async def _open_all(
+    stack: AsyncExitStack, accounts: Sequence[Account], notes: Mapping[str, Any]
+) -> list[daemon_mod.Daemon]:
+    daemons = [await stack.enter_async_context(assemble(a.settings, a.source)) for a in accounts]
+    for daemon in daemons:
+        daemon.notes.update(notes)
+    return daemons
 
 
 async def run_account(
@@ -183,21 +351,22 @@ async def run_account(
         log.error("account stopped by an error", account=account.name, error=describe_error(exc))
 
 
-async def run_accounts(accounts: Sequence[Account]) -> None:
-    """``run --accounts-dir``: every account's daemon until SIGTERM or SIGINT."""
+async def run_accounts(accounts: Sequence[Account], refused: Sequence[Refused] = ()) -> None:
+    """``run --accounts-dir``: every account's daemon until SIGTERM or SIGINT; the ``refused``
+    ones are named in every daemon's status."""
     async with AsyncExitStack() as stack:
-        daemons = await _open_all(stack, accounts)
+        daemons = await _open_all(stack, accounts, Loaded(list(accounts), list(refused)).status())
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
                 await nursery.start(daemon_mod.watch_signals, scope)
                 for account, daemon in zip(accounts, daemons, strict=True):
                     await nursery.start(run_account, account, daemon)
-    log.info("stopped", accounts=len(accounts))
+    log.info("stopped", accounts=len(accounts), refused=len(refused))
 
 
-async def once_accounts(accounts: Sequence[Account]) -> bool:
+async def once_accounts(accounts: Sequence[Account], refused: Sequence[Refused] = ()) -> bool:
     """``once --accounts-dir``: one frame per loop of every account, concurrently; True if all
-    succeeded."""
+    succeeded and none was ``refused``."""
     results: dict[str, bool] = {}
 
     async def one(account: Account, daemon: daemon_mod.Daemon) -> None:
@@ -210,8 +379,69 @@ async def once_accounts(accounts: Sequence[Account]) -> bool:
             log.warning("account had failures", account=account.name, source=daemon.runtime.key)
 
     async with AsyncExitStack() as stack:
-        daemons = await _open_all(stack, accounts)
+        daemons = await _open_all(stack, accounts, Loaded(list(accounts), list(refused)).status())
         async with trio.open_nursery() as nursery:
             for account, daemon in zip(accounts, daemons, strict=True):
                 nursery.start_soon(one, account, daemon)
-    return all(results.get(a.name, False) for a in accounts)
+    return not refused and all(results.get(a.name, False) for a in accounts)
+
+
+#: logins ``check --accounts-dir`` tries at once
+CHECK_CONCURRENCY: Final = 8
+
+
+async def check_logins(
+    accounts: Sequence[Account], login: Callable[[SourcePlan], Awaitable[str | None]]
+) -> dict[str, str]:
+    """Each account's login tried as ``check`` tries one (over a store in memory, without
+    outputs: nothing is written); account name → what came of it."""
+    results: dict[str, str] = {}
+    limiter = trio.CapacityLimiter(CHECK_CONCURRENCY)
+
+    async def one(account: Account) -> None:
+        async with limiter:
+            store = Store(":memory:")
+            try:
+                async with assemble(account.settings, account.source, store=store, deliver=False) as daemon:
+                    plan = daemon.runtime.plan
+                    problem = await login(plan)
+            except ConnectError as exc:  # a source that cannot be set up fails its own line
+                problem = describe_error(exc)
+            finally:
+                store.close()
+        if problem is not None:
+            results[account.name] = f"failed — {problem}"
+        else:
+            results[account.name] = "not needed" if plan.session is None else "ok"
+
+    async with trio.open_nursery() as nursery:
+        for account in accounts:
+            nursery.start_soon(one, account)
+    return results
+
+
+def check_directory(
+    directory: Path, args: Sequence[str], login: Callable[[SourcePlan], Awaitable[str | None]]
+) -> tuple[list[str], int]:
+    """``check --accounts-dir``: every file read, the open-files estimate and every account's
+    login, one line each on stdout; (the problems, how many logins failed)."""
+    loaded = read_accounts(directory, args)
+    problems = loaded.problems
+    results: dict[str, str] = {}
+    if loaded.accounts:
+        fmt, level = log_options(loaded.accounts)
+        configure(fmt=fmt, level=level)
+        try:
+            _, limit, needed = check_open_files(loaded.accounts)
+        except UsageError as exc:
+            problems.extend(exc.lines)
+        else:
+            print(f"open files: about {needed} needed, the limit is {limit}")
+        results = trio.run(check_logins, loaded.accounts, login)
+    for account in loaded.accounts:
+        print(f"{account.name}: source {account.source.name} — login: {results[account.name]}")
+    for refused in loaded.refused:
+        print(f"{refused.name}: not started — {len(refused.problems)} problem(s) in {refused.file}")
+    failed = sum(1 for result in results.values() if result.startswith("failed"))
+    print(f"accounts: {len(loaded.accounts)} ready, {len(loaded.refused)} refused, {failed} login(s) failed")
+    return problems, failed

@@ -5,7 +5,9 @@ and every embedding program goes through :func:`assemble`, so they all run the s
 
 from __future__ import annotations
 
+import functools
 import random
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -25,10 +27,19 @@ from outputs.nightscout import NightscoutOutput
 from store import AsyncStore, Store
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every client of the process (httpx's default: certifi's
+    bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``). Loading the bundle takes ~50 ms and holds
+    a few hundred kB, which ``--accounts-dir`` would otherwise pay once per account."""
+    return httpx.create_ssl_context()
+
+
 def http_client() -> httpx.AsyncClient:
     """The client every source and output uses: bounded timeouts, our user agent, no redirects
     followed silently (vendors signal region changes in bodies, not redirects)."""
     return httpx.AsyncClient(
+        verify=tls_context(),
         timeout=httpx.Timeout(30.0, connect=15.0),
         headers={"user-agent": USER_AGENT},
         follow_redirects=False,

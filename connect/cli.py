@@ -52,8 +52,10 @@ USAGE = """usage: nightscout-connect <command> [--flags]
 commands:
   run       run every loop of the configured source forever (the daemon)
   once      one frame per loop, deliver, then exit (non-zero if any failed)
-            (both take --accounts-dir DIR: one account per DIR/NAME.env, all in one process)
-  check     validate settings, try the login and each output; writes no data (exit 1: one failed)
+            (both take --accounts-dir DIR: one account per DIR/NAME.env, all in one process;
+            a bad file is reported and the others start, unless --strict)
+  check     validate settings, try the login and each output; writes no data (exit 1: one
+            failed; also --accounts-dir DIR)
   demo      the simulated CGM into a local store, with live logs and the API
   serve     the HTTP API alone over an existing store
   diagram   print the machines as mermaid, md or dot (--format)
@@ -75,27 +77,47 @@ def _configure_logs(settings: CoreSettings, *, fmt: str | None = None, level: st
     configure(fmt=fmt or settings.log_format, level=level or settings.log_level)
 
 
-def _accounts_dir(args: Sequence[str]) -> tuple[Path | None, list[str]]:
-    """``--accounts-dir DIR`` taken out of the flags: (DIR or None, the other flags)."""
+def _accounts_dir(args: Sequence[str]) -> tuple[Path | None, bool, list[str]]:
+    """``--accounts-dir DIR`` and ``--strict`` taken out of the flags: (DIR or None, strict,
+    the other flags)."""
     directory, rest = take_option(args, "--accounts-dir", "name a directory of NAME.env files")
-    return (None if directory is None else Path(directory)), rest
+    strict = "--strict" in rest
+    if strict and directory is None:
+        raise UsageError(["--strict: only with --accounts-dir DIR"])
+    return (None if directory is None else Path(directory)), strict, [a for a in rest if a != "--strict"]
 
 
-def _run_accounts(directory: Path, args: Sequence[str], *, once: bool) -> int:
-    """``run`` / ``once`` over every account file in ``directory``, in one trio run."""
-    loaded = accounts.load_accounts(directory, args)
-    fmt, level = accounts.log_options(loaded)
+def _run_accounts(directory: Path, args: Sequence[str], *, once: bool, strict: bool) -> int:
+    """``run`` / ``once`` over every account file in ``directory``, in one trio run: a file with
+    a problem is reported and the others start (with ``strict``, nothing starts)."""
+    loaded = accounts.load_accounts(directory, args, strict=strict)
+    before, limit, needed = accounts.check_open_files(loaded.accounts)
+    fmt, level = accounts.log_options(loaded.accounts)
     configure(fmt=fmt, level=level)
+    structlog.get_logger("connect.accounts").info(
+        "open files", accounts=len(loaded.accounts), needed=needed, limit=limit, raised_from=before
+    )
+    accounts.log_refused(loaded)
     if once:
-        return EXIT_OK if trio.run(accounts.once_accounts, loaded) else EXIT_FAILED
-    trio.run(accounts.run_accounts, loaded)
+        ok = trio.run(accounts.once_accounts, loaded.accounts, loaded.refused)
+        return EXIT_OK if ok else EXIT_FAILED
+    trio.run(accounts.run_accounts, loaded.accounts, loaded.refused)
     return EXIT_OK
 
 
+def _check_accounts(directory: Path, args: Sequence[str]) -> int:
+    """``check --accounts-dir DIR``: exit 2 when a file has a problem (or the open-files limit
+    is too low), else 1 when a login failed."""
+    problems, failed = accounts.check_directory(directory, args, try_login)
+    for line in problems:
+        print(f"nightscout-connect: {line}", file=sys.stderr)
+    return EXIT_USAGE if problems else EXIT_FAILED if failed else EXIT_OK
+
+
 def cmd_run(args: Sequence[str]) -> int:
-    directory, args = _accounts_dir(args)
+    directory, strict, args = _accounts_dir(args)
     if directory is not None:
-        return _run_accounts(directory, args, once=False)
+        return _run_accounts(directory, args, once=False, strict=strict)
     settings, source = load_settings(args)
     _configure_logs(settings)
 
@@ -108,9 +130,9 @@ def cmd_run(args: Sequence[str]) -> int:
 
 
 def cmd_once(args: Sequence[str]) -> int:
-    directory, args = _accounts_dir(args)
+    directory, strict, args = _accounts_dir(args)
     if directory is not None:
-        return _run_accounts(directory, args, once=True)
+        return _run_accounts(directory, args, once=True, strict=strict)
     settings, source = load_settings(args)
     _configure_logs(settings)
 
@@ -210,6 +232,9 @@ def env_report(source: SourceInfo | None, args: Sequence[str], given: Mapping[st
 
 
 def cmd_check(args: Sequence[str]) -> int:
+    directory, _strict, args = _accounts_dir(args)  # check reports every file either way
+    if directory is not None:
+        return _check_accounts(directory, args)
     given = dict(os.environ)  # as the user set it, before old names are copied to ours
     try:
         settings, source = load_settings(args)

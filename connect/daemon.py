@@ -42,11 +42,14 @@ class Daemon:
     outputs: list[Output] = attrs.Factory(list)
     #: the alert rules over this account's readings (None: a run that writes nothing)
     alerting: Alerting | None = None
+    #: what the program running this daemon adds to its status, by key (``--accounts-dir``:
+    #: the accounts of the process that did not start)
+    notes: dict[str, Any] = attrs.Factory(dict)
     _status_dirty: trio.Event = attrs.Factory(trio.Event)
 
     def status(self) -> dict[str, Any]:
         """A snapshot of every machine and output, secrets removed."""
-        snapshot: dict[str, Any] = {"sources": [self.runtime.status()]}
+        snapshot: dict[str, Any] = {**self.notes, "sources": [self.runtime.status()]}
         snapshot["outputs"] = [output.status() for output in self.outputs]
         snapshot["store"] = self.astore.health
         if self.alerting is not None:

@@ -152,11 +152,11 @@ def test_run_polls_every_account_until_sigterm(tmp_path: Path) -> None:
         assert {loop["state"] for loop in status["loops"].values()} == {"stopped"}
 
 
-def test_a_bad_setting_in_one_file_stops_every_account_before_start(tmp_path: Path) -> None:
+def test_with_strict_a_bad_setting_in_one_file_stops_every_account_before_start(tmp_path: Path) -> None:
     sim_account(tmp_path, "alice", 1)
     write_account(tmp_path, "bob", CONNECT_SOURCE="sim", CONNECT_BACKFILL_DAYS="-1")
 
-    result = cli("once", "--accounts-dir", str(tmp_path))
+    result = cli("once", "--accounts-dir", str(tmp_path), "--strict")
 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

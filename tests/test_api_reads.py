@@ -11,9 +11,10 @@ from urllib.parse import urlencode
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from api.patterns import MAX_PATTERN, MAX_SUBJECT, PatternError, compile_pattern
-from api.query import QueryError, parse_read
+from api.query import MAX_FIND, QueryError, parse_read
 from connect.records import DeviceStatus, Entry, Treatment, iso_from_ms
 from store import Store
 from store.reader import Filter, StoreReader, object_id
@@ -213,6 +214,30 @@ def test_bad_find_is_a_400_naming_the_problem(world, query, named):
     body = get(world, f"/api/v1/entries.json?{query}", 400)
     assert body["status"] == 400 and body["message"] == "Bad Request"
     assert named in body["description"]
+
+
+@pytest.mark.parametrize("conditions", [MAX_FIND + 1, 2000])
+def test_more_find_conditions_than_the_cap_is_a_400_not_a_503(world, conditions):
+    # about a thousand conditions exceed SQLite's expression limit: the store was reported
+    # unavailable (503) for what is a client's mistake
+    params = urlencode([("find[date][$gte]", str(i)) for i in range(conditions)])
+    with capture_logs() as logs:
+        body = get(world, f"/api/v1/entries.json?{params}", 400)
+    assert body["status"] == 400
+    assert f"{conditions} conditions" in body["description"]
+    assert f"at most {MAX_FIND}" in body["description"]
+    assert not [e for e in logs if e.get("event") == "store unavailable"]
+
+
+def test_as_many_find_conditions_as_the_cap_are_answered(world):
+    lo = world["entries"][-1]["date"]
+    params = [("find[date][$gte]", str(lo + i)) for i in range(MAX_FIND - 1)]
+    docs = get(world, f"/api/v1/entries.json?count=5&{urlencode([*params, ('find[type]', 'sgv')])}")
+    assert len(docs) == 5
+    assert all(d["type"] == "sgv" for d in docs)
+    # patterns and ids count too
+    mixed = [("find[eventType]", "/^Temp/")] * MAX_FIND + [("find[_id]", "0" * 24)]
+    get(world, f"/api/v1/treatments.json?{urlencode(mixed)}", 400)
 
 
 def test_other_parameters_are_ignored(world):
