@@ -114,7 +114,7 @@ def _v2(db: Database) -> None:
 
 
 def _alerts_episodes_events(db: Database) -> None:
-    """Alerts, episodes and the events outbox (issue 14).
+    """Alerts, episodes and the events outbox.
 
     ``events`` is an outbox delivered like the collections: each row has a ``seq`` (its own,
     growing, never reused) that event outputs keep a cursor on (``cursors.collection =
