@@ -94,7 +94,7 @@ def _run_accounts(directory: Path, args: Sequence[str], *, once: bool, strict: b
     before, limit, needed = accounts.check_open_files(loaded.accounts)
     fmt, level = accounts.log_options(loaded.accounts)
     configure(fmt=fmt, level=level)
-    structlog.get_logger("connect.accounts").info(
+    structlog.get_logger("connect.accounts").debug(
         "open files", accounts=len(loaded.accounts), needed=needed, limit=limit, raised_from=before
     )
     accounts.log_refused(loaded)

@@ -68,7 +68,8 @@ def parse_events(value: str | Sequence[str] | None) -> frozenset[str] | None:
         return None
     unknown = sorted(names - set(EVENT_NAMES))
     if unknown:
-        raise ValueError(f"unknown events {', '.join(unknown)} (known: {', '.join(EVENT_NAMES)}, or all)")
+        # the names given are not quoted back (a value is never echoed): the known ones are
+        raise ValueError(f"{len(unknown)} unknown event name(s); known: {', '.join(EVENT_NAMES)}, or all")
     return frozenset(names)
 
 
@@ -82,9 +83,8 @@ def check_filter(expression: str | None) -> str | None:
     try:
         jmespath.compile(expression)
     except JMESPathError as exc:
-        raise ValueError(
-            f"not a JMESPath expression ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-        ) from None
+        # the library's message quotes the expression: only its kind is said
+        raise ValueError(f"not a JMESPath expression ({type(exc).__name__})") from None
     return expression.strip()
 
 
@@ -280,9 +280,8 @@ class AlertSettings(BaseSettings):
 
         for i, url in enumerate(split_urls(value.get_secret_value()), 1):
             if not apprise.Apprise().add(url):
-                scheme = url.split("://", 1)[0] if "://" in url else "none"
                 # never the URL itself: it carries tokens and passwords
-                raise ValueError(f"URL {i} is not one Apprise can send to (scheme {scheme!r})")
+                raise ValueError(f"URL {i} is not one Apprise can send to (an unknown scheme)")
         return value
 
     @pydantic.model_validator(mode="after")

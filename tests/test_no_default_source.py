@@ -184,8 +184,10 @@ def test_check_says_which_variables_chose_the_source(tmp_path: Path) -> None:
 def test_an_account_file_without_a_source_is_refused(tmp_path: Path) -> None:
     (tmp_path / "alice.env").write_text("CONNECT_SOURCE=sim\n")
     (tmp_path / "bob.env").write_text("CONNECT_BACKFILL_DAYS=2\n")
+    # a file with a problem keeps only its own account from starting (strict: every account)
+    assert [r.name for r in load_accounts(tmp_path, []).refused] == ["bob"]
     with pytest.raises(UsageError) as info:
-        load_accounts(tmp_path, [])
+        load_accounts(tmp_path, [], strict=True)
     assert info.value.lines == [
         "bob.env: " + NO_SOURCE + "dexcomshare, glooko, linkup, minimedcarelink, nightscout, "
         "or sim for simulated readings"
