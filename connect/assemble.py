@@ -88,7 +88,7 @@ async def assemble(
         astore = AsyncStore(store)
         outputs = build_outputs(settings, astore, client, clock=clock, rng=rng) if deliver else []
         runtime = SourceRuntime(
-            builder.build(),
+            builder.build(loops_required=source.polls),
             astore,
             clock=clock,
             backfill_days=settings.backfill_days,
