@@ -19,6 +19,7 @@ from api.auth import Authenticator
 from api.metrics import make_registry
 from api.settings import ApiSettings
 from connect.redact import describe_error
+from store.aio import AsyncStore
 from store.reader import StoreReader
 
 log = structlog.get_logger("api")
@@ -34,6 +35,15 @@ def _no_fault() -> str | None:
 
 
 @attrs.frozen
+class Writer:
+    """The daemon's store, for the write API: records pushed through it land in the same
+    store, by the same writer, as polled frames; ``written`` wakes the outputs and alerts."""
+
+    astore: AsyncStore
+    written: Callable[[], None]
+
+
+@attrs.frozen
 class ApiContext:
     reader: StoreReader
     #: the runtime's snapshot; call it on the event loop, where the machines live
@@ -46,6 +56,8 @@ class ApiContext:
     registry: CollectorRegistry
     #: the daemon's store fault (a full disk): reads answer 503 and readiness fails meanwhile
     store_fault: StoreFaultFn = _no_fault
+    #: the daemon's writer (None under ``serve``, which only reads: writes answer 405)
+    writer: Writer | None = None
 
     @classmethod
     def build(
@@ -55,10 +67,18 @@ class ApiContext:
         settings: ApiSettings,
         clock: Clock,
         store_fault: StoreFaultFn | None = None,
+        writer: Writer | None = None,
     ) -> ApiContext:
         auth = Authenticator(settings.http_secret, readable=settings.http_readable)
         return cls(
-            reader, status, settings, clock, auth, make_registry(reader, status), store_fault or _no_fault
+            reader,
+            status,
+            settings,
+            clock,
+            auth,
+            make_registry(reader, status),
+            store_fault or _no_fault,
+            writer,
         )
 
     def store_failing(self) -> bool:

@@ -133,10 +133,12 @@ async def serve_api(
     status: Callable[[], dict[str, Any]],
     *,
     store_fault: Callable[[], str | None] | None = None,
+    writer: Any = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The HTTP API over the store file, until cancelled; reports the bound addresses.
-    ``store_fault`` tells it when the daemon's writes to the store are failing."""
+    ``store_fault`` tells it when the daemon's writes to the store are failing; ``writer`` (an
+    :class:`api.context.Writer` over the daemon's store) lets it take pushed records."""
     from api import create_app, serve
     from store.reader import StoreReader
 
@@ -148,7 +150,7 @@ async def serve_api(
         return
     reader = StoreReader(store_path)
     try:
-        app = create_app(reader, status, settings, store_fault=store_fault)
+        app = create_app(reader, status, settings, store_fault=store_fault, writer=writer)
         await serve(app, bind, task_status=task_status)
     finally:
         reader.close()
@@ -158,10 +160,14 @@ async def serve_daemon(
     daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """One account's daemon with its API (when its settings bind one), until cancelled."""
+    from api.context import Writer
+
     async with trio.open_nursery() as nursery:
         if isinstance(daemon.settings, ApiSettings):
+            # pushed records are written by this daemon's own store writer, and wake its outputs
+            writer = Writer(daemon.astore, daemon.persisted)
             binds = await nursery.start(
-                functools.partial(serve_api, store_fault=daemon.store_fault),
+                functools.partial(serve_api, store_fault=daemon.store_fault, writer=writer),
                 daemon.settings,
                 daemon.settings.store_path,
                 daemon.status,

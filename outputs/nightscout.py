@@ -56,6 +56,7 @@ from connect.errors import (
     TransientError,
 )
 from connect.httpkit import json_body, retry_after_seconds, send, sha1_hex
+from connect.pushed import push_origin
 from connect.records import COLLECTIONS, Collection, iso_from_ms, ms_from_iso
 from connect.redact import describe_error, redact_text, register_secret
 from machines.delivery import DeliveryPolicy
@@ -101,6 +102,8 @@ class Row:
 
     seq: int
     text: str
+    #: the row's source: ``push@<site>`` for records pushed to our write API
+    source: str = ""
 
     def doc(self) -> dict[str, Any]:
         value: dict[str, Any] = json.loads(self.text)
@@ -111,20 +114,20 @@ def pending_rows(store: Store, output: str, collection: Collection, limit: int) 
     """Records past ``output``'s cursor, oldest change first (runs on the store's worker thread)."""
     after = store.cursor(output, collection)
     rows = store.conn.execute(
-        f"SELECT seq, json FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        f"SELECT seq, json, source FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
     )
-    return [Row(seq=int(seq), text=str(text)) for seq, text in rows]
+    return [Row(seq=int(seq), text=str(text), source=str(source)) for seq, text, source in rows]
 
 
 def queued_rows(store: Store, output: str, collection: Collection, limit: int) -> list[Row]:
     """Records ``output`` set aside that ``rejected retry`` queued for another try, oldest first."""
     rows = store.conn.execute(
-        f"SELECT DISTINCT c.seq, c.json FROM rejected r JOIN {collection} c "
+        f"SELECT DISTINCT c.seq, c.json, c.source FROM rejected r JOIN {collection} c "
         "ON c.seq BETWEEN r.first_seq AND r.last_seq "
         "WHERE r.output = ? AND r.collection = ? AND r.retry = 1 AND c.seq <= ? ORDER BY c.seq LIMIT ?",
         (output, collection, store.cursor(output, collection), limit),
     )
-    return [Row(seq=int(seq), text=str(text)) for seq, text in rows]
+    return [Row(seq=int(seq), text=str(text), source=str(source)) for seq, text, source in rows]
 
 
 def queued_collections(store: Store, output: str) -> set[str]:
@@ -253,6 +256,8 @@ class NightscoutOutput(Output):
         if not credential:
             raise ConfigError("the Nightscout output needs CONNECT_API_SECRET or a token")
         self.base_url = site.base_url
+        #: rows pushed to this very site's address came from it: they are never sent back
+        self.echo_source = push_origin(site.base_url)
         self.client = client
         self.timeout = timeout
         self.attempt_name = f"{name}.attempted"
@@ -448,7 +453,9 @@ class NightscoutOutput(Output):
             await self._accepted(collection, chunk)
 
     async def _send_chunk(self, collection: Collection, chunk: Sequence[Row]) -> None:
-        rows = list(chunk)
+        rows = [r for r in chunk if r.source != self.echo_source]
+        if not rows:
+            return
         if collection == "profile":
             # a profile is posted only when the site does not hold it yet: the site inserts
             # every profile it is sent, and a fresh store does not know what went up before
