@@ -42,12 +42,16 @@ class Daemon:
     outputs: list[Output] = attrs.Factory(list)
     #: the alert rules over this account's readings (None: a run that writes nothing)
     alerting: Alerting | None = None
+    #: push sources beside the runtime's loops (the MQTT subscription)
+    pushers: list[Any] = attrs.Factory(list)
     _status_dirty: trio.Event = attrs.Factory(trio.Event)
 
     def status(self) -> dict[str, Any]:
         """A snapshot of every machine and output, secrets removed."""
         snapshot: dict[str, Any] = {"sources": [self.runtime.status()]}
         snapshot["outputs"] = [output.status() for output in self.outputs]
+        if self.pushers:
+            snapshot["push"] = [pusher.status() for pusher in self.pushers]
         snapshot["store"] = self.astore.health
         if self.alerting is not None:
             snapshot["alerts"] = [self.alerting.status()]
@@ -93,6 +97,8 @@ class Daemon:
                     await nursery.start(output.run)
                 if self.alerting is not None:
                     await nursery.start(self.alerting.run)
+                for pusher in self.pushers:
+                    await nursery.start(pusher.run)
                 await nursery.start(self.runtime.run)
                 task_status.started()
         finally:

@@ -51,7 +51,7 @@ class CoreSettings(ConnectSettings):
 
 
 #: sources built in beside the entry points: ``none`` polls nothing (push sources only)
-BUILTIN_SOURCES: Final[dict[str, str]] = {"none": "sources.none:SOURCE"}
+BUILTIN_SOURCES: Final[dict[str, str]] = {"none": "sources.none:SOURCE", "mqtt": "sources.none:MQTT"}
 
 
 def known_sources() -> dict[str, str]:
@@ -83,6 +83,7 @@ def extra_settings_models() -> list[type[BaseSettings]]:
         ("outputs.settings", "OutputSettings"),
         ("outputs.alert_settings", "AlertSettings"),
         ("api.settings", "ApiSettings"),
+        ("connect.subscriber", "PushSettings"),
     ):
         try:
             mod = __import__(module, fromlist=[attr])
@@ -281,7 +282,7 @@ def no_source_problem(environ: Mapping[str, str]) -> str:
             f"--source / CONNECT_SOURCE: not set, and other tools' variables name more than one "
             f"source: {named}; set CONNECT_SOURCE to the one to read"
         )
-    real = sorted(name for name in known_sources() if name not in {"sim", "none"})
+    real = sorted(name for name in known_sources() if name not in {"sim", "none", "mqtt"})
     return (
         "--source / CONNECT_SOURCE: not set; name where readings come from: "
         + ", ".join(real)

@@ -35,3 +35,12 @@ SOURCE = SourceInfo(
     factory=make,
     polls=False,
 )
+
+#: ``mqtt``: no polling source, only the MQTT subscription (``CONNECT_MQTT_SOURCE_URL``)
+MQTT = SourceInfo(
+    name="mqtt",
+    description="no polling source: only the MQTT subscription of CONNECT_MQTT_SOURCE_URL",
+    settings=NoneSettings,
+    factory=make,
+    polls=False,
+)

@@ -551,6 +551,16 @@ class Store:
                 (output, collection, last_seq, _now_ms()),
             )
 
+    def set_aside_message(self, source: str, topic: str, reason: str) -> None:
+        """Keep a pushed message that could not be read in ``rejected`` (its topic and why);
+        no cursor moves, since nothing of it was stored."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO rejected (output, collection, first_seq, last_seq, records, status, "
+                "error, at) VALUES (?, ?, 0, 0, 1, 0, ?, ?)",
+                (source, "entries", f"topic {topic}: {reason}"[:1000], _now_ms()),
+            )
+
     def rejected_count(self, output: str) -> int:
         """Records ``output`` set aside and not queued for another try."""
         (n,) = self.conn.execute(
