@@ -286,7 +286,7 @@ def no_source_problem(environ: Mapping[str, str]) -> str:
     return (
         "--source / CONNECT_SOURCE: not set; name where readings come from: "
         + ", ".join(real)
-        + ", sim for simulated readings, or none to take only pushed data"
+        + ", sim for simulated readings, mqtt for an MQTT subscription, or none to take only pushed data"
     )
 
 
