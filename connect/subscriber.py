@@ -282,7 +282,7 @@ class MqttSubscriber:
                 if sum(result.written.values()) and self.written is not None:
                     self.written()
             for topic, reason in refused:
-                await self.astore.call(self.astore.store.set_aside_message, REJECTED_AS, topic, reason)
+                await self.astore.set_aside_message(REJECTED_AS, topic, reason)
                 self.rejected += 1
                 log.warning("mqtt message set aside", topic=topic, reason=reason)
         except StoreError as exc:
