@@ -12,6 +12,7 @@ with its topic and reason, counted, and acknowledged: it never stops the subscri
 
 from __future__ import annotations
 
+import hashlib
 import random
 import ssl
 from typing import Any, Final
@@ -88,6 +89,13 @@ class PushSettings(ConnectSettings):
         if not [t for t in value.split(",") if t.strip()]:
             raise ValueError("name at least one topic filter")
         return value
+
+
+def _reason(problem: str, message: mqtt.MQTTMessage) -> str:
+    """What is wrong, and which message it is (its payload's digest, never the payload: it may
+    hold anything)."""
+    digest = hashlib.sha256(bytes(message.payload)).hexdigest()[:16]
+    return f"{problem} (payload sha256 {digest}, {len(message.payload)} bytes)"
 
 
 def collection_of(doc: Any) -> Collection:
@@ -272,9 +280,11 @@ class MqttSubscriber:
             try:
                 keys.extend(self._read(message, now))
             except DocumentError as exc:
-                refused.append((message.topic, str(exc).replace("document -1: (body): ", "")))
+                refused.append(
+                    (message.topic, _reason(str(exc).replace("document -1: (body): ", ""), message))
+                )
             except (jmespath.exceptions.JMESPathError, ValueError, TypeError) as exc:
-                refused.append((message.topic, f"cannot be mapped ({type(exc).__name__})"))
+                refused.append((message.topic, _reason(f"cannot be mapped ({type(exc).__name__})", message)))
         try:
             if keys:
                 result = await self.astore.persist_push(self.source, keys)
@@ -282,9 +292,10 @@ class MqttSubscriber:
                 if sum(result.written.values()) and self.written is not None:
                     self.written()
             for topic, reason in refused:
-                await self.astore.set_aside_message(REJECTED_AS, topic, reason)
-                self.rejected += 1
-                log.warning("mqtt message set aside", topic=topic, reason=reason)
+                # a message resent after a reconnect is kept and counted once
+                if await self.astore.set_aside_message(REJECTED_AS, topic, reason):
+                    self.rejected += 1
+                    log.warning("mqtt message set aside", topic=topic, reason=reason)
         except StoreError as exc:
             # nothing acknowledged: the broker sends these again after the reconnect
             raise TransientError(f"store: {exc}") from None

@@ -113,8 +113,8 @@ class AsyncStore:
     async def delete_pushed(self, collection: Collection, oid: str) -> bool:
         return await self.call(self.store.delete_pushed, collection, oid)
 
-    async def set_aside_message(self, source: str, topic: str, reason: str) -> None:
-        await self.call(self.store.set_aside_message, source, topic, reason)
+    async def set_aside_message(self, source: str, topic: str, reason: str) -> bool:
+        return await self.call(self.store.set_aside_message, source, topic, reason)
 
     async def advance(self, output: str, collection: Stream, seq: int) -> None:
         await self.call(self.store.advance, output, collection, seq)

@@ -551,15 +551,22 @@ class Store:
                 (output, collection, last_seq, _now_ms()),
             )
 
-    def set_aside_message(self, source: str, topic: str, reason: str) -> None:
-        """Keep a pushed message that could not be read in ``rejected`` (its topic and why);
-        no cursor moves, since nothing of it was stored."""
+    def set_aside_message(self, source: str, topic: str, reason: str) -> bool:
+        """Keep a pushed message that could not be read in ``rejected`` (its topic and why; the
+        reason names the message, so one resent is kept once); no cursor moves, since nothing of
+        it was stored. False when that message was already set aside."""
+        error = f"topic {topic}: {reason}"[:1000]
         with self.transaction() as conn:
+            if conn.execute(
+                "SELECT 1 FROM rejected WHERE output = ? AND error = ? LIMIT 1", (source, error)
+            ).fetchone():
+                return False
             conn.execute(
                 "INSERT INTO rejected (output, collection, first_seq, last_seq, records, status, "
                 "error, at) VALUES (?, ?, 0, 0, 1, 0, ?, ?)",
-                (source, "entries", f"topic {topic}: {reason}"[:1000], _now_ms()),
+                (source, "entries", error, _now_ms()),
             )
+        return True
 
     def rejected_count(self, output: str) -> int:
         """Records ``output`` set aside and not queued for another try."""
