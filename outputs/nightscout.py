@@ -258,6 +258,8 @@ class NightscoutOutput(Output):
         self.base_url = site.base_url
         #: rows pushed to this very site's address came from it: they are never sent back
         self.echo_source = push_origin(site.base_url)
+        #: records passed over because they were pushed to this very site
+        self._echoes = 0
         self.client = client
         self.timeout = timeout
         self.attempt_name = f"{name}.attempted"
@@ -297,6 +299,11 @@ class NightscoutOutput(Output):
 
     def target(self) -> str:
         return self.base_url
+
+    def status(self) -> dict[str, Any]:
+        snapshot = super().status()
+        snapshot["echoes"] = self._echoes
+        return snapshot
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -441,7 +448,7 @@ class NightscoutOutput(Output):
                 return
             self._sending()
             try:
-                await self._send_chunk(collection, chunk)
+                echoes = await self._send_chunk(collection, chunk)
             except ChunkRejected as exc:
                 # the machine halves the chunk until the refused record is alone, then sets
                 # it aside so one bad record never holds back the ones after it (a queued
@@ -451,11 +458,16 @@ class NightscoutOutput(Output):
             if retry:
                 await self.astore.retry_done(self.name, collection, [r.seq for r in chunk])
             await self._accepted(collection, chunk)
+            # passed over, not delivered: they came from this site
+            self._delivered -= echoes
+            self._echoes += echoes
 
-    async def _send_chunk(self, collection: Collection, chunk: Sequence[Row]) -> None:
+    async def _send_chunk(self, collection: Collection, chunk: Sequence[Row]) -> int:
+        """POST the chunk's records the site lacks; how many were passed over as its own."""
         rows = [r for r in chunk if r.source != self.echo_source]
+        echoes = len(chunk) - len(rows)
         if not rows:
-            return
+            return echoes
         if collection == "profile":
             # a profile is posted only when the site does not hold it yet: the site inserts
             # every profile it is sent, and a fresh store does not know what went up before
@@ -466,12 +478,13 @@ class NightscoutOutput(Output):
                 rows = await self._not_at_site(collection, rows, [r for r in rows if r.seq <= attempted])
         if collection in NON_IDEMPOTENT:
             if not rows:
-                return
+                return echoes
             # written before the POST: after a crash, the records up to here may be at the site
             await self.astore.advance(self.attempt_name, collection, chunk[-1].seq)
         # the store keeps each document as compact JSON: the body is made without parsing them
         body = ("[" + ",".join(r.text for r in rows) + "]").encode("utf-8")
         await self._call("POST", f"{API}/{collection}", body=body)
+        return echoes
 
     async def _not_at_site(self, collection: Collection, rows: list[Row], uncertain: list[Row]) -> list[Row]:
         """``rows`` without those the site already holds (it is asked about ``uncertain``)."""

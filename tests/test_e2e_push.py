@@ -111,8 +111,16 @@ def test_records_pushed_to_the_output_site_are_not_sent_back(tmp_path: Path) -> 
                 return outputs[0].get("lag") == 0
 
             wait_for(drained, timeout=30, what="the output to pass the pushed records", proc=proc)
+            wait_for(
+                lambda: (
+                    client.get("/api/connect/status", headers=UPLOADER).json()["outputs"][0]["echoes"] == 12
+                ),
+                timeout=30,
+                what="the pushed records passed over",
+                proc=proc,
+            )
             (output,) = client.get("/api/connect/status", headers=UPLOADER).json()["outputs"]
-            assert not output.get("delivered")
+            assert output["delivered"] == 0
     finally:
         if proc.poll() is None:
             stop(proc)
