@@ -63,9 +63,12 @@ def push_origin(url: str) -> str:
     output does not send rows stamped with its own site's address back to it (an uploader that
     pushes to the site we upload to would otherwise get its records echoed). The path is left
     out: one host and port is one site."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").lower()
+    except ValueError:  # a Host header that is no host ("[::1")
+        return f"{PUSH_SOURCE}@unknown"
     scheme = (parts.scheme or "https").lower()
-    host = (parts.hostname or "").lower()
     try:
         port = parts.port
     except ValueError:

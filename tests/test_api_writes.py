@@ -196,6 +196,10 @@ def test_rows_pushed_here_carry_the_address_they_were_sent_to(app):
     world.post("/api/v1/entries", [entry(1)])
     (source,) = world.store.conn.execute("SELECT source FROM entries").fetchone()
     assert source == push_origin("http://ours.test") == "push@http://ours.test:80"
+    assert push_origin("https://Site.example/ns") == "push@https://site.example:443"
+    assert push_origin("http://[::1") == "push@unknown"
+    odd = world.run(lambda c: c.post("/api/v1/entries", json=[entry(2)], headers={**HEADERS, "host": "[::1"}))
+    assert odd.status_code == 200
 
 
 # --- hypothesis: any document, valid or not -------------------------------------------------
