@@ -11,11 +11,11 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
-from api.context import ApiContext, Clock, StatusFn, StoreFaultFn, attach
+from api.context import ApiContext, Clock, StatusFn, StoreFaultFn, Writer, attach
 from api.errors import add_error_handlers
 from api.guard import GuardMiddleware, LoopGuardMiddleware
 from api.openapi import SECURITY_SCHEMES
-from api.routes import alerts, connect, export, nightscout, ops, status_page, v3
+from api.routes import alerts, connect, export, nightscout, ops, status_page, uploads, v3
 from api.settings import ApiSettings
 from api.version import NAME, connect_version
 from connect.clock import wall_ms
@@ -25,6 +25,7 @@ from store.reader import StoreReader
 ROUTERS: tuple[APIRouter, ...] = (
     nightscout.router,
     v3.router,
+    uploads.router,
     connect.router,
     alerts.router,
     export.router,
@@ -40,9 +41,11 @@ def create_app(
     *,
     clock: Clock = wall_ms,
     store_fault: StoreFaultFn | None = None,
+    writer: Writer | None = None,
 ) -> FastAPI:
     """The API over ``reader``; ``status`` returns the runtime's snapshot (called on the loop);
-    ``store_fault`` says what is wrong while the daemon cannot write the store."""
+    ``store_fault`` says what is wrong while the daemon cannot write the store; ``writer`` (the
+    daemon's store) takes pushed records, and without it the write routes answer 405."""
     app = FastAPI(
         title=NAME,
         version=connect_version(),
@@ -50,7 +53,7 @@ def create_app(
         docs_url=None,  # the interactive docs load scripts from a CDN
         redoc_url=None,
     )
-    attach(app, ApiContext.build(reader, status, settings, clock, store_fault))
+    attach(app, ApiContext.build(reader, status, settings, clock, store_fault, writer))
     add_error_handlers(app)
     app.add_middleware(LoopGuardMiddleware)
     app.add_middleware(GuardMiddleware)

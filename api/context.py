@@ -21,6 +21,7 @@ from api.cache import BodyCache, Rendered, cached
 from api.metrics import make_registry
 from api.settings import ApiSettings
 from connect.redact import describe_error
+from store.aio import AsyncStore
 from store.reader import StoreReader
 
 log = structlog.get_logger("api")
@@ -33,6 +34,15 @@ StoreFaultFn = Callable[[], str | None]
 
 def _no_fault() -> str | None:
     return None
+
+
+@attrs.frozen
+class Writer:
+    """The daemon's store, for the write API: records pushed through it land in the same
+    store, by the same writer, as polled frames; ``written`` wakes the outputs and alerts."""
+
+    astore: AsyncStore
+    written: Callable[[], None]
 
 
 @attrs.frozen
@@ -50,6 +60,8 @@ class ApiContext:
     cache: BodyCache
     #: the daemon's store fault (a full disk): reads answer 503 and readiness fails meanwhile
     store_fault: StoreFaultFn = _no_fault
+    #: the daemon's writer (None under ``serve``, which only reads: writes answer 405)
+    writer: Writer | None = None
 
     @classmethod
     def build(
@@ -59,6 +71,7 @@ class ApiContext:
         settings: ApiSettings,
         clock: Clock,
         store_fault: StoreFaultFn | None = None,
+        writer: Writer | None = None,
     ) -> ApiContext:
         auth = Authenticator(settings.http_secret, readable=settings.http_readable, clock=clock)
         return cls(
@@ -70,6 +83,7 @@ class ApiContext:
             make_registry(reader, status),
             BodyCache(),
             store_fault or _no_fault,
+            writer,
         )
 
     def store_failing(self) -> bool:

@@ -21,7 +21,8 @@ from typing import Final
 
 from api.query import QueryError, ReadQuery
 from connect.records import Collection
-from store.reader import FILTER_COLUMNS, Filter, StoreReader, object_id
+from store.database import object_id
+from store.reader import FILTER_COLUMNS, Filter, StoreReader
 
 #: the columns that make a record's identifier, per collection (uuid5 over device, date and kind)
 KEY_COLUMNS: Final[dict[Collection, tuple[str, ...]]] = {

@@ -18,9 +18,11 @@ from connect.builder import Builder
 from connect.clock import Clock, wall_ms
 from connect.contract import SourceInfo
 from connect.daemon import Daemon
+from connect.errors import ConfigError
 from connect.httpkit import USER_AGENT
 from connect.runtime import GapFinder, SourceRuntime
 from connect.settings import CoreSettings
+from connect.subscriber import MqttSubscriber, PushSettings
 from outputs import Output, build_outputs
 from outputs.alert_settings import AlertSettings
 from outputs.nightscout import NightscoutOutput
@@ -99,7 +101,7 @@ async def assemble(
         astore = AsyncStore(store)
         outputs = build_outputs(settings, astore, client, clock=clock, rng=rng) if deliver else []
         runtime = SourceRuntime(
-            builder.build(),
+            builder.build(loops_required=source.polls),
             astore,
             clock=clock,
             backfill_days=settings.backfill_days,
@@ -133,6 +135,15 @@ async def assemble(
             alerting=alerting,
         )
         runtime.on_persist = daemon.persisted
+        subscribes = isinstance(settings, PushSettings) and settings.mqtt_source_url is not None
+        if source.name == "mqtt" and not subscribes:
+            raise ConfigError(
+                "CONNECT_SOURCE=mqtt: set CONNECT_MQTT_SOURCE_URL to the broker to subscribe to"
+            )
+        if isinstance(settings, PushSettings) and subscribes and deliver:
+            daemon.pushers.append(
+                MqttSubscriber(settings, astore, written=daemon.persisted, clock=clock, rng=rng)
+            )
         if alerting is not None:
             alerting.on_events = daemon.events_written
         yield daemon

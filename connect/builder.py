@@ -134,7 +134,8 @@ class Builder:
             )
         )
 
-    def build(self) -> SourcePlan:
-        if not self._loops:
+    def build(self, *, loops_required: bool = True) -> SourcePlan:
+        """The plan; a source that polls must have registered a loop (``none`` registers none)."""
+        if loops_required and not self._loops:
             raise ConfigError(f"{self.source}: no loop registered")
         return SourcePlan(source=self.source, session=self._session, loops=tuple(self._loops))

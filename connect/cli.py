@@ -262,7 +262,7 @@ def cmd_check(args: Sequence[str]) -> int:
     if problem is not None:
         print(f"login: failed — {problem}")
     else:
-        print("login: ok" if source.name != "sim" else "login: not needed")
+        print("login: ok" if source.name != "sim" and source.polls else "login: not needed")
     print("\n".join(line for _, line in outputs) or "outputs: none (records stay in the local store)")
     return EXIT_FAILED if problem is not None or not all(ok for ok, _ in outputs) else EXIT_OK
 

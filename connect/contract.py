@@ -141,6 +141,8 @@ class SourceInfo:
     legacy_env: Mapping[str, str] = attrs.field(factory=dict)
     #: base URL used when no server is configured, for `check` output
     default_server: str = ""
+    #: False for ``none``: a source that registers no loop (the daemon only takes pushed data)
+    polls: bool = True
 
 
 def own_settings(model: type[S], settings: BaseSettings) -> S:

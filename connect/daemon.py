@@ -45,12 +45,16 @@ class Daemon:
     #: what the program running this daemon adds to its status, by key (``--accounts-dir``:
     #: the accounts of the process that did not start)
     notes: dict[str, Any] = attrs.Factory(dict)
+    #: push sources beside the runtime's loops (the MQTT subscription)
+    pushers: list[Any] = attrs.Factory(list)
     _status_dirty: trio.Event = attrs.Factory(trio.Event)
 
     def status(self) -> dict[str, Any]:
         """A snapshot of every machine and output, secrets removed."""
         snapshot: dict[str, Any] = {**self.notes, "sources": [self.runtime.status()]}
         snapshot["outputs"] = [output.status() for output in self.outputs]
+        if self.pushers:
+            snapshot["push"] = [pusher.status() for pusher in self.pushers]
         snapshot["store"] = self.astore.health
         if self.alerting is not None:
             snapshot["alerts"] = [self.alerting.status()]
@@ -96,6 +100,8 @@ class Daemon:
                     await nursery.start(output.run)
                 if self.alerting is not None:
                     await nursery.start(self.alerting.run)
+                for pusher in self.pushers:
+                    await nursery.start(pusher.run)
                 await nursery.start(self.runtime.run)
                 task_status.started()
         finally:
@@ -136,10 +142,12 @@ async def serve_api(
     status: Callable[[], dict[str, Any]],
     *,
     store_fault: Callable[[], str | None] | None = None,
+    writer: Any = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The HTTP API over the store file, until cancelled; reports the bound addresses.
-    ``store_fault`` tells it when the daemon's writes to the store are failing."""
+    ``store_fault`` tells it when the daemon's writes to the store are failing; ``writer`` (an
+    :class:`api.context.Writer` over the daemon's store) lets it take pushed records."""
     from api import create_app, serve
     from store.reader import StoreReader
 
@@ -151,7 +159,7 @@ async def serve_api(
         return
     reader = StoreReader(store_path)
     try:
-        app = create_app(reader, status, settings, store_fault=store_fault)
+        app = create_app(reader, status, settings, store_fault=store_fault, writer=writer)
         await serve(app, bind, task_status=task_status)
     finally:
         reader.close()
@@ -161,10 +169,14 @@ async def serve_daemon(
     daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """One account's daemon with its API (when its settings bind one), until cancelled."""
+    from api.context import Writer
+
     async with trio.open_nursery() as nursery:
         if isinstance(daemon.settings, ApiSettings):
+            # pushed records are written by this daemon's own store writer, and wake its outputs
+            writer = Writer(daemon.astore, daemon.persisted)
             binds = await nursery.start(
-                functools.partial(serve_api, store_fault=daemon.store_fault),
+                functools.partial(serve_api, store_fault=daemon.store_fault, writer=writer),
                 daemon.settings,
                 daemon.settings.store_path,
                 daemon.status,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from statemachine import StateMachine
 
-from machines import CycleMachine, DeliveryMachine, FetchMachine, PollerMachine, SessionMachine
+from machines import (
+    CycleMachine,
+    DeliveryMachine,
+    FetchMachine,
+    PollerMachine,
+    SessionMachine,
+    SubscriptionMachine,
+)
 
 TITLES = (
     ("Session", SessionMachine),
@@ -12,6 +19,7 @@ TITLES = (
     ("Cycle", CycleMachine),
     ("Poller", PollerMachine),
     ("Delivery", DeliveryMachine),
+    ("Subscription", SubscriptionMachine),
 )
 
 

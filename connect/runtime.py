@@ -469,6 +469,9 @@ class SourceRuntime:
                 for loop in self.loops:
                     await nursery.start(loop.run)
                 task_status.started()
+                if not self.loops:
+                    # ``none``: no loop, and the poller stays running while the daemon does
+                    await trio.sleep_forever()
         finally:
             self._stopped()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import importlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
@@ -49,13 +50,22 @@ class CoreSettings(ConnectSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
 
 
+#: sources built in beside the entry points: ``none`` polls nothing (push sources only)
+BUILTIN_SOURCES: Final[dict[str, str]] = {"none": "sources.none:SOURCE", "mqtt": "sources.none:MQTT"}
+
+
 def known_sources() -> dict[str, str]:
-    """Source name → entry point value, for every installed source."""
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    """Source name → entry point value, for every installed source (and ``none``)."""
+    return {**BUILTIN_SOURCES, **{ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}}
 
 
 def load_source(name: str) -> SourceInfo:
     """The :class:`SourceInfo` of an installed source (through its entry point)."""
+    if name in BUILTIN_SOURCES:
+        module, _, attr = BUILTIN_SOURCES[name].partition(":")
+        info = getattr(importlib.import_module(module), attr)
+        assert isinstance(info, SourceInfo)
+        return info
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             info = ep.load()
@@ -73,6 +83,7 @@ def extra_settings_models() -> list[type[BaseSettings]]:
         ("outputs.settings", "OutputSettings"),
         ("outputs.alert_settings", "AlertSettings"),
         ("api.settings", "ApiSettings"),
+        ("connect.subscriber", "PushSettings"),
     ):
         try:
             mod = __import__(module, fromlist=[attr])
@@ -271,11 +282,11 @@ def no_source_problem(environ: Mapping[str, str]) -> str:
             f"--source / CONNECT_SOURCE: not set, and other tools' variables name more than one "
             f"source: {named}; set CONNECT_SOURCE to the one to read"
         )
-    real = sorted(name for name in known_sources() if name != "sim")
+    real = sorted(name for name in known_sources() if name not in {"sim", "none", "mqtt"})
     return (
         "--source / CONNECT_SOURCE: not set; name where readings come from: "
         + ", ".join(real)
-        + ", or sim for simulated readings"
+        + ", sim for simulated readings, mqtt for an MQTT subscription, or none to take only pushed data"
     )
 
 

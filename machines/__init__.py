@@ -1,4 +1,4 @@
-"""The five formal machines (Session, Fetch, Cycle, Poller, Delivery) and their timing math.
+"""The formal machines (Session, Fetch, Cycle, Poller, Delivery, Subscription) and their timing math.
 
 Pure and synchronous: no I/O, no async, no event loop. Each takes events that carry their facts
 (``now``, the outcome, the error) and answers what to do next (:mod:`machines.decisions`); the
@@ -10,8 +10,16 @@ from machines.delivery import DeliveryMachine
 from machines.fetch import FetchMachine
 from machines.poller import PollerMachine
 from machines.session import SessionMachine
+from machines.subscription import SubscriptionMachine
 
-ALL_MACHINES = (SessionMachine, FetchMachine, CycleMachine, PollerMachine, DeliveryMachine)
+ALL_MACHINES = (
+    SessionMachine,
+    FetchMachine,
+    CycleMachine,
+    PollerMachine,
+    DeliveryMachine,
+    SubscriptionMachine,
+)
 
 __all__ = [
     "ALL_MACHINES",
@@ -20,4 +28,5 @@ __all__ = [
     "FetchMachine",
     "PollerMachine",
     "SessionMachine",
+    "SubscriptionMachine",
 ]

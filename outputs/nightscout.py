@@ -56,6 +56,7 @@ from connect.errors import (
     TransientError,
 )
 from connect.httpkit import json_body, retry_after_seconds, send, sha1_hex
+from connect.pushed import push_origin
 from connect.records import COLLECTIONS, Collection, iso_from_ms, ms_from_iso
 from connect.redact import describe_error, redact_text, register_secret
 from machines.delivery import DeliveryPolicy
@@ -101,6 +102,8 @@ class Row:
 
     seq: int
     text: str
+    #: the row's source: ``push@<site>`` for records pushed to our write API
+    source: str = ""
 
     def doc(self) -> dict[str, Any]:
         value: dict[str, Any] = json.loads(self.text)
@@ -111,20 +114,20 @@ def pending_rows(store: Store, output: str, collection: Collection, limit: int) 
     """Records past ``output``'s cursor, oldest change first (runs on the store's worker thread)."""
     after = store.cursor(output, collection)
     rows = store.conn.execute(
-        f"SELECT seq, json FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        f"SELECT seq, json, source FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
     )
-    return [Row(seq=int(seq), text=str(text)) for seq, text in rows]
+    return [Row(seq=int(seq), text=str(text), source=str(source)) for seq, text, source in rows]
 
 
 def queued_rows(store: Store, output: str, collection: Collection, limit: int) -> list[Row]:
     """Records ``output`` set aside that ``rejected retry`` queued for another try, oldest first."""
     rows = store.conn.execute(
-        f"SELECT DISTINCT c.seq, c.json FROM rejected r JOIN {collection} c "
+        f"SELECT DISTINCT c.seq, c.json, c.source FROM rejected r JOIN {collection} c "
         "ON c.seq BETWEEN r.first_seq AND r.last_seq "
         "WHERE r.output = ? AND r.collection = ? AND r.retry = 1 AND c.seq <= ? ORDER BY c.seq LIMIT ?",
         (output, collection, store.cursor(output, collection), limit),
     )
-    return [Row(seq=int(seq), text=str(text)) for seq, text in rows]
+    return [Row(seq=int(seq), text=str(text), source=str(source)) for seq, text, source in rows]
 
 
 def queued_collections(store: Store, output: str) -> set[str]:
@@ -253,6 +256,10 @@ class NightscoutOutput(Output):
         if not credential:
             raise ConfigError("the Nightscout output needs CONNECT_API_SECRET or a token")
         self.base_url = site.base_url
+        #: rows pushed to this very site's address came from it: they are never sent back
+        self.echo_source = push_origin(site.base_url)
+        #: records passed over because they were pushed to this very site
+        self._echoes = 0
         self.client = client
         self.timeout = timeout
         self.attempt_name = f"{name}.attempted"
@@ -292,6 +299,11 @@ class NightscoutOutput(Output):
 
     def target(self) -> str:
         return self.base_url
+
+    def status(self) -> dict[str, Any]:
+        snapshot = super().status()
+        snapshot["echoes"] = self._echoes
+        return snapshot
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -436,7 +448,7 @@ class NightscoutOutput(Output):
                 return
             self._sending()
             try:
-                await self._send_chunk(collection, chunk)
+                echoes = await self._send_chunk(collection, chunk)
             except ChunkRejected as exc:
                 # the machine halves the chunk until the refused record is alone, then sets
                 # it aside so one bad record never holds back the ones after it (a queued
@@ -446,9 +458,16 @@ class NightscoutOutput(Output):
             if retry:
                 await self.astore.retry_done(self.name, collection, [r.seq for r in chunk])
             await self._accepted(collection, chunk)
+            # passed over, not delivered: they came from this site
+            self._delivered -= echoes
+            self._echoes += echoes
 
-    async def _send_chunk(self, collection: Collection, chunk: Sequence[Row]) -> None:
-        rows = list(chunk)
+    async def _send_chunk(self, collection: Collection, chunk: Sequence[Row]) -> int:
+        """POST the chunk's records the site lacks; how many were passed over as its own."""
+        rows = [r for r in chunk if r.source != self.echo_source]
+        echoes = len(chunk) - len(rows)
+        if not rows:
+            return echoes
         if collection == "profile":
             # a profile is posted only when the site does not hold it yet: the site inserts
             # every profile it is sent, and a fresh store does not know what went up before
@@ -459,12 +478,13 @@ class NightscoutOutput(Output):
                 rows = await self._not_at_site(collection, rows, [r for r in rows if r.seq <= attempted])
         if collection in NON_IDEMPOTENT:
             if not rows:
-                return
+                return echoes
             # written before the POST: after a crash, the records up to here may be at the site
             await self.astore.advance(self.attempt_name, collection, chunk[-1].seq)
         # the store keeps each document as compact JSON: the body is made without parsing them
         body = ("[" + ",".join(r.text for r in rows) + "]").encode("utf-8")
         await self._call("POST", f"{API}/{collection}", body=body)
+        return echoes
 
     async def _not_at_site(self, collection: Collection, rows: list[Row], uncertain: list[Row]) -> list[Row]:
         """``rows`` without those the site already holds (it is asked about ``uncertain``)."""

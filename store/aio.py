@@ -18,7 +18,7 @@ import trio
 
 from connect.errors import StoreError
 from connect.records import Batch, Collection, Record, Stream
-from store.database import Pending, PersistResult, RejectedGroup, Store, as_store_error
+from store.database import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Store, as_store_error
 from store.events import EventRow
 
 log = structlog.get_logger("store")
@@ -106,6 +106,15 @@ class AsyncStore:
 
     async def persist_frame(self, source: str, loop: str, batch: Batch) -> PersistResult:
         return await self.call(self.store.persist_frame, source, loop, batch)
+
+    async def persist_push(self, source: str, pushed: Sequence[PushKey]) -> PushResult:
+        return await self.call(self.store.persist_push, source, pushed)
+
+    async def delete_pushed(self, collection: Collection, oid: str) -> bool:
+        return await self.call(self.store.delete_pushed, collection, oid)
+
+    async def set_aside_message(self, source: str, topic: str, reason: str) -> bool:
+        return await self.call(self.store.set_aside_message, source, topic, reason)
 
     async def advance(self, output: str, collection: Stream, seq: int) -> None:
         await self.call(self.store.advance, output, collection, seq)

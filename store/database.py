@@ -7,8 +7,10 @@ the tests, Datasette — open their own connections; WAL lets them read while a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -44,25 +46,46 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def row_for(record: Record, source: str, seq: int, now: int | None = None) -> tuple[Any, ...]:
+def object_id(identifier: str) -> str:
+    """A stable 24-hex Mongo-style ``_id`` for a record identifier (clients expect ObjectIds).
+
+    Identifiers are UUID v5, themselves the leading bytes of a SHA-1: their first 24 hex digits
+    serve as they are. Anything else gets the first 24 hex digits of its own SHA-1.
+    """
+    if _UUID.match(identifier):
+        return identifier.replace("-", "").lower()[:24]
+    return hashlib.sha1(identifier.encode("utf-8")).hexdigest()[:24]
+
+
+_UUID: Final = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def row_for(
+    record: Record, source: str, seq: int, now: int | None = None, identifier: str | None = None
+) -> tuple[Any, ...]:
     """The columns of ``record`` in :data:`COLLECTION_COLUMNS` order, written at ``now`` (epoch
-    ms; the wall clock when not given)."""
-    doc = json.dumps(to_nightscout(record), separators=(",", ":"), sort_keys=True)
+    ms; the wall clock when not given), under ``identifier`` when a pushed record replaces a
+    stored one of another identifier."""
+    ident = identifier or record.identifier
+    fields = to_nightscout(record)
+    if identifier is not None:
+        fields["identifier"] = ident
+    doc = json.dumps(fields, separators=(",", ":"), sort_keys=True)
     at = _now_ms() if now is None else now
     match record:
         case Entry():
             return (
-                record.identifier, seq, record.date, iso_from_ms(record.date), record.type,
+                ident, seq, record.date, iso_from_ms(record.date), record.type,
                 record.sgv, record.direction, record.device, source, doc, at, at,
             )  # fmt: skip
         case Treatment():
             return (
-                record.identifier, seq, record.date, iso_from_ms(record.date), record.event_type,
+                ident, seq, record.date, iso_from_ms(record.date), record.event_type,
                 record.insulin, record.carbs, record.device, source, doc, at, at,
             )  # fmt: skip
         case DeviceStatus() | Profile():
             return (
-                record.identifier, seq, record.date, iso_from_ms(record.date), record.device,
+                ident, seq, record.date, iso_from_ms(record.date), record.device,
                 source, doc, at, at,
             )  # fmt: skip
 
@@ -95,6 +118,27 @@ class PersistResult:
     @property
     def total(self) -> int:
         return sum(self.written.values())
+
+
+@attrs.frozen
+class PushKey:
+    """One pushed record and how its sender named it (see :meth:`Store.persist_push`)."""
+
+    record: Record
+    #: the ``_id`` the sender gave (a replacement of that record)
+    object_id: str | None = None
+    #: the sender's own ``identifier``
+    identifier: str | None = None
+    #: a PUT: the record named by ``object_id`` must exist
+    must_exist: bool = False
+
+
+@attrs.frozen
+class PushResult:
+    """What a push wrote: the identifier each record was stored under, rows written per collection."""
+
+    identifiers: Sequence[str]
+    written: Mapping[str, int]
 
 
 @attrs.frozen
@@ -244,6 +288,7 @@ class Store:
         self.lock = lock
         #: transactions committed on this connection (a store that commits is healthy again)
         self.commits = 0
+        self._object_id_function = False
         conn = connect_sqlite(self.path, writer=False)
         try:
             check_schema(conn)  # before anything is written: a store we cannot use stays as it is
@@ -314,16 +359,23 @@ class Store:
 
     # --- frames -----------------------------------------------------------------------
 
-    def _upsert(self, conn: sqlite3.Connection, source: str, records: Sequence[Record]) -> dict[str, int]:
+    def _upsert(
+        self,
+        conn: sqlite3.Connection,
+        source: str,
+        records: Sequence[Record],
+        identifiers: Sequence[str] | None = None,
+    ) -> dict[str, int]:
         written: dict[str, int] = {}
         if not records:
             return written
         (seq,) = conn.execute("SELECT value FROM sequence WHERE name = 'seq'").fetchone()
         now = max(_now_ms(), self._last_write_ms)
         by_collection: dict[str, list[tuple[Any, ...]]] = {}
-        for record in records:
+        for i, record in enumerate(records):
             seq += 1
-            by_collection.setdefault(record.collection, []).append(row_for(record, source, seq, now))
+            ident = None if identifiers is None else identifiers[i]
+            by_collection.setdefault(record.collection, []).append(row_for(record, source, seq, now, ident))
         for collection, rows in by_collection.items():
             before = conn.total_changes
             conn.executemany(UPSERT_SQL[collection], rows)
@@ -356,6 +408,69 @@ class Store:
                         (source, loop, key, value, now),
                     )
         return PersistResult(written=written, checkpoint=checkpoint)
+
+    # --- pushed records (the write API, an MQTT subscription) --------------------------------
+
+    def _stored_by_object_id(self, conn: sqlite3.Connection, collection: Collection, oid: str) -> str | None:
+        """The identifier of the stored record served with ``_id`` ``oid``, if any."""
+        if not self._object_id_function:
+            conn.create_function("object_id", 1, object_id, deterministic=True)
+            self._object_id_function = True
+        row = conn.execute(
+            f"SELECT identifier FROM {collection} WHERE object_id(identifier) = ? LIMIT 1", (oid.lower(),)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _stored_by_key(self, conn: sqlite3.Connection, record: Record) -> str | None:
+        """The identifier of the stored record Nightscout would replace with ``record``: an entry
+        of the same time and type, a treatment of the same time and event type."""
+        if isinstance(record, Entry):
+            sql, key = "SELECT identifier FROM entries WHERE date = ? AND type = ? LIMIT 1", record.type
+        elif isinstance(record, Treatment):
+            sql = "SELECT identifier FROM treatments WHERE date = ? AND event_type = ? LIMIT 1"
+            key = record.event_type
+        else:
+            return None
+        row = conn.execute(sql, (record.date, key)).fetchone()
+        return None if row is None else str(row[0])
+
+    def persist_push(self, source: str, pushed: Sequence[PushKey]) -> PushResult:
+        """Write pushed records in one transaction, deduplicated as Nightscout does: a record
+        named by ``_id`` replaces that record (absent: a :class:`KeyError`, nothing written); an
+        entry replaces the stored one of the same date and type, a treatment the one of its
+        sender's ``identifier`` or else of the same created_at and eventType; a device status is
+        kept under its device and time. Records later in ``pushed`` win over earlier ones.
+        ``source`` is the origin the rows carry (the Nightscout output skips its own site's)."""
+        chosen: list[str] = []
+        with self.transaction() as conn:
+            claimed: dict[tuple[str, int, str], str] = {}
+            for item in pushed:
+                record = item.record
+                ident: str | None = None
+                if item.object_id is not None:
+                    ident = self._stored_by_object_id(conn, record.collection, item.object_id)
+                    if ident is None and item.must_exist:
+                        raise KeyError(item.object_id)
+                if ident is None and item.identifier is not None:
+                    ident = item.identifier
+                kind = record.type if isinstance(record, Entry) else getattr(record, "event_type", "")
+                key = (record.collection, record.date, kind)
+                if ident is None and record.collection in {"entries", "treatments"}:
+                    ident = claimed.get(key) or self._stored_by_key(conn, record)
+                ident = ident or record.identifier
+                claimed[key] = ident
+                chosen.append(ident)
+            written = self._upsert(conn, source, [item.record for item in pushed], chosen)
+        return PushResult(identifiers=chosen, written=written)
+
+    def delete_pushed(self, collection: Collection, oid: str) -> bool:
+        """Remove the record served with ``_id`` ``oid``; False when there is none."""
+        with self.transaction() as conn:
+            ident = self._stored_by_object_id(conn, collection, oid)
+            if ident is None:
+                return False
+            conn.execute(f"DELETE FROM {collection} WHERE identifier = ?", (ident,))
+        return True
 
     @staticmethod
     def _checkpoints(conn: sqlite3.Connection, source: str, loop: str) -> dict[str, int]:
@@ -449,6 +564,23 @@ class Store:
                 "updated_at = excluded.updated_at",
                 (output, collection, last_seq, _now_ms()),
             )
+
+    def set_aside_message(self, source: str, topic: str, reason: str) -> bool:
+        """Keep a pushed message that could not be read in ``rejected`` (its topic and why; the
+        reason names the message, so one resent is kept once); no cursor moves, since nothing of
+        it was stored. False when that message was already set aside."""
+        error = f"topic {topic}: {reason}"[:1000]
+        with self.transaction() as conn:
+            if conn.execute(
+                "SELECT 1 FROM rejected WHERE output = ? AND error = ? LIMIT 1", (source, error)
+            ).fetchone():
+                return False
+            conn.execute(
+                "INSERT INTO rejected (output, collection, first_seq, last_seq, records, status, "
+                "error, at) VALUES (?, ?, 0, 0, 1, 0, ?, ?)",
+                (source, "entries", error, _now_ms()),
+            )
+        return True
 
     def rejected_count(self, output: str) -> int:
         """Records ``output`` set aside and not queued for another try."""

@@ -12,9 +12,7 @@ the stored JSON is compact and key-sorted, written by :func:`connect.records.to_
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,6 +30,7 @@ from store.database import (
     SQLITE_HEADER,
     RejectedGroup,
     has_retry_queue,
+    object_id,
     rejected_groups,
 )
 from store.schema import SCHEMA_VERSION
@@ -98,20 +97,6 @@ class StoredEpisode:
     sgv_min: int | None
     sgv_max: int | None
     readings: int
-
-
-def object_id(identifier: str) -> str:
-    """A stable 24-hex Mongo-style ``_id`` for a record identifier (clients expect ObjectIds).
-
-    Identifiers are UUID v5, themselves the leading bytes of a SHA-1: their first 24 hex digits
-    serve as they are. Anything else gets the first 24 hex digits of its own SHA-1.
-    """
-    if _UUID.match(identifier):
-        return identifier.replace("-", "").lower()[:24]
-    return hashlib.sha1(identifier.encode("utf-8")).hexdigest()[:24]
-
-
-_UUID: Final = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 def _delta(sgv: int, date: int, prev_sgv: int, prev_date: int) -> int | float:

@@ -23,7 +23,8 @@ from typing import Any, Final, Literal
 import attrs
 
 from connect.records import COLLECTIONS, Collection
-from store.reader import StoreReader, object_id
+from store.database import object_id
+from store.reader import StoreReader
 
 Op = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "re"]
 OPERATORS: Final[tuple[Op, ...]] = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "re")

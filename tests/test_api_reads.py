@@ -17,7 +17,8 @@ from api.patterns import MAX_PATTERN, MAX_SUBJECT, PatternError, compile_pattern
 from api.query import MAX_FIND, QueryError, parse_read
 from connect.records import DeviceStatus, Entry, Treatment, iso_from_ms
 from store import Store
-from store.reader import Filter, StoreReader, object_id
+from store.database import object_id
+from store.reader import Filter, StoreReader
 from tests.test_api_support import FIVE_MIN, ApiClient, make_app, populate
 
 
@@ -331,7 +332,10 @@ def test_status_json_has_nightscouts_shape(world):
 def test_unknown_paths_and_methods(world):
     body = get(world, "/api/v1/nothing.json", 404)
     assert body == {"status": 404, "message": "Not Found"}
+    # writes exist, but never without the secret (this API has none, and only reads)
     response = world["client"].post("/api/v1/entries.json", json=[])
+    assert response.status_code == 401
+    response = world["client"].patch("/api/v1/entries.json", json=[])
     assert response.status_code == 405
 
 

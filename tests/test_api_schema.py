@@ -59,6 +59,9 @@ def run_operations(schema, mode: GenerationMode, examples: int) -> list[str]:
     checked = []
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.method.upper() != "GET":
+            # the writes answer 405 on this read-only app; test_api_writes generates their bodies
+            continue
 
         @given(case=operation.as_strategy(generation_mode=mode).filter(expressible))
         @settings(

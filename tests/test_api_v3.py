@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from api.tokens import LIFETIME_S
 from connect.records import DeviceStatus, Entry, iso_from_ms
 from store import Store, database
-from store.reader import object_id
+from store.database import object_id
 from tests.test_api_support import SECRET, ApiClient, make_app, populate
 
 SHA1 = hashlib.sha1(SECRET.encode()).hexdigest()

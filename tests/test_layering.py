@@ -36,6 +36,7 @@ KERNEL = frozenset(
         "connect.redact",
         "connect.logs",
         "connect.builder",
+        "connect.pushed",
     }
 )
 

@@ -34,6 +34,7 @@ from machines import (
     FetchMachine,
     PollerMachine,
     SessionMachine,
+    SubscriptionMachine,
 )
 
 #: (event, source, target) for each machine, as the runtime relies on them
@@ -221,6 +222,40 @@ SPECS.append(
 )
 
 
+SUBSCRIPTION_TABLE: frozenset[tuple[str, str, str]] = frozenset(
+    {
+        ("connected", "connecting", "subscribing"),
+        ("subscribed", "subscribing", "listening"),
+        ("lost", "connecting", "backoff"),
+        ("lost", "subscribing", "backoff"),
+        ("lost", "listening", "backoff"),
+        ("retry", "backoff", "connecting"),
+        ("stop", "connecting", "stopped"),
+        ("stop", "subscribing", "stopped"),
+        ("stop", "listening", "stopped"),
+        ("stop", "backoff", "stopped"),
+    }
+)
+SPECS.append(
+    Spec("subscription", SubscriptionMachine, SUBSCRIPTION_TABLE, kwargs={"lost": {"error": "broker gone"}})
+)
+
+
+def test_subscription_backs_off_on_the_one_policy_and_listening_clears_it() -> None:
+    sm = SubscriptionMachine()
+    waits = []
+    for _ in range(4):
+        sm.send("lost", error="refused")
+        waits.append(sm.wait_s())
+        sm.send("retry")
+    assert waits == sorted(waits) and waits[0] == sm.policy.delay(1) and sm.last_error == "refused"
+    sm.send("connected")
+    sm.send("subscribed")
+    assert sm.failures == 0 and sm.last_error is None
+    sm.send("lost")
+    assert sm.wait_s() == waits[0]
+
+
 def _refused_nine() -> DeliveryMachine:
     sm = DeliveryMachine()
     sm.refused_in_a_row = 9
@@ -355,7 +390,14 @@ def test_machines_run_on_the_sync_engine(spec: Spec) -> None:
 
 
 def test_all_machines_are_exported_and_strict() -> None:
-    assert set(ALL_MACHINES) == {SessionMachine, FetchMachine, CycleMachine, PollerMachine, DeliveryMachine}
+    assert set(ALL_MACHINES) == {
+        SessionMachine,
+        FetchMachine,
+        CycleMachine,
+        PollerMachine,
+        DeliveryMachine,
+        SubscriptionMachine,
+    }
     for machine in ALL_MACHINES:
         assert issubclass(machine, StateMachine)
         assert machine.allow_event_without_transition is False

@@ -91,7 +91,7 @@ def test_check_without_a_source_exits_2_and_points_at_a_typo(tmp_path: Path) -> 
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "nightscout-connect: " + NO_SOURCE + "dexcomshare, glooko, linkup, minimedcarelink, nightscout, "
-        "or sim for simulated readings"
+        "sim for simulated readings, mqtt for an MQTT subscription, or none to take only pushed data"
     ]
     assert "source: none: CONNECT_SOURCE is not set" in result.stdout
     assert "CONECT_SOURCE: nothing reads it; did you mean CONNECT_SOURCE?" in result.stdout
@@ -190,5 +190,5 @@ def test_an_account_file_without_a_source_is_refused(tmp_path: Path) -> None:
         load_accounts(tmp_path, [], strict=True)
     assert info.value.lines == [
         "bob.env: " + NO_SOURCE + "dexcomshare, glooko, linkup, minimedcarelink, nightscout, "
-        "or sim for simulated readings"
+        "sim for simulated readings, mqtt for an MQTT subscription, or none to take only pushed data"
     ]
