@@ -24,6 +24,7 @@ import trio
 
 from api.settings import ApiSettings, check_bind
 from connect import daemon as daemon_mod
+from connect import peers
 from connect.assemble import assemble
 from connect.contract import SourceInfo
 from connect.errors import ConfigError
@@ -70,7 +71,7 @@ def parse_env_file(text: str) -> dict[str, str]:
 
 def _settings_names() -> set[str]:
     """Names the settings read: ours and every installed source's old ones."""
-    names = set(legacy_env_for(None))
+    names = set(legacy_env_for(None)) | peers.all_names()
     for legacy in installed_legacy_env().values():
         names.update(legacy)
     return names

@@ -22,7 +22,7 @@ import structlog
 import trio
 
 from api.settings import ApiSettings, check_bind
-from connect import accounts
+from connect import accounts, peers
 from connect import daemon as daemon_mod
 from connect.assemble import assemble, try_outputs
 from connect.builder import SourcePlan
@@ -205,6 +205,7 @@ def env_report(source: SourceInfo | None, args: Sequence[str], given: Mapping[st
         "recognised variables: " + (", ".join(used) if used else "none"),
         "ignored variables: " + (", ".join(ignored) if ignored else "none"),
         *(f"  {note}" for note in notes),
+        *peers.peer_report(given, set(used)),
     ]
 
 

@@ -27,6 +27,11 @@ class OutputSettings(ConnectSettings):
     api_secret: SecretStr | None = Field(
         default=None, description="the Nightscout site's API_SECRET (sent as its SHA-1)"
     )
+    api_secret_sha1: SecretStr | None = Field(
+        default=None,
+        description="the SHA-1 hex of the site's API_SECRET or of a token, sent as it is "
+        "(for a secret kept only hashed, as nightscout-librelink-up's NIGHTSCOUT_API_TOKEN)",
+    )
     nightscout_token: SecretStr | None = Field(
         default=None,
         description="a Nightscout access token instead of the API secret (also read from ?token= in the endpoint)",
@@ -68,6 +73,16 @@ class OutputSettings(ConnectSettings):
             raise ValueError("Nightscout's API_SECRET has at least 12 characters")
         return value
 
+    @pydantic.field_validator("api_secret_sha1")
+    @classmethod
+    def _hashed_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        digest = value.get_secret_value().strip().lower()
+        if len(digest) != 40 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError("must be a SHA-1 in hex (40 characters 0-9, a-f)")
+        return SecretStr(digest)
+
     @pydantic.field_validator("mqtt_ca_file")
     @classmethod
     def _ca_file_readable(cls, value: Path | None) -> Path | None:
@@ -103,9 +118,14 @@ class OutputSettings(ConnectSettings):
         if self.nightscout_endpoint is None:
             return self
         target = nightscout_target(self.nightscout_endpoint)
-        if self.api_secret is None and self.nightscout_token is None and target.token is None:
+        if (
+            self.api_secret is None
+            and self.api_secret_sha1 is None
+            and self.nightscout_token is None
+            and target.token is None
+        ):
             raise ValueError(
-                "CONNECT_NIGHTSCOUT_ENDPOINT needs CONNECT_API_SECRET or a token "
+                "CONNECT_NIGHTSCOUT_ENDPOINT needs CONNECT_API_SECRET (or CONNECT_API_SECRET_SHA1) or a token "
                 "(CONNECT_NIGHTSCOUT_TOKEN or ?token= in the endpoint)"
             )
         return self
