@@ -63,6 +63,7 @@ commands:
             ([--output NAME] [--collection NAME])
 
 Every setting is a --flag or a CONNECT_* variable; `nightscout-connect <command> --help` lists them.
+--env-file FILE (or CONNECT_ENV_FILE) reads KEY=VALUE lines, no shell involved; the environment wins.
 run, once, check and capture need a source (CONNECT_SOURCE or --source); only demo reads the
 simulator by itself. Exit status: 0 done, 1 a frame, delivery or login failed, 2 bad settings.
 """
@@ -359,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nightscout-connect: unknown command {args[0]!r}\n\n{USAGE}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return command(args[1:])
+        return command(read_env_file(args[1:]))
     except UsageError as exc:
         for line in exc.lines:
             print(f"nightscout-connect: {line}", file=sys.stderr)
@@ -381,6 +382,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def read_env_file(args: Sequence[str]) -> list[str]:
+    """``--env-file FILE`` (or ``CONNECT_ENV_FILE``): settings read from a ``KEY=VALUE`` file by
+    the program itself, never by a shell, so a value with ``$``, quotes or spaces arrives as
+    written. A variable already in the environment wins over the file, as it does for
+    ``docker run --env-file`` and pydantic's own env files. Returns the other arguments."""
+    chosen, rest = take_option(args, "--env-file", "name the file of KEY=VALUE lines")
+    path = chosen if chosen is not None else os.environ.get("CONNECT_ENV_FILE", "").strip() or None
+    if path is None:
+        return rest
+    flag = "--env-file" if chosen is not None else "CONNECT_ENV_FILE"
+    if not os.path.isfile(path):
+        raise UsageError([f"{flag}: no file at {path!r}"])
+    from dotenv import dotenv_values
+
+    try:
+        values = dotenv_values(path, interpolate=False, encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError([f"{flag}: {path!r} cannot be read ({type(exc).__name__})"]) from None
+    for key, value in values.items():
+        if value is not None and key not in os.environ:
+            os.environ[key] = value
+    return rest
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -141,6 +141,8 @@ CARELINK_PORTAL_REGIONS: Final[Mapping[str, str]] = {
 }
 #: nightscout-connect variables whose value is translated rather than copied
 NODE_TRANSLATED: Final = frozenset({"CONNECT_DEBUG"})
+#: variables the command line reads itself, before any settings model (the env file's path)
+CLI_READ: Final = frozenset({"CONNECT_ENV_FILE"})
 #: variables nightscout-connect (or the Nightscout plugin it replaced) reads that have no use
 #: here, and what to do instead; `check` prints these beside the ignored list
 NODE_ONLY: Final[Mapping[str, str]] = {
@@ -355,7 +357,7 @@ def recognised_env(
     ignored: set[str] = set()
     for name in environ:
         if name.startswith("CONNECT_"):
-            (recognised if name in known or name in NODE_TRANSLATED else ignored).add(name)
+            (recognised if name in known or name in NODE_TRANSLATED | CLI_READ else ignored).add(name)
     for old, new in legacy.items():
         if old in environ:
             (recognised if new in known and _legacy_applies(old, legacy, environ) else ignored).add(old)
