@@ -81,6 +81,34 @@ def _newest_delivered_sgv(store: Store, output: str) -> dict[str, Any] | None:
     return doc
 
 
+#: how far back the reading before the current one may be for a delta (Nightscout shows none
+#: across a longer gap either)
+DELTA_WINDOW_MS: Final = 15 * 60_000
+MMOL_PER_MGDL: Final = 1 / 18.01559
+
+
+def current_view(store: Store, doc: dict[str, Any], *, only_newest: bool) -> dict[str, Any] | None:
+    """The retained ``current`` payload for ``doc``: its Nightscout JSON plus ``delta`` (mg/dL
+    since the reading before it, None across a gap), ``units`` and the value in mmol/L.
+
+    With ``only_newest``, None when the store already holds a newer sgv: during a backfill the
+    groups go out oldest first, and ``current`` must not step through history on the way."""
+    date = int(doc["date"])
+    if only_newest:
+        (newest,) = store.conn.execute("SELECT max(date) FROM entries WHERE type = 'sgv'").fetchone()
+        if newest is not None and int(newest) > date:
+            return None
+    row = store.conn.execute(
+        "SELECT sgv FROM entries WHERE type = 'sgv' AND date < ? AND date >= ? AND sgv IS NOT NULL "
+        "ORDER BY date DESC LIMIT 1",
+        (date, date - DELTA_WINDOW_MS),
+    ).fetchone()
+    sgv = doc.get("sgv")
+    delta = sgv - row[0] if row is not None and isinstance(sgv, (int, float)) else None
+    mmol = round(sgv * MMOL_PER_MGDL, 1) if isinstance(sgv, (int, float)) else None
+    return {**doc, "delta": delta, "units": "mg/dL", "mmol": mmol}
+
+
 class AckGroup:
     """Messages published together; done when the broker acknowledged all of them."""
 
@@ -112,6 +140,8 @@ class _Link:
         #: message id → the group of messages it belongs to, until the broker acknowledges it
         self.waiting: dict[int, AckGroup] = {}
         self.closing = False
+        #: (topic, payload) published retained when the connection ends cleanly
+        self.farewell: tuple[str, bytes] | None = None
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -269,6 +299,10 @@ class _Link:
         if self.error is None:
             self.closing = True
             try:
+                if self.farewell is not None:
+                    # a clean stop says so itself; the broker sends the will only when the
+                    # connection is lost
+                    client.publish(*self.farewell, qos=1, retain=True)
                 client.disconnect()
                 client.loop_write()
             except OSError:
@@ -291,6 +325,9 @@ class MqttOutput(Output):
         topic_prefix: str = "nightscout",
         qos: int = 1,
         retain_current: bool = False,
+        discovery: bool = False,
+        discovery_prefix: str = "homeassistant",
+        display_units: str = "mg/dl",
         ca_file: str | Path | None = None,
         client_id: str | None = None,
         group_size: int = 250,
@@ -309,7 +346,11 @@ class MqttOutput(Output):
         register_secret(target.password)
         self.topic_prefix = topic_prefix.strip("/")
         self.qos = qos
-        self.retain_current = retain_current
+        # Home Assistant's sensors read the retained current: discovery needs it
+        self.retain_current = retain_current or discovery
+        self.discovery = discovery
+        self.discovery_prefix = discovery_prefix.strip("/")
+        self.display_units = display_units
         self.ca_file = None if ca_file is None else str(ca_file)
         self.client_id = client_id or f"nightscout-connect-{uuid.uuid4().hex[:12]}"
         self.group_size = group_size
@@ -333,6 +374,9 @@ class MqttOutput(Output):
             topic_prefix=settings.mqtt_topic_prefix,
             qos=settings.mqtt_qos,
             retain_current=settings.mqtt_retain_current,
+            discovery=getattr(settings, "mqtt_discovery", False),
+            discovery_prefix=getattr(settings, "mqtt_discovery_prefix", "homeassistant"),
+            display_units=getattr(settings, "display_units", "mg/dl"),
             ca_file=settings.mqtt_ca_file,
             client_id=settings.mqtt_client_id,
             clock=clock,
@@ -357,9 +401,69 @@ class MqttOutput(Output):
     def current_topic(self) -> str:
         return f"{self.topic_prefix}/current"
 
+    @property
+    def status_topic(self) -> str:
+        """``online`` (retained) while the output is connected, ``offline`` after a clean stop
+        and, as the connection's last will, when the broker loses it."""
+        return f"{self.topic_prefix}/status"
+
+    def discovery_messages(self) -> list[tuple[str, bytes, bool]]:
+        """Home Assistant's MQTT discovery: one retained config per sensor, all reading the
+        retained ``current`` and going unavailable with the status topic."""
+        node = "nightscout_connect_" + "".join(c if c.isalnum() else "_" for c in self.topic_prefix)
+        mmol = self.display_units.lower().startswith("mmol")
+        unit = "mmol/L" if mmol else "mg/dL"
+        device = {
+            "identifiers": [node],
+            "name": f"nightscout-connect ({self.topic_prefix})",
+            "manufacturer": "nightscout-connect",
+        }
+        sensors: dict[str, dict[str, Any]] = {
+            "glucose": {
+                "name": "Glucose",
+                "value_template": "{{ value_json.mmol }}" if mmol else "{{ value_json.sgv }}",
+                "unit_of_measurement": unit,
+                "device_class": "blood_glucose_concentration",
+                "state_class": "measurement",
+            },
+            "delta": {
+                "name": "Glucose delta",
+                "value_template": "{{ (value_json.delta * 0.0555) | round(1) if value_json.delta is not none else none }}"
+                if mmol
+                else "{{ value_json.delta }}",
+                "unit_of_measurement": unit,
+                "state_class": "measurement",
+            },
+            "direction": {
+                "name": "Glucose trend",
+                "value_template": "{{ value_json.direction }}",
+                "icon": "mdi:trending-up",
+            },
+            "reading_time": {
+                "name": "Last reading",
+                "value_template": "{{ value_json.dateString }}",
+                "device_class": "timestamp",
+            },
+        }
+        messages = []
+        for key, config in sensors.items():
+            body = {
+                **config,
+                "unique_id": f"{node}_{key}",
+                "object_id": f"{node}_{key}",
+                "state_topic": self.current_topic,
+                "availability_topic": self.status_topic,
+                "payload_available": "online",
+                "payload_not_available": "offline",
+                "device": device,
+            }
+            topic = f"{self.discovery_prefix}/sensor/{node}_{key}/config"
+            messages.append((topic, payload_of(body), True))
+        return messages
+
     # --- the connection ---------------------------------------------------------------------
 
-    def _make_client(self, client_id: str) -> mqtt.Client:
+    def _make_client(self, client_id: str, *, announce: bool = False) -> mqtt.Client:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -374,6 +478,8 @@ class MqttOutput(Output):
             client.tls_set(ca_certs=self.ca_file)  # None: the system's CAs
         client.max_inflight_messages_set(self.inflight)
         client.max_queued_messages_set(0)
+        if announce:
+            client.will_set(self.status_topic, b"offline", qos=1, retain=True)
         client.connect_timeout = self.connect_timeout
         return client
 
@@ -402,13 +508,17 @@ class MqttOutput(Output):
         *,
         client_id: str | None = None,
         restate_current: bool = True,
+        farewell: bool = False,
     ) -> None:
-        """Connect, run ``body`` while the connection lives, disconnect; raise what ended it."""
+        """Connect, run ``body`` while the connection lives, disconnect; raise what ended it.
+
+        ``farewell``: a clean end publishes ``offline`` on the status topic (the daemon's
+        connection; a ``once`` pass leaves ``online`` standing between cron runs)."""
         broker = self.broker
         try:
             # inside the try: a CA bundle removed or damaged since start fails here, as a
             # connection failure, not as a crash of the daemon
-            client = self._make_client(client_id or self.client_id)
+            client = self._make_client(client_id or self.client_id, announce=restate_current)
             # a blocking TCP connect and TLS handshake; paho sends CONNECT before returning
             await trio.to_thread.run_sync(
                 lambda: client.connect(broker.host, broker.port, keepalive=self.keepalive),
@@ -423,6 +533,8 @@ class MqttOutput(Output):
         except (OSError, ValueError) as exc:
             raise TransientError(f"MQTT broker {self.target()} unreachable ({type(exc).__name__})") from None
         link = _Link(client, qos=self.qos, display=self.target())
+        if farewell:
+            link.farewell = (self.status_topic, b"offline")
         try:
             async with trio.open_nursery() as nursery:
                 link.scope = nursery.cancel_scope
@@ -444,6 +556,11 @@ class MqttOutput(Output):
         if scope.cancelled_caught:
             raise TransientError(f"MQTT broker {self.target()} sent no CONNACK in {self.connect_timeout:g} s")
         log.info("mqtt connected", output=self.name, broker=self.target())
+        if restate_current:
+            announced = [(self.status_topic, b"online", True)]
+            if self.discovery:
+                announced.extend(self.discovery_messages())
+            await link.acknowledged(link.publish(announced), within=self.ack_timeout)
         if self.retain_current and restate_current:
             await self._republish_current(link)
         # connected in status: ready to deliver, the retained current restated
@@ -453,7 +570,7 @@ class MqttOutput(Output):
     # --- delivery ---------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        await self._with_connection(self._serve_link)
+        await self._with_connection(self._serve_link, farewell=True)
 
     async def _serve_link(self, link: _Link) -> None:
         while True:
@@ -506,22 +623,23 @@ class MqttOutput(Output):
             events = await self.astore.events_after(after, limit=self.group_size)
             return events, [(self.event_topic(e.event), e.text.encode("utf-8"), False) for e in events]
         group = await self._records_after(stream, after, self.group_size)
-        return group, self._messages(stream, group)
+        messages = [(self.topic(stream, p.doc), payload_of(p.doc), False) for p in group]
+        candidate = self._newer_current(stream, [p.doc for p in group])
+        if candidate is not None:
+            current: dict[str, Any] | None = await self.astore.call(
+                current_view, self.astore.store, candidate, only_newest=True
+            )
+            if current is not None:
+                messages.append((self.current_topic, payload_of(current), True))
+                # one connection delivers in order: later groups compare against this one
+                self._current_date = int(candidate["date"])
+        return group, messages
 
     async def _records_after(self, collection: Collection, after: int, limit: int) -> list[Pending]:
         rows: list[Pending] = await self.astore.call(
             records_after, self.astore.store, collection, after, limit
         )
         return rows
-
-    def _messages(self, collection: Collection, group: Sequence[Pending]) -> list[tuple[str, bytes, bool]]:
-        messages = [(self.topic(collection, p.doc), payload_of(p.doc), False) for p in group]
-        current = self._newer_current(collection, [p.doc for p in group])
-        if current is not None:
-            messages.append((self.current_topic, payload_of(current), True))
-            # one connection delivers in order: later groups compare against this one
-            self._current_date = int(current["date"])
-        return messages
 
     def _newer_current(self, collection: Collection, docs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         """The group's newest sgv when it is newer than what {prefix}/current holds."""
@@ -542,5 +660,6 @@ class MqttOutput(Output):
         )
         self._current_date = None if doc is None else int(doc["date"])
         if doc is not None:
-            acks = link.publish([(self.current_topic, payload_of(doc), True)])
+            view = await self.astore.call(current_view, self.astore.store, doc, only_newest=False)
+            acks = link.publish([(self.current_topic, payload_of(view or doc), True)])
             await link.acknowledged(acks, within=self.ack_timeout)

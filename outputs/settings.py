@@ -49,6 +49,14 @@ class OutputSettings(ConnectSettings):
     mqtt_retain_current: bool = Field(
         default=False, description="publish the newest sgv retained on {prefix}/current"
     )
+    mqtt_discovery: bool = Field(
+        default=False,
+        description="Home Assistant MQTT discovery: glucose, delta, trend and last reading as sensors "
+        "(retained configs under the discovery prefix; implies the retained current)",
+    )
+    mqtt_discovery_prefix: str = Field(
+        default="homeassistant", min_length=1, description="Home Assistant's discovery prefix"
+    )
     mqtt_ca_file: Path | None = Field(
         default=None, description="CA bundle for mqtts:// (the system CAs when unset)"
     )
