@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
@@ -38,6 +39,7 @@ from connect.settings import (
     env_notes,
     extra_settings_models,
     field_names,
+    flag_for,
     infer_source,
     installed_legacy_env,
     legacy_env_for,
@@ -45,6 +47,7 @@ from connect.settings import (
     recognised_env,
     settings_model,
 )
+from connect.statusword import cmd_status
 from store import Store
 
 USAGE = """usage: nightscout-connect <command> [--flags]
@@ -56,6 +59,7 @@ commands:
   check     validate settings, try the login and each output; writes no data (exit 1: one failed)
   demo      the simulated CGM into a local store, with live logs and the API
   serve     the HTTP API alone over an existing store
+  status    what the daemon on the store (--store-path) last said, in words
   diagram   print the machines as mermaid, md or dot (--format)
   login     login carelink [--import FILE]: CareLink's first login (a person at a browser)
   capture   capture DIR: one frame per loop, each HTTP exchange saved to DIR, secrets replaced
@@ -347,7 +351,78 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "login": cmd_login,
     "capture": cmd_capture,
     "rejected": cmd_rejected,
+    "status": cmd_status,
 }
+
+
+#: what each command that reads settings does, for its --help
+SUMMARIES: dict[str, str] = {
+    "run": "run every loop of the source forever, with the API and the outputs (the daemon)",
+    "once": "one pass of every loop, deliver, then exit (1 if anything failed): cron mode",
+    "check": "validate the settings, try the login and each output; writes no data",
+    "demo": "the simulated CGM into a local store, with live logs and the API",
+    "serve": "the HTTP API alone over an existing store",
+    "status": "what the daemon on the store last said about itself, in plain words (read-only)",
+    "capture": "capture DIR: one frame per loop, each HTTP exchange saved to DIR, secrets replaced",
+    "login": "login carelink [--import FILE]: CareLink's first login, at a terminal",
+}
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("nightscout-connect")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _default_words(field: Any) -> str:
+    if field.is_required():
+        return "required"
+    default = field.get_default(call_default_factory=True)
+    if default is None or default == "":
+        return "unset"
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+def command_help(command: str, args: Sequence[str]) -> str:
+    """A command's settings, one line each: the flag, its variable, the default in words and
+    what it is for, grouped as the README's tables are."""
+    name = "sim" if command == "demo" else LOGIN_VENDORS.get("carelink") if command == "login" else None
+    name = name or selected_source([a for a in args if a not in ("-h", "--help")])
+    source = None
+    with contextlib.suppress(ConfigError):
+        source = None if name is None else load_source(name)
+    groups: list[tuple[str, Any]] = [("core", CoreSettings)]
+    if source is not None:
+        groups.append((f"source {source.name}", source.settings))
+    groups.extend(
+        (model.__name__.removesuffix("Settings").lower() or "other", model)
+        for model in extra_settings_models()
+    )
+    lines = [f"usage: nightscout-connect {command} [--flags]", "", SUMMARIES.get(command, ""), ""]
+    seen: set[str] = set()
+    for title, model in groups:
+        fields = [(f, info) for f, info in model.model_fields.items() if f not in seen]
+        if not fields:
+            continue
+        lines.append(f"{title}:")
+        for field, info in fields:
+            seen.add(field)
+            lines.append(f"  {flag_for(field):34} {env_for(field):36} {_default_words(info)}")
+            if info.description:
+                lines.append(f"      {info.description}")
+        lines.append("")
+    if source is None:
+        lines.append("name a source (--source NAME or CONNECT_SOURCE) to list its settings too")
+    lines.append("--env-file FILE (or CONNECT_ENV_FILE): read KEY=VALUE lines; the environment wins")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -355,10 +430,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return EXIT_OK if args else EXIT_USAGE
+    if args[0] in ("--version", "-V", "version"):
+        print(f"nightscout-connect {version()}")
+        return EXIT_OK
     command = COMMANDS.get(args[0])
     if command is None:
         print(f"nightscout-connect: unknown command {args[0]!r}\n\n{USAGE}", file=sys.stderr)
         return EXIT_USAGE
+    if args[0] in SUMMARIES and any(a in ("-h", "--help") for a in args[1:]):
+        try:
+            print(command_help(args[0], read_env_file(args[1:])))
+        except UsageError as exc:
+            for line in exc.lines:
+                print(f"nightscout-connect: {line}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
     try:
         return command(read_env_file(args[1:]))
     except UsageError as exc:
