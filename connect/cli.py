@@ -446,7 +446,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         return EXIT_OK
     try:
-        return command(read_env_file(args[1:]))
+        code = command(read_env_file(args[1:]))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (`diagram | head`): what it wanted it has; no traceback, and
+        # stdout pointed at /dev/null so the interpreter's own final flush stays quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except UsageError as exc:
         for line in exc.lines:
             print(f"nightscout-connect: {line}", file=sys.stderr)

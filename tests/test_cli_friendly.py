@@ -57,3 +57,20 @@ def test_status_says_in_words_what_the_daemon_last_saved(tmp_path: Path) -> None
     missing = run("status", CONNECT_STORE_PATH=str(tmp_path / "none.db"))
     assert missing.returncode == 2 and "no store at" in missing.stderr
     assert not os.path.exists(tmp_path / "none.db")
+
+
+def test_a_closed_pipe_is_no_traceback() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `diagram | head` after head has gone
+    try:
+        result = subprocess.run(
+            [*CLI, "diagram"],
+            env=env(PYTHONPATH=str(ROOT)),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0
+    assert b"Traceback" not in result.stderr and b"BrokenPipe" not in result.stderr
