@@ -484,6 +484,8 @@ def read_env_file(args: Sequence[str]) -> list[str]:
     written. A variable already in the environment wins over the file, as it does for
     ``docker run --env-file`` and pydantic's own env files. Returns the other arguments."""
     chosen, rest = take_option(args, "--env-file", "name the file of KEY=VALUE lines")
+    # Azure's connection strings (CUSTOMCONNSTR_API_SECRET …), as the older bridges read them
+    peers.apply_azure_names(os.environ)
     path = chosen if chosen is not None else os.environ.get("CONNECT_ENV_FILE", "").strip() or None
     if path is None:
         return rest
@@ -499,6 +501,7 @@ def read_env_file(args: Sequence[str]) -> list[str]:
     for key, value in values.items():
         if value is not None and key not in os.environ:
             os.environ[key] = value
+    peers.apply_azure_names(os.environ)
     return rest
 
 

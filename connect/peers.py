@@ -145,6 +145,24 @@ def all_names() -> set[str]:
     return {name for peer in PEERS for name in (*peer.read, *peer.unused)}
 
 
+#: Azure App Service hands "connection strings" to a program as CUSTOMCONNSTR_<name>;
+#: share2nightscout-bridge and minimed-connect-to-nightscout read their names that way too
+AZURE_PREFIX: Final = "CUSTOMCONNSTR_"
+
+
+def apply_azure_names(env: MutableMapping[str, str]) -> list[str]:
+    """``CUSTOMCONNSTR_DEXCOM_PASSWORD`` read as ``DEXCOM_PASSWORD`` (when that is unset), for
+    every peer's name: the bridges' own Azure advice put the secrets there. Returns the
+    prefixed names used."""
+    used = []
+    for name in sorted(all_names()):
+        prefixed = AZURE_PREFIX + name
+        if env.get(prefixed, "").strip() and not env.get(name, "").strip():
+            env[name] = env[prefixed]
+            used.append(prefixed)
+    return used
+
+
 def is_sha1(value: str) -> bool:
     text = value.strip().lower()
     return len(text) == 40 and all(c in "0123456789abcdef" for c in text)

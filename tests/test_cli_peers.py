@@ -40,7 +40,7 @@ HOUR_MS = 3_600_000
 SITE_SECRET = "bridge-era-site-secret-7d"
 FOREIGN = re.compile(
     r"^(CONNECT_|BRIDGE_|LINK_UP_|CARELINK_|MMCONNECT_|GLOOKO_|DEXCOM_|NIGHTSCOUT_|SHARE_INTERVAL$|NS$"
-    r"|WEBSITE_HOSTNAME$|API_SECRET$|BASE_URL$|MONGO_|LOG_LEVEL$|DEVICE_NAME$|SINGLE_SHOT$)"
+    r"|WEBSITE_HOSTNAME$|API_SECRET$|BASE_URL$|MONGO_|LOG_LEVEL$|DEVICE_NAME$|SINGLE_SHOT$|CUSTOMCONNSTR_)"
 )
 
 
@@ -118,6 +118,28 @@ def test_share2nightscout_bridge_environment(site: Any, share: Any, tmp_path: Pa
     assert "output nightscout " + site_url + ": ok, can write" in check.stdout
     assert account.password not in check.stdout + check.stderr
 
+    once = run(tmp_path, "once", **variables)
+    assert once.returncode == 0, once.stderr
+    delivered_share(ns, emu, account)
+
+
+def test_share2nightscout_bridge_on_azure_keeps_its_secrets_in_connection_strings(
+    site: Any, share: Any, tmp_path: Path
+) -> None:
+    ns, site_url = site
+    emu, account, share_url = share
+    variables = {
+        "CUSTOMCONNSTR_DEXCOM_ACCOUNT_NAME": account.account_name,
+        "CUSTOMCONNSTR_DEXCOM_PASSWORD": account.password,
+        "CUSTOMCONNSTR_API_SECRET": SITE_SECRET,
+        "NS": site_url,
+        "CONNECT_SHARE_SERVER": share_url,
+    }
+    check = run(tmp_path, "check", **variables)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert line(check.stdout, "source: ").startswith("source: dexcomshare")
+    assert "login: ok" in check.stdout
+    assert "output nightscout " + site_url + ": ok, can write" in check.stdout
     once = run(tmp_path, "once", **variables)
     assert once.returncode == 0, once.stderr
     delivered_share(ns, emu, account)
