@@ -142,6 +142,12 @@ def cmd_demo(args: Sequence[str]) -> int:
     settings, source = load_settings(args, source_name="sim")
     _configure_logs(settings, fmt="console", level="debug")
     log = structlog.get_logger("connect.demo")
+    bind = check_bind(settings) if isinstance(settings, ApiSettings) else None
+    if bind is not None and not bind.startswith("unix:"):
+        host, _, port = bind.rpartition(":")
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        # first, before the logs start: where to look
+        print(f"nightscout-connect demo: open http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
 
     async def main() -> None:
         async with assemble(settings, source) as daemon:

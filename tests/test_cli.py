@@ -160,6 +160,7 @@ def test_demo_serves_its_page_and_readings_without_any_setting(tmp_path: Path) -
         assert page.status_code == 200 and "<svg" in page.text
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "frame stored" in err
+    assert out.splitlines()[0] == f"nightscout-connect demo: open http://127.0.0.1:{port}/ (Ctrl-C stops it)"
