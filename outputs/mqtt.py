@@ -109,6 +109,33 @@ def current_view(store: Store, doc: dict[str, Any], *, only_newest: bool) -> dic
     return {**doc, "delta": delta, "units": "mg/dL", "mmol": mmol}
 
 
+def saved_sources(store: Store) -> list[dict[str, Any]]:
+    """Each source's part of the status the daemon last saved in the store (none yet: [])."""
+    row = store.conn.execute("SELECT json FROM machine_status WHERE key = 'daemon'").fetchone()
+    if row is None:
+        return []
+    status = json.loads(row[0])
+    sources = status.get("sources") if isinstance(status, dict) else None
+    return [s for s in sources or [] if isinstance(s, dict) and s.get("source")]
+
+
+def source_state(source: dict[str, Any]) -> dict[str, Any]:
+    """One source's state for Home Assistant: its session's state, when its loops last
+    succeeded and next check, and the last error (already free of secrets)."""
+    session = source.get("session") or {}
+    loops = [loop for loop in (source.get("loops") or {}).values() if isinstance(loop, dict)]
+    successes = [loop["last_success"] for loop in loops if isinstance(loop.get("last_success"), int)]
+    dues = [loop["next_due"] for loop in loops if isinstance(loop.get("next_due"), int)]
+    errors = [loop["last_error"] for loop in loops if loop.get("last_error")]
+    return {
+        "source": source.get("source"),
+        "state": session.get("state") or "unknown",
+        "last_success": max(successes) if successes else None,
+        "next_check": min(dues) if dues else None,
+        "last_error": session.get("last_error") or (errors[0] if errors else None),
+    }
+
+
 class AckGroup:
     """Messages published together; done when the broker acknowledged all of them."""
 
@@ -363,6 +390,8 @@ class MqttOutput(Output):
         self._connected = False
         #: date of the newest sgv published on {prefix}/current during this run
         self._current_date: int | None = None
+        #: source → the state last published on {prefix}/source/<source> (with discovery)
+        self._source_states: dict[str, bytes] = {}
 
     @classmethod
     def from_settings(
@@ -407,17 +436,59 @@ class MqttOutput(Output):
         and, as the connection's last will, when the broker loses it."""
         return f"{self.topic_prefix}/status"
 
-    def discovery_messages(self) -> list[tuple[str, bytes, bool]]:
-        """Home Assistant's MQTT discovery: one retained config per sensor, all reading the
-        retained ``current`` and going unavailable with the status topic."""
-        node = "nightscout_connect_" + "".join(c if c.isalnum() else "_" for c in self.topic_prefix)
-        mmol = self.display_units.lower().startswith("mmol")
-        unit = "mmol/L" if mmol else "mg/dL"
-        device = {
-            "identifiers": [node],
+    @property
+    def node(self) -> str:
+        return "nightscout_connect_" + "".join(c if c.isalnum() else "_" for c in self.topic_prefix)
+
+    def _device(self) -> dict[str, Any]:
+        return {
+            "identifiers": [self.node],
             "name": f"nightscout-connect ({self.topic_prefix})",
             "manufacturer": "nightscout-connect",
         }
+
+    def _config(self, key: str, state_topic: str, config: dict[str, Any]) -> tuple[str, bytes, bool]:
+        body = {
+            **config,
+            "unique_id": f"{self.node}_{key}",
+            "object_id": f"{self.node}_{key}",
+            "state_topic": state_topic,
+            "availability_topic": self.status_topic,
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "device": self._device(),
+        }
+        return (f"{self.discovery_prefix}/sensor/{self.node}_{key}/config", payload_of(body), True)
+
+    def source_messages(self, sources: Sequence[dict[str, Any]]) -> list[tuple[str, bytes, bool]]:
+        """Each source's state, retained on ``{prefix}/source/<source>`` when it changed, and
+        the first time a source is seen, its discovery config."""
+        messages = []
+        for source in sources:
+            state = source_state(source)
+            level = topic_level(state["source"])
+            payload = payload_of(state)
+            if self._source_states.get(level) == payload:
+                continue
+            topic = f"{self.topic_prefix}/source/{level}"
+            if level not in self._source_states:
+                key = "source_" + "".join(c if c.isalnum() else "_" for c in level)
+                config = {
+                    "name": f"{state['source']} state",
+                    "value_template": "{{ value_json.state }}",
+                    "json_attributes_topic": topic,
+                    "icon": "mdi:cloud-sync",
+                }
+                messages.append(self._config(key, topic, config))
+            messages.append((topic, payload, True))
+            self._source_states[level] = payload
+        return messages
+
+    def discovery_messages(self) -> list[tuple[str, bytes, bool]]:
+        """Home Assistant's MQTT discovery: one retained config per sensor, all reading the
+        retained ``current`` and going unavailable with the status topic."""
+        mmol = self.display_units.lower().startswith("mmol")
+        unit = "mmol/L" if mmol else "mg/dL"
         sensors: dict[str, dict[str, Any]] = {
             "glucose": {
                 "name": "Glucose",
@@ -445,21 +516,7 @@ class MqttOutput(Output):
                 "device_class": "timestamp",
             },
         }
-        messages = []
-        for key, config in sensors.items():
-            body = {
-                **config,
-                "unique_id": f"{node}_{key}",
-                "object_id": f"{node}_{key}",
-                "state_topic": self.current_topic,
-                "availability_topic": self.status_topic,
-                "payload_available": "online",
-                "payload_not_available": "offline",
-                "device": device,
-            }
-            topic = f"{self.discovery_prefix}/sensor/{node}_{key}/config"
-            messages.append((topic, payload_of(body), True))
-        return messages
+        return [self._config(key, self.current_topic, config) for key, config in sensors.items()]
 
     # --- the connection ---------------------------------------------------------------------
 
@@ -557,6 +614,7 @@ class MqttOutput(Output):
             raise TransientError(f"MQTT broker {self.target()} sent no CONNACK in {self.connect_timeout:g} s")
         log.info("mqtt connected", output=self.name, broker=self.target())
         if restate_current:
+            self._source_states = {}  # restated on this connection's first pass
             announced = [(self.status_topic, b"online", True)]
             if self.discovery:
                 announced.extend(self.discovery_messages())
@@ -613,6 +671,11 @@ class MqttOutput(Output):
                 self._sending()  # the broker's PUBACKs for this group are what is awaited
                 await link.acknowledged(acks, within=self.ack_timeout)
                 await self._accepted(stream, group)
+        if self.discovery:
+            sources = await self.astore.call(saved_sources, self.astore.store)
+            states = self.source_messages(sources)
+            if states:
+                await link.acknowledged(link.publish(states), within=self.ack_timeout)
 
     async def _group_after(
         self, stream: Stream, after: int

@@ -513,3 +513,42 @@ async def test_a_first_delivery_of_history_publishes_only_the_newest_as_current(
         seen.stop()
     dates = [json.loads(p)["date"] for t, p, _ in seen.snapshot() if t == "nightscout/current"]
     assert dates == [T0 + 35 * 300_000]  # never the three-hour-old newest of the first group
+
+
+async def test_each_sources_state_is_a_home_assistant_sensor(mosquitto: Broker, store: Store) -> None:
+    persist(store, list(readings(2)))
+    store.save_status(
+        "daemon",
+        {
+            "sources": [
+                {
+                    "source": "dexcomshare:alice",
+                    "session": {"state": "rejected", "last_error": "AuthRejected: password refused"},
+                    "loops": {
+                        "Entries": {"last_success": T0, "next_due": T0 + 1_800_000, "last_error": None}
+                    },
+                }
+            ],
+            "outputs": [],
+        },
+    )
+    astore = AsyncStore(store)
+    out = output(mosquitto, astore, discovery=True)
+    assert await out.deliver_until_idle()
+    configs = await trio.to_thread.run_sync(
+        retained_now,
+        mosquitto,
+        "homeassistant/sensor/nightscout_connect_nightscout_source_dexcomshare_alice/config",
+    )
+    (config,) = [json.loads(p) for _, p, r in configs if r]
+    assert config["state_topic"] == "nightscout/source/dexcomshare:alice"
+    assert config["value_template"] == "{{ value_json.state }}"
+    state = await trio.to_thread.run_sync(retained_now, mosquitto, "nightscout/source/+")
+    (doc,) = [json.loads(p) for _, p, r in state if r]
+    assert doc == {
+        "source": "dexcomshare:alice",
+        "state": "rejected",
+        "last_success": T0,
+        "next_check": T0 + 1_800_000,
+        "last_error": "AuthRejected: password refused",
+    }
