@@ -109,6 +109,7 @@ PEERS: Final[tuple[Peer, ...]] = (
             "API_SECRET": "CONNECT_API_SECRET",
         },
         unused={
+            "CARELINK_PASSWORD": "CareLink's login needs a person at a browser: run `nightscout-connect login carelink`",
             "CARELINK_REQUEST_INTERVAL": NOT_NEEDED_POLL,
             "CARELINK_SGV_LIMIT": EVERY_READING,
             "CARELINK_MAX_RETRY_DURATION": "retries and their backoff are built in (THEORY.md)",

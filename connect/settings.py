@@ -121,9 +121,9 @@ def source_config(bases: Sequence[type[BaseSettings]]) -> dict[str, Any]:
 
 
 #: the Nightscout site's own variables. nightscout-connect running inside a site wrote to that
-#: site, so a connector moved out of it with the same environment keeps writing there
-#: site (share2nightscout-bridge and minimed-connect-to-nightscout named it NS, or by its bare
-#: host WEBSITE_HOSTNAME, which means https://host as a bare host does here); the first one set wins
+#: site, so a connector moved out of it with the same environment keeps writing there; the
+#: older bridges named the site NS, or by its bare host WEBSITE_HOSTNAME (https://host, as a
+#: bare host means here too). The first one set wins
 SITE_LEGACY_ENV: Final[Mapping[str, str]] = {
     "BASE_URL": "CONNECT_NIGHTSCOUT_ENDPOINT",
     "NS": "CONNECT_NIGHTSCOUT_ENDPOINT",

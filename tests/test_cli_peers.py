@@ -250,6 +250,7 @@ def test_minimed_connect_to_nightscout_environment(site: Any, tmp_path: Path) ->
         report = line(check.stdout, "names of minimed-connect-to-nightscout: ")
         assert "NS → CONNECT_NIGHTSCOUT_ENDPOINT" in report
         assert "CARELINK_REQUEST_INTERVAL → no effect" in report
+        assert "CARELINK_PASSWORD → no effect" in report
         once = run(tmp_path, "once", **variables)
     assert once.returncode == 0, once.stderr
     assert len(ns.entries) >= 20
