@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -149,10 +150,27 @@ def cmd_demo(args: Sequence[str]) -> int:
         # first, before the logs start: where to look
         print(f"nightscout-connect demo: open http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
 
+    # how often the demo prints its one-line summary
+    try:
+        every = float(os.environ.get("CONNECT_DEMO_SUMMARY_SECONDS", "").strip() or 60)
+    except ValueError:
+        raise UsageError(["CONNECT_DEMO_SUMMARY_SECONDS: a number of seconds"]) from None
+
+    async def summaries(daemon: daemon_mod.Daemon) -> None:
+        from connect.statusword import one_line, reading_summary
+
+        while True:
+            await trio.sleep(max(every, 1.0))
+            stored, newest = await daemon.astore.call(lambda store: reading_summary(store.conn), daemon.store)
+            print(one_line(daemon.status(), stored, newest, int(time.time() * 1000)), flush=True)
+
     async def main() -> None:
         async with assemble(settings, source) as daemon:
             log.info("demo: simulated CGM → machines → store", store=settings.store_path)
-            await daemon_mod.run_forever(daemon)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(summaries, daemon)
+                await daemon_mod.run_forever(daemon)
+                nursery.cancel_scope.cancel()
 
     trio.run(main)
     return EXIT_OK

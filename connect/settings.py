@@ -142,7 +142,7 @@ CARELINK_PORTAL_REGIONS: Final[Mapping[str, str]] = {
 #: nightscout-connect variables whose value is translated rather than copied
 NODE_TRANSLATED: Final = frozenset({"CONNECT_DEBUG"})
 #: variables the command line reads itself, before any settings model (the env file's path)
-CLI_READ: Final = frozenset({"CONNECT_ENV_FILE"})
+CLI_READ: Final = frozenset({"CONNECT_ENV_FILE", "CONNECT_DEMO_SUMMARY_SECONDS"})
 #: variables nightscout-connect (or the Nightscout plugin it replaced) reads that have no use
 #: here, and what to do instead; `check` prints these beside the ignored list
 NODE_ONLY: Final[Mapping[str, str]] = {

@@ -104,6 +104,27 @@ def newest_reading(conn: sqlite3.Connection, now_ms: int) -> str:
     return f"newest reading: {sgv} mg/dL {direction or ''} {_when(date, now_ms)}".replace("  ", " ")
 
 
+def one_line(status: dict[str, Any], stored: int, newest: tuple[Any, ...] | None, now_ms: int) -> str:
+    """The demo's summary, once a minute: readings stored, the newest, each loop's next check."""
+    parts = [f"{stored} readings stored"]
+    if newest is not None:
+        date, sgv, direction = newest
+        parts.append(f"newest {sgv} mg/dL {direction or ''} {_when(date, now_ms)}".replace("  ", " "))
+    for source in status.get("sources", []):
+        for name, loop in (source.get("loops") or {}).items():
+            due = loop.get("next_due")
+            parts.append(f"{name} next check {_when(due, now_ms)}" if due else f"{name} {loop.get('state')}")
+    return "demo: " + "; ".join(parts)
+
+
+def reading_summary(conn: sqlite3.Connection) -> tuple[int, tuple[Any, ...] | None]:
+    (count,) = conn.execute("SELECT count(*) FROM entries WHERE type = 'sgv'").fetchone()
+    newest = conn.execute(
+        "SELECT date, sgv, direction FROM entries WHERE type = 'sgv' ORDER BY date DESC LIMIT 1"
+    ).fetchone()
+    return int(count), newest
+
+
 def cmd_status(args: Sequence[str]) -> int:
     settings, _ = load_settings(args, source_name="sim")
     path = settings.store_path
