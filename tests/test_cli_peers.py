@@ -288,3 +288,23 @@ def test_every_peer_name_read_is_really_read() -> None:
         read |= set(legacy)
     for peer in peers.PEERS:
         assert set(peer.read) <= read, peer.name
+
+
+def test_a_converted_name_beside_ours_is_listed_as_ignored_with_why() -> None:
+    from connect.settings import env_notes, recognised_env, settings_model
+
+    environ = {
+        "NIGHTSCOUT_URL": "ns.example.org",
+        "CONNECT_NIGHTSCOUT_ENDPOINT": "https://mine.example.org",
+        "CONNECT_API_SECRET": "a-secret-of-twelve+",
+        "NIGHTSCOUT_API_TOKEN": "b" * 40,
+        "BRIDGE_INTERVAL": "150000",
+    }
+    models = [settings_model(None)]
+    legacy = legacy_env_for(None)
+    used, ignored = recognised_env(models, environ, legacy=legacy)
+    assert "NIGHTSCOUT_URL" in ignored and "NIGHTSCOUT_API_TOKEN" in ignored and "BRIDGE_INTERVAL" in ignored
+    notes = env_notes(ignored, environ, legacy=legacy)
+    assert "NIGHTSCOUT_URL: CONNECT_NIGHTSCOUT_ENDPOINT is set too and wins" in notes
+    assert any(n.startswith("NIGHTSCOUT_API_TOKEN: CONNECT_API_SECRET") for n in notes)
+    assert f"BRIDGE_INTERVAL: {peers.NOT_NEEDED_POLL}" in notes
