@@ -382,7 +382,10 @@ async def test_events_are_published_on_their_topics_after_the_records(
         async with trio.open_nursery() as nursery:
             await nursery.start(out.run)
             await eventually(lambda: len(records_only(sub.snapshot())) >= 3 + len(stored))
-            await eventually(lambda: out.state == "idle" and store.events_lag("mqtt") == 0)
+            # the lag status shows is re-read after the pass: wait for it too
+            await eventually(
+                lambda: out.state == "idle" and store.events_lag("mqtt") == 0 and out.status()["lag"] == 0
+            )
             nursery.cancel_scope.cancel()
     finally:
         sub.stop()
