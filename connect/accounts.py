@@ -18,6 +18,7 @@ in one line before any store is opened (see :func:`descriptors_needed`).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import resource
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
@@ -31,6 +32,7 @@ import trio
 
 from api.settings import ApiSettings, check_bind
 from connect import daemon as daemon_mod
+from connect import peers
 from connect.assemble import assemble
 from connect.builder import SourcePlan
 from connect.contract import SourceInfo
@@ -94,28 +96,24 @@ class Loaded:
 
 
 def parse_env_file(text: str) -> dict[str, str]:
-    """``KEY=VALUE`` pairs; ``#`` comments and blank lines skipped, ``export`` and one pair of
-    surrounding quotes allowed. Raises ``ValueError`` naming the line (never its content)."""
+    """``KEY=VALUE`` pairs, read by python-dotenv: ``#`` comments (a line's and a value's after
+    a space), blank lines, ``export`` and quotes as a shell writes them, no ``$`` expansion.
+    Raises ``ValueError`` naming the line (never its content)."""
+    from dotenv.parser import parse_stream
+
     pairs: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        key, sep, value = line.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not key.replace("_", "").isalnum():
-            raise ValueError(f"line {number}: expected KEY=VALUE")
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        pairs[key] = value
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.key is None and not binding.error:
+            continue  # a comment or a blank line
+        if binding.error or binding.key is None or binding.value is None:
+            raise ValueError(f"line {binding.original.line}: expected KEY=VALUE")
+        pairs[binding.key] = binding.value
     return pairs
 
 
 def _settings_names() -> set[str]:
     """Names the settings read: ours and every installed source's old ones."""
-    names = set(legacy_env_for(None))
+    names = set(legacy_env_for(None)) | peers.all_names()
     for legacy in installed_legacy_env().values():
         names.update(legacy)
     return names

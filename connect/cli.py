@@ -15,14 +15,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
 
 from api.settings import ApiSettings, check_bind
-from connect import accounts
+from connect import accounts, peers
 from connect import daemon as daemon_mod
 from connect.assemble import assemble, try_outputs
 from connect.builder import SourcePlan
@@ -38,6 +40,7 @@ from connect.settings import (
     env_notes,
     extra_settings_models,
     field_names,
+    flag_for,
     infer_source,
     installed_legacy_env,
     legacy_env_for,
@@ -45,6 +48,7 @@ from connect.settings import (
     recognised_env,
     settings_model,
 )
+from connect.statusword import cmd_status
 from store import Store
 
 USAGE = """usage: nightscout-connect <command> [--flags]
@@ -58,6 +62,7 @@ commands:
             failed; also --accounts-dir DIR)
   demo      the simulated CGM into a local store, with live logs and the API
   serve     the HTTP API alone over an existing store
+  status    what the daemon on the store (--store-path) last said, in words
   diagram   print the machines as mermaid, md or dot (--format)
   login     login carelink [--import FILE]: CareLink's first login (a person at a browser)
   capture   capture DIR: one frame per loop, each HTTP exchange saved to DIR, secrets replaced
@@ -66,6 +71,7 @@ commands:
   export    records of a time range (--from, --to: both included) as csv, json or ndjson
 
 Every setting is a --flag or a CONNECT_* variable; `nightscout-connect <command> --help` lists them.
+--env-file FILE (or CONNECT_ENV_FILE) reads KEY=VALUE lines, no shell involved; the environment wins.
 run, once, check and capture need a source (CONNECT_SOURCE or --source); only demo reads the
 simulator by itself. Exit status: 0 done, 1 a frame, delivery or login failed, 2 bad settings.
 """
@@ -160,11 +166,34 @@ def cmd_demo(args: Sequence[str]) -> int:
     settings, source = load_settings(args, source_name="sim")
     _configure_logs(settings, fmt="console", level="debug")
     log = structlog.get_logger("connect.demo")
+    bind = check_bind(settings) if isinstance(settings, ApiSettings) else None
+    if bind is not None and not bind.startswith("unix:"):
+        host, _, port = bind.rpartition(":")
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        # first, before the logs start: where to look
+        print(f"nightscout-connect demo: open http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
+
+    # how often the demo prints its one-line summary
+    try:
+        every = float(os.environ.get("CONNECT_DEMO_SUMMARY_SECONDS", "").strip() or 60)
+    except ValueError:
+        raise UsageError(["CONNECT_DEMO_SUMMARY_SECONDS: a number of seconds"]) from None
+
+    async def summaries(daemon: daemon_mod.Daemon) -> None:
+        from connect.statusword import one_line, reading_summary
+
+        while True:
+            await trio.sleep(max(every, 1.0))
+            stored, newest = await daemon.astore.call(lambda store: reading_summary(store.conn), daemon.store)
+            print(one_line(daemon.status(), stored, newest, int(time.time() * 1000)), flush=True)
 
     async def main() -> None:
         async with assemble(settings, source) as daemon:
             log.info("demo: simulated CGM → machines → store", store=settings.store_path)
-            await daemon_mod.run_forever(daemon)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(summaries, daemon)
+                await daemon_mod.run_forever(daemon)
+                nursery.cancel_scope.cancel()
 
     trio.run(main)
     return EXIT_OK
@@ -228,6 +257,7 @@ def env_report(source: SourceInfo | None, args: Sequence[str], given: Mapping[st
         "recognised variables: " + (", ".join(used) if used else "none"),
         "ignored variables: " + (", ".join(ignored) if ignored else "none"),
         *(f"  {note}" for note in notes),
+        *peers.peer_report(given, set(used)),
     ]
 
 
@@ -380,7 +410,78 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "capture": cmd_capture,
     "rejected": cmd_rejected,
     "export": cmd_export,
+    "status": cmd_status,
 }
+
+
+#: what each command that reads settings does, for its --help
+SUMMARIES: dict[str, str] = {
+    "run": "run every loop of the source forever, with the API and the outputs (the daemon)",
+    "once": "one pass of every loop, deliver, then exit (1 if anything failed): cron mode",
+    "check": "validate the settings, try the login and each output; writes no data",
+    "demo": "the simulated CGM into a local store, with live logs and the API",
+    "serve": "the HTTP API alone over an existing store",
+    "status": "what the daemon on the store last said about itself, in plain words (read-only)",
+    "capture": "capture DIR: one frame per loop, each HTTP exchange saved to DIR, secrets replaced",
+    "login": "login carelink [--import FILE]: CareLink's first login, at a terminal",
+}
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("nightscout-connect")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _default_words(field: Any) -> str:
+    if field.is_required():
+        return "required"
+    default = field.get_default(call_default_factory=True)
+    if default is None or default == "":
+        return "unset"
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+def command_help(command: str, args: Sequence[str]) -> str:
+    """A command's settings, one line each: the flag, its variable, the default in words and
+    what it is for, grouped as the README's tables are."""
+    name = "sim" if command == "demo" else LOGIN_VENDORS.get("carelink") if command == "login" else None
+    name = name or selected_source([a for a in args if a not in ("-h", "--help")])
+    source = None
+    with contextlib.suppress(ConfigError):
+        source = None if name is None else load_source(name)
+    groups: list[tuple[str, Any]] = [("core", CoreSettings)]
+    if source is not None:
+        groups.append((f"source {source.name}", source.settings))
+    groups.extend(
+        (model.__name__.removesuffix("Settings").lower() or "other", model)
+        for model in extra_settings_models()
+    )
+    lines = [f"usage: nightscout-connect {command} [--flags]", "", SUMMARIES.get(command, ""), ""]
+    seen: set[str] = set()
+    for title, model in groups:
+        fields = [(f, info) for f, info in model.model_fields.items() if f not in seen]
+        if not fields:
+            continue
+        lines.append(f"{title}:")
+        for field, info in fields:
+            seen.add(field)
+            lines.append(f"  {flag_for(field):34} {env_for(field):36} {_default_words(info)}")
+            if info.description:
+                lines.append(f"      {info.description}")
+        lines.append("")
+    if source is None:
+        lines.append("name a source (--source NAME or CONNECT_SOURCE) to list its settings too")
+    lines.append("--env-file FILE (or CONNECT_ENV_FILE): read KEY=VALUE lines; the environment wins")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -388,12 +489,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return EXIT_OK if args else EXIT_USAGE
+    if args[0] in ("--version", "-V", "version"):
+        print(f"nightscout-connect {version()}")
+        return EXIT_OK
     command = COMMANDS.get(args[0])
     if command is None:
         print(f"nightscout-connect: unknown command {args[0]!r}\n\n{USAGE}", file=sys.stderr)
         return EXIT_USAGE
+    if args[0] in SUMMARIES and any(a in ("-h", "--help") for a in args[1:]):
+        try:
+            print(command_help(args[0], read_env_file(args[1:])))
+        except UsageError as exc:
+            for line in exc.lines:
+                print(f"nightscout-connect: {line}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
     try:
-        return command(args[1:])
+        code = command(read_env_file(args[1:]))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (`diagram | head`): what it wanted it has; no traceback, and
+        # stdout pointed at /dev/null so the interpreter's own final flush stays quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except UsageError as exc:
         for line in exc.lines:
             print(f"nightscout-connect: {line}", file=sys.stderr)
@@ -415,6 +535,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def read_env_file(args: Sequence[str]) -> list[str]:
+    """``--env-file FILE`` (or ``CONNECT_ENV_FILE``): settings read from a ``KEY=VALUE`` file by
+    the program itself, never by a shell, so a value with ``$``, quotes or spaces arrives as
+    written. A variable already in the environment wins over the file, as it does for
+    ``docker run --env-file`` and pydantic's own env files. Returns the other arguments."""
+    chosen, rest = take_option(args, "--env-file", "name the file of KEY=VALUE lines")
+    # Azure's connection strings (CUSTOMCONNSTR_API_SECRET …), as the older bridges read them
+    peers.apply_azure_names(os.environ)
+    path = chosen if chosen is not None else os.environ.get("CONNECT_ENV_FILE", "").strip() or None
+    if path is None:
+        return rest
+    flag = "--env-file" if chosen is not None else "CONNECT_ENV_FILE"
+    if not os.path.isfile(path):
+        raise UsageError([f"{flag}: no file at {path!r}"])
+    from dotenv import dotenv_values
+
+    try:
+        values = dotenv_values(path, interpolate=False, encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError([f"{flag}: {path!r} cannot be read ({type(exc).__name__})"]) from None
+    for key, value in values.items():
+        if value is not None and key not in os.environ:
+            os.environ[key] = value
+    peers.apply_azure_names(os.environ)
+    return rest
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

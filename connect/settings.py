@@ -20,6 +20,7 @@ import pydantic
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connect import peers
 from connect.contract import SourceInfo
 from connect.errors import ConfigError
 from connect.fields import ConnectSettings, StorePath
@@ -131,9 +132,13 @@ def source_config(bases: Sequence[type[BaseSettings]]) -> dict[str, Any]:
 
 
 #: the Nightscout site's own variables. nightscout-connect running inside a site wrote to that
-#: site, so a connector moved out of it with the same environment keeps writing there
+#: site, so a connector moved out of it with the same environment keeps writing there; the
+#: older bridges named the site NS, or by its bare host WEBSITE_HOSTNAME (https://host, as a
+#: bare host means here too). The first one set wins
 SITE_LEGACY_ENV: Final[Mapping[str, str]] = {
     "BASE_URL": "CONNECT_NIGHTSCOUT_ENDPOINT",
+    "NS": "CONNECT_NIGHTSCOUT_ENDPOINT",
+    "WEBSITE_HOSTNAME": "CONNECT_NIGHTSCOUT_ENDPOINT",
     "API_SECRET": "CONNECT_API_SECRET",
 }
 #: an old name is passed over when one of these is set too: nightscout-connect lets a Share
@@ -147,6 +152,8 @@ CARELINK_PORTAL_REGIONS: Final[Mapping[str, str]] = {
 }
 #: nightscout-connect variables whose value is translated rather than copied
 NODE_TRANSLATED: Final = frozenset({"CONNECT_DEBUG"})
+#: variables the command line reads itself, before any settings model (the env file's path)
+CLI_READ: Final = frozenset({"CONNECT_ENV_FILE", "CONNECT_DEMO_SUMMARY_SECONDS"})
 #: variables nightscout-connect (or the Nightscout plugin it replaced) reads that have no use
 #: here, and what to do instead; `check` prints these beside the ignored list
 NODE_ONLY: Final[Mapping[str, str]] = {
@@ -177,6 +184,9 @@ NODE_ONLY: Final[Mapping[str, str]] = {
     "CONNECT_FS_LABEL": "the local store (CONNECT_STORE_PATH) replaces the filesystem output",
 }
 TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
+#: every name read elsewhere that has no effect here → why (nightscout-connect's and the other
+#: bridges' alike)
+NO_USE: Final[Mapping[str, str]] = {**peers.unused_names(), **NODE_ONLY}
 
 
 def legacy_env_for(source: SourceInfo | None) -> dict[str, str]:
@@ -187,8 +197,21 @@ def legacy_env_for(source: SourceInfo | None) -> dict[str, str]:
     return {**SITE_LEGACY_ENV, **ALERT_LEGACY_ENV, **(source.legacy_env if source is not None else {})}
 
 
-def _legacy_applies(old: str, new: str, env: Mapping[str, str]) -> bool:
-    return old in env and new not in env and not any(k in env for k in LEGACY_UNLESS.get(old, ()))
+def _winner(old: str, legacy: Mapping[str, str], env: Mapping[str, str]) -> str | None:
+    """The name set in ``env`` that an old name gives way to: ours, a name of LEGACY_UNLESS, or an
+    old name listed before it for the same setting (``BASE_URL`` before ``NS``)."""
+    new = legacy.get(old)
+    earlier = []
+    for other, target in legacy.items():
+        if other == old:
+            break
+        if target == new:
+            earlier.append(other)
+    return next((k for k in (new, *LEGACY_UNLESS.get(old, ()), *earlier) if k is not None and k in env), None)
+
+
+def _legacy_applies(old: str, legacy: Mapping[str, str], env: Mapping[str, str]) -> bool:
+    return old in env and _winner(old, legacy, env) is None
 
 
 @contextlib.contextmanager
@@ -208,8 +231,9 @@ def apply_legacy_env(legacy: Mapping[str, str], environ: dict[str, str] | None =
     """Copy old variable names (e.g. ``BRIDGE_USER_NAME``) to ours when ours are unset."""
     env = os.environ if environ is None else environ
     used = []
+    original = dict(env)
     for old, new in legacy.items():
-        if _legacy_applies(old, new, env):
+        if _legacy_applies(old, legacy, original) and new not in env:
             env[new] = env[old]
             used.append(old)
     return used
@@ -223,7 +247,7 @@ def apply_node_values(environ: dict[str, str] | None = None) -> list[str]:
     send every request, discovery included, to that one host).
     """
     env = os.environ if environ is None else environ
-    used = []
+    used = peers.apply_peer_values(env)
     debug = env.get("CONNECT_DEBUG", "").strip().lower()
     if debug in TRUE_WORDS and "CONNECT_LOG_LEVEL" not in env:
         env["CONNECT_LOG_LEVEL"] = "debug"
@@ -344,11 +368,15 @@ def recognised_env(
     ignored: set[str] = set()
     for name in environ:
         if name.startswith("CONNECT_"):
-            (recognised if name in known or name in NODE_TRANSLATED else ignored).add(name)
+            (recognised if name in known or name in NODE_TRANSLATED | CLI_READ else ignored).add(name)
     for old, new in legacy.items():
         if old in environ:
-            (recognised if new in known and _legacy_applies(old, new, environ) else ignored).add(old)
-    for old in (*(other_legacy or {}), *NODE_ONLY):
+            (recognised if new in known and _legacy_applies(old, legacy, environ) else ignored).add(old)
+    translated = set(peers.apply_peer_values(dict(environ)))
+    for old in peers.TRANSLATED:
+        if old in environ:
+            (recognised if old in translated else ignored).add(old)
+    for old in (*(other_legacy or {}), *NO_USE):
         if old in environ and old not in legacy and not old.startswith("CONNECT_"):
             ignored.add(old)
     # a misspelt prefix (CONECT_SOURCE, CONNECT-SOURCE) is as silent a mistake as a misspelt
@@ -377,9 +405,11 @@ def env_notes(
     candidates = sorted(set(known))
     notes = []
     for name in names:
-        winner = next((k for k in (legacy.get(name), *LEGACY_UNLESS.get(name, ())) if k in environ), None)
-        if name in NODE_ONLY:
-            notes.append(f"{name}: {NODE_ONLY[name]}")
+        winner = _winner(name, legacy, environ) if name in legacy else None
+        if name in NO_USE:
+            notes.append(f"{name}: {NO_USE[name]}")
+        elif name in peers.TRANSLATED:
+            notes.append(f"{name}: {peers.TRANSLATED_NOTE[name]}")
         elif name in legacy and winner is not None:
             notes.append(f"{name}: {winner} is set too and wins")
         elif name in other_legacy:

@@ -81,6 +81,61 @@ def _newest_delivered_sgv(store: Store, output: str) -> dict[str, Any] | None:
     return doc
 
 
+#: how far back the reading before the current one may be for a delta (Nightscout shows none
+#: across a longer gap either)
+DELTA_WINDOW_MS: Final = 15 * 60_000
+MMOL_PER_MGDL: Final = 1 / 18.01559
+
+
+def current_view(store: Store, doc: dict[str, Any], *, only_newest: bool) -> dict[str, Any] | None:
+    """The retained ``current`` payload for ``doc``: its Nightscout JSON plus ``delta`` (mg/dL
+    since the reading before it, None across a gap), ``units`` and the value in mmol/L.
+
+    With ``only_newest``, None when the store already holds a newer sgv: during a backfill the
+    groups go out oldest first, and ``current`` must not step through history on the way."""
+    date = int(doc["date"])
+    if only_newest:
+        (newest,) = store.conn.execute("SELECT max(date) FROM entries WHERE type = 'sgv'").fetchone()
+        if newest is not None and int(newest) > date:
+            return None
+    row = store.conn.execute(
+        "SELECT sgv FROM entries WHERE type = 'sgv' AND date < ? AND date >= ? AND sgv IS NOT NULL "
+        "ORDER BY date DESC LIMIT 1",
+        (date, date - DELTA_WINDOW_MS),
+    ).fetchone()
+    sgv = doc.get("sgv")
+    delta = sgv - row[0] if row is not None and isinstance(sgv, (int, float)) else None
+    mmol = round(sgv * MMOL_PER_MGDL, 1) if isinstance(sgv, (int, float)) else None
+    return {**doc, "delta": delta, "units": "mg/dL", "mmol": mmol}
+
+
+def saved_sources(store: Store) -> list[dict[str, Any]]:
+    """Each source's part of the status the daemon last saved in the store (none yet: [])."""
+    row = store.conn.execute("SELECT json FROM machine_status WHERE key = 'daemon'").fetchone()
+    if row is None:
+        return []
+    status = json.loads(row[0])
+    sources = status.get("sources") if isinstance(status, dict) else None
+    return [s for s in sources or [] if isinstance(s, dict) and s.get("source")]
+
+
+def source_state(source: dict[str, Any]) -> dict[str, Any]:
+    """One source's state for Home Assistant: its session's state, when its loops last
+    succeeded and next check, and the last error (already free of secrets)."""
+    session = source.get("session") or {}
+    loops = [loop for loop in (source.get("loops") or {}).values() if isinstance(loop, dict)]
+    successes = [loop["last_success"] for loop in loops if isinstance(loop.get("last_success"), int)]
+    dues = [loop["next_due"] for loop in loops if isinstance(loop.get("next_due"), int)]
+    errors = [loop["last_error"] for loop in loops if loop.get("last_error")]
+    return {
+        "source": source.get("source"),
+        "state": session.get("state") or "unknown",
+        "last_success": max(successes) if successes else None,
+        "next_check": min(dues) if dues else None,
+        "last_error": session.get("last_error") or (errors[0] if errors else None),
+    }
+
+
 class AckGroup:
     """Messages published together; done when the broker acknowledged all of them."""
 
@@ -112,6 +167,8 @@ class _Link:
         #: message id → the group of messages it belongs to, until the broker acknowledges it
         self.waiting: dict[int, AckGroup] = {}
         self.closing = False
+        #: (topic, payload) published retained when the connection ends cleanly
+        self.farewell: tuple[str, bytes] | None = None
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -269,6 +326,10 @@ class _Link:
         if self.error is None:
             self.closing = True
             try:
+                if self.farewell is not None:
+                    # a clean stop says so itself; the broker sends the will only when the
+                    # connection is lost
+                    client.publish(*self.farewell, qos=1, retain=True)
                 client.disconnect()
                 client.loop_write()
             except OSError:
@@ -291,6 +352,9 @@ class MqttOutput(Output):
         topic_prefix: str = "nightscout",
         qos: int = 1,
         retain_current: bool = False,
+        discovery: bool = False,
+        discovery_prefix: str = "homeassistant",
+        display_units: str = "mg/dl",
         ca_file: str | Path | None = None,
         client_id: str | None = None,
         group_size: int = 250,
@@ -309,7 +373,11 @@ class MqttOutput(Output):
         register_secret(target.password)
         self.topic_prefix = topic_prefix.strip("/")
         self.qos = qos
-        self.retain_current = retain_current
+        # Home Assistant's sensors read the retained current: discovery needs it
+        self.retain_current = retain_current or discovery
+        self.discovery = discovery
+        self.discovery_prefix = discovery_prefix.strip("/")
+        self.display_units = display_units
         self.ca_file = None if ca_file is None else str(ca_file)
         self.client_id = client_id or f"nightscout-connect-{uuid.uuid4().hex[:12]}"
         self.group_size = group_size
@@ -322,6 +390,8 @@ class MqttOutput(Output):
         self._connected = False
         #: date of the newest sgv published on {prefix}/current during this run
         self._current_date: int | None = None
+        #: source → the state last published on {prefix}/source/<source> (with discovery)
+        self._source_states: dict[str, bytes] = {}
 
     @classmethod
     def from_settings(
@@ -333,6 +403,9 @@ class MqttOutput(Output):
             topic_prefix=settings.mqtt_topic_prefix,
             qos=settings.mqtt_qos,
             retain_current=settings.mqtt_retain_current,
+            discovery=getattr(settings, "mqtt_discovery", False),
+            discovery_prefix=getattr(settings, "mqtt_discovery_prefix", "homeassistant"),
+            display_units=getattr(settings, "display_units", "mg/dl"),
             ca_file=settings.mqtt_ca_file,
             client_id=settings.mqtt_client_id,
             clock=clock,
@@ -357,9 +430,97 @@ class MqttOutput(Output):
     def current_topic(self) -> str:
         return f"{self.topic_prefix}/current"
 
+    @property
+    def status_topic(self) -> str:
+        """``online`` (retained) while the output is connected, ``offline`` after a clean stop
+        and, as the connection's last will, when the broker loses it."""
+        return f"{self.topic_prefix}/status"
+
+    @property
+    def node(self) -> str:
+        return "nightscout_connect_" + "".join(c if c.isalnum() else "_" for c in self.topic_prefix)
+
+    def _device(self) -> dict[str, Any]:
+        return {
+            "identifiers": [self.node],
+            "name": f"nightscout-connect ({self.topic_prefix})",
+            "manufacturer": "nightscout-connect",
+        }
+
+    def _config(self, key: str, state_topic: str, config: dict[str, Any]) -> tuple[str, bytes, bool]:
+        body = {
+            **config,
+            "unique_id": f"{self.node}_{key}",
+            "object_id": f"{self.node}_{key}",
+            "state_topic": state_topic,
+            "availability_topic": self.status_topic,
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "device": self._device(),
+        }
+        return (f"{self.discovery_prefix}/sensor/{self.node}_{key}/config", payload_of(body), True)
+
+    def source_messages(self, sources: Sequence[dict[str, Any]]) -> list[tuple[str, bytes, bool]]:
+        """Each source's state, retained on ``{prefix}/source/<source>`` when it changed, and
+        the first time a source is seen, its discovery config."""
+        messages = []
+        for source in sources:
+            state = source_state(source)
+            level = topic_level(state["source"])
+            payload = payload_of(state)
+            if self._source_states.get(level) == payload:
+                continue
+            topic = f"{self.topic_prefix}/source/{level}"
+            if level not in self._source_states:
+                key = "source_" + "".join(c if c.isalnum() else "_" for c in level)
+                config = {
+                    "name": f"{state['source']} state",
+                    "value_template": "{{ value_json.state }}",
+                    "json_attributes_topic": topic,
+                    "icon": "mdi:cloud-sync",
+                }
+                messages.append(self._config(key, topic, config))
+            messages.append((topic, payload, True))
+            self._source_states[level] = payload
+        return messages
+
+    def discovery_messages(self) -> list[tuple[str, bytes, bool]]:
+        """Home Assistant's MQTT discovery: one retained config per sensor, all reading the
+        retained ``current`` and going unavailable with the status topic."""
+        mmol = self.display_units.lower().startswith("mmol")
+        unit = "mmol/L" if mmol else "mg/dL"
+        sensors: dict[str, dict[str, Any]] = {
+            "glucose": {
+                "name": "Glucose",
+                "value_template": "{{ value_json.mmol }}" if mmol else "{{ value_json.sgv }}",
+                "unit_of_measurement": unit,
+                "device_class": "blood_glucose_concentration",
+                "state_class": "measurement",
+            },
+            "delta": {
+                "name": "Glucose delta",
+                "value_template": "{{ (value_json.delta * 0.0555) | round(1) if value_json.delta is not none else none }}"
+                if mmol
+                else "{{ value_json.delta }}",
+                "unit_of_measurement": unit,
+                "state_class": "measurement",
+            },
+            "direction": {
+                "name": "Glucose trend",
+                "value_template": "{{ value_json.direction }}",
+                "icon": "mdi:trending-up",
+            },
+            "reading_time": {
+                "name": "Last reading",
+                "value_template": "{{ value_json.dateString }}",
+                "device_class": "timestamp",
+            },
+        }
+        return [self._config(key, self.current_topic, config) for key, config in sensors.items()]
+
     # --- the connection ---------------------------------------------------------------------
 
-    def _make_client(self, client_id: str) -> mqtt.Client:
+    def _make_client(self, client_id: str, *, announce: bool = False) -> mqtt.Client:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -374,6 +535,8 @@ class MqttOutput(Output):
             client.tls_set(ca_certs=self.ca_file)  # None: the system's CAs
         client.max_inflight_messages_set(self.inflight)
         client.max_queued_messages_set(0)
+        if announce:
+            client.will_set(self.status_topic, b"offline", qos=1, retain=True)
         client.connect_timeout = self.connect_timeout
         return client
 
@@ -402,13 +565,17 @@ class MqttOutput(Output):
         *,
         client_id: str | None = None,
         restate_current: bool = True,
+        farewell: bool = False,
     ) -> None:
-        """Connect, run ``body`` while the connection lives, disconnect; raise what ended it."""
+        """Connect, run ``body`` while the connection lives, disconnect; raise what ended it.
+
+        ``farewell``: a clean end publishes ``offline`` on the status topic (the daemon's
+        connection; a ``once`` pass leaves ``online`` standing between cron runs)."""
         broker = self.broker
         try:
             # inside the try: a CA bundle removed or damaged since start fails here, as a
             # connection failure, not as a crash of the daemon
-            client = self._make_client(client_id or self.client_id)
+            client = self._make_client(client_id or self.client_id, announce=restate_current)
             # a blocking TCP connect and TLS handshake; paho sends CONNECT before returning
             await trio.to_thread.run_sync(
                 lambda: client.connect(broker.host, broker.port, keepalive=self.keepalive),
@@ -423,6 +590,8 @@ class MqttOutput(Output):
         except (OSError, ValueError) as exc:
             raise TransientError(f"MQTT broker {self.target()} unreachable ({type(exc).__name__})") from None
         link = _Link(client, qos=self.qos, display=self.target())
+        if farewell:
+            link.farewell = (self.status_topic, b"offline")
         try:
             async with trio.open_nursery() as nursery:
                 link.scope = nursery.cancel_scope
@@ -444,6 +613,12 @@ class MqttOutput(Output):
         if scope.cancelled_caught:
             raise TransientError(f"MQTT broker {self.target()} sent no CONNACK in {self.connect_timeout:g} s")
         log.info("mqtt connected", output=self.name, broker=self.target())
+        if restate_current:
+            self._source_states = {}  # restated on this connection's first pass
+            announced = [(self.status_topic, b"online", True)]
+            if self.discovery:
+                announced.extend(self.discovery_messages())
+            await link.acknowledged(link.publish(announced), within=self.ack_timeout)
         if self.retain_current and restate_current:
             await self._republish_current(link)
         # connected in status: ready to deliver, the retained current restated
@@ -453,7 +628,7 @@ class MqttOutput(Output):
     # --- delivery ---------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        await self._with_connection(self._serve_link)
+        await self._with_connection(self._serve_link, farewell=True)
 
     async def _serve_link(self, link: _Link) -> None:
         while True:
@@ -496,6 +671,11 @@ class MqttOutput(Output):
                 self._sending()  # the broker's PUBACKs for this group are what is awaited
                 await link.acknowledged(acks, within=self.ack_timeout)
                 await self._accepted(stream, group)
+        if self.discovery:
+            sources = await self.astore.call(saved_sources, self.astore.store)
+            states = self.source_messages(sources)
+            if states:
+                await link.acknowledged(link.publish(states), within=self.ack_timeout)
 
     async def _group_after(
         self, stream: Stream, after: int
@@ -506,22 +686,23 @@ class MqttOutput(Output):
             events = await self.astore.events_after(after, limit=self.group_size)
             return events, [(self.event_topic(e.event), e.text.encode("utf-8"), False) for e in events]
         group = await self._records_after(stream, after, self.group_size)
-        return group, self._messages(stream, group)
+        messages = [(self.topic(stream, p.doc), payload_of(p.doc), False) for p in group]
+        candidate = self._newer_current(stream, [p.doc for p in group])
+        if candidate is not None:
+            current: dict[str, Any] | None = await self.astore.call(
+                current_view, self.astore.store, candidate, only_newest=True
+            )
+            if current is not None:
+                messages.append((self.current_topic, payload_of(current), True))
+                # one connection delivers in order: later groups compare against this one
+                self._current_date = int(candidate["date"])
+        return group, messages
 
     async def _records_after(self, collection: Collection, after: int, limit: int) -> list[Pending]:
         rows: list[Pending] = await self.astore.call(
             records_after, self.astore.store, collection, after, limit
         )
         return rows
-
-    def _messages(self, collection: Collection, group: Sequence[Pending]) -> list[tuple[str, bytes, bool]]:
-        messages = [(self.topic(collection, p.doc), payload_of(p.doc), False) for p in group]
-        current = self._newer_current(collection, [p.doc for p in group])
-        if current is not None:
-            messages.append((self.current_topic, payload_of(current), True))
-            # one connection delivers in order: later groups compare against this one
-            self._current_date = int(current["date"])
-        return messages
 
     def _newer_current(self, collection: Collection, docs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         """The group's newest sgv when it is newer than what {prefix}/current holds."""
@@ -542,5 +723,6 @@ class MqttOutput(Output):
         )
         self._current_date = None if doc is None else int(doc["date"])
         if doc is not None:
-            acks = link.publish([(self.current_topic, payload_of(doc), True)])
+            view = await self.astore.call(current_view, self.astore.store, doc, only_newest=False)
+            acks = link.publish([(self.current_topic, payload_of(view or doc), True)])
             await link.acknowledged(acks, within=self.ack_timeout)

@@ -239,6 +239,7 @@ class NightscoutOutput(Output):
         client: httpx.AsyncClient,
         *,
         api_secret: str | None = None,
+        api_secret_sha1: str | None = None,
         token: str | None = None,
         chunk_size: int = 500,
         timeout: float = 30.0,
@@ -250,10 +251,11 @@ class NightscoutOutput(Output):
         super().__init__(name, astore, clock=clock, rng=rng, policy=policy, chunk_size=chunk_size)
         site = nightscout_target(endpoint)
         token = token or site.token
-        register_secret(api_secret, token)
-        # the API secret wins when both are set: it always grants write access
+        register_secret(api_secret, api_secret_sha1, token)
+        # the API secret wins when both are set: it always grants write access; one given
+        # already hashed is sent as it is
         credential = api_secret or token
-        if not credential:
+        if not credential and not api_secret_sha1:
             raise ConfigError("the Nightscout output needs CONNECT_API_SECRET or a token")
         self.base_url = site.base_url
         #: rows pushed to this very site's address came from it: they are never sent back
@@ -264,9 +266,10 @@ class NightscoutOutput(Output):
         self.timeout = timeout
         self.attempt_name = f"{name}.attempted"
         #: what ``check`` calls the credential
-        self.credential_kind = "secret" if api_secret else "token"
+        self.credential_kind = "secret" if api_secret else "hashed secret" if api_secret_sha1 else "token"
+        header = sha1_hex(api_secret) if api_secret else api_secret_sha1 or sha1_hex(credential or "")
         self._headers = {
-            "api-secret": sha1_hex(credential),
+            "api-secret": header.lower(),
             "accept": "application/json",
             "content-type": "application/json",
         }
@@ -285,11 +288,13 @@ class NightscoutOutput(Output):
         token = (
             settings.nightscout_token.get_secret_value() if settings.nightscout_token is not None else None
         )
+        hashed = getattr(settings, "api_secret_sha1", None)
         return cls(
             settings.nightscout_endpoint,
             astore,
             client,
             api_secret=secret,
+            api_secret_sha1=None if hashed is None else hashed.get_secret_value(),
             token=token,
             chunk_size=settings.nightscout_chunk_size,
             timeout=settings.nightscout_timeout,

@@ -27,6 +27,11 @@ class OutputSettings(ConnectSettings):
     api_secret: SecretStr | None = Field(
         default=None, description="the Nightscout site's API_SECRET (sent as its SHA-1)"
     )
+    api_secret_sha1: SecretStr | None = Field(
+        default=None,
+        description="the SHA-1 hex of the site's API_SECRET or of a token, sent as it is "
+        "(for a secret kept only hashed, as nightscout-librelink-up's NIGHTSCOUT_API_TOKEN)",
+    )
     nightscout_token: SecretStr | None = Field(
         default=None,
         description="a Nightscout access token instead of the API secret (also read from ?token= in the endpoint)",
@@ -43,6 +48,14 @@ class OutputSettings(ConnectSettings):
     mqtt_qos: int = Field(default=1, ge=0, le=2, description="QoS of published messages")
     mqtt_retain_current: bool = Field(
         default=False, description="publish the newest sgv retained on {prefix}/current"
+    )
+    mqtt_discovery: bool = Field(
+        default=False,
+        description="Home Assistant MQTT discovery: glucose, delta, trend and last reading as sensors "
+        "(retained configs under the discovery prefix; implies the retained current)",
+    )
+    mqtt_discovery_prefix: str = Field(
+        default="homeassistant", min_length=1, description="Home Assistant's discovery prefix"
     )
     mqtt_ca_file: Path | None = Field(
         default=None, description="CA bundle for mqtts:// (the system CAs when unset)"
@@ -67,6 +80,16 @@ class OutputSettings(ConnectSettings):
             # Nightscout refuses to start with a shorter API_SECRET, so this one cannot match
             raise ValueError("Nightscout's API_SECRET has at least 12 characters")
         return value
+
+    @pydantic.field_validator("api_secret_sha1")
+    @classmethod
+    def _hashed_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        digest = value.get_secret_value().strip().lower()
+        if len(digest) != 40 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError("must be a SHA-1 in hex (40 characters 0-9, a-f)")
+        return SecretStr(digest)
 
     @pydantic.field_validator("mqtt_ca_file")
     @classmethod
@@ -103,9 +126,14 @@ class OutputSettings(ConnectSettings):
         if self.nightscout_endpoint is None:
             return self
         target = nightscout_target(self.nightscout_endpoint)
-        if self.api_secret is None and self.nightscout_token is None and target.token is None:
+        if (
+            self.api_secret is None
+            and self.api_secret_sha1 is None
+            and self.nightscout_token is None
+            and target.token is None
+        ):
             raise ValueError(
-                "CONNECT_NIGHTSCOUT_ENDPOINT needs CONNECT_API_SECRET or a token "
+                "CONNECT_NIGHTSCOUT_ENDPOINT needs CONNECT_API_SECRET (or CONNECT_API_SECRET_SHA1) or a token "
                 "(CONNECT_NIGHTSCOUT_TOKEN or ?token= in the endpoint)"
             )
         return self

@@ -194,6 +194,11 @@ def test_env_files_and_the_environment_they_are_read_in(monkeypatch: pytest.Monk
     }
     with pytest.raises(ValueError, match="line 2"):
         parse_env_file("A=1\nnot a setting\n")
+    # a comment after a value is a comment; a $ is a $
+    assert parse_env_file("CONNECT_SHARE_REGION=us # or ous\nP=a $b c\n") == {
+        "CONNECT_SHARE_REGION": "us",
+        "P": "a $b c",
+    }
     monkeypatch.setenv("CONNECT_SIM_SEED", "9")
     monkeypatch.setenv("BRIDGE_USER_NAME", "someone")
     monkeypatch.setenv("CONNECT_LOG_LEVEL", "debug")

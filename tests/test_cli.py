@@ -139,7 +139,11 @@ def test_demo_serves_its_page_and_readings_without_any_setting(tmp_path: Path) -
     db = tmp_path / "demo.db"
     proc = subprocess.Popen(
         [*CLI, "demo"],
-        env=env(CONNECT_HTTP_BIND=f"127.0.0.1:{port}", CONNECT_STORE_PATH=str(db)),
+        env=env(
+            CONNECT_HTTP_BIND=f"127.0.0.1:{port}",
+            CONNECT_STORE_PATH=str(db),
+            CONNECT_DEMO_SUMMARY_SECONDS="1",
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -158,8 +162,12 @@ def test_demo_serves_its_page_and_readings_without_any_setting(tmp_path: Path) -
         assert len(entries) == 5, "the demo's API served no readings"
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
         assert page.status_code == 200 and "<svg" in page.text
+        time.sleep(2.5)  # a summary line a second (a minute unless told otherwise)
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "frame stored" in err
+    assert out.splitlines()[0] == f"nightscout-connect demo: open http://127.0.0.1:{port}/ (Ctrl-C stops it)"
+    summaries = [ln for ln in out.splitlines()[1:] if ln.startswith("demo: ")]
+    assert summaries and "readings stored" in summaries[-1] and "newest " in summaries[-1], out

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from connect import peers
 from connect.settings import (
     apply_legacy_env,
     apply_node_values,
@@ -252,5 +253,6 @@ def test_the_readme_table_lists_every_old_name_read() -> None:
     names = set(legacy_env_for(None))  # the site's own names: its address, secret and thresholds
     for legacy in installed_legacy_env().values():
         names.update(legacy)
+    names |= peers.all_names()  # the other bridges' names, read or not
     for name in sorted(names):
         assert f"`{name}`" in section, name

@@ -71,3 +71,183 @@ def test_one_process_polls_many_accounts_each_into_its_own_store(tmp_path: Path)
         assert f'"sim:{name}"' in status
     # different seeds: the accounts are not copies of each other
     assert series["alice"] != series["bob"] != series["carol"]
+
+
+# --- deployment: compose, Docker, cron, systemd ---------------------------------------------------
+
+ROOT = EXAMPLES.parent
+INSTALLED = "/opt/nightscout-connect/bin/nightscout-connect"
+
+
+def test_compose_runs_the_daemon_beside_mosquitto_with_volumes() -> None:
+    text = (EXAMPLES / "compose.yaml").read_text()
+    yaml = pytest.importorskip("yaml")
+    doc = yaml.safe_load(text)
+    daemon, broker = doc["services"]["nightscout-connect"], doc["services"]["mosquitto"]
+    assert daemon["build"]["dockerfile"] == "examples/Dockerfile"
+    assert (EXAMPLES / daemon["build"]["context"] / daemon["build"]["dockerfile"]).is_file()
+    assert daemon["environment"]["CONNECT_MQTT_URL"] == "mqtt://mosquitto:1883"
+    assert "1338:1338" in daemon["ports"]
+    assert any(v.split(":")[1] == "/data" for v in daemon["volumes"])  # the store outlives the container
+    assert set(doc["volumes"]) >= {v.split(":")[0] for v in daemon["volumes"]}
+    conf = next(v for v in broker["volumes"] if v.endswith("mosquitto.conf:ro"))
+    assert (EXAMPLES / conf.split(":")[0]).is_file()
+    assert "mosquitto" in daemon["depends_on"]
+
+
+def dockerfile_json(instruction: str) -> list[str]:
+    """The exec-form array of a Dockerfile instruction (continuation lines joined)."""
+    import json
+
+    text = (EXAMPLES / "Dockerfile").read_text().replace("\\\n", " ")
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(instruction + " ")]
+    return list(json.loads(line[line.index("[") :]))
+
+
+def test_the_image_binds_every_address_and_honours_port(tmp_path: Path) -> None:
+    fake = tmp_path / "nightscout-connect"
+    fake.write_text('#!/bin/sh\necho "$CONNECT_HTTP_BIND $*"\n')
+    fake.chmod(0o755)
+    entry = dockerfile_json("ENTRYPOINT")
+    base = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+
+    def started(**env: str) -> str:
+        out = subprocess.run([*entry, "run"], env={**base, **env}, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    assert started() == "0.0.0.0:1338 run"
+    assert started(PORT="8080") == "0.0.0.0:8080 run"
+    assert started(CONNECT_HTTP_BIND="0") == "0 run"  # the API turned off stays off
+
+
+def test_the_healthcheck_asks_healthz_with_python_alone(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    check = dockerfile_json("HEALTHCHECK --interval=60s --timeout=10s --start-period=30s --retries=3")
+    assert check[0] == "python" and "/healthz" in check[-1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update(PYTHONPATH=str(ROOT), CONNECT_STORE_PATH=str(tmp_path / "demo.db"), CONNECT_LOG_FORMAT="json")
+    probe = [sys.executable, *check[1:]]
+    down = subprocess.run(probe, env={**env, "PORT": str(port)}, capture_output=True, timeout=30)
+    assert down.returncode != 0  # nothing listens yet: unhealthy
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "connect", "demo"],
+        env={**env, "CONNECT_HTTP_BIND": f"127.0.0.1:{port}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            up = subprocess.run(probe, env={**env, "PORT": str(port)}, capture_output=True, timeout=30)
+            if up.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert up.returncode == 0, up.stderr
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+
+
+def test_the_cron_line_works_with_crons_path_and_reads_the_env_file_itself(tmp_path: Path) -> None:
+    import shlex
+    import time
+
+    from tests.emulators.dexcom import ShareEmulator
+    from tests.emulators.nightscout import NightscoutEmulator
+    from tests.emulators.nightscout import serve_in_thread as serve_site
+    from tests.emulators.serve import serve_in_thread
+
+    (line,) = [ln for ln in (EXAMPLES / "cron.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    command = line.split(None, 5)[5]
+    assert command.startswith(INSTALLED + " ")  # cron's PATH has no venv: the full path
+    password = "pa$$word with $HOME and 'quotes'"
+    secret = "site secret $API_SECRET x"
+    emu = ShareEmulator()
+    account = emu.add_account("cron.user", password, first_reading_ms=int(time.time() * 1000) - 3_600_000)
+    site = NightscoutEmulator(secret)
+    site_url, stop = serve_site(site)
+    try:
+        with serve_in_thread(emu) as share_url:
+            env_file = tmp_path / "nightscout-connect.env"
+            env_file.write_text(
+                "CONNECT_SOURCE=dexcomshare\n"
+                "CONNECT_SHARE_ACCOUNT_NAME=cron.user\n"
+                f"CONNECT_SHARE_PASSWORD={password}\n"
+                f"CONNECT_SHARE_SERVER={share_url}\n"
+                f"CONNECT_NIGHTSCOUT_ENDPOINT={site_url}\n"
+                f"CONNECT_API_SECRET={secret}\n"
+                "CONNECT_SHARE_REGION=us # or ous\n"
+                f"CONNECT_STORE_PATH={tmp_path / 'cron.db'}\n"
+            )
+            log = tmp_path / "cron.log"
+            runnable = (
+                command.replace(INSTALLED, f"{shlex.quote(sys.executable)} -m connect")
+                .replace("/etc/nightscout-connect.env", str(env_file))
+                .replace("/var/log/nightscout-connect.log", str(log))
+            )
+            # cron's environment: a short PATH, no settings of ours
+            result = subprocess.run(
+                ["/bin/sh", "-c", runnable],
+                env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)},
+                cwd=tmp_path,
+                timeout=120,
+            )
+    finally:
+        stop()
+    assert result.returncode == 0, log.read_text()
+    assert emu.served(account), "the password did not arrive intact"
+    assert len(site.entries) >= 11  # and the site's secret did too
+    assert password not in log.read_text()
+
+
+def test_the_systemd_unit_names_the_installed_command_and_verifies(tmp_path: Path) -> None:
+    import shutil
+
+    unit = (EXAMPLES / "nightscout-connect.service").read_text()
+    assert f"ExecStart={INSTALLED} run" in unit
+    assert "LimitNOFILE=" in unit
+    readme = (ROOT / "README.md").read_text()
+    assert "python3 -m venv /opt/nightscout-connect" in readme  # the install steps make the path
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    fake = tmp_path / "nightscout-connect"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    copy = tmp_path / "nightscout-connect.service"
+    copy.write_text(unit.replace(INSTALLED, str(fake)))
+    verified = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert "nightscout-connect.service" not in verified.stderr, verified.stderr
+
+
+def test_an_env_file_is_read_without_a_shell_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connect.cli import read_env_file
+    from connect.loading import UsageError
+
+    env_file = tmp_path / "a.env"
+    env_file.write_text(
+        "CONNECT_SHARE_PASSWORD=a $b `c` d\nCONNECT_SHARE_REGION=us # or ous\nCONNECT_ACCOUNT=file\n"
+    )
+    monkeypatch.setenv("CONNECT_ACCOUNT", "environment")
+    for name in ("CONNECT_SHARE_PASSWORD", "CONNECT_SHARE_REGION", "CONNECT_ENV_FILE"):
+        monkeypatch.setenv(name, "restored afterwards")
+        monkeypatch.delenv(name)
+    assert read_env_file(["--env-file", str(env_file), "--source", "x"]) == ["--source", "x"]
+    assert os.environ["CONNECT_SHARE_PASSWORD"] == "a $b `c` d"
+    assert os.environ["CONNECT_SHARE_REGION"] == "us"  # a comment is a comment
+    assert os.environ["CONNECT_ACCOUNT"] == "environment"
+    monkeypatch.delenv("CONNECT_SHARE_PASSWORD")
+    monkeypatch.setenv("CONNECT_ENV_FILE", str(env_file))
+    assert read_env_file([]) == []
+    assert os.environ["CONNECT_SHARE_PASSWORD"] == "a $b `c` d"
+    with pytest.raises(UsageError, match="--env-file: no file at"):
+        read_env_file(["--env-file", str(tmp_path / "missing.env")])

@@ -67,6 +67,11 @@ def identifiers(messages: list[tuple[str, bytes, bool]], prefix: str = "nightsco
     return [json.loads(payload)["identifier"] for topic, payload, _ in messages if topic.startswith(prefix)]
 
 
+def records_only(messages: list[tuple[str, bytes, bool]]) -> list[tuple[str, bytes, bool]]:
+    """The messages but the availability topic's online/offline."""
+    return [m for m in messages if m[0] != "nightscout/status"]
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     s = Store(tmp_path / "store.db")
@@ -91,11 +96,14 @@ async def test_every_record_is_published_on_its_topic(mosquitto: Broker, store: 
         async with trio.open_nursery() as nursery:
             await nursery.start(out.run)
             await caught_up(out, astore)
-            await eventually(lambda: len(sub.snapshot()) >= 704)
+            await eventually(lambda: len(sub.snapshot()) >= 705)
             nursery.cancel_scope.cancel()
+        await eventually(lambda: sub.snapshot()[-1][1] == b"offline")
     finally:
         sub.stop()
-    messages = sub.snapshot()
+    # the availability topic: online while connected, offline after a clean stop
+    assert [p for t, p, _ in sub.snapshot() if t == "nightscout/status"] == [b"online", b"offline"]
+    messages = records_only(sub.snapshot())
     assert len(messages) == 704  # nothing failed, so nothing was sent twice
     by_topic: dict[str, list[dict[str, Any]]] = {}
     for topic, payload, retain in messages:
@@ -216,7 +224,7 @@ async def test_refused_login_is_an_auth_error_and_the_password_stays_secret(
         right = output(broker, astore, url=f"mqtt://cgm:{password}@127.0.0.1:{broker.port}")
         try:
             assert await right.deliver_until_idle()
-            await eventually(lambda: len(sub.snapshot()) == 20)
+            await eventually(lambda: len(records_only(sub.snapshot())) == 20)
         finally:
             sub.stop()
         texts = [logs.getvalue(), json.dumps(status), json.dumps(right.status()), repr(right.broker)]
@@ -287,7 +295,7 @@ async def test_tls_with_a_private_ca(
     try:
         trusted = output(broker, astore, ca_file=ca)
         assert await trusted.deliver_until_idle()
-        await eventually(lambda: len(sub.snapshot()) == 10)
+        await eventually(lambda: len(records_only(sub.snapshot())) == 10)
     finally:
         sub.stop()
     assert trusted.status()["target"].startswith("mqtts://")
@@ -373,12 +381,15 @@ async def test_events_are_published_on_their_topics_after_the_records(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(out.run)
-            await eventually(lambda: len(sub.snapshot()) >= 3 + len(stored))
-            await eventually(lambda: out.state == "idle" and store.events_lag("mqtt") == 0)
+            await eventually(lambda: len(records_only(sub.snapshot())) >= 3 + len(stored))
+            # the lag status shows is re-read after the pass: wait for it too
+            await eventually(
+                lambda: out.state == "idle" and store.events_lag("mqtt") == 0 and out.status()["lag"] == 0
+            )
             nursery.cancel_scope.cancel()
     finally:
         sub.stop()
-    messages = sub.snapshot()
+    messages = records_only(sub.snapshot())
     events = [(topic, payload) for topic, payload, _ in messages if topic.startswith("nightscout/events/")]
     # the event's body exactly as stored (and as a webhook gets it), on its own topic
     assert [payload.decode() for _, payload in events] == stored
@@ -388,3 +399,159 @@ async def test_events_are_published_on_their_topics_after_the_records(
     topics = [topic for topic, _, _ in messages]
     assert all(t.startswith("nightscout/entries/") for t in topics[:3])
     assert out.status()["lag"] == 0
+
+
+# --- Home Assistant: discovery, availability, delta and units, a current that never goes back ---
+
+
+def retained_now(broker: Broker, topic: str) -> list[tuple[str, bytes, bool]]:
+    """What a subscriber arriving now is handed for ``topic`` (the retained messages)."""
+    import time
+
+    sub = Subscriber(broker.port, topic).start()
+    try:
+        time.sleep(0.5)
+        return sub.snapshot()
+    finally:
+        sub.stop()
+
+
+async def test_home_assistant_discovery_and_availability(mosquitto: Broker, store: Store) -> None:
+    persist(store, list(readings(3)))
+    astore = AsyncStore(store)
+    out = output(mosquitto, astore, discovery=True, display_units="mmol")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(out.run)
+        await caught_up(out, astore)
+        configs = await trio.to_thread.run_sync(retained_now, mosquitto, "homeassistant/sensor/+/config")
+        status = await trio.to_thread.run_sync(retained_now, mosquitto, "nightscout/status")
+        current = await trio.to_thread.run_sync(retained_now, mosquitto, "nightscout/current")
+        nursery.cancel_scope.cancel()
+    node = "nightscout_connect_nightscout_"
+    by_id = {json.loads(p)["unique_id"].removeprefix(node): json.loads(p) for _, p, r in configs if r}
+    assert set(by_id) == {"glucose", "delta", "direction", "reading_time"}
+    glucose = by_id["glucose"]
+    assert (
+        glucose["unit_of_measurement"] == "mmol/L"
+        and glucose["device_class"] == "blood_glucose_concentration"
+    )
+    assert glucose["state_topic"] == "nightscout/current"
+    assert all(c["availability_topic"] == "nightscout/status" for c in by_id.values())
+    assert by_id["reading_time"]["device_class"] == "timestamp"
+    assert [p for _, p, r in status if r] == [b"online"]
+    (doc,) = [json.loads(p) for _, p, r in current if r]  # discovery turns the retained current on
+    # delta and units ride in the payload: readings 80, 81, 82 five minutes apart
+    assert (doc["sgv"], doc["delta"], doc["units"], doc["mmol"]) == (82, 1, "mg/dL", 4.6)
+    # a clean stop says offline itself
+    after = await trio.to_thread.run_sync(retained_now, mosquitto, "nightscout/status")
+    assert [p for _, p, r in after if r] == [b"offline"]
+
+
+async def test_a_lost_connection_leaves_the_last_will(mosquitto: Broker, store: Store) -> None:
+    astore = AsyncStore(store)
+    out = output(mosquitto, astore, retain_current=True, keepalive=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(out.run)
+        await eventually(lambda: out.status()["connected"] is True)
+        online = await trio.to_thread.run_sync(retained_now, mosquitto, "nightscout/status")
+        assert [p for _, p, r in online if r] == [b"online"]
+        # the daemon vanishes without a goodbye: its socket dies, the broker publishes the will
+        sock = out_socket(out)
+        sock.shutdown(2)
+        await eventually(lambda: out.status()["connected"] is False)
+
+        async def offline() -> bool:
+            seen = await trio.to_thread.run_sync(retained_now, mosquitto, "nightscout/status")
+            return [p for _, p, r in seen if r] == [b"offline"]
+
+        await eventually(offline, timeout=20)
+        nursery.cancel_scope.cancel()
+
+
+def out_socket(out: MqttOutput) -> Any:
+    import gc
+
+    from outputs.mqtt import _Link
+
+    (link,) = [o for o in gc.get_objects() if isinstance(o, _Link) and o.client.socket() is not None]
+    return link.client.socket()
+
+
+async def test_a_backfill_never_moves_the_retained_current_back(mosquitto: Broker, store: Store) -> None:
+    now = T0 + 12 * 3_600_000
+    astore = AsyncStore(store)
+    # the newest hour first, as a source catching up the present before the past
+    persist(store, readings(12, start=now - 11 * 300_000))
+    seen = Subscriber(mosquitto.port, "nightscout/current").start()
+    out = output(mosquitto, astore, retain_current=True, group_size=50)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(out.run)
+            await caught_up(out, astore)
+            # then eleven hours of history, in frames oldest first: 132 readings in 3 groups
+            for hour in range(11):
+                await apersist(astore, readings(12, start=T0 + hour * 3_600_000))
+            out.wake()
+            await caught_up(out, astore)
+            nursery.cancel_scope.cancel()
+    finally:
+        seen.stop()
+    dates = [json.loads(p)["date"] for t, p, _ in seen.snapshot() if t == "nightscout/current"]
+    assert dates and dates == sorted(dates) and dates[-1] == now
+    assert set(dates) == {now}
+
+
+async def test_a_first_delivery_of_history_publishes_only_the_newest_as_current(
+    mosquitto: Broker, store: Store
+) -> None:
+    # three hours stored before the output ever ran: its groups go out oldest first
+    persist(store, readings(36))
+    seen = Subscriber(mosquitto.port, "nightscout/current").start()
+    astore = AsyncStore(store)
+    out = output(mosquitto, astore, retain_current=True, group_size=10)
+    try:
+        assert await out.deliver_until_idle()
+        await eventually(lambda: len(seen.snapshot()) >= 1)
+    finally:
+        seen.stop()
+    dates = [json.loads(p)["date"] for t, p, _ in seen.snapshot() if t == "nightscout/current"]
+    assert dates == [T0 + 35 * 300_000]  # never the three-hour-old newest of the first group
+
+
+async def test_each_sources_state_is_a_home_assistant_sensor(mosquitto: Broker, store: Store) -> None:
+    persist(store, list(readings(2)))
+    store.save_status(
+        "daemon",
+        {
+            "sources": [
+                {
+                    "source": "dexcomshare:alice",
+                    "session": {"state": "rejected", "last_error": "AuthRejected: password refused"},
+                    "loops": {
+                        "Entries": {"last_success": T0, "next_due": T0 + 1_800_000, "last_error": None}
+                    },
+                }
+            ],
+            "outputs": [],
+        },
+    )
+    astore = AsyncStore(store)
+    out = output(mosquitto, astore, discovery=True)
+    assert await out.deliver_until_idle()
+    configs = await trio.to_thread.run_sync(
+        retained_now,
+        mosquitto,
+        "homeassistant/sensor/nightscout_connect_nightscout_source_dexcomshare_alice/config",
+    )
+    (config,) = [json.loads(p) for _, p, r in configs if r]
+    assert config["state_topic"] == "nightscout/source/dexcomshare:alice"
+    assert config["value_template"] == "{{ value_json.state }}"
+    state = await trio.to_thread.run_sync(retained_now, mosquitto, "nightscout/source/+")
+    (doc,) = [json.loads(p) for _, p, r in state if r]
+    assert doc == {
+        "source": "dexcomshare:alice",
+        "state": "rejected",
+        "last_success": T0,
+        "next_check": T0 + 1_800_000,
+        "last_error": "AuthRejected: password refused",
+    }

@@ -43,6 +43,7 @@ SOURCE = SourceInfo(
         # password they also took is of no use now: CareLink's login needs a browser)
         "CARELINK_USERNAME": "CONNECT_CARELINK_USERNAME",
         "MMCONNECT_USER_NAME": "CONNECT_CARELINK_USERNAME",
+        "CARELINK_PATIENT": "CONNECT_CARELINK_PATIENT_USERNAME",
         # EU, US or a portal host: the region setting takes all three (settings.region_of)
         "MMCONNECT_SERVER": "CONNECT_CARELINK_REGION",
         "MMCONNECT_COUNTRYCODE": "CONNECT_COUNTRY_CODE",

@@ -33,6 +33,9 @@ SOURCE = SourceInfo(
         "BRIDGE_USER_NAME": "CONNECT_SHARE_ACCOUNT_NAME",
         "BRIDGE_PASSWORD": "CONNECT_SHARE_PASSWORD",
         "BRIDGE_SERVER": "CONNECT_SHARE_SERVER",
+        # share2nightscout-bridge's names (its Dexcom server was always the US one)
+        "DEXCOM_ACCOUNT_NAME": "CONNECT_SHARE_ACCOUNT_NAME",
+        "DEXCOM_PASSWORD": "CONNECT_SHARE_PASSWORD",
     },
     default_server=f"https://{REGIONS['us'].host}{PATH_PREFIX}",
 )
