@@ -17,7 +17,7 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -46,6 +46,20 @@ FILTER_COLUMNS: Final[dict[Collection, frozenset[str]]] = {
     "devicestatus": frozenset({"date", "device"}),
     "profile": frozenset({"date", "device"}),
 }
+
+
+@attrs.frozen
+class Where:
+    """An extra SQL condition on the documents (alias ``e``), with its bound parameters and the
+    functions it calls, registered on the borrowed connection before the query runs."""
+
+    sql: str
+    params: tuple[Any, ...] = ()
+    functions: tuple[tuple[str, int, Callable[..., Any]], ...] = ()
+
+    def prepare(self, conn: sqlite3.Connection) -> None:
+        for name, nargs, function in self.functions:
+            conn.create_function(name, nargs, function, deterministic=True)
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -222,10 +236,15 @@ class StoreReader:
     # --- documents ------------------------------------------------------------------------
 
     @staticmethod
-    def _where(collection: Collection, filters: Sequence[Filter], alias: str) -> tuple[str, list[Any]]:
+    def _where(
+        collection: Collection, filters: Sequence[Filter], alias: str, extra: Where | None = None
+    ) -> tuple[str, list[Any]]:
         allowed = FILTER_COLUMNS[collection]
         clauses: list[str] = []
         params: list[Any] = []
+        if extra is not None:
+            clauses.append(f"({extra.sql})")
+            params.extend(extra.params)
         for f in filters:
             if f.column not in allowed or f.op not in OPS:
                 raise ValueError(f"cannot filter {collection} on {f.column!r}")
@@ -240,22 +259,26 @@ class StoreReader:
         limit: int = 10,
         *,
         page_deltas: bool = True,
+        extra: Where | None = None,
     ) -> list[str]:
         """The newest ``limit`` documents matching every filter, as JSON texts, newest first.
 
         CGM readings stored without a ``delta`` get one from the previous reading of the same
         device (within :data:`DELTA_WINDOW_MS`). ``page_deltas=False`` always looks that reading
-        up in the store (the tests compare both ways).
+        up in the store (the tests compare both ways). ``extra`` is one more condition on every
+        document (a search on any field, :func:`store.search.where`).
         """
         if collection not in COLLECTIONS:
             raise ValueError(f"unknown collection {collection!r}")
-        where, params = self._where(collection, filters, "e")
+        where, params = self._where(collection, filters, "e", extra)
         if collection != "entries":
             sql = f"SELECT e.identifier, e.json FROM {collection} e{where} ORDER BY e.date DESC, e.rowid DESC LIMIT ?"
             with self.connection() as conn:
+                if extra is not None:
+                    extra.prepare(conn)
                 rows = conn.execute(sql, [*params, limit]).fetchall()
             return [splice(doc, identifier) for identifier, doc in rows]
-        if page_deltas and all(_keeps_runs(f) for f in filters):
+        if page_deltas and extra is None and all(_keeps_runs(f) for f in filters):
             return self._entries_from_page(where, params, limit)
         # p: the previous reading of the same device within the window, looked up per row
         sql = (
@@ -267,6 +290,8 @@ class StoreReader:
             f"{where} ORDER BY e.date DESC, e.rowid DESC LIMIT ?"
         )
         with self.connection() as conn:
+            if extra is not None:
+                extra.prepare(conn)
             rows = conn.execute(sql, [DELTA_WINDOW_MS, *params, limit]).fetchall()
         out: list[str] = []
         for identifier, doc, sgv, date, prev_sgv, prev_date in rows:

@@ -198,16 +198,17 @@ def test_find_on_treatment_created_at(world):
     ("query", "named"),
     [
         ("find[date][$regex]=1", "$regex"),
-        ("find[date][$in]=1", "$in"),
         ("find[date][$gte]=2024-01-18T00:00:00Z", "find[date][$gte]"),
         ("find[date][$gte]=soon", "find[date][$gte]"),
         ("find[dateString][$gte]=yesterday", "find[dateString][$gte]"),
         ("find[dateString][$lt]=2024-13-45", "find[dateString][$lt]"),
-        ("find[colour]=red", "colour"),
+        ("find[col our]=red", "col our"),
+        ("find[colour][$exists]=maybe", "$exists"),
+        ("find[colour][$gt]=/red/", "find[colour][$gt]"),
         ("find[date][$gte][x]=1", "find[date][$gte][x]"),
         ("find=1", "find"),
         ("find[date][$gte]=99999999999999999999", "find[date][$gte]"),
-        ("find[sgv][$gt]=high", "find[sgv][$gt]"),
+        ("find[sgv][$gt][0]=1", "find[sgv][$gt][0]"),
     ],
 )
 def test_bad_find_is_a_400_naming_the_problem(world, query, named):
@@ -549,8 +550,9 @@ def test_event_type_patterns_combine_with_other_conditions(world):
     assert event_types({"find[eventType]": "/Bolus/", "find[created_at][$gte]": since}) == ["Meal Bolus"] * 3
     # a value that only looks like a path stays a plain value
     assert event_types({"find[eventType]": "Meal Bolus/2"}) == []
-    # entries: Nightscout compares /…/ literally outside a treatment's eventType
-    assert get(world, "/api/v1/entries.json?" + urlencode({"find[type]": "/sgv/"})) == []
+    # any field takes a /pattern/ (Nightscout hands it to MongoDB as a regular expression)
+    typed = get(world, "/api/v1/entries.json?" + urlencode({"find[type]": "/^s.v$/"}))
+    assert typed and {d["type"] for d in typed} == {"sgv"}
 
 
 @pytest.mark.parametrize(
@@ -641,8 +643,11 @@ def test_the_query_carries_patterns_and_ids_apart_from_store_filters():
     (match,) = query.matches
     assert match.column == "event_type" and match.holds("Meal Bolus") and not match.holds("Note")
     assert query.limit == 1000
+    # a pattern on any other field is a condition on the document
+    (condition,) = parse_read("treatments", [("find[notes]", "/x/")]).conditions
+    assert condition.field == "notes" and condition.op == "re"
     with pytest.raises(QueryError):
-        parse_read("treatments", [("find[notes]", "/x/")])
+        parse_read("treatments", [("find[notes][$lt]", "/x/")])
 
 
 @given(body=st.text(alphabet=st.sampled_from("ab()[]{}|*+?.^$\\-,:=!<>P0123456789x"), max_size=40))
