@@ -35,7 +35,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 
 
 #: what the API adds to a stored document: Nightscout's server-side fields
-SERVED = ("_id", "delta", "sysTime", "utcOffset")
+SERVED = ("_id", "delta", "mills", "sysTime", "utcOffset")
 
 
 def strip(doc: dict) -> dict:
