@@ -15,7 +15,7 @@ from api.context import ApiContext, Clock, StatusFn, StoreFaultFn, attach
 from api.errors import add_error_handlers
 from api.guard import GuardMiddleware, LoopGuardMiddleware
 from api.openapi import SECURITY_SCHEMES
-from api.routes import alerts, connect, export, nightscout, ops, status_page, v3
+from api.routes import alerts, connect, export, nightscout, ops, pebble, status_page, v3
 from api.settings import ApiSettings
 from api.version import NAME, connect_version
 from connect.clock import wall_ms
@@ -25,6 +25,7 @@ from store.reader import StoreReader
 ROUTERS: tuple[APIRouter, ...] = (
     nightscout.router,
     v3.router,
+    pebble.router,
     connect.router,
     alerts.router,
     export.router,
