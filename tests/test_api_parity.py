@@ -10,6 +10,7 @@ comparison but does satisfy ``$ne``/``$nin``.
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import random
 import re
@@ -21,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connect.records import Treatment
+from connect.records import DeviceStatus, Treatment
 from store import Store
-from tests.test_api_support import ApiClient, make_app, populate
+from tests.test_api_support import SECRET, ApiClient, make_app, populate
 
 BASE = 1_750_000_000_000
 
@@ -121,6 +122,123 @@ def test_served_documents_carry_mills_and_whole_numbers(world):
     assert all(t["mills"] == t["date"] for t in meals)
     response = world["client"].get("/api/v1/treatments.json?find[eventType]=Meal Bolus")
     assert '"carbs":30,' in response.text or '"carbs":30}' in response.text
+
+
+# --- every row of the issue's table, each request sent with the secret ----------------------
+
+SHA1 = hashlib.sha1(SECRET.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory):
+    path = Path(tmp_path_factory.mktemp("table")) / "store.db"
+    info = populate(path, count=30)
+    store = Store(path)
+    store.upsert(
+        [
+            Treatment(
+                event_type="Note", date=info["end"] - 7 * 60_000, device="phone", notes="x", entered_by="x"
+            ),
+            DeviceStatus(device="phone", date=info["end"] - 60_000, payload={"uploader": {"battery": 87}}),
+        ],
+        source="test",
+    )
+    store.close()
+    app, reader = make_app(path)
+    with ApiClient(app, headers={"api-secret": SHA1}) as client:
+        yield client
+    reader.close()
+
+
+def _lines(text: str, separator: str) -> list[list[str]]:
+    return [line.split(separator) for line in text.splitlines()]
+
+
+def _check_text(separator: str, count: int):
+    def check(response: Any) -> None:
+        rows = _lines(response.text, separator)
+        assert len(rows) == count and all(len(r) == 5 for r in rows)
+        date_string, date, sgv, direction, device = rows[0]
+        assert date_string.startswith('"20') and date.isdigit() and sgv.isdigit()
+        assert direction.startswith('"') and device == '"share2"'
+
+    return check
+
+
+def _check_pebble(response: Any) -> None:
+    body = response.json()
+    assert set(body) == {"status", "bgs", "cals"} and len(body["bgs"]) == 3
+    newest = body["bgs"][0]
+    assert isinstance(newest["sgv"], str) and isinstance(newest["trend"], int)
+    assert {"direction", "datetime", "bgdelta"} <= set(newest) and newest["battery"] == "87"
+    assert body["cals"][0]["slope"] == 900.0
+
+
+def _check_properties(response: Any) -> None:
+    body = response.json()
+    assert set(body) == {"bgnow", "delta", "direction"}
+    assert body["bgnow"]["last"] == body["bgnow"]["sgvs"][0]["mgdl"]
+    assert isinstance(body["delta"]["mgdl"], (int, float)) and body["direction"]["value"]
+
+
+TABLE: list[tuple[str, dict[str, str], Any]] = [
+    ("/api/v1/treatments.json?find[carbs][$gt]=0", {}, lambda r: len(r.json()) == 5),
+    (
+        "/api/v1/treatments.json?find[insulin][$gte]=2",
+        {},
+        lambda r: {t["insulin"] for t in r.json()} == {2.5},
+    ),
+    ("/api/v1/treatments.json?find[enteredBy]=x", {}, lambda r: [t["notes"] for t in r.json()] == ["x"]),
+    (
+        "/api/v1/treatments.json?find[eventType][$in][]=Note&find[eventType][$in][]=Temp%20Basal",
+        {},
+        lambda r: sorted(t["eventType"] for t in r.json()) == ["Note", "Temp Basal"],
+    ),
+    (
+        "/api/v1/entries/sgv.json?find[direction]=Flat&count=30",
+        {},
+        lambda r: r.json() and {e["direction"] for e in r.json()} == {"Flat"},
+    ),
+    ("/api/v1/profile/current.json", {}, lambda r: r.json()["defaultProfile"] == "Default"),
+    ("/api/v1/entries/sgv.txt?count=3", {}, _check_text("\t", 3)),
+    ("/api/v1/entries.csv?count=4&find[type]=sgv", {}, _check_text(",", 4)),
+    ("/api/v1/entries.tsv?count=2&find[type]=sgv", {}, _check_text("\t", 2)),
+    ("/pebble?count=3", {}, _check_pebble),
+    ("/api/v2/properties/bgnow,delta,direction", {}, _check_properties),
+    ("/api/v1/entries.json?token=wrong-token-entirely", {}, lambda r: len(r.json()) == 10),
+    ("/api/v1/entries.json?count=1", {}, lambda r: r.json()[0]["mills"] == r.json()[0]["date"]),
+    (
+        "/api/v1/treatments.json?find[carbs]=30",
+        {},
+        lambda r: '"carbs":30,' in r.text and "30.0" not in r.text,
+    ),
+    (
+        "/api/v3/entries?limit=1",
+        {"Authorization": f"Bearer {SECRET}"},
+        lambda r: len(r.json()["result"]) == 1,
+    ),
+]
+
+
+@pytest.mark.parametrize(("url", "headers", "check"), TABLE, ids=[row[0] for row in TABLE])
+def test_the_issue_table_is_answered_as_nightscout_does(site, url, headers, check):
+    response = site.get(url, headers=headers)
+    assert response.status_code == 200, response.text
+    assert check(response) in (None, True)
+
+
+def test_text_formats_media_types(site):
+    assert site.get("/api/v1/entries.txt").headers["content-type"].startswith("text/plain")
+    assert site.get("/api/v1/entries.tsv").headers["content-type"].startswith("text/tab-separated-values")
+    assert site.get("/api/v1/entries.csv").headers["content-type"].startswith("text/csv")
+    assert site.get("/api/v1/entries.txt", headers={"api-secret": "0" * 40}).status_code == 401
+
+
+def test_properties_absent_and_pebble_in_mmol(site):
+    assert site.get("/api/v2/properties/iob,cob").json() == {}
+    assert set(site.get("/api/v2/properties").json()) >= {"bgnow", "delta", "direction", "buckets"}
+    mmol = site.get("/pebble?units=mmol").json()["bgs"][0]
+    assert "." in mmol["sgv"]
 
 
 # --- any field against an evaluator of the same semantics ----------------------------------
