@@ -42,6 +42,12 @@ def strip(doc: dict) -> dict:
     return {k: v for k, v in doc.items() if k not in SERVED}
 
 
+def get_text(world, url: str) -> str:
+    response = world["client"].get(url)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
 def get(world, url: str, status: int = 200):
     response = world["client"].get(url)
     assert response.status_code == status, response.text
@@ -517,8 +523,10 @@ def test_a_bad_id_is_a_400(world, query):
 
 
 def test_a_path_that_is_neither_an_id_nor_a_type_is_a_400(world):
-    for spec in ("a.b", "0123456789abcdef0123456", "x" * 40, "sgv.csv"):
+    for spec in ("a.b", "0123456789abcdef0123456", "x" * 40, "sgv.xml", "sgv.csv.json"):
         get(world, f"/api/v1/entries/{spec}", 400)
+    # Nightscout's text formats are routes of their own
+    assert get_text(world, "/api/v1/entries/sgv.csv").count("\n") == 10
 
 
 @pytest.mark.parametrize(
