@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connect.records import DeviceStatus, Treatment
+from connect.records import DeviceStatus, Treatment, from_nightscout, to_nightscout
 from store import Store
 from tests.test_api_support import SECRET, ApiClient, make_app, populate
 
@@ -410,3 +410,10 @@ def test_no_find_gives_a_server_error(generated, key, value):
     for path in ("/api/v1/treatments.json", "/api/v1/entries/sgv.json", "/api/v1/devicestatus.json"):
         response = client.get(path + "?" + urlencode([(key, value)]))
         assert response.status_code in (200, 400), (key, value, response.text)
+
+
+def test_whole_numbers_stay_whole_from_the_source_to_the_answer():
+    doc = {"eventType": "Meal Bolus", "created_at": "2024-01-01T00:00:00Z", "carbs": 30, "insulin": "2"}
+    served = to_nightscout(from_nightscout("treatments", {**doc, "glucose": 5.5}))
+    assert type(served["carbs"]) is int and served["carbs"] == 30
+    assert type(served["insulin"]) is int and served["glucose"] == 5.5
