@@ -18,7 +18,7 @@ from typing import Final, Literal
 
 import attrs
 
-from api.patterns import Pattern, PatternError, compile_pattern, is_pattern
+from api.patterns import Pattern, PatternError, compile_pattern, is_flagged_pattern, is_pattern
 from connect.records import Collection, ms_from_iso
 from store.reader import SQLITE_INT_MAX, Filter, Op
 from store.search import FIELD, AnyOf, Condition, Value
@@ -232,9 +232,9 @@ def _generic(key: str, field: str, operator: str, raw: str) -> Condition | AnyOf
         if raw.strip() not in EXISTS:
             raise QueryError(f"{_name(key)}: $exists takes true or false")
         return Condition(field, "exists", (EXISTS[raw.strip()],))
-    if is_pattern(raw):
-        if operator != "$eq":
-            raise QueryError(f"{_name(key)}: a /pattern/ takes no operator or $eq")
+    # a pattern with $eq (or no operator); with another operator it is the text it is (MongoDB
+    # compares a regular expression by no order, so no stored text is above or below one)
+    if is_flagged_pattern(raw) and operator == "$eq":
         try:
             pattern = compile_pattern(raw)
         except PatternError as exc:
@@ -296,7 +296,7 @@ def parse_find(collection: Collection, params: Iterable[tuple[str, str]]) -> Fin
             matches.append(Match(field=field, column=spec[0], pattern=pattern, negate=operator == "$ne"))
             continue
         if spec is not None and spec[1] in ("ms", "time", "text") and operator in OPERATORS:
-            if not (spec[1] == "text" and is_pattern(raw)):
+            if not (spec[1] == "text" and is_flagged_pattern(raw)):
                 column, kind = spec
                 filters.append(Filter(column=column, op=OPERATORS[operator], value=_value(key, kind, raw)))
                 continue

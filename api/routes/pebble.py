@@ -20,7 +20,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
-from api.access import RequestAccess
+from api.access import Access, RequestAccess
 from api.cache import Rendered
 from api.context import ApiContext, Context
 from api.errors import ApiError, StoreUnavailable
@@ -210,7 +210,7 @@ def _rawbg(newest: dict[str, Any], cal: dict[str, Any] | None) -> dict[str, Any]
     return {"mgdl": mgdl, "scaled": mgdl, "noiseLabel": "", "display": str(mgdl)}
 
 
-def properties(reader: StoreReader, now: int, names: set[str]) -> dict[str, Any]:
+def properties(reader: StoreReader, names: set[str]) -> dict[str, Any]:
     """The asked properties the store can answer (see the module's docstring)."""
     readings = _readings(reader, 2 + BUCKETS * 3)
     out: dict[str, Any] = {}
@@ -275,12 +275,12 @@ PROPERTIES_SCHEMA: Final[dict[str, Any]] = {
 }
 
 
-def _properties_response(request: Request, access: Any, context: ApiContext, names: set[str]) -> Response:
+def _properties_response(request: Request, access: Access, context: ApiContext, names: set[str]) -> Response:
     access.require_read()
     _require_store(context)
     return context.respond(
         request,
-        lambda: Rendered(json.dumps(properties(context.reader, context.clock(), names)).encode("utf-8")),
+        lambda: Rendered(json.dumps(properties(context.reader, names)).encode("utf-8")),
     )
 
 
