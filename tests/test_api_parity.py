@@ -245,6 +245,7 @@ def test_properties_absent_and_pebble_in_mmol(site):
 
 MISSING = object()
 FIELDS = (
+    "device",
     "carbs",
     "insulin",
     "notes",
@@ -278,7 +279,7 @@ def _generated() -> list[Treatment]:
             Treatment(
                 event_type=rng.choice(["A", "B", "x", "Note", "5"]),
                 date=BASE + i * 60_000,
-                device="gen",
+                device=rng.choice(["gen", "x", "5", "A"]),
                 carbs=rng.choice([None, 0, 2, 30, 2.5]),
                 insulin=rng.choice([None, 0, 2, 2.5, 5]),
                 entered_by=rng.choice([None, "x", "A", "abc", "5"]),
