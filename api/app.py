@@ -15,7 +15,7 @@ from api.context import ApiContext, Clock, StatusFn, StoreFaultFn, Writer, attac
 from api.errors import add_error_handlers
 from api.guard import GuardMiddleware, LoopGuardMiddleware
 from api.openapi import SECURITY_SCHEMES
-from api.routes import alerts, connect, export, nightscout, ops, status_page, uploads, v3
+from api.routes import alerts, connect, export, nightscout, ops, pebble, status_page, uploads, v3
 from api.settings import ApiSettings
 from api.version import NAME, connect_version
 from connect.clock import wall_ms
@@ -26,6 +26,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     nightscout.router,
     v3.router,
     uploads.router,
+    pebble.router,
     connect.router,
     alerts.router,
     export.router,

@@ -7,6 +7,8 @@
 * a JWT from ``/api/v2/authorization/request/<secret>`` (:mod:`api.tokens`), as a Bearer or a
   ``?token=``, as Nightscout clients of API v3 send it.
 
+Any one valid credential grants reading, whatever else the request carries (Nightscout's rule).
+
 API v3 looks only at the token forms (``Authorization: Bearer`` and ``?token=``): Nightscout
 never accepted ``API_SECRET`` there.
 
@@ -89,11 +91,14 @@ class Authenticator:
     def credentials_valid(
         self, headers: Mapping[str, str], query: Mapping[str, str], *, v3: bool = False
     ) -> bool | None:
-        """True when every credential offered is the secret, False when any is wrong, None when
-        none was offered (or no secret is configured).
+        """True when any credential offered is the secret (or a token of ours), False when every
+        one offered is wrong, None when none was offered (or no secret is configured).
 
-        A wrong credential beside a right one still fails: a client that sends two different
-        secrets is misconfigured, and saying so beats guessing which one it meant.
+        As Nightscout checks them: one valid credential among ``api-secret``, ``?secret=``,
+        ``?token=`` and ``Authorization: Bearer`` is enough, and a wrong one beside it does not
+        take the access away (a client with the secret in its header and a stale token in its
+        URL reads Nightscout, and reads this API the same). Every offered form is still judged,
+        so timing does not tell which one was right.
 
         ``v3``: only the token forms count (``Authorization: Bearer`` and ``?token=``), as API v3
         judges them; ``api-secret`` and ``?secret=`` are not looked at.
@@ -120,7 +125,7 @@ class Authenticator:
                 verdicts.append(self._token_valid(credentials.strip()))
         if not verdicts:
             return None
-        return all(verdicts)
+        return any(verdicts)
 
     @property
     def reads_off(self) -> bool:

@@ -235,7 +235,7 @@ def _listed(collection: Collection, field: str, kind: str) -> bool:
 
 
 def _value_schema(kind: str) -> dict[str, Any]:
-    if kind in ("ms", "int"):
+    if kind == "ms":
         return {"type": "integer", "minimum": -SQLITE_INT_MAX, "maximum": SQLITE_INT_MAX}
     if kind == "time":
         return {"type": "string", "pattern": ISO_PATTERN}
@@ -249,6 +249,21 @@ PATTERN_DESCRIPTION: Final = (
     f"at most {MAX_PATTERN} characters and {MAX_QUANTIFIERS} quantifiers, none on a group, no "
     f"backreferences, at most {MAX_ALTERNATIONS} | beside a quantifier; tried on values of at most "
     f"{MAX_SUBJECT} characters; anything else is a 400"
+)
+
+
+#: fields with no column of their own, documented as examples: any field of a document may be
+#: searched (dots for nested members, ``$in``/``$nin`` as ``find[field][$in][]=value``)
+ANY_FIELDS: Final[dict[Collection, tuple[str, ...]]] = {
+    "entries": ("direction",),
+    "treatments": ("carbs", "insulin", "enteredBy"),
+    "devicestatus": ("pump.reservoir",),
+    "profile": ("units",),
+}
+ANY_FIELD_DESCRIPTION: Final = (
+    "any field of the document (dots for nested members), compared as MongoDB does: a value that "
+    "reads as a number matches stored numbers as numbers and stored text as text; also $in, $nin "
+    "(find[field][$in][]=a&find[field][$in][]=b), $exists and /pattern/flags"
 )
 
 
@@ -286,6 +301,25 @@ def read_parameters(collection: Collection, with_count: bool) -> list[dict[str, 
             elif kind == "id":
                 param["description"] = "the _id this API serves (24 hex digits)"
             params.append(param)
+    for field in ANY_FIELDS[collection]:
+        for suffix in ("", "[$ne]", "[$gt]", "[$gte]", "[$lt]", "[$lte]"):
+            params.append(
+                {
+                    "name": f"find[{field}]{suffix}",
+                    "in": "query",
+                    "required": False,
+                    "description": ANY_FIELD_DESCRIPTION,
+                    "schema": {"type": "string"},
+                }
+            )
+        params.append(
+            {
+                "name": f"find[{field}][$exists]",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "enum": ["true", "false"]},
+            }
+        )
     return params
 
 

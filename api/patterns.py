@@ -58,6 +58,13 @@ def is_pattern(value: str) -> bool:
     return _SLASHED.match(value) is not None
 
 
+def is_flagged_pattern(value: str) -> bool:
+    """Whether a value is ``/pattern/flags`` with flags JavaScript knows: ``/api/v1/profile``
+    (a path, its last part no flags) is a value, not a pattern."""
+    match = _SLASHED.match(value)
+    return match is not None and all(flag in FLAGS for flag in match.group(2))
+
+
 def compile_pattern(value: str) -> Pattern:
     """``/pattern/flags`` compiled, or :class:`PatternError`."""
     match = _SLASHED.match(value)

@@ -11,15 +11,18 @@ Three conditions are not store filters, and ride beside them in :class:`ReadQuer
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from typing import Final, Literal
 
 import attrs
 
-from api.patterns import Pattern, PatternError, compile_pattern, is_pattern
+from api.patterns import Pattern, PatternError, compile_pattern, is_flagged_pattern, is_pattern
 from connect.records import Collection, ms_from_iso
 from store.reader import SQLITE_INT_MAX, Filter, Op
+from store.search import FIELD, AnyOf, Condition, Value
+from store.search import Op as SearchOp
 
 MAX_COUNT: Final = 10_000
 DEFAULT_COUNT: Final[dict[Collection, int]] = {
@@ -94,7 +97,20 @@ OPERATORS: Final[dict[str, Op]] = {
     "$lte": "<=",
 }
 
-_FIND = re.compile(r"^find\[([^\[\]]*)\](?:\[([^\[\]]*)\])?$")
+_FIND = re.compile(r"^find\[([^\[\]]*)\](?:\[([^\[\]]*)\])?(\[\d{0,3}\])?$")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+#: MongoDB's comparisons, as store conditions on any field
+GENERIC: Final[dict[str, SearchOp]] = {
+    "$eq": "eq",
+    "$ne": "ne",
+    "$gt": "gt",
+    "$gte": "gte",
+    "$lt": "lt",
+    "$lte": "lte",
+}
+#: operators that take a list (``find[f][$in][]=a&find[f][$in][]=b``)
+LISTS: Final = {"$in": "in", "$nin": "nin"}
+EXISTS: Final = {"true": True, "1": True, "false": False, "0": False}
 _INT = re.compile(r"^[+-]?\d{1,19}$")
 #: an ``_id`` as this API serves it (24 hex digits)
 OBJECT_ID: Final = re.compile(r"^[0-9a-fA-F]{24}$")
@@ -127,6 +143,8 @@ class Find:
     filters: tuple[Filter, ...] = ()
     object_ids: tuple[str, ...] = ()
     matches: tuple[Match, ...] = ()
+    #: conditions on any field of the document (:mod:`store.search`)
+    conditions: tuple[Condition | AnyOf, ...] = ()
 
 
 @attrs.frozen
@@ -136,6 +154,7 @@ class ReadQuery:
     limit: int
     object_ids: tuple[str, ...] = ()
     matches: tuple[Match, ...] = ()
+    conditions: tuple[Condition | AnyOf, ...] = ()
 
 
 def _name(key: str) -> str:
@@ -188,8 +207,56 @@ def object_id_value(key: str, raw: str) -> str:
     return text.lower()
 
 
+def candidates(raw: str) -> tuple[Value, ...]:
+    """What a query value may equal: its text, and the number (or boolean) it reads as, so that
+    ``30`` matches a document storing the number 30 and one storing the text "30"."""
+    out: list[Value] = [raw]
+    text = raw.strip()
+    if _NUMBER.match(text):
+        if _INT.match(text) and abs(int(text)) <= SQLITE_INT_MAX:
+            out.append(int(text))
+        else:
+            number = float(text)
+            if math.isfinite(number):
+                out.append(number)
+    elif raw in ("true", "false"):
+        out.append(raw == "true")
+    return tuple(out)
+
+
+def _generic(key: str, field: str, operator: str, raw: str) -> Condition | AnyOf:
+    """``find[field][operator]=raw`` on any field of the document (not ``$in``/``$nin``)."""
+    if not FIELD.match(field):
+        raise QueryError(f"{_name(key)}: not a field name (letters, digits, _ and -, parts joined by dots)")
+    if operator == "$exists":
+        if raw.strip() not in EXISTS:
+            raise QueryError(f"{_name(key)}: $exists takes true or false")
+        return Condition(field, "exists", (EXISTS[raw.strip()],))
+    # a pattern with $eq (or no operator); with another operator it is the text it is (MongoDB
+    # compares a regular expression by no order, so no stored text is above or below one)
+    if is_flagged_pattern(raw) and operator == "$eq":
+        try:
+            pattern = compile_pattern(raw)
+        except PatternError as exc:
+            raise QueryError(f"{_name(key)}: {exc}") from None
+        return Condition(field, "re", (raw,), matcher=pattern.matches)
+    values = candidates(raw)
+    if operator == "$eq":
+        return Condition(field, "in", values)
+    if operator == "$ne":
+        return Condition(field, "nin", values)
+    op = GENERIC[operator]
+    # a range compares numbers with numbers and text with text, never booleans
+    return AnyOf(tuple(Condition(field, op, (v,)) for v in values if not isinstance(v, bool)))
+
+
 def parse_find(collection: Collection, params: Iterable[tuple[str, str]]) -> Find:
-    """Every ``find[...]`` parameter (all of them must hold); at most :data:`MAX_FIND`."""
+    """Every ``find[...]`` parameter (all of them must hold); at most :data:`MAX_FIND`.
+
+    A field the store keeps in a column (``date``, ``created_at``, ``eventType`` …) with a
+    comparison is read as that column's kind (a time, an id); anything else is any field of the
+    document, dots for nested members, compared as MongoDB does (see :func:`candidates`).
+    """
     items = [(key, raw) for key, raw in params if key == "find" or key.startswith("find[")]
     if len(items) > MAX_FIND:
         raise QueryError(f"find: {len(items)} conditions; a query may have at most {MAX_FIND}")
@@ -197,41 +264,52 @@ def parse_find(collection: Collection, params: Iterable[tuple[str, str]]) -> Fin
     filters: list[Filter] = []
     object_ids: list[str] = []
     matches: list[Match] = []
+    conditions: list[Condition | AnyOf] = []
+    lists: dict[tuple[str, str], list[Value]] = {}
     for key, raw in items:
         match = _FIND.match(key)
         if match is None:
             raise QueryError(f"{_name(key)}: expected find[field] or find[field][$operator]")
-        field, operator = match.group(1), match.group(2)
-        spec = fields.get(field)
-        if spec is None:
-            known = ", ".join(sorted(fields))
-            raise QueryError(
-                f"{_name(key)}: {collection} cannot be searched by {_name(field)!r} (known: {known})"
-            )
-        column, kind = spec
-        if operator is None:
-            op: Op = "="
-        elif operator in OPERATORS:
-            op = OPERATORS[operator]
-        else:
-            known = ", ".join(OPERATORS)
+        field, operator, index = match.group(1), match.group(2) or "$eq", match.group(3)
+        if index is not None and operator not in LISTS:
+            raise QueryError(f"{_name(key)}: only $in and $nin take a list")
+        if operator not in OPERATORS and operator not in LISTS and operator != "$exists":
+            known = ", ".join([*OPERATORS, *LISTS, "$exists"])
             raise QueryError(f"{_name(key)}: unsupported operator {_name(operator)!r} (supported: {known})")
-        if kind == "id":
-            if op != "=":
+        spec = fields.get(field)
+        if spec is not None and spec[1] == "id":
+            if operator != "$eq":
                 raise QueryError(f"{_name(key)}: _id takes find[_id]=<id> or find[_id][$eq]=<id>")
             object_ids.append(object_id_value(key, raw))
             continue
-        if field in PATTERN_FIELDS[collection] and is_pattern(raw):
-            if op not in ("=", "!="):
-                raise QueryError(f"{_name(key)}: a /pattern/ takes no operator, $eq or $ne")
+        if operator in LISTS:
+            if not FIELD.match(field):
+                raise QueryError(f"{_name(key)}: not a field name")
+            lists.setdefault((field, LISTS[operator]), []).extend(candidates(raw))
+            continue
+        if field in PATTERN_FIELDS[collection] and is_pattern(raw) and operator in ("$eq", "$ne"):
+            assert spec is not None
             try:
                 pattern = compile_pattern(raw)
             except PatternError as exc:
                 raise QueryError(f"{_name(key)}: {exc}") from None
-            matches.append(Match(field=field, column=column, pattern=pattern, negate=op == "!="))
+            matches.append(Match(field=field, column=spec[0], pattern=pattern, negate=operator == "$ne"))
             continue
-        filters.append(Filter(column=column, op=op, value=_value(key, kind, raw)))
-    return Find(filters=tuple(filters), object_ids=tuple(object_ids), matches=tuple(matches))
+        if spec is not None and spec[1] in ("ms", "time", "text") and operator in OPERATORS:
+            if not (spec[1] == "text" and is_flagged_pattern(raw)):
+                column, kind = spec
+                filters.append(Filter(column=column, op=OPERATORS[operator], value=_value(key, kind, raw)))
+                continue
+        conditions.append(_generic(key, field, operator, raw))
+    for (field, op), values in lists.items():
+        unique = {(type(v), v): v for v in values}  # 1, 1.0 and True are equal keys otherwise
+        conditions.append(Condition(field, "in" if op == "in" else "nin", tuple(unique.values())))
+    return Find(
+        filters=tuple(filters),
+        object_ids=tuple(object_ids),
+        matches=tuple(matches),
+        conditions=tuple(conditions),
+    )
 
 
 def parse_read(
@@ -259,4 +337,5 @@ def parse_read(
         limit=limit,
         object_ids=find.object_ids if object_id is None else (*find.object_ids, object_id),
         matches=find.matches,
+        conditions=find.conditions,
     )

@@ -23,6 +23,7 @@ from api.query import QueryError, ReadQuery
 from connect.records import Collection
 from store.database import object_id
 from store.reader import FILTER_COLUMNS, Filter, StoreReader
+from store.search import where
 
 #: the columns that make a record's identifier, per collection (uuid5 over device, date and kind)
 KEY_COLUMNS: Final[dict[Collection, tuple[str, ...]]] = {
@@ -101,7 +102,8 @@ def read_texts(reader: StoreReader, query: ReadQuery) -> list[str]:
         if len(refused) == len(values):
             return []
         filters.extend(Filter(column, "!=", value) for value in refused)
-    texts = reader.doc_texts(collection, filters, query.limit)
+    extra = where(collection, query.conditions) if query.conditions else None
+    texts = reader.doc_texts(collection, filters, query.limit, extra=extra)
     if wanted is not None:
         head = '{"_id":"' + wanted + '"'
         texts = [text for text in texts if text.startswith(head)]

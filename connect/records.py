@@ -334,6 +334,11 @@ def _num(value: Any) -> float | None:
         return None
     if isinstance(value, bool):
         raise ValueError("a boolean is not a number")
+    # a whole number stays one (carbs: 30 is served back as 30, not 30.0)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value.strip())
     return float(value)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -45,6 +45,20 @@ FILTER_COLUMNS: Final[dict[Collection, frozenset[str]]] = {
     "devicestatus": frozenset({"date", "device"}),
     "profile": frozenset({"date", "device"}),
 }
+
+
+@attrs.frozen
+class Where:
+    """An extra SQL condition on the documents (alias ``e``), with its bound parameters and the
+    functions it calls, registered on the borrowed connection before the query runs."""
+
+    sql: str
+    params: tuple[Any, ...] = ()
+    functions: tuple[tuple[str, int, Callable[..., Any]], ...] = ()
+
+    def prepare(self, conn: sqlite3.Connection) -> None:
+        for name, nargs, function in self.functions:
+            conn.create_function(name, nargs, function, deterministic=True)
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -109,8 +123,9 @@ def _delta(sgv: int, date: int, prev_sgv: int, prev_date: int) -> int | float:
     return round(diff * FIVE_MINUTES_MS / gap, 1)
 
 
-def splice(doc: str, identifier: str, delta: int | float | None = None) -> str:
-    """``doc`` (a stored JSON object) with ``_id`` (and ``delta``) added in front.
+def splice(doc: str, identifier: str, delta: int | float | None = None, mills: int | None = None) -> str:
+    """``doc`` (a stored JSON object) with ``_id`` (and ``delta``, and ``mills``: the record's
+    time in epoch ms, as Nightscout serves it on entries and treatments) added in front.
 
     The stored JSON is a compact object written by ``to_nightscout``, so the text after its
     opening brace can follow the new members as it is (no parsing, no re-encoding).
@@ -118,9 +133,15 @@ def splice(doc: str, identifier: str, delta: int | float | None = None) -> str:
     head = '{"_id":"' + object_id(identifier) + '"'
     if delta is not None:
         head += ',"delta":' + repr(delta)
+    if mills is not None and '"mills":' not in doc:
+        head += ',"mills":' + str(int(mills))
     if doc == "{}":
         return head + "}"
     return head + "," + doc[1:]
+
+
+#: collections whose served documents carry ``mills``
+WITH_MILLS: Final = frozenset({"entries", "treatments"})
 
 
 #: filters under which a device's readings in a page are consecutive in the store
@@ -207,10 +228,15 @@ class StoreReader:
     # --- documents ------------------------------------------------------------------------
 
     @staticmethod
-    def _where(collection: Collection, filters: Sequence[Filter], alias: str) -> tuple[str, list[Any]]:
+    def _where(
+        collection: Collection, filters: Sequence[Filter], alias: str, extra: Where | None = None
+    ) -> tuple[str, list[Any]]:
         allowed = FILTER_COLUMNS[collection]
         clauses: list[str] = []
         params: list[Any] = []
+        if extra is not None:
+            clauses.append(f"({extra.sql})")
+            params.extend(extra.params)
         for f in filters:
             if f.column not in allowed or f.op not in OPS:
                 raise ValueError(f"cannot filter {collection} on {f.column!r}")
@@ -225,22 +251,30 @@ class StoreReader:
         limit: int = 10,
         *,
         page_deltas: bool = True,
+        extra: Where | None = None,
     ) -> list[str]:
         """The newest ``limit`` documents matching every filter, as JSON texts, newest first.
 
         CGM readings stored without a ``delta`` get one from the previous reading of the same
         device (within :data:`DELTA_WINDOW_MS`). ``page_deltas=False`` always looks that reading
-        up in the store (the tests compare both ways).
+        up in the store (the tests compare both ways). ``extra`` is one more condition on every
+        document (a search on any field, :func:`store.search.where`).
         """
         if collection not in COLLECTIONS:
             raise ValueError(f"unknown collection {collection!r}")
-        where, params = self._where(collection, filters, "e")
+        where, params = self._where(collection, filters, "e", extra)
         if collection != "entries":
-            sql = f"SELECT e.identifier, e.json FROM {collection} e{where} ORDER BY e.date DESC, e.rowid DESC LIMIT ?"
+            sql = (
+                f"SELECT e.identifier, e.json, e.date FROM {collection} e{where} "
+                "ORDER BY e.date DESC, e.rowid DESC LIMIT ?"
+            )
             with self.connection() as conn:
+                if extra is not None:
+                    extra.prepare(conn)
                 rows = conn.execute(sql, [*params, limit]).fetchall()
-            return [splice(doc, identifier) for identifier, doc in rows]
-        if page_deltas and all(_keeps_runs(f) for f in filters):
+            served = collection in WITH_MILLS
+            return [splice(doc, identifier, mills=date if served else None) for identifier, doc, date in rows]
+        if page_deltas and extra is None and all(_keeps_runs(f) for f in filters):
             return self._entries_from_page(where, params, limit)
         # p: the previous reading of the same device within the window, looked up per row
         sql = (
@@ -252,14 +286,16 @@ class StoreReader:
             f"{where} ORDER BY e.date DESC, e.rowid DESC LIMIT ?"
         )
         with self.connection() as conn:
+            if extra is not None:
+                extra.prepare(conn)
             rows = conn.execute(sql, [DELTA_WINDOW_MS, *params, limit]).fetchall()
         out: list[str] = []
         for identifier, doc, sgv, date, prev_sgv, prev_date in rows:
             # a delta the source sent is kept as it is
             if prev_sgv is None or sgv is None or '"delta":' in doc:
-                out.append(splice(doc, identifier))
+                out.append(splice(doc, identifier, mills=date))
             else:
-                out.append(splice(doc, identifier, _delta(sgv, date, prev_sgv, prev_date)))
+                out.append(splice(doc, identifier, _delta(sgv, date, prev_sgv, prev_date), mills=date))
         return out
 
     def _entries_from_page(self, where: str, params: list[Any], limit: int) -> list[str]:
@@ -294,7 +330,7 @@ class StoreReader:
                 if prev is not None and date - prev[1] <= DELTA_WINDOW_MS and '"delta":' not in doc:
                     deltas[index] = _delta(sgv, date, prev[0], prev[1])
                 last[device] = (sgv, date)
-        return [splice(row[1], row[0], delta) for row, delta in zip(rows, deltas, strict=True)]
+        return [splice(row[1], row[0], delta, mills=row[4]) for row, delta in zip(rows, deltas, strict=True)]
 
     def body(self, collection: Collection, filters: Sequence[Filter] = (), limit: int = 10) -> bytes:
         """A JSON array of :meth:`doc_texts`, ready to send."""

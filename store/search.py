@@ -24,10 +24,12 @@ import attrs
 
 from connect.records import COLLECTIONS, Collection
 from store.database import object_id
-from store.reader import StoreReader
+from store.reader import StoreReader, Where
 
-Op = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "re"]
+Op = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "re", "exists"]
+#: v3's operators (``exists`` is v1's, from MongoDB: ``find[field][$exists]=true``)
 OPERATORS: Final[tuple[Op, ...]] = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "re")
+ALL_OPERATORS: Final[frozenset[str]] = frozenset({*OPERATORS, "exists"})
 Value = bool | int | float | str
 
 #: a field name: parts of letters, digits, ``_`` and ``-``, joined by dots
@@ -72,12 +74,22 @@ class Condition:
     def __attrs_post_init__(self) -> None:
         if not FIELD.match(self.field):
             raise ValueError(f"not a field name: {self.field!r}")
-        if self.op not in OPERATORS:
+        if self.op not in ALL_OPERATORS:
             raise ValueError(f"unknown operator {self.op!r}")
+        if self.op == "exists" and not isinstance(self.values[0], bool):
+            raise ValueError("exists takes true or false")
         if self.op == "re" and self.matcher is None:
             raise ValueError("a re condition needs its matcher")
         if self.op not in ("in", "nin", "re") and len(self.values) != 1:
             raise ValueError(f"{self.op} takes one value")
+
+
+@attrs.frozen
+class AnyOf:
+    """At least one of ``conditions`` holds (v1 compares a value written ``30`` both as the
+    number 30 and as the text "30": each matches the documents that store it so)."""
+
+    conditions: tuple[Condition, ...]
 
 
 @attrs.frozen
@@ -160,6 +172,10 @@ class _Sql:
             anyof = "(" + (" OR ".join(sql for sql, _ in parts) or "0") + ")"
             params = [p for _, ps in parts for p in ps]
             return (anyof, params) if c.op == "in" else (f"NOT coalesce({anyof}, 0)", params)
+        if c.op == "exists":
+            (value_sql, value_params), (type_sql, type_params) = self._operand(c.field)
+            # json_type of a member holding null is 'null', not NULL: it exists (as in MongoDB)
+            return f"({type_sql} IS {'NOT ' if c.values[0] else ''}NULL)", type_params
         # re: a text value the condition's matcher accepts
         assert c.matcher is not None
         (value_sql, value_params), (type_sql, type_params) = self._operand(c.field)
@@ -167,6 +183,28 @@ class _Sql:
         self.matchers.append(c.matcher)
         sql = f"({type_sql} = 'text' AND connect_v3_re(?, {value_sql}))"
         return sql, [*type_params, index, *value_params]
+
+    def item(self, item: Condition | AnyOf) -> Fragment:
+        if isinstance(item, Condition):
+            return self.condition(item)
+        parts = [self.condition(c) for c in item.conditions]
+        return "(" + (" OR ".join(f"coalesce({sql}, 0)" for sql, _ in parts) or "0") + ")", [
+            p for _, ps in parts for p in ps
+        ]
+
+
+def where(collection: Collection, items: Sequence[Condition | AnyOf]) -> Where:
+    """Every one of ``items`` as one condition for :meth:`StoreReader.doc_texts`."""
+    sql = _Sql(collection)
+    fragments = [sql.item(i) for i in items]
+    text = " AND ".join(f for f, _ in fragments) or "1"
+    params = tuple(p for _, ps in fragments for p in ps)
+    matchers = tuple(sql.matchers)
+
+    def matches(index: int, value: object) -> int:
+        return int(isinstance(value, str) and matchers[index](value))
+
+    return Where(text, params, (("connect_v3_re", 2, matches),) if matchers else ())
 
 
 def _use_matchers(conn: sqlite3.Connection, matchers: Sequence[Callable[[str], bool]]) -> None:

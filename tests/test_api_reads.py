@@ -36,11 +36,17 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 
 
 #: what the API adds to a stored document: Nightscout's server-side fields
-SERVED = ("_id", "delta", "sysTime", "utcOffset")
+SERVED = ("_id", "delta", "mills", "sysTime", "utcOffset")
 
 
 def strip(doc: dict) -> dict:
     return {k: v for k, v in doc.items() if k not in SERVED}
+
+
+def get_text(world, url: str) -> str:
+    response = world["client"].get(url)
+    assert response.status_code == 200, response.text
+    return response.text
 
 
 def get(world, url: str, status: int = 200):
@@ -199,16 +205,17 @@ def test_find_on_treatment_created_at(world):
     ("query", "named"),
     [
         ("find[date][$regex]=1", "$regex"),
-        ("find[date][$in]=1", "$in"),
         ("find[date][$gte]=2024-01-18T00:00:00Z", "find[date][$gte]"),
         ("find[date][$gte]=soon", "find[date][$gte]"),
         ("find[dateString][$gte]=yesterday", "find[dateString][$gte]"),
         ("find[dateString][$lt]=2024-13-45", "find[dateString][$lt]"),
-        ("find[colour]=red", "colour"),
+        ("find[col our]=red", "col our"),
+        ("find[colour][$exists]=maybe", "$exists"),
+        ("find[colour]=/re(d)%2B/", "find[colour]"),
         ("find[date][$gte][x]=1", "find[date][$gte][x]"),
         ("find=1", "find"),
         ("find[date][$gte]=99999999999999999999", "find[date][$gte]"),
-        ("find[sgv][$gt]=high", "find[sgv][$gt]"),
+        ("find[sgv][$gt][0]=1", "find[sgv][$gt][0]"),
     ],
 )
 def test_bad_find_is_a_400_naming_the_problem(world, query, named):
@@ -520,8 +527,10 @@ def test_a_bad_id_is_a_400(world, query):
 
 
 def test_a_path_that_is_neither_an_id_nor_a_type_is_a_400(world):
-    for spec in ("a.b", "0123456789abcdef0123456", "x" * 40, "sgv.csv"):
+    for spec in ("a.b", "0123456789abcdef0123456", "x" * 40, "sgv.xml", "sgv.csv.json"):
         get(world, f"/api/v1/entries/{spec}", 400)
+    # Nightscout's text formats are routes of their own
+    assert get_text(world, "/api/v1/entries/sgv.csv").count("\n") == 10
 
 
 @pytest.mark.parametrize(
@@ -553,8 +562,9 @@ def test_event_type_patterns_combine_with_other_conditions(world):
     assert event_types({"find[eventType]": "/Bolus/", "find[created_at][$gte]": since}) == ["Meal Bolus"] * 3
     # a value that only looks like a path stays a plain value
     assert event_types({"find[eventType]": "Meal Bolus/2"}) == []
-    # entries: Nightscout compares /…/ literally outside a treatment's eventType
-    assert get(world, "/api/v1/entries.json?" + urlencode({"find[type]": "/sgv/"})) == []
+    # any field takes a /pattern/ (Nightscout hands it to MongoDB as a regular expression)
+    typed = get(world, "/api/v1/entries.json?" + urlencode({"find[type]": "/^s.v$/"}))
+    assert typed and {d["type"] for d in typed} == {"sgv"}
 
 
 @pytest.mark.parametrize(
@@ -581,9 +591,12 @@ def test_a_refused_pattern_is_a_400_saying_why(world, value, why):
     assert "find[eventType]" in body["description"] and why in body["description"]
 
 
-def test_a_pattern_with_an_operator_other_than_equality_is_a_400(world):
-    body = get(world, "/api/v1/treatments.json?" + urlencode({"find[eventType][$gt]": "/Meal/"}), 400)
-    assert "find[eventType][$gt]" in body["description"]
+def test_a_pattern_with_a_range_operator_is_the_text_it_is(world):
+    # MongoDB puts no text above or below a regular expression; here the value compares as text
+    # ("/" sorts before every letter, so every event type is above it)
+    above = get(world, "/api/v1/treatments.json?" + urlencode({"find[eventType][$gt]": "/Meal/"}))
+    assert len(above) == 6
+    assert get(world, "/api/v1/treatments.json?" + urlencode({"find[eventType][$lt]": "/Meal/"})) == []
 
 
 def test_accepted_patterns_stay_fast_on_long_values(tmp_path):
@@ -645,8 +658,16 @@ def test_the_query_carries_patterns_and_ids_apart_from_store_filters():
     (match,) = query.matches
     assert match.column == "event_type" and match.holds("Meal Bolus") and not match.holds("Note")
     assert query.limit == 1000
+    # a pattern on any other field is a condition on the document
+    (condition,) = parse_read("treatments", [("find[notes]", "/x/")]).conditions
+    assert condition.field == "notes" and condition.op == "re"
     with pytest.raises(QueryError):
-        parse_read("treatments", [("find[notes]", "/x/")])
+        parse_read("treatments", [("find[notes]", "/(x)+/")])
+    # a path is a value, not a pattern with flags "profile"
+    (literal,) = parse_read("entries", [("find[type]", "/api/v1/profile")]).filters
+    assert (literal.column, literal.op, literal.value) == ("type", "=", "/api/v1/profile")
+    (other,) = parse_read("entries", [("find[notes]", "/api/v1/profile")]).conditions
+    assert other.op == "in" and other.values == ("/api/v1/profile",)
 
 
 @given(body=st.text(alphabet=st.sampled_from("ab()[]{}|*+?.^$\\-,:=!<>P0123456789x"), max_size=40))

@@ -8,6 +8,7 @@ are built from the stored JSON without re-encoding, once per store revision (the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Annotated, Final
 
@@ -27,7 +28,7 @@ from api.openapi import (
     read_parameters,
 )
 from api.query import OBJECT_ID, parse_read
-from api.reads import read_body
+from api.reads import read_body, read_texts
 from api.responses import JSON, json_response
 from api.version import NAME, connect_version
 from connect.records import Collection, iso_from_ms
@@ -109,6 +110,74 @@ for _kind in ("sgv", "mbg", "cal"):
     )
 _add_read(["/api/v1/entries/current.json", "/api/v1/entries/current"], "entries", "The newest entry", count=1)
 
+#: Nightscout's text formats of entries: the extension, its media type and its separator
+TEXT_FORMATS: Final = {
+    "txt": ("text/plain; charset=utf-8", "\t"),
+    "tsv": ("text/tab-separated-values; charset=utf-8", "\t"),
+    "csv": ("text/csv; charset=utf-8", ","),
+}
+#: the columns of a line, in Nightscout's order
+TEXT_COLUMNS: Final = ("dateString", "date", "sgv", "direction", "device")
+
+
+def _text_cell(value: object) -> str:
+    """A cell as Nightscout writes it: text quoted (JSON), numbers as they are, nothing for a
+    missing value."""
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def entry_lines(texts: list[str], separator: str) -> bytes:
+    """Entries as Nightscout's text formats: one line per entry, newest first."""
+    lines = []
+    for text in texts:
+        doc = json.loads(text)
+        lines.append(separator.join(_text_cell(doc.get(column)) for column in TEXT_COLUMNS) + "\n")
+    return "".join(lines).encode("utf-8")
+
+
+def _text_endpoint(forced: tuple[Filter, ...], media_type: str, separator: str) -> Callable[..., Response]:
+    def handler(request: Request, access: RequestAccess, context: Context) -> Response:
+        access.require_read()
+        _require_store(context)
+        query = parse_read("entries", request.query_params.multi_items(), forced=forced)
+        return context.respond(
+            request,
+            lambda: Rendered(
+                entry_lines(read_texts(context.reader, query), separator), media_type=media_type
+            ),
+        )
+
+    return handler
+
+
+for _extension, (_media, _separator) in TEXT_FORMATS.items():
+    for _kind, _forced in (
+        ("", ()),
+        ("/sgv", (Filter("type", "=", "sgv"),)),
+        ("/mbg", (Filter("type", "=", "mbg"),)),
+        ("/cal", (Filter("type", "=", "cal"),)),
+    ):
+        _path = f"/api/v1/entries{_kind}.{_extension}"
+        router.add_api_route(
+            _path,
+            _text_endpoint(_forced, _media, _separator),
+            methods=["GET"],
+            summary=f"Entries{' of type ' + _kind[1:] if _kind else ''} as {_extension} "
+            "(dateString, date, sgv, direction, device)",
+            operation_id=_operation_id(_path),
+            include_in_schema=_kind in ("", "/sgv"),
+            responses={
+                200: {
+                    "description": "one line per entry, newest first; text quoted as JSON",
+                    "content": {_media.split(";")[0]: {"schema": {"type": "string"}}},
+                },
+                **ERROR_RESPONSES,
+            },
+            openapi_extra={"parameters": read_parameters("entries", True), "security": SECURITY},
+        )
+
 
 # after the fixed /entries/... routes, which take precedence over this pattern
 @router.get(
@@ -143,6 +212,39 @@ def entry_by_spec(
 
 _add_read(["/api/v1/treatments.json", "/api/v1/treatments"], "treatments", "Treatments")
 _add_read(["/api/v1/devicestatus.json", "/api/v1/devicestatus"], "devicestatus", "Device status")
+
+
+def current_profile(request: Request, access: RequestAccess, context: Context) -> Response:
+    """Nightscout's ``/profile/current``: the newest profile document itself (not a list), or
+    ``null`` when the store holds none."""
+    access.require_read()
+    _require_store(context)
+    query = parse_read("profile", (), count=1)
+
+    def render() -> Rendered:
+        texts = read_texts(context.reader, query)
+        return Rendered((texts[0] if texts else "null").encode("utf-8"))
+
+    return context.respond(request, render)
+
+
+for _i, _path in enumerate(("/api/v1/profile/current.json", "/api/v1/profile/current")):
+    router.add_api_route(
+        _path,
+        current_profile,
+        methods=["GET"],
+        summary="The current profile (the newest profile document)",
+        operation_id=_operation_id(_path),
+        include_in_schema=_i == 0,
+        responses={
+            200: {
+                "description": "the newest profile document, or null when there is none",
+                "content": {JSON: {"schema": {"anyOf": [DOC_SCHEMAS["profile"]["items"], {"type": "null"}]}}},
+            },
+            **ERROR_RESPONSES,
+        },
+        openapi_extra={"security": SECURITY},
+    )
 _add_read(["/api/v1/profile.json", "/api/v1/profile", "/api/v1/profiles"], "profile", "Profiles")
 
 

@@ -348,7 +348,8 @@ def marker_treatments(data: Mapping[str, Any], clock: PumpClock, device: str) ->
                 )
     paired: set[int] = set()
     for meal, when in meals:
-        carbs = number(meal.get("amount"), what="markers amount") or 0.0
+        # as the payload wrote it: 30 grams are served back as 30, not 30.0
+        carbs = kept(meal.get("amount"), what="markers amount") or 0
         if carbs < 0:
             raise ProtocolError("CareLink MEAL marker has negative carbs")
         dose_at = next(

@@ -97,7 +97,8 @@ def _number(value: Any, *, what: str) -> float | None:
         raise ProtocolError(f"Glooko {what} is not a number")
     if value < 0:
         raise ProtocolError(f"Glooko {what} is negative")
-    return float(value)
+    # a whole number stays one (carbs: 30 is served back as 30, not 30.0)
+    return value
 
 
 def _first(item: Mapping[str, Any], *keys: str) -> Any:
