@@ -100,7 +100,10 @@ def _run_accounts(directory: Path, args: Sequence[str], *, once: bool, strict: b
     before, limit, needed = accounts.check_open_files(loaded.accounts)
     fmt, level = accounts.log_options(loaded.accounts)
     configure(fmt=fmt, level=level)
-    structlog.get_logger("connect.accounts").debug(
+    # said when the limit was raised (worth an operator's notice), a debug line otherwise, so a
+    # start refused for another reason still prints one line
+    log_accounts = structlog.get_logger("connect.accounts")
+    (log_accounts.info if limit != before else log_accounts.debug)(
         "open files", accounts=len(loaded.accounts), needed=needed, limit=limit, raised_from=before
     )
     accounts.log_refused(loaded)
