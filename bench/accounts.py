@@ -48,11 +48,10 @@ def _settings(accounts: int) -> list[CoreSettings]:
 
 def bench_accounts(accounts: int = 200) -> Figures:
     """Polls/s over ``accounts`` daemons (one frame each), beside direct fetch + transform + persist."""
-    import logging
+    from connect.logs import configure
 
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # as a daemon logs by default: no debug lines, so no transition listeners on the machines
+    configure(fmt="json", level="warning")
     settings = _settings(accounts)
 
     async def ours() -> tuple[float, float]:

@@ -43,11 +43,10 @@ def rss_bytes() -> int:
 
 def bench_idle(accounts: int = 100, seconds: float = STATUS_EVERY_S + 1.0) -> Figures:
     """Idle CPU (% of a core) of ``accounts`` waiting daemons, and RSS per account (bytes)."""
-    import logging
+    from connect.logs import configure
 
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # as a daemon logs by default: no debug lines, so no transition listeners on the machines
+    configure(fmt="json", level="warning")
     # just after a reading: every loop's next frame is minutes away
     held = int(time.time() * 1000) // INTERVAL_MS * INTERVAL_MS + 1_000
     model = settings_model(SOURCE)
