@@ -7,13 +7,18 @@ run their first frame and then wait for the next reading. Idle is the process's 
 window is one status period (:data:`connect.daemon.STATUS_EVERY_S`), so every daemon's
 once-a-minute look at its status row falls in it once. Their clock is held just after a
 reading, so no loop polls during the window. Memory is the process's resident set grown by
-the accounts (``/proc/self/statm``), divided among them.
+the accounts (``/proc/self/statm``), divided among them. Both are measured in a process of
+their own (``python -m bench.idle``): in one that ran the other figures, freed memory would be
+reused and the growth would read low.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import AsyncExitStack
@@ -42,7 +47,20 @@ def rss_bytes() -> int:
 
 
 def bench_idle(accounts: int = 100, seconds: float = STATUS_EVERY_S + 1.0) -> Figures:
-    """Idle CPU (% of a core) of ``accounts`` waiting daemons, and RSS per account (bytes)."""
+    """Idle CPU (% of a core) of ``accounts`` waiting daemons, and RSS per account (bytes),
+    measured in a fresh process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.idle", str(accounts), str(seconds)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the idle figure failed: {done.stderr[-2000:]}")
+    result: Figures = json.loads(done.stdout)
+    return result
+
+
+def measure_idle(accounts: int, seconds: float) -> Figures:
+    """:func:`bench_idle`, in this process."""
     from connect.logs import configure
 
     # as a daemon logs by default: no debug lines, so no transition listeners on the machines
@@ -89,3 +107,7 @@ def bench_idle(accounts: int = 100, seconds: float = STATUS_EVERY_S + 1.0) -> Fi
     with tempfile.TemporaryDirectory() as tmp:
         result: Figures = trio.run(run, Path(tmp))
     return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure_idle(int(sys.argv[1]), float(sys.argv[2]))))
