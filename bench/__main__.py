@@ -1,71 +1,162 @@
 """The benchmark command: every figure beside a ceiling measured in the same run.
 
-    bash scripts/bench.sh        (or: python -m bench)
+    bash scripts/bench.sh            a table
+    bash scripts/bench.sh --json     one JSON object (the same figures)
 
 Figures are throughputs on this machine right now; the ratios to their ceilings are what to
-compare between runs, since shared machines are noisy.
+compare between runs, since shared machines are noisy. Each figure says whether it is CPU time
+(the work waits on nothing: steadier on a shared machine) or wall time (the I/O is the point).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from collections.abc import Callable
+from typing import Any
 
 from bench.accounts import bench_accounts
 from bench.api import bench_api
 from bench.backfill import bench_backfill
 from bench.delivery import bench_mqtt, bench_nightscout
 from bench.export import bench_export
+from bench.idle import bench_idle
 from bench.machines import bench_machines
 from bench.store import bench_store
 from bench.timing import Figures
 
-#: the figures that need more than this process (a broker, a server, the network stack), with
-#: their label and what their ceiling is; one that fails is reported and the table goes on
-FIGURES: tuple[tuple[Callable[[], Figures], str, str], ...] = (
-    (bench_nightscout, "delivery to Nightscout emulator, records/s", "bare httpx loop"),
-    (bench_mqtt, "delivery to mosquitto, QoS 1 messages/s", "bare paho publisher"),
-    (bench_api, "API entries.json?count=288, requests/s", "bare ASGI app, same bytes"),
+#: key, measurement, label, what the ceiling is, and whether the figure is CPU or wall time
+FIGURES: tuple[tuple[str, Callable[..., Figures], str, str, str], ...] = (
+    ("store", bench_store, "store upserts/s (frames of 288)", "bare loop, hand-written SQL", "cpu"),
     (
+        "delivery_nightscout",
+        bench_nightscout,
+        "delivery to Nightscout emulator, records/s",
+        "bare httpx loop",
+        "wall",
+    ),
+    ("delivery_mqtt", bench_mqtt, "delivery to mosquitto, QoS 1 messages/s", "bare paho publisher", "wall"),
+    ("api", bench_api, "API entries.json?count=288, requests/s", "bare ASGI app, same bytes", "wall"),
+    (
+        "accounts",
         bench_accounts,
         "accounts polled/s (200 daemons, one frame each)",
         "fetch+transform+persist direct",
+        "cpu",
     ),
     (
+        "backfill",
         bench_backfill,
         "backfill from a Nightscout, entries/s (30 days)",
-        "bare httpx loop, same windows",
+        "bare fetch+decode+transform+store loop",
+        "cpu",
     ),
-    (bench_export, "export of 90 days (NDJSON), rows/s", "one SELECT, written at once"),
+    ("export", bench_export, "export of 90 days (NDJSON), rows/s", "one SELECT, written at once", "wall"),
 )
 
 
-def main() -> None:
-    rows: list[tuple[str, str, Figures]] = [
-        ("machine events/s (Cycle + Fetch)", "bare transition table", bench_machines()),
-        ("store upserts/s (frames of 288)", "raw sqlite3.executemany", bench_store()),
-    ]
-    for fn, label, ceiling in FIGURES:
+#: ``--quick``: every figure on a few records, to see that the benchmark runs (the figures
+#: themselves mean nothing at this size)
+QUICK: dict[str, dict[str, Any]] = {
+    "store": {"rows": 1000},
+    "delivery_nightscout": {"records": 400, "chunk_size": 200, "rounds": 1},
+    "delivery_mqtt": {"messages": 100, "rounds": 1},
+    "api": {"requests": 20, "days": 2},
+    "accounts": {"accounts": 5},
+    "backfill": {"days": 2, "rounds": 1},
+    "export": {"days": 2, "rounds": 1},
+    "machines": {"frames": 10},
+    "idle": {"accounts": 5, "seconds": 0.5},
+}
+
+
+def measure(progress: Callable[[str], None], *, quick: bool = False) -> dict[str, Any]:
+    """Every figure, as the JSON object ``--json`` prints (a figure that could not be measured
+    is null, with the reason under ``not_measured``)."""
+    sizes = QUICK if quick else {}
+    figures: dict[str, Any] = {}
+    not_measured: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    for key, fn, _label, _ceiling, clock in FIGURES:
+        progress(key)
         try:
-            rows.append((label, ceiling, fn()))
+            result = fn(**sizes.get(key, {}))
         except Exception as exc:  # one missing piece (e.g. no broker) must not hide the rest
-            print(f"{label}: not measured ({type(exc).__name__}: {exc})")
-    width = max(len(r[0]) for r in rows)
-    print(f"{'figure':<{width}}  {'ours':>12}  {'ceiling':>12}  {'ratio':>6}  ceiling is")
-    for label, ceiling, result in rows:
-        print(
+            figures[key] = None
+            not_measured[key] = f"{type(exc).__name__}: {exc}"
+            continue
+        figures[key] = {
+            "ours": result["ours"],
+            "ceiling": result["ceiling"],
+            "ratio": result["ratio"],
+            "time": clock,
+        }
+        extra[key] = {k: v for k, v in result.items() if k not in ("ours", "ceiling", "ratio")}
+    progress("machines")
+    machines = bench_machines(**sizes.get("machines", {}))
+    progress("idle")
+    idle = bench_idle(**sizes.get("idle", {}))
+    return {
+        "figures": figures,
+        "rss_kib_per_account": round(idle["rss_per_account"] / 1024, 1),
+        "idle_cpu_percent_100_loops": round(idle["idle_cpu_percent"], 4),
+        "heap_kib_per_account": round(extra.get("accounts", {}).get("bytes_per_account", 0) / 1024, 1)
+        or None,
+        "machines": {
+            "events_per_frame": machines["events_per_frame"],
+            "cpu_us_per_frame": round(machines["cpu_us_per_frame"], 1),
+        },
+        "export_peak_rss_mib": {
+            "ours": round(extra.get("export", {}).get("peak_rss", 0) / 2**20, 1),
+            "ceiling": round(extra.get("export", {}).get("ceiling_rss", 0) / 2**20, 1),
+        },
+        "not_measured": not_measured,
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    labels = {key: (label, ceiling) for key, _fn, label, ceiling, _clock in FIGURES}
+    width = max(len(label) for label, _ in labels.values())
+    lines = [f"{'figure':<{width}}  {'ours':>12}  {'ceiling':>12}  {'ratio':>6}  time  ceiling is"]
+    for key, result in report["figures"].items():
+        label, ceiling = labels[key]
+        if result is None:
+            lines.append(f"{label}: not measured ({report['not_measured'][key]})")
+            continue
+        lines.append(
             f"{label:<{width}}  {result['ours']:>12,.0f}  {result['ceiling']:>12,.0f}  "
-            f"{result['ratio']:>6.2g}  {ceiling}"
+            f"{result['ratio']:>6.2f}  {result['time']:<4}  {ceiling}"
         )
-        if "bytes_per_account" in result:
-            print(
-                f"{'  memory per account, KiB':<{width}}  {result['bytes_per_account'] / 1024:>12,.1f}  "
-                f"{result['ceiling_bytes'] / 1024:>12,.1f}  {'':>6}  the same driver and store, no daemon"
-            )
-        if "peak_rss" in result:
-            print(
-                f"{'  peak RSS, MiB':<{width}}  {result['peak_rss'] / 2**20:>12,.1f}  "
-                f"{result['ceiling_rss'] / 2**20:>12,.1f}  {'':>6}  every row held at once"
-            )
+    machines = report["machines"]
+    lines += [
+        "",
+        f"machines: {machines['events_per_frame']} events per frame (Cycle + Fetch), "
+        f"{machines['cpu_us_per_frame']:,.0f} µs CPU per frame",
+        f"memory per account: {report['rss_kib_per_account']:,.0f} KiB RSS (100 daemons), "
+        f"{report['heap_kib_per_account'] or 0:,.0f} KiB Python heap (200 daemons)",
+        f"idle: {report['idle_cpu_percent_100_loops']:.3f} % of a core (100 waiting daemons, one status period)",
+    ]
+    peak = report["export_peak_rss_mib"]
+    lines.append(
+        f"export peak RSS: {peak['ours']:,.1f} MiB (every row held at once: {peak['ceiling']:,.1f} MiB)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few records per figure: it runs, nothing more"
+    )
+    args = parser.parse_args(argv)
+
+    def progress(key: str) -> None:
+        print(f"measuring {key} …", file=sys.stderr, flush=True)
+
+    report = measure(progress, quick=args.quick)
+    print(json.dumps(report) if args.json else table(report))
 
 
 if __name__ == "__main__":

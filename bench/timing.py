@@ -28,3 +28,11 @@ def best_of(rounds: int, ours: Callable[[], float], ceiling: Callable[[], float]
         top.append(ceiling())
         mine.append(ours())
     return rounded(max(mine), max(top))
+
+
+def cpu_rate(count: int, fn: Callable[[], None]) -> float:
+    """``count`` divided by the CPU seconds (this process, every thread) ``fn`` takes: steadier
+    than wall time on a shared machine, for work that waits on nothing."""
+    started = time.process_time()
+    fn()
+    return count / (time.process_time() - started)

@@ -22,10 +22,12 @@ from connect.runtime import SourceRuntime
 from connect.settings import CoreSettings
 from outputs import Output
 from store import AsyncStore, Store
+from store.database import status_json
 
 log = structlog.get_logger("connect.daemon")
 
-#: how often status rows are written even when nothing happens
+#: how often the status is looked at when nothing wakes the status task (it is written only
+#: when it changed)
 STATUS_EVERY_S = 60.0
 
 
@@ -48,6 +50,8 @@ class Daemon:
     #: push sources beside the runtime's loops (the MQTT subscription)
     pushers: list[Any] = attrs.Factory(list)
     _status_dirty: trio.Event = attrs.Factory(trio.Event)
+    #: the status row as last written (None before the first write, and after a failed one)
+    _saved_status: str | None = None
 
     def status(self) -> dict[str, Any]:
         """A snapshot of every machine and output, secrets removed."""
@@ -79,13 +83,20 @@ class Daemon:
         fault = self.astore.fault
         return None if fault is None else str(fault)
 
-    async def save_status(self) -> bool:
-        """Write the status row; False when the store cannot take it now (its fault is already
-        in the status and the log; the next save tries again)."""
+    async def save_status(self, *, if_changed: bool = False) -> bool:
+        """Write the status row (``if_changed``: only when it differs from the row last
+        written); False when the store cannot take it now (its fault is already in the status
+        and the log; the next save tries again)."""
+        snapshot = self.status()
+        text = status_json(snapshot)
+        if if_changed and text == self._saved_status:
+            return True
+        self._saved_status = None
         try:
-            await self.astore.save_status("daemon", self.status())
+            await self.astore.save_status("daemon", snapshot)
         except StoreError:
             return False
+        self._saved_status = text
         return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -111,14 +122,15 @@ class Daemon:
                 await self.save_status()
 
     async def status_task(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keeps the status row current: after frames, and once a minute at most otherwise."""
+        """Keeps the status row current: looked at after frames, and once a minute otherwise;
+        written only when it changed (an idle daemon writes nothing)."""
         task_status.started()
         try:
             while True:
                 with trio.move_on_after(STATUS_EVERY_S):
                     await self._status_dirty.wait()
                 self._status_dirty = trio.Event()
-                await self.save_status()
+                await self.save_status(if_changed=True)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self.save_status()

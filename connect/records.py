@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 import attrs
@@ -57,9 +57,25 @@ ENTRY_TYPES: Final = frozenset({"sgv", "mbg", "cal"})
 SGV_RANGE: Final = (1, 1000)
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_day(day: int) -> str:
+    """``YYYY-MM-DDT`` of the UTC day ``day`` days after the epoch."""
+    return (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
+
+
 def iso_from_ms(ms: int) -> str:
-    """Nightscout's ISO form: UTC, millisecond precision, trailing ``Z``."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (f"{ms % 1000:03d}Z")
+    """Nightscout's ISO form: UTC, millisecond precision, trailing ``Z``.
+
+    Arithmetic on the epoch ms (the day's date is looked up once per day): a backfill formats
+    tens of thousands of these."""
+    day, rest = divmod(ms, 86_400_000)
+    seconds, millis = divmod(rest, 1000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{_iso_day(day)}{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}Z"
 
 
 def ms_from_iso(text: str) -> int:
@@ -276,11 +292,24 @@ def _drop_none(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if v is not None}
 
 
-def _unstructure_entry(entry: Entry) -> dict[str, Any]:
-    doc = _drop_none(attrs.asdict(entry))
-    doc["dateString"] = iso_from_ms(entry.date)
-    doc["identifier"] = entry.identifier
+_ENTRY_FIELDS: Final = tuple(field.name for field in attrs.fields(Entry))
+
+
+def entry_doc(entry: Entry, iso: str, identifier: str) -> dict[str, Any]:
+    """The Nightscout document of ``entry``, given its ISO time and identifier (the store
+    computes both once per row)."""
+    doc: dict[str, Any] = {}
+    for name in _ENTRY_FIELDS:
+        value = getattr(entry, name)
+        if value is not None:
+            doc[name] = value
+    doc["dateString"] = iso
+    doc["identifier"] = identifier
     return doc
+
+
+def _unstructure_entry(entry: Entry) -> dict[str, Any]:
+    return entry_doc(entry, iso_from_ms(entry.date), entry.identifier)
 
 
 def _unstructure_treatment(t: Treatment) -> dict[str, Any]:

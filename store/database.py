@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
+import orjson
 from sqlite_utils import Database
 
 from connect.errors import StoreError, StoreUnusable
@@ -33,6 +34,7 @@ from connect.records import (
     Record,
     Stream,
     Treatment,
+    entry_doc,
     iso_from_ms,
     to_nightscout,
 )
@@ -60,34 +62,61 @@ def object_id(identifier: str) -> str:
 _UUID: Final = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
+def stored_json(doc: Mapping[str, Any]) -> str:
+    """A document as its row keeps it: compact, keys sorted, non-ASCII escaped — the text the
+    standard encoder writes (``json.dumps(doc, separators=(",", ":"), sort_keys=True)``), made
+    by orjson, with the standard encoder for what orjson writes differently (non-ASCII text)
+    or not at all (integers past 64 bits, keys that are not strings). One difference is kept:
+    floats below 1e-4 in magnitude are written positionally (``0.00001``, not ``1e-05``)."""
+    try:
+        text = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError is one
+        text = b"\x80"
+    if text.isascii():
+        return text.decode("ascii")
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+
 def row_for(
     record: Record, source: str, seq: int, now: int | None = None, identifier: str | None = None
 ) -> tuple[Any, ...]:
     """The columns of ``record`` in :data:`COLLECTION_COLUMNS` order, written at ``now`` (epoch
     ms; the wall clock when not given), under ``identifier`` when a pushed record replaces a
     stored one of another identifier."""
-    ident = identifier or record.identifier
-    fields = to_nightscout(record)
-    if identifier is not None:
-        fields["identifier"] = ident
-    doc = json.dumps(fields, separators=(",", ":"), sort_keys=True)
     at = _now_ms() if now is None else now
+    # the ISO time and the identifier are made once, for the columns and the document
+    ident = identifier or record.identifier
+    iso = iso_from_ms(record.date)
     match record:
         case Entry():
+            doc = stored_json(entry_doc(record, iso, ident))
             return (
-                ident, seq, record.date, iso_from_ms(record.date), record.type,
+                ident, seq, record.date, iso, record.type,
                 record.sgv, record.direction, record.device, source, doc, at, at,
             )  # fmt: skip
         case Treatment():
+            doc = stored_json(_with_identifier(to_nightscout(record), identifier))
             return (
-                ident, seq, record.date, iso_from_ms(record.date), record.event_type,
+                ident, seq, record.date, iso, record.event_type,
                 record.insulin, record.carbs, record.device, source, doc, at, at,
             )  # fmt: skip
         case DeviceStatus() | Profile():
+            doc = stored_json(_with_identifier(to_nightscout(record), identifier))
             return (
-                ident, seq, record.date, iso_from_ms(record.date), record.device,
+                ident, seq, record.date, iso, record.device,
                 source, doc, at, at,
             )  # fmt: skip
+
+
+def _with_identifier(doc: dict[str, Any], identifier: str | None) -> dict[str, Any]:
+    if identifier is not None:
+        doc["identifier"] = identifier
+    return doc
+
+
+def status_json(value: Mapping[str, Any]) -> str:
+    """A status snapshot as the ``machine_status`` row keeps it."""
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _upsert_sql(collection: str) -> str:
@@ -694,7 +723,7 @@ class Store:
             conn.execute(
                 "INSERT INTO machine_status (key, json, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET json = excluded.json, updated_at = excluded.updated_at",
-                (key, json.dumps(value, sort_keys=True, default=str), _now_ms()),
+                (key, status_json(value), _now_ms()),
             )
 
     def load_status(self) -> dict[str, Any]:

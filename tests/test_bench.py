@@ -96,3 +96,38 @@ def test_bench_needs_nothing_from_tests_and_is_not_shipped() -> None:
     shipped = find_packages(where=str(ROOT), include=include)
     assert "connect" in shipped
     assert not [p for p in shipped if p == "bench" or p.startswith("bench.")]
+
+
+def test_json_report_has_every_figure() -> None:
+    # the shape only: at this size the figures mean nothing, and timings are never asserted
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--json", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    figures = report["figures"]
+    assert set(figures) >= {"store", "api", "accounts", "backfill", "delivery_nightscout", "delivery_mqtt"}
+    for key, figure in figures.items():
+        if figure is None:  # e.g. no mosquitto on this machine: said why
+            assert report["not_measured"][key]
+            continue
+        assert set(figure) == {"ours", "ceiling", "ratio", "time"}
+        assert figure["time"] in ("cpu", "wall")
+        assert all(isinstance(figure[k], float) and figure[k] > 0 for k in ("ours", "ceiling", "ratio"))
+    assert isinstance(report["rss_kib_per_account"], int | float)
+    assert isinstance(report["idle_cpu_percent_100_loops"], int | float)
+    assert report["machines"]["events_per_frame"] == 12
+
+
+def test_store_ceiling_writes_the_rows_we_write() -> None:
+    from bench.store import bare_rows, readings
+    from store.database import row_for
+
+    entries = readings(300)
+    assert bare_rows(entries, "bench", 0, 5) == [row_for(e, "bench", i + 1, 5) for i, e in enumerate(entries)]

@@ -122,3 +122,22 @@ def test_retry_after_as_an_http_date() -> None:
     response = httpx.Response(503, headers={"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"})
     now = 1_792_567_650.0  # 30 seconds before that date
     assert retry_after_seconds(response, now=now) == pytest.approx(30.0)
+
+
+def test_identifiers_and_times_are_pinned() -> None:
+    # a changed identifier would deliver every record again: these must never move
+    entry = Entry(type="sgv", date=1_700_000_000_000, device="xDrip-DexcomG6", sgv=120, direction="Flat")
+    treatment = Treatment(event_type="Meal Bolus", date=1_700_000_000_000, device="pump", carbs=30.0)
+    assert entry.identifier == "6aa9aca1-40fa-57fe-b237-c0a983100d88"
+    assert treatment.identifier == "0f831bce-10ba-59c2-8334-33423209cfa8"
+    assert iso_from_ms(1_700_000_000_000) == "2023-11-14T22:13:20.000Z"
+    assert iso_from_ms(951_782_400_123) == "2000-02-29T00:00:00.123Z"  # a leap day
+    assert iso_from_ms(-1) == "1969-12-31T23:59:59.999Z"
+
+
+@given(st.integers(min_value=-(10**12), max_value=4_200_000_000_000))
+def test_iso_times_match_the_calendar(ms: int) -> None:
+    from datetime import UTC, datetime
+
+    calendar = datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+    assert iso_from_ms(ms) == f"{calendar}{ms % 1000:03d}Z"

@@ -121,3 +121,31 @@ def test_readers_see_committed_data_while_a_write_is_open(tmp_path: Path) -> Non
     assert reader.execute("SELECT count(*) FROM entries").fetchone()[0] == 10  # not blocked, not dirty
     store.conn.execute("COMMIT")
     assert reader.execute("SELECT count(*) FROM entries").fetchone()[0] == 1010
+
+
+def test_stored_rows_are_pinned_byte_for_byte() -> None:
+    # the stored JSON is what the standard encoder writes (compact, sorted, non-ASCII escaped):
+    # a row whose text changed would be written again and delivered again
+    from store.database import row_for, stored_json
+
+    entry = Entry(
+        type="sgv", date=1_700_000_000_000, device="xDrip-DexcomG6", sgv=120, direction="Flat", delta=-1.5
+    )
+    assert row_for(entry, "sim", 7, now=1_700_000_300_000) == (
+        "6aa9aca1-40fa-57fe-b237-c0a983100d88", 7, 1_700_000_000_000, "2023-11-14T22:13:20.000Z", "sgv",
+        120, "Flat", "xDrip-DexcomG6", "sim",
+        '{"date":1700000000000,"dateString":"2023-11-14T22:13:20.000Z","delta":-1.5,'
+        '"device":"xDrip-DexcomG6","direction":"Flat","identifier":"6aa9aca1-40fa-57fe-b237-c0a983100d88",'
+        '"sgv":120,"trend":4,"type":"sgv"}',
+        1_700_000_300_000, 1_700_000_300_000,
+    )  # fmt: skip
+    treatment = Treatment(
+        event_type="Meal Bolus", date=1_700_000_000_000, device="pump", insulin=2.5, carbs=30.0, notes="café ☕"
+    )
+    assert row_for(treatment, "sim", 8, now=1)[9] == (
+        '{"carbs":30.0,"created_at":"2023-11-14T22:13:20.000Z","date":1700000000000,"device":"pump",'
+        '"eventType":"Meal Bolus","identifier":"0f831bce-10ba-59c2-8334-33423209cfa8","insulin":2.5,'
+        '"notes":"caf\\u00e9 \\u2615"}'
+    )
+    for doc in ({"big": 2**70, "b": [1.5, None, True]}, {1: "a"}, {"z": {"y": 0.25, "x": "q"}}):
+        assert stored_json(doc) == json.dumps(doc, separators=(",", ":"), sort_keys=True)
