@@ -82,6 +82,9 @@ def test_source_info_names_settings_and_legacy_variables() -> None:
         "BRIDGE_USER_NAME": "CONNECT_SHARE_ACCOUNT_NAME",
         "BRIDGE_PASSWORD": "CONNECT_SHARE_PASSWORD",
         "BRIDGE_SERVER": "CONNECT_SHARE_SERVER",
+        # share2nightscout-bridge's own names
+        "DEXCOM_ACCOUNT_NAME": "CONNECT_SHARE_ACCOUNT_NAME",
+        "DEXCOM_PASSWORD": "CONNECT_SHARE_PASSWORD",
     }
     assert SOURCE.settings is DexcomShareSettings
 
