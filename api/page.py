@@ -13,6 +13,7 @@ from html import escape
 from typing import Any, Final
 
 from api import status as st
+from connect.records import ARROWS
 from store.reader import Reading, StoredEpisode
 
 DAY_MS: Final = 86_400_000
@@ -21,21 +22,6 @@ TARGET_HIGH: Final = 180
 Y_MIN: Final = 40
 Y_MAX: Final = 400
 
-#: Nightscout's dir2Char (protocols/05 §5); anything else shows as "-"
-ARROWS: Final[dict[str, str]] = {
-    "NONE": "⇼",
-    "TripleUp": "⤊",
-    "DoubleUp": "⇈",
-    "SingleUp": "↑",
-    "FortyFiveUp": "↗",
-    "Flat": "→",
-    "FortyFiveDown": "↘",
-    "SingleDown": "↓",
-    "DoubleDown": "⇊",
-    "TripleDown": "⤋",
-    "NOT COMPUTABLE": "-",
-    "RATE OUT OF RANGE": "⇕",
-}
 
 # chart geometry (SVG user units)
 WIDTH: Final = 960

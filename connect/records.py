@@ -40,6 +40,21 @@ DIRECTIONS: Final[dict[str, int]] = {
     "NOT COMPUTABLE": 8,
     "RATE OUT OF RANGE": 9,
 }
+#: the arrow Nightscout draws for each direction (its dir2Char); anything else shows as "-"
+ARROWS: Final[dict[str, str]] = {
+    "NONE": "⇼",
+    "TripleUp": "⤊",
+    "DoubleUp": "⇈",
+    "SingleUp": "↑",
+    "FortyFiveUp": "↗",
+    "Flat": "→",
+    "FortyFiveDown": "↘",
+    "SingleDown": "↓",
+    "DoubleDown": "⇊",
+    "TripleDown": "⤋",
+    "NOT COMPUTABLE": "-",
+    "RATE OUT OF RANGE": "⇕",
+}
 TREND_TO_DIRECTION: Final[dict[int, str]] = {
     0: "NONE",
     1: "DoubleUp",

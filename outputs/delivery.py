@@ -213,13 +213,26 @@ class Output(abc.ABC):
 
     # --- what an output implements --------------------------------------------------------------
 
-    @abc.abstractmethod
     async def _serve(self) -> None:
-        """Deliver after every wake until something fails (then raise a ConnectError)."""
+        """Deliver after every wake until something fails (then raise a ConnectError).
 
-    @abc.abstractmethod
+        As here for an output with no connection to keep between passes (HTTP); one that holds
+        a connection (MQTT) overrides it."""
+        while True:
+            async with self._lock:
+                await self._deliver_pending()
+            await self._idle()
+
     async def _deliver_once(self) -> None:
         """One complete pass over everything pending, opening and closing what it needs."""
+        async with self._lock:
+            await self._deliver_pending()
+        self.machine.send("drained")
+
+    async def _deliver_pending(self) -> None:
+        """Everything past the cursors, chunk by chunk (what :meth:`_serve` and
+        :meth:`_deliver_once` run by default)."""
+        raise NotImplementedError
 
     # --- helpers shared by outputs: each reports an outcome to the machine --------------------
 

@@ -116,17 +116,6 @@ class EventOutput(Output):
 
     # --- delivery ---------------------------------------------------------------------------
 
-    async def _serve(self) -> None:
-        while True:
-            async with self._lock:
-                await self._deliver_pending()
-            await self._idle()
-
-    async def _deliver_once(self) -> None:
-        async with self._lock:
-            await self._deliver_pending()
-        self.machine.send("drained")
-
     async def _deliver_pending(self) -> None:
         while True:
             after = int(await self.astore.cursor(self.name, EVENTS))

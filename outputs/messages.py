@@ -10,23 +10,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
+from connect.records import ARROWS
 from machines.alerts import URGENT_KINDS, in_units, unit_label
 
-#: Nightscout's dir2Char
-ARROWS: Final[Mapping[str, str]] = {
-    "NONE": "⇼",
-    "TripleUp": "⤊",
-    "DoubleUp": "⇈",
-    "SingleUp": "↑",
-    "FortyFiveUp": "↗",
-    "Flat": "→",
-    "FortyFiveDown": "↘",
-    "SingleDown": "↓",
-    "DoubleDown": "⇊",
-    "TripleDown": "⤋",
-    "NOT COMPUTABLE": "-",
-    "RATE OUT OF RANGE": "⇕",
-}
 LABELS: Final[Mapping[str, str]] = {
     "urgent_low": "Urgent low",
     "low": "Low",

@@ -633,19 +633,19 @@ class MqttOutput(Output):
     async def _serve_link(self, link: _Link) -> None:
         while True:
             async with self._lock:
-                await self._deliver_pending(link)
+                await self._deliver_over(link)
             await self._idle()
 
     async def _deliver_once(self) -> None:
         async def one_pass(link: _Link) -> None:
             async with self._lock:
-                await self._deliver_pending(link)
+                await self._deliver_over(link)
             self.machine.send("drained")
 
         # a client id of its own: sharing run()'s would make the broker drop one of the two
         await self._with_connection(one_pass, client_id=f"{self.client_id}-once")
 
-    async def _deliver_pending(self, link: _Link) -> None:
+    async def _deliver_over(self, link: _Link) -> None:
         """Everything past the cursor, pipelined: up to ``window`` groups in flight at once.
 
         Groups are acknowledged in order and the cursor follows the acknowledged prefix, so a

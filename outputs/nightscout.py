@@ -410,17 +410,6 @@ class NightscoutOutput(Output):
 
     # --- delivery ---------------------------------------------------------------------------
 
-    async def _serve(self) -> None:
-        while True:
-            async with self._lock:
-                await self._deliver_pending()
-            await self._idle()
-
-    async def _deliver_once(self) -> None:
-        async with self._lock:
-            await self._deliver_pending()
-        self.machine.send("drained")
-
     async def _deliver_pending(self) -> None:
         queued: set[str] = await self.astore.call(queued_collections, self.astore.store, self.name)
         for collection in COLLECTIONS:

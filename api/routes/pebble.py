@@ -26,6 +26,7 @@ from api.context import ApiContext, Context
 from api.errors import ApiError, StoreUnavailable
 from api.openapi import ERROR_RESPONSES, SECURITY
 from api.responses import JSON
+from connect.records import ARROWS
 from store.reader import Filter, StoreReader
 
 router = APIRouter()
@@ -44,18 +45,6 @@ TRENDS: Final = {
     "DoubleDown": 7,
     "NOT COMPUTABLE": 8,
     "RATE OUT OF RANGE": 9,
-}
-ARROWS: Final = {
-    "DoubleUp": "⇈",
-    "SingleUp": "↑",
-    "FortyFiveUp": "↗",
-    "Flat": "→",
-    "FortyFiveDown": "↘",
-    "SingleDown": "↓",
-    "DoubleDown": "⇊",
-    "NOT COMPUTABLE": "-",
-    "RATE OUT OF RANGE": "⇕",
-    "NONE": "⇼",
 }
 PROPERTIES: Final = ("bgnow", "delta", "direction", "buckets", "rawbg")
 BUCKET_MS: Final = 5 * 60_000
