@@ -138,7 +138,7 @@ class SimDriver:
                         event_type="Meal Bolus",
                         date=at,
                         device=self.settings.sim_device,
-                        carbs=float(grams),
+                        carbs=grams,  # whole grams, served as the integer they are
                         insulin=round(grams / 10, 1),
                         entered_by=self.settings.sim_device,
                     )
