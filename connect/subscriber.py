@@ -176,8 +176,7 @@ class MqttSubscriber:
                 await trio.sleep(wait)
                 self.machine.send("retry")
         finally:
-            if self.machine.current_state_value != "stopped":
-                self.machine.send("stop")
+            self.machine.halt()
 
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(

@@ -49,6 +49,11 @@ class SubscriptionMachine(StateMachine):
         self.failures += 1
         self.last_error = error or None
 
+    def halt(self) -> None:
+        """The subscription's task ends: the machine stops, once."""
+        if not self.stopped.is_active:
+            self.send("stop")
+
     def wait_s(self, rand: float = 0.0) -> float:
         """Seconds to wait in ``backoff`` before the next connection."""
         return self.policy.delay(self.failures, rand)
