@@ -8,6 +8,7 @@ from typing import Any, Final
 from api.patterns import MAX_ALTERNATIONS, MAX_PATTERN, MAX_QUANTIFIERS, MAX_SUBJECT
 from api.query import FIELDS, ID_OPERATORS, MAX_COUNT, OPERATORS, PATTERN_FIELDS
 from connect.records import Collection
+from store.export import BOUND_PATTERN
 from store.reader import SQLITE_INT_MAX
 
 #: an ISO time as clients send it (UTC "Z", an offset, or a bare date)
@@ -575,7 +576,7 @@ def v3_search_parameters(max_limit: int, max_values: int) -> list[dict[str, Any]
 
 def export_parameters(collections: tuple[str, ...]) -> list[dict[str, Any]]:
     # empty: not given (a form's blank field)
-    time_schema = {"type": "string", "pattern": "^$|" + ISO_PATTERN}
+    time_schema = {"type": "string", "pattern": "^$|" + BOUND_PATTERN}
     return [
         {
             "name": "collection",

@@ -33,6 +33,14 @@ EARLIEST: Final = -SQLITE_INT_MAX
 LATEST: Final = SQLITE_INT_MAX
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: what an export bound may be over the API, exactly (its OpenAPI pattern too): epoch ms, or a
+#: real day of 2000–2099 (29 February in leap years only), with an optional ISO-8601 time
+BOUND_PATTERN: Final = (
+    r"^(-?\d{1,18}|(20\d\d-((0[1-9]|1[0-2])-(0[1-9]|1\d|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)"
+    r"|20(0[48]|[2468][048]|[13579][26])-02-29)"
+    r"(T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,6})?)?(Z|[+-](0\d|1[0-3]):[0-5]\d)?)?)$"
+)
+_BOUND = re.compile(BOUND_PATTERN)
 _EPOCH_MS = re.compile(r"^-?\d{1,18}$")
 #: an unencoded "+02:00" in a query string arrives as " 02:00"
 _SPACED_OFFSET = re.compile(r"^(\d{4}-\d\d-\d\dT[\d:.]+) (\d\d:?\d\d)$")

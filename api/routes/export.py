@@ -9,6 +9,7 @@ includes all of that day, UTC). The latest reads serve documents as the v1 reads
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -23,8 +24,21 @@ from api.query import QueryError, ReadQuery, parse_count
 from api.reads import read_body, read_texts
 from api.responses import JSON
 from connect.records import COLLECTIONS, Collection
-from store.export import DAY_MS, EARLIEST, LATEST, MEDIA_TYPES, Format, devices, export_chunks, time_bound
+from store.export import (
+    BOUND_PATTERN,
+    DAY_MS,
+    EARLIEST,
+    LATEST,
+    MEDIA_TYPES,
+    Format,
+    devices,
+    export_chunks,
+    time_bound,
+)
 from store.reader import SQLITE_INT_MAX, Filter
+
+#: the API takes exactly what its OpenAPI document says an export bound may be
+BOUND = re.compile(BOUND_PATTERN)
 
 router = APIRouter()
 
@@ -49,8 +63,10 @@ def _collection(params: Mapping[str, str]) -> Collection:
 
 def _bound(params: Mapping[str, str], name: str, *, end: bool) -> int:
     given = params.get(name)
-    if given is None or given.strip() == "":
+    if given is None or given == "":
         return LATEST if end else EARLIEST
+    if not BOUND.match(given):
+        raise QueryError(f"{name}: expected a day (2024-01-31), an ISO-8601 time or epoch milliseconds")
     try:
         return time_bound(given, end=end)
     except ValueError as exc:
