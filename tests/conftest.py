@@ -13,6 +13,7 @@ import pytest
 
 from connect.logs import configure
 from tests.mosquitto import Broker
+from tests.postgres import Cluster
 
 configure(fmt="json", level="warning", stream=io.StringIO())
 
@@ -45,3 +46,27 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
 def mosquitto(mosquitto_factory: Callable[..., Broker]) -> Broker:
     """One anonymous broker on a free loopback port."""
     return mosquitto_factory()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """One private PostgreSQL cluster per test process (each xdist worker has its own).
+
+    Without PostgreSQL installed the test is skipped, or fails when ``CI`` is set.
+    """
+    try:
+        cluster = Cluster()
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc} (CI requires PostgreSQL)")
+        pytest.skip(str(exc))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Cluster, request: pytest.FixtureRequest) -> str:
+    """The URL of a fresh, empty database on the private cluster, one per test."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    return postgres_cluster.create_database(name)
