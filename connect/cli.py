@@ -183,11 +183,11 @@ def cmd_demo(args: Sequence[str]) -> int:
         raise UsageError(["CONNECT_DEMO_SUMMARY_SECONDS: a number of seconds"]) from None
 
     async def summaries(daemon: daemon_mod.Daemon) -> None:
-        from connect.statusword import one_line, reading_summary
+        from connect.statusword import one_line
 
         while True:
             await trio.sleep(max(every, 1.0))
-            stored, newest = await daemon.astore.call(lambda store: reading_summary(store.conn), daemon.store)
+            stored, newest = await daemon.astore.sgv_summary()
             print(one_line(daemon.status(), stored, newest, int(time.time() * 1000)), flush=True)
 
     async def main() -> None:

@@ -21,7 +21,8 @@ from connect.redact import redact
 from connect.runtime import SourceRuntime
 from connect.settings import CoreSettings
 from outputs import Output
-from store import AsyncStore, Store
+from store import AsyncStore
+from store.abc import WriterStore
 from store.database import status_json
 
 log = structlog.get_logger("connect.daemon")
@@ -37,7 +38,7 @@ class Daemon:
 
     settings: CoreSettings
     source: SourceInfo
-    store: Store
+    store: WriterStore
     astore: AsyncStore
     client: httpx.AsyncClient
     runtime: SourceRuntime

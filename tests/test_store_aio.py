@@ -9,7 +9,7 @@ from store import AsyncStore, Store
 
 #: Store's own lifecycle, not for the async side: the daemon closes it; transactions stay on
 #: the writer's thread
-SYNC_ONLY = frozenset({"close", "transaction"})
+SYNC_ONLY = frozenset({"close", "transaction", "as_store_error", "alert_transaction"})
 
 
 def public_methods(cls: type) -> dict[str, object]:
