@@ -39,7 +39,7 @@ from connect.records import (
     to_nightscout,
 )
 from store import events as ev
-from store.abc import StoredRow
+from store.abc import AlertTransaction, StoredRow
 from store.events import AlertState, EventRow, NewRecord
 from store.lock import StoreLock
 from store.schema import COLLECTION_COLUMNS, SCHEMA_VERSION, NotAStore, SchemaTooNew, check_schema, migrate
@@ -374,7 +374,7 @@ class Store:
         """A fault of the disk or the file as a :class:`StoreError` (see :func:`as_store_error`)."""
         return as_store_error(exc, self.path) if isinstance(exc, sqlite3.Error) else None
 
-    def alert_transaction(self) -> AbstractContextManager[SqliteAlertTransaction]:
+    def alert_transaction(self) -> AbstractContextManager[AlertTransaction]:
         """One transaction for an alert pass (:func:`connect.alerting.evaluate`)."""
         return _alert_transaction(self)
 

@@ -28,7 +28,7 @@ import psycopg_pool
 from connect.errors import StoreError, StoreUnusable
 from connect.records import COLLECTIONS, EVENTS, Batch, Collection, Entry, Record, Stream, Treatment
 from connect.redact import redact_text, register_secret
-from store.abc import StoredRow
+from store.abc import AlertTransaction, StoredRow
 from store.database import (
     Pending,
     PersistResult,
@@ -97,6 +97,12 @@ def open_pool(
     :class:`StoreUnusable` in one line, without the password). Share one pool between the
     stores of many accounts: file descriptors then grow with the pool, not the accounts."""
     register_secret(url_password(url))
+    try:
+        # one connection first: a refused one fails at once, and says why (the pool would
+        # retry it quietly until its timeout)
+        psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT)).close()
+    except psycopg.Error as exc:
+        raise StoreUnusable(f"store {display_url(url)}: cannot connect ({_one_line(exc)})") from None
     pool: psycopg_pool.ConnectionPool = psycopg_pool.ConnectionPool(
         url,
         min_size=1,
@@ -700,7 +706,7 @@ class PostgresStore:
                 (self.account, hook, self.account, hook, WEBHOOK_LOG_KEEP),
             )
 
-    def alert_transaction(self) -> AbstractContextManager[PostgresAlertTransaction]:
+    def alert_transaction(self) -> AbstractContextManager[AlertTransaction]:
         """One transaction for an alert pass (:func:`connect.alerting.evaluate`)."""
         return self._alert_transaction()
 
