@@ -30,7 +30,7 @@ from connect.assemble import assemble, try_outputs
 from connect.builder import SourcePlan
 from connect.contract import SourceInfo
 from connect.errors import ConfigError, ConnectError, StoreError
-from connect.loading import UsageError, flag_source, load_settings, selected_source, take_option
+from connect.loading import UsageError, flag_source, load_settings, selected_source, sqlite_only, take_option
 from connect.logs import configure
 from connect.redact import describe_error
 from connect.rejected import cmd_rejected
@@ -192,7 +192,7 @@ def cmd_demo(args: Sequence[str]) -> int:
 
     async def main() -> None:
         async with assemble(settings, source) as daemon:
-            log.info("demo: simulated CGM → machines → store", store=settings.store_path)
+            log.info("demo: simulated CGM → machines → store", store=settings.store_name())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(summaries, daemon)
                 await daemon_mod.run_forever(daemon)
@@ -206,6 +206,7 @@ def cmd_serve(args: Sequence[str]) -> int:
     """The HTTP API alone over an existing store, showing the status its daemon last saved."""
     settings, _ = load_settings(args, source_name="sim")
     _configure_logs(settings)
+    sqlite_only(settings, "serve")
     if not isinstance(settings, ApiSettings) or check_bind(settings) is None:
         raise UsageError(["--http-bind / CONNECT_HTTP_BIND: serve needs an address (it is 0)"])
     path = settings.store_path

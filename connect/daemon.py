@@ -185,7 +185,10 @@ async def serve_daemon(
     from api.context import Writer
 
     async with trio.open_nursery() as nursery:
-        if isinstance(daemon.settings, ApiSettings):
+        over_postgres = daemon.settings.store_url is not None
+        if isinstance(daemon.settings, ApiSettings) and over_postgres and check_bind(daemon.settings):
+            log.warning("api not started: it reads SQLite stores only, and this store is PostgreSQL")
+        elif isinstance(daemon.settings, ApiSettings):
             # pushed records are written by this daemon's own store writer, and wake its outputs
             writer = Writer(daemon.astore, daemon.persisted)
             binds = await nursery.start(

@@ -83,6 +83,12 @@ def run_export(args: Sequence[str]) -> int:
     fmt: Format = next(f for f in FORMATS if f == _choice(format_text, FORMATS, "--format", "csv"))
     since = _bound(since_text, "--from", end=False)
     until = _bound(until_text, "--to", end=True)
+    if not store_text and os.environ.get("CONNECT_STORE_URL", "").strip():
+        raise UsageError(
+            [
+                "--store-url / CONNECT_STORE_URL: export reads a SQLite store (--store-path / CONNECT_STORE_PATH)"
+            ]
+        )
     path = store_text or os.environ.get("CONNECT_STORE_PATH") or DEFAULT_STORE
     if path == ":memory:" or not Path(path).is_file():
         raise UsageError([f"--store-path / CONNECT_STORE_PATH: no store at {path!r}"])

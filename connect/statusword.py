@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from connect.loading import UsageError, load_settings
+from connect.loading import UsageError, load_settings, sqlite_only
 
 
 def _when(ms: Any, now_ms: int) -> str:
@@ -127,6 +127,7 @@ def reading_summary(conn: sqlite3.Connection) -> tuple[int, tuple[Any, ...] | No
 
 def cmd_status(args: Sequence[str]) -> int:
     settings, _ = load_settings(args, source_name="sim")
+    sqlite_only(settings, "status")
     path = settings.store_path
     if path == ":memory:" or not os.path.exists(path):
         raise UsageError([f"--store-path / CONNECT_STORE_PATH: no store at {path!r}"])

@@ -1,0 +1,122 @@
+"""The real CLI over a PostgreSQL store (a private cluster): ``once`` with the simulator stores
+its frames in the database and a Nightscout site receives each record exactly once; two accounts
+in one database stay apart; a URL that is not PostgreSQL's, or a server that cannot be reached,
+is one line without the password."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.emulators.nightscout import NightscoutEmulator, serve_in_thread
+from tests.mosquitto import free_port
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "connect"]
+SECRET = "e2e-site-api-secret"
+PASSWORD = "pg-password-3d9c1b"
+
+
+def run(*args: str, cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update({"CONNECT_LOG_FORMAT": "json", "CONNECT_SOURCE": "sim", "CONNECT_HTTP_BIND": "0", **extra})
+    # PYTHONPATH keeps the code under test importable from another working directory
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.run([*CLI, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
+
+
+def with_password(url: str) -> str:
+    # the private cluster trusts its user: any password is accepted, and must never be shown
+    return url.replace("postgresql://connect@", f"postgresql://connect:{PASSWORD}@")
+
+
+def rows(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(sql.encode(), params).fetchall()
+
+
+@pytest.fixture
+def sites() -> Iterator[list[tuple[NightscoutEmulator, str]]]:
+    made = []
+    for _ in range(2):
+        emulator = NightscoutEmulator(SECRET)
+        url, stop = serve_in_thread(emulator)
+        made.append((emulator, url, stop))
+    try:
+        yield [(emulator, url) for emulator, url, _ in made]
+    finally:
+        for _, _, stop in made:
+            stop()
+
+
+def once(url: str, site: str, account: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run(
+        "once", cwd=cwd, CONNECT_STORE_URL=with_password(url), CONNECT_ACCOUNT=account,
+        CONNECT_NIGHTSCOUT_ENDPOINT=site, CONNECT_API_SECRET=SECRET, CONNECT_BACKFILL_DAYS="1",
+    )  # fmt: skip
+
+
+def test_once_stores_in_postgresql_and_the_site_gets_each_record_once(
+    postgres_url: str, sites: list[tuple[NightscoutEmulator, str]], tmp_path: Path
+) -> None:
+    (emulator, site), (other, other_site) = sites
+    result = once(postgres_url, site, "alice", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stored = rows(postgres_url, "SELECT identifier, json FROM entries WHERE account = 'alice'")
+    assert len(stored) >= 200  # a day of readings every five minutes
+    sent = [d["identifier"] for d in emulator.docs("entries")]
+    assert sorted(sent) == sorted(i for i, _ in stored) and emulator.received["entries"] == len(stored)
+    # what the site received is what the store keeps (the stored JSON is sent as it is)
+    by_id = {i: json.loads(text) for i, text in stored}
+    for doc in emulator.docs("entries")[:20]:
+        assert {k: v for k, v in doc.items() if k in by_id[doc["identifier"]]} == by_id[doc["identifier"]]
+    assert not list(tmp_path.glob("*.db")), "no SQLite file beside the PostgreSQL store"
+
+    # again: nothing new to send, nothing sent twice
+    received = dict(emulator.received)
+    assert once(postgres_url, site, "alice", tmp_path).returncode == 0
+    assert emulator.received["entries"] == received["entries"] + (
+        len(rows(postgres_url, "SELECT 1 FROM entries WHERE account = 'alice'")) - len(stored)
+    )
+    assert len({d["identifier"] for d in emulator.docs("entries")}) == len(emulator.docs("entries"))
+
+    # a second account in the same database: its own rows, cursors, status and site
+    assert once(postgres_url, other_site, "bob", tmp_path).returncode == 0
+    counts = dict(rows(postgres_url, "SELECT account, count(*) FROM entries GROUP BY account"))
+    assert set(counts) == {"alice", "bob"} and counts["bob"] >= 200
+    assert other.received["entries"] == counts["bob"]
+    assert emulator.received["entries"] == counts["alice"]  # bob's records never reach alice's site
+    cursors = rows(postgres_url, "SELECT account, seq FROM cursors WHERE collection = 'entries'")
+    assert sorted(a for a, _ in cursors) == ["alice", "bob"]
+    statuses = rows(postgres_url, "SELECT account, json FROM machine_status WHERE key = 'daemon'")
+    assert sorted(a for a, _ in statuses) == ["alice", "bob"]
+    for _, text in statuses:
+        assert PASSWORD not in text and SECRET not in text
+    everything = result.stdout + result.stderr
+    assert PASSWORD not in everything and SECRET not in everything
+
+
+def test_a_store_url_that_is_not_postgresql_is_one_line_and_not_echoed(tmp_path: Path) -> None:
+    result = run("once", cwd=tmp_path, CONNECT_STORE_URL=f"mysql://connect:{PASSWORD}@db.example/x")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "STORE_URL" in line]
+    assert lines == [lines[0]] and "postgresql://" in lines[0]
+    assert PASSWORD not in result.stdout + result.stderr and "db.example" not in result.stdout + result.stderr
+
+
+def test_an_unreachable_server_stops_the_daemon_in_one_line_without_the_password(tmp_path: Path) -> None:
+    url = f"postgresql://connect:{PASSWORD}@127.0.0.1:{free_port()}/connect"
+    result = run("once", cwd=tmp_path, CONNECT_STORE_URL=url)
+    assert result.returncode != 0
+    assert "cannot connect" in result.stderr and PASSWORD not in result.stdout + result.stderr
+    assert not list(tmp_path.glob("*.db"))
