@@ -13,6 +13,7 @@ The rows, their JSON and their ``seq`` are made exactly as the SQLite store make
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -125,6 +126,36 @@ def _one_line(exc: BaseException) -> str:
     return redact_text(f"{type(exc).__name__}: {text}")
 
 
+def account_lock_key(account: str) -> int:
+    """The advisory lock key of one account's daemon (a signed 64-bit number)."""
+    digest = hashlib.sha256(f"nightscout-connect account {account}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _lock_account(url: str, account: str, where: str) -> Conn:
+    """One daemon per account, as one daemon per SQLite file: a session-level advisory lock on
+    a connection of its own, held while the daemon runs and released by the server when the
+    session ends, however the process ends."""
+    register_secret(url_password(url))
+    try:
+        conn: Conn = psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT))
+    except psycopg.Error as exc:
+        raise StoreUnusable(f"{where}: cannot connect ({_one_line(exc)})") from None
+    try:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (account_lock_key(account),)).fetchone()
+    except psycopg.Error as exc:
+        conn.close()
+        raise StoreUnusable(f"{where}: cannot be used ({_one_line(exc)})") from None
+    if row is None or not row[0]:
+        conn.close()
+        name = f"account {account!r}" if account else "the account with no --account"
+        raise StoreUnusable(
+            f"{where}: {name} is in use by another daemon; one daemon per account: stop it, "
+            "or name another --account / CONNECT_ACCOUNT"
+        )
+    return conn
+
+
 #: pools whose database this process has brought to the current schema
 _migrated: weakref.WeakSet[psycopg_pool.ConnectionPool] = weakref.WeakSet()
 _migrate_lock = threading.Lock()
@@ -194,6 +225,8 @@ class PostgresStore:
             info = url_or_pool.conninfo
             self.path = display_url(info) if isinstance(info, str) and is_store_url(info) else "postgresql"
         self.account = account
+        #: the session holding the account's one-daemon lock (:meth:`open` only)
+        self._lock: Conn | None = None
         #: transactions committed (a store that commits is healthy again)
         self.commits = 0
         try:
@@ -221,8 +254,11 @@ class PostgresStore:
         """The daemon's store: connected and migrated, or :class:`StoreUnusable` in one line
         naming the store without its password."""
         where = f"store {display_url(url)}"
+        lock = _lock_account(url, account, where)
         try:
-            return cls(url, account=account)
+            store = cls(url, account=account)
+            store._lock = lock
+            return store
         except SchemaTooNew as exc:
             problem = (
                 f"{where}: migrated by a newer version of nightscout-connect (schema {exc.version}; "
@@ -230,6 +266,10 @@ class PostgresStore:
             )
         except psycopg.Error as exc:
             problem = f"{where}: cannot be used ({_one_line(exc)})"
+        except BaseException:
+            lock.close()
+            raise
+        lock.close()
         raise StoreUnusable(problem)
 
     def _scalar(self, conn: Conn, sql: str, params: Sequence[Any] = ()) -> int:
@@ -240,6 +280,9 @@ class PostgresStore:
     def close(self) -> None:
         if self._owns_pool:
             self.pool.close()
+        if self._lock is not None:
+            self._lock.close()  # the session ends, and its advisory lock with it
+            self._lock = None
 
     def as_store_error(self, exc: BaseException) -> StoreError | None:
         """A lost server, a pool with no free connection, a full disk, a conflict to retry: a

@@ -308,3 +308,15 @@ def test_an_unreachable_server_is_one_line_without_the_password() -> None:
     assert message.startswith(
         f"store postgresql://connect@127.0.0.1:{url.rsplit(':', 1)[1].split('/')[0]}/connect"
     )
+
+
+def test_one_daemon_per_account_and_the_lock_goes_with_it(postgres_url: str) -> None:
+    from connect.errors import StoreUnusable
+
+    alice = PostgresStore.open(postgres_url, account="alice")
+    with pytest.raises(StoreUnusable, match="account 'alice' is in use by another daemon"):
+        PostgresStore.open(postgres_url, account="alice")
+    bob = PostgresStore.open(postgres_url, account="bob")  # another account of the same database
+    alice.close()
+    PostgresStore.open(postgres_url, account="alice").close()
+    bob.close()
