@@ -21,7 +21,7 @@ The semantics every adapter keeps (the contract tests run against both):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -33,6 +33,7 @@ from store.events import AlertState, EventRow, NewRecord
 
 if TYPE_CHECKING:
     from store.database import Pending, PersistResult, PushKey, PushResult, RejectedGroup
+    from store.reader import Filter, Reading, StoredEpisode, Where
 
 
 @attrs.frozen
@@ -189,4 +190,61 @@ class WriterStore(Protocol):
     def sgv_summary(self) -> tuple[int, tuple[Any, ...] | None]: ...
 
 
-__all__ = ["AlertTransaction", "StoredRow", "WriterStore"]
+class ReaderStore(Protocol):
+    """The read side, for the HTTP API: :class:`store.reader.StoreReader` over a SQLite file,
+    :class:`store.postgres_reader.PostgresReader` over one account of a PostgreSQL database.
+    Safe to use from many threads at once."""
+
+    #: how the store is named in messages (a path, or a URL without its password)
+    path: str
+
+    def close(self) -> None: ...
+
+    def doc_texts(
+        self,
+        collection: Collection,
+        filters: Sequence[Filter] = (),
+        limit: int = 10,
+        *,
+        page_deltas: bool = True,
+        extra: Where | None = None,
+    ) -> list[str]: ...
+
+    def body(self, collection: Collection, filters: Sequence[Filter] = (), limit: int = 10) -> bytes: ...
+
+    def docs(
+        self, collection: Collection, filters: Sequence[Filter] = (), limit: int = 10
+    ) -> list[dict[str, Any]]: ...
+
+    def id_filters(self, collection: Collection, wanted: str) -> tuple[Filter, ...] | None: ...
+
+    def distinct_values(self, collection: Collection, column: str, limit: int) -> list[str]: ...
+
+    def readings(self, since_ms: int, until_ms: int) -> list[Reading]: ...
+
+    def latest_reading(self) -> Reading | None: ...
+
+    def collections(self) -> dict[str, dict[str, int | None]]: ...
+
+    def outputs(self) -> list[str]: ...
+
+    def lag(self, outputs: Iterable[str]) -> dict[str, dict[str, int]]: ...
+
+    def rejected(self) -> list[RejectedGroup]: ...
+
+    def episodes(
+        self, since_ms: int, until_ms: int, *, account: str | None = None
+    ) -> list[StoredEpisode]: ...
+
+    def webhook_log(self) -> dict[str, list[dict[str, Any]]]: ...
+
+    def saved_status(self, key: str = "daemon") -> dict[str, Any]: ...
+
+    def revision(self) -> int: ...
+
+    def ping(self) -> int: ...
+
+    def verify(self) -> int: ...
+
+
+__all__ = ["AlertTransaction", "ReaderStore", "StoredRow", "WriterStore"]

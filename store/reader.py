@@ -66,6 +66,15 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return row is not None
 
 
+#: the columns that make a record's identifier, per collection (uuid5 over device, date and kind)
+KEY_COLUMNS: Final[dict[Collection, tuple[str, ...]]] = {
+    "entries": ("date", "device", "type"),
+    "treatments": ("date", "device", "event_type"),
+    "devicestatus": ("date", "device"),
+    "profile": ("date", "device"),
+}
+
+
 #: a reading this close to the previous one of the same device gets a ``delta``
 DELTA_WINDOW_MS: Final = 15 * 60_000
 #: beyond this gap, the difference is scaled to five minutes (as a 5-minute delta is read)
@@ -341,6 +350,39 @@ class StoreReader:
     ) -> list[dict[str, Any]]:
         """Like :meth:`doc_texts`, parsed."""
         return [json.loads(text) for text in self.doc_texts(collection, filters, limit)]
+
+    def id_filters(self, collection: Collection, wanted: str) -> tuple[Filter, ...] | None:
+        """Filters that select the record served with ``_id`` ``wanted``, or None if none is.
+
+        The id we serve is the first 24 hex digits of the record's identifier (a UUID): the
+        identifier is found by prefix on its primary key, and the record's own key columns
+        become the filters."""
+        # a UUID's first 24 hex digits, with its dashes: 8-4-4-4 and 4 of the last group
+        prefix = f"{wanted[:8]}-{wanted[8:12]}-{wanted[12:16]}-{wanted[16:20]}-{wanted[20:24]}"
+        columns = KEY_COLUMNS[collection]
+        sql = (
+            f"SELECT identifier, {', '.join(columns)} FROM {collection} "
+            "WHERE identifier >= ? AND identifier < ? LIMIT 8"
+        )
+        with self.connection() as conn:
+            # "~" sorts after every hex digit: the range is the identifiers that start with prefix
+            rows = conn.execute(sql, (prefix, prefix + "~")).fetchall()
+        for identifier, *values in rows:
+            if object_id(str(identifier)) == wanted:
+                return tuple(
+                    Filter(column, "=", value)
+                    for column, value in zip(columns, values, strict=True)
+                    if isinstance(value, (int, str))
+                )
+        return None
+
+    def distinct_values(self, collection: Collection, column: str, limit: int) -> list[str]:
+        """Up to ``limit`` values ``column`` holds in ``collection``."""
+        if column not in FILTER_COLUMNS[collection]:
+            raise ValueError(f"cannot read the values of {collection}.{column}")
+        sql = f"SELECT DISTINCT {column} FROM {collection} WHERE {column} IS NOT NULL LIMIT ?"
+        with self.connection() as conn:
+            return [str(value) for (value,) in conn.execute(sql, (limit,))]
 
     # --- what the status page and the status API show ----------------------------------------
 

@@ -1,0 +1,364 @@
+"""One account's read-only view of a PostgreSQL store: what :class:`store.reader.StoreReader`
+answers over a SQLite file, for the Nightscout v1 reads, the status page, the alerts routes and
+the metrics.
+
+Documents are served exactly as the SQLite reader serves them: the stored JSON with ``_id``
+(and ``mills``, and a CGM reading's computed ``delta``) spliced in front, by the same
+:func:`store.reader.splice`. Readings of the same time are ordered by their first write, then
+``seq`` (SQLite's reader uses its ``rowid``, the order rows were first inserted: the same order
+for every row written once).
+
+Not here: a search on any field (``find`` on a field without a column, and API v3's searches),
+which the SQLite reader runs through functions registered on its connection.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Final
+
+import psycopg
+import psycopg_pool
+
+from connect.errors import StoreUnusable
+from connect.records import COLLECTIONS, EVENTS, Collection
+from store.database import RejectedGroup
+from store.postgres import Conn, _one_line, _q, display_url, is_store_url, open_pool
+from store.postgres_schema import SCHEMA_VERSION, current_version
+from store.reader import (
+    DELTA_WINDOW_MS,
+    FILTER_COLUMNS,
+    KEY_COLUMNS,
+    OPS,
+    WITH_MILLS,
+    Filter,
+    Reading,
+    StoredEpisode,
+    Where,
+    _delta,
+    splice,
+)
+
+_ORDER: Final = "e.date DESC, e.srv_created DESC, e.seq DESC"
+
+
+class PostgresReader:
+    """Read-only queries for one ``account``; safe to use from many threads at once (each use
+    borrows a pooled connection). ``PostgresReader(url)`` has a pool of its own;
+    ``PostgresReader(pool, account=…)`` shares one."""
+
+    def __init__(self, url_or_pool: str | psycopg_pool.ConnectionPool, *, account: str = "") -> None:
+        if isinstance(url_or_pool, str):
+            self.pool = open_pool(url_or_pool, name="nightscout-connect-reader")
+            self._owns_pool = True
+            self.path = display_url(url_or_pool)
+        else:
+            self.pool = url_or_pool
+            self._owns_pool = False
+            info = url_or_pool.conninfo
+            self.path = display_url(info) if isinstance(info, str) and is_store_url(info) else "postgresql"
+        self.account = account
+
+    @contextmanager
+    def connection(self) -> Iterator[Conn]:
+        with self.pool.connection() as conn:
+            yield conn
+
+    def close(self) -> None:
+        if self._owns_pool:
+            self.pool.close()
+
+    def __enter__(self) -> PostgresReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- documents ------------------------------------------------------------------------
+
+    def _where(self, collection: Collection, filters: Sequence[Filter]) -> tuple[str, list[Any]]:
+        allowed = FILTER_COLUMNS[collection]
+        clauses = ["e.account = %s"]
+        params: list[Any] = [self.account]
+        for f in filters:
+            if f.column not in allowed or f.op not in OPS:
+                raise ValueError(f"cannot filter {collection} on {f.column!r}")
+            # text compares byte by byte, as SQLite compares it
+            collate = ' COLLATE "C"' if isinstance(f.value, str) else ""
+            clauses.append(f"e.{f.column}{collate} {f.op} %s")
+            params.append(f.value)
+        return " WHERE " + " AND ".join(clauses), params
+
+    def doc_texts(
+        self,
+        collection: Collection,
+        filters: Sequence[Filter] = (),
+        limit: int = 10,
+        *,
+        page_deltas: bool = True,
+        extra: Where | None = None,
+    ) -> list[str]:
+        """The newest ``limit`` documents matching every filter, as JSON texts, newest first
+        (see :meth:`store.reader.StoreReader.doc_texts`; ``page_deltas`` is accepted and has no
+        effect: the previous reading is always looked up, one index probe per row)."""
+        if collection not in COLLECTIONS:
+            raise ValueError(f"unknown collection {collection!r}")
+        if extra is not None:
+            raise ValueError("a search on any field reads SQLite stores only")
+        where, params = self._where(collection, filters)
+        if collection != "entries":
+            sql = f"SELECT e.identifier, e.json, e.date FROM {collection} e{where} ORDER BY {_ORDER} LIMIT %s"
+            with self.connection() as conn:
+                rows = conn.execute(_q(sql), [*params, limit]).fetchall()
+            served = collection in WITH_MILLS
+            return [splice(doc, identifier, mills=date if served else None) for identifier, doc, date in rows]
+        sql = (
+            "SELECT e.identifier, e.json, e.sgv, e.date, p.sgv, p.date FROM entries e "
+            "LEFT JOIN LATERAL (SELECT q.sgv, q.date FROM entries q WHERE q.account = e.account "
+            "AND e.type = 'sgv' AND q.type = 'sgv' AND q.device = e.device AND q.date < e.date "
+            "AND q.date >= e.date - %s AND q.sgv IS NOT NULL "
+            "ORDER BY q.date DESC, q.srv_created DESC, q.seq DESC LIMIT 1) p ON true"
+            f"{where} ORDER BY {_ORDER} LIMIT %s"
+        )
+        with self.connection() as conn:
+            rows = conn.execute(_q(sql), [DELTA_WINDOW_MS, *params, limit]).fetchall()
+        out: list[str] = []
+        for identifier, doc, sgv, date, prev_sgv, prev_date in rows:
+            if prev_sgv is None or sgv is None or '"delta":' in doc:
+                out.append(splice(doc, identifier, mills=date))
+            else:
+                out.append(splice(doc, identifier, _delta(sgv, date, prev_sgv, prev_date), mills=date))
+        return out
+
+    def body(self, collection: Collection, filters: Sequence[Filter] = (), limit: int = 10) -> bytes:
+        """A JSON array of :meth:`doc_texts`, ready to send."""
+        return ("[" + ",".join(self.doc_texts(collection, filters, limit)) + "]").encode("utf-8")
+
+    def docs(
+        self, collection: Collection, filters: Sequence[Filter] = (), limit: int = 10
+    ) -> list[dict[str, Any]]:
+        return [json.loads(text) for text in self.doc_texts(collection, filters, limit)]
+
+    def id_filters(self, collection: Collection, wanted: str) -> tuple[Filter, ...] | None:
+        """Filters that select the record served with ``_id`` ``wanted``, or None if none is."""
+        columns = KEY_COLUMNS[collection]
+        with self.connection() as conn:
+            row = conn.execute(
+                _q(
+                    f"SELECT {', '.join(columns)} FROM {collection} WHERE account = %s AND object_id = %s LIMIT 1"
+                ),
+                (self.account, wanted.lower()),
+            ).fetchone()
+        if row is None:
+            return None
+        return tuple(
+            Filter(column, "=", value)
+            for column, value in zip(columns, row, strict=True)
+            if isinstance(value, (int, str))
+        )
+
+    def distinct_values(self, collection: Collection, column: str, limit: int) -> list[str]:
+        """Up to ``limit`` values ``column`` holds in ``collection``."""
+        if column not in FILTER_COLUMNS[collection]:
+            raise ValueError(f"cannot read the values of {collection}.{column}")
+        with self.connection() as conn:
+            rows = conn.execute(
+                _q(
+                    f"SELECT DISTINCT {column} FROM {collection} WHERE account = %s AND {column} IS NOT NULL LIMIT %s"
+                ),
+                (self.account, limit),
+            ).fetchall()
+        return [str(value) for (value,) in rows]
+
+    # --- what the status page and the status API show ----------------------------------------
+
+    def readings(self, since_ms: int, until_ms: int) -> list[Reading]:
+        """CGM readings with ``since_ms <= date <= until_ms``, oldest first."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT date, sgv, direction, device FROM entries WHERE account = %s AND type = 'sgv' "
+                "AND sgv IS NOT NULL AND date >= %s AND date <= %s ORDER BY date, srv_created, seq",
+                (self.account, since_ms, until_ms),
+            ).fetchall()
+        return [Reading(int(d), int(s), direction, str(device)) for d, s, direction, device in rows]
+
+    def latest_reading(self) -> Reading | None:
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT date, sgv, direction, device FROM entries WHERE account = %s AND type = 'sgv' "
+                "AND sgv IS NOT NULL ORDER BY date DESC, srv_created DESC, seq DESC LIMIT 1",
+                (self.account,),
+            ).fetchone()
+        return None if row is None else Reading(int(row[0]), int(row[1]), row[2], str(row[3]))
+
+    def collections(self) -> dict[str, dict[str, int | None]]:
+        """Records stored and the newest record time, per collection."""
+        out: dict[str, dict[str, int | None]] = {}
+        with self.connection() as conn:
+            for name in COLLECTIONS:
+                row = conn.execute(
+                    _q(f"SELECT count(*), max(date) FROM {name} WHERE account = %s"), (self.account,)
+                ).fetchone()
+                count, newest = row if row is not None else (0, None)
+                out[name] = {"records": int(count), "newest": None if newest is None else int(newest)}
+        return out
+
+    def outputs(self) -> list[str]:
+        """Every output that has a delivery cursor for this account."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                'SELECT DISTINCT output COLLATE "C" FROM cursors WHERE account = %s ORDER BY 1',
+                (self.account,),
+            ).fetchall()
+        return [str(name) for (name,) in rows]
+
+    def lag(self, outputs: Iterable[str]) -> dict[str, dict[str, int]]:
+        """Records each output has not delivered yet, per collection (see StoreReader.lag)."""
+        result: dict[str, dict[str, int]] = {}
+        with self.connection() as conn:
+            for output in outputs:
+                cursors = {
+                    str(c): int(s)
+                    for c, s in conn.execute(
+                        "SELECT collection, seq FROM cursors WHERE account = %s AND output = %s",
+                        (self.account, output),
+                    ).fetchall()
+                }
+                per: dict[str, int] = {}
+                delivers_events = EVENTS in cursors
+                for name in COLLECTIONS:
+                    if delivers_events and name not in cursors:
+                        continue
+                    after = cursors.get(name, 0)
+                    per[name] = self._count(
+                        conn, f"SELECT count(*) FROM {name} WHERE account = %s AND seq > %s", after
+                    ) + self._count(
+                        conn,
+                        f"SELECT count(*) FROM rejected r JOIN {name} c "
+                        "ON c.account = r.account AND c.seq BETWEEN r.first_seq AND r.last_seq "
+                        f"WHERE r.account = %s AND r.output = %s AND r.collection = '{name}' AND r.retry = 1 "
+                        "AND c.seq <= %s",
+                        output,
+                        after,
+                    )
+                if delivers_events:
+                    per[EVENTS] = self._count(
+                        conn, "SELECT count(*) FROM events WHERE account = %s AND seq > %s", cursors[EVENTS]
+                    )
+                result[output] = per
+        return result
+
+    def _count(self, conn: Conn, sql: str, *params: Any) -> int:
+        row = conn.execute(_q(sql), (self.account, *params)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def rejected(self) -> list[RejectedGroup]:
+        """Records the outputs set aside, grouped (see :meth:`store.database.Store.rejected`)."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT output, collection, status, error, retry, sum(records), min(at), max(at) "
+                "FROM rejected WHERE account = %s GROUP BY output, collection, status, error, retry "
+                'ORDER BY output COLLATE "C", collection COLLATE "C", retry, min(at)',
+                (self.account,),
+            ).fetchall()
+        return [
+            RejectedGroup(
+                output=str(out), collection=str(coll), status=int(status), reason=str(error or ""),
+                records=int(records), queued=bool(retry), first_at=int(first), last_at=int(last),
+            )
+            for out, coll, status, error, retry, records, first, last in rows
+        ]  # fmt: skip
+
+    def episodes(self, since_ms: int, until_ms: int, *, account: str | None = None) -> list[StoredEpisode]:
+        """Episodes that overlap ``[since_ms, until_ms]``, oldest first (``account``: the alert key)."""
+        sql = (
+            "SELECT alert_key, kind, start_at, end_at, sgv_min, sgv_max, readings FROM episodes "
+            "WHERE account = %s AND start_at <= %s AND (end_at IS NULL OR end_at >= %s)"
+        )
+        params: list[Any] = [self.account, until_ms, since_ms]
+        if account is not None:
+            sql += " AND alert_key = %s"
+            params.append(account)
+        sql += " ORDER BY start_at, id"
+        with self.connection() as conn:
+            rows = conn.execute(_q(sql), params).fetchall()
+        return [
+            StoredEpisode(str(a), str(k), int(s), None if e is None else int(e), lo, hi, int(n))
+            for a, k, s, e, lo, hi, n in rows
+        ]
+
+    def webhook_log(self) -> dict[str, list[dict[str, Any]]]:
+        """The payloads each webhook was last sent (newest first) and what became of them."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT hook, event_id, seq, event, attempts, status, outcome, at, body FROM webhook_log "
+                'WHERE account = %s ORDER BY hook COLLATE "C", seq DESC',
+                (self.account,),
+            ).fetchall()
+        for hook, event_id, seq, event, attempts, status, outcome, at, body in rows:
+            try:
+                payload: Any = json.loads(body)
+            except ValueError:
+                payload = body
+            out.setdefault(str(hook), []).append(
+                {
+                    "id": event_id, "seq": int(seq), "event": event, "attempts": int(attempts),
+                    "status": status, "outcome": outcome, "at": int(at), "payload": payload,
+                }
+            )  # fmt: skip
+        return out
+
+    def saved_status(self, key: str = "daemon") -> dict[str, Any]:
+        """The status snapshot this account's daemon last wrote."""
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT json FROM machine_status WHERE account = %s AND key = %s", (self.account, key)
+            ).fetchone()
+        if row is None:
+            return {"sources": [], "outputs": []}
+        loaded = json.loads(row[0])
+        return loaded if isinstance(loaded, dict) else {"sources": [], "outputs": []}
+
+    def revision(self) -> int:
+        """The account's newest ``seq`` (grows whenever one of its documents changes)."""
+        sql = (
+            "SELECT greatest("
+            + ", ".join(
+                f"(SELECT coalesce(max(seq), 0) FROM {name} WHERE account = %s)" for name in COLLECTIONS
+            )
+            + ")"
+        )
+        with self.connection() as conn:
+            row = conn.execute(_q(sql), [self.account] * len(COLLECTIONS)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def ping(self) -> int:
+        """Check that the store can be read; returns its schema version."""
+        with self.connection() as conn:
+            version = current_version(conn)
+            conn.execute("SELECT 1 FROM entries WHERE account = %s LIMIT 1", (self.account,)).fetchall()
+        return version
+
+    def verify(self) -> int:
+        """The database as a reader needs it: a store of ours, not of a newer version; its schema
+        version, or :class:`StoreUnusable` in one line naming the store without its password."""
+        where = f"store {self.path}"
+        try:
+            with self.connection() as conn:
+                version = current_version(conn)
+        except psycopg.Error as exc:
+            raise StoreUnusable(f"{where}: cannot be read ({_one_line(exc)})") from None
+        if version > SCHEMA_VERSION:
+            raise StoreUnusable(
+                f"{where}: migrated by a newer version of nightscout-connect (schema {version}; "
+                f"this version knows up to {SCHEMA_VERSION}); upgrade to serve it"
+            )
+        if version == 0:
+            raise StoreUnusable(f"{where}: is not a nightscout-connect store (no schema)")
+        return version
+
+
+__all__ = ["PostgresReader"]
