@@ -30,7 +30,7 @@ from connect.assemble import assemble, try_outputs
 from connect.builder import SourcePlan
 from connect.contract import SourceInfo
 from connect.errors import ConfigError, ConnectError, StoreError
-from connect.loading import UsageError, flag_source, load_settings, selected_source, sqlite_only, take_option
+from connect.loading import UsageError, flag_source, load_settings, selected_source, take_option
 from connect.logs import configure
 from connect.redact import describe_error
 from connect.rejected import cmd_rejected
@@ -206,15 +206,21 @@ def cmd_serve(args: Sequence[str]) -> int:
     """The HTTP API alone over an existing store, showing the status its daemon last saved."""
     settings, _ = load_settings(args, source_name="sim")
     _configure_logs(settings)
-    sqlite_only(settings, "serve")
     if not isinstance(settings, ApiSettings) or check_bind(settings) is None:
         raise UsageError(["--http-bind / CONNECT_HTTP_BIND: serve needs an address (it is 0)"])
-    path = settings.store_path
-    if path == ":memory:" or not os.path.exists(path):
-        raise UsageError([f"--store-path / CONNECT_STORE_PATH: no store at {path!r}"])
+    from store.abc import ReaderStore
     from store.reader import StoreReader
 
-    reader = StoreReader(path)
+    reader: ReaderStore
+    if settings.store_url is not None:
+        from store.postgres_reader import PostgresReader
+
+        reader = PostgresReader(settings.store_url.get_secret_value(), account=settings.account)
+    else:
+        path = settings.store_path
+        if path == ":memory:" or not os.path.exists(path):
+            raise UsageError([f"--store-path / CONNECT_STORE_PATH: no store at {path!r}"])
+        reader = StoreReader(path)
     try:
         reader.verify()  # a damaged store, or one of a newer version, is refused, not served
     except BaseException:
@@ -225,8 +231,8 @@ def cmd_serve(args: Sequence[str]) -> int:
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
                 await nursery.start(daemon_mod.watch_signals, scope)
-                binds = await nursery.start(daemon_mod.serve_api, settings, path, reader.saved_status)
-                structlog.get_logger("connect.serve").info("serving the store", store=path, on=binds)
+                binds = await nursery.start(daemon_mod.serve_api, settings, reader, reader.saved_status)
+                structlog.get_logger("connect.serve").info("serving the store", store=reader.path, on=binds)
 
     try:
         trio.run(main)

@@ -21,7 +21,7 @@ The semantics every adapter keeps (the contract tests run against both):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -219,6 +219,12 @@ class ReaderStore(Protocol):
     def id_filters(self, collection: Collection, wanted: str) -> tuple[Filter, ...] | None: ...
 
     def distinct_values(self, collection: Collection, column: str, limit: int) -> list[str]: ...
+
+    def pages_between(
+        self, collection: Collection, since: int, until: int, page: int
+    ) -> Iterator[list[str]]: ...
+
+    def devices(self, collection: Collection) -> list[tuple[str, int]]: ...
 
     def readings(self, since_ms: int, until_ms: int) -> list[Reading]: ...
 

@@ -172,6 +172,39 @@ class PostgresReader:
             ).fetchall()
         return [str(value) for (value,) in rows]
 
+    def pages_between(self, collection: Collection, since: int, until: int, page: int) -> Iterator[list[str]]:
+        """The stored JSON of the records with ``since <= date <= until``, oldest first (then by
+        ``seq``), ``page`` rows at a time, each page a query of its own."""
+        base = f"SELECT date, seq, json FROM {collection} WHERE account = %s AND date >= %s AND date <= %s"
+        last: tuple[int, int] | None = None
+        params: tuple[Any, ...]
+        while True:
+            with self.connection() as conn:
+                if last is None:
+                    sql, params = f"{base} ORDER BY date, seq LIMIT %s", (self.account, since, until, page)
+                else:
+                    sql = f"{base} AND (date, seq) > (%s, %s) ORDER BY date, seq LIMIT %s"
+                    params = (self.account, last[0], until, last[0], last[1], page)
+                rows = conn.execute(_q(sql), params).fetchall()
+            if not rows:
+                return
+            yield [str(doc) for _date, _seq, doc in rows]
+            if len(rows) < page:
+                return
+            last = (int(rows[-1][0]), int(rows[-1][1]))
+
+    def devices(self, collection: Collection) -> list[tuple[str, int]]:
+        """Every device of a collection with the time of its newest record, newest first."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                _q(
+                    f"SELECT device, max(date) AS newest FROM {collection} WHERE account = %s "
+                    'AND device IS NOT NULL GROUP BY device ORDER BY newest DESC, device COLLATE "C"'
+                ),
+                (self.account,),
+            ).fetchall()
+        return [(str(device), int(newest)) for device, newest in rows]
+
     # --- what the status page and the status API show ----------------------------------------
 
     def readings(self, since_ms: int, until_ms: int) -> list[Reading]:

@@ -384,6 +384,38 @@ class StoreReader:
         with self.connection() as conn:
             return [str(value) for (value,) in conn.execute(sql, (limit,))]
 
+    def pages_between(self, collection: Collection, since: int, until: int, page: int) -> Iterator[list[str]]:
+        """The stored JSON of the records with ``since <= date <= until``, oldest first, ``page``
+        rows at a time (each page a query of its own: a long export holds no connection)."""
+        first = f"SELECT date, rowid, json FROM {collection} WHERE date >= ? AND date <= ? ORDER BY date, rowid LIMIT ?"
+        # from the last row's time on (an index range), past the last row itself
+        after_sql = (
+            f"SELECT date, rowid, json FROM {collection} WHERE date >= ? AND date <= ? "
+            "AND (date > ? OR rowid > ?) ORDER BY date, rowid LIMIT ?"
+        )
+        last: tuple[int, int] | None = None
+        while True:
+            with self.connection() as conn:
+                if last is None:
+                    rows = conn.execute(first, (since, until, page)).fetchall()
+                else:
+                    rows = conn.execute(after_sql, (last[0], until, last[0], last[1], page)).fetchall()
+            if not rows:
+                return
+            yield [str(doc) for _date, _rowid, doc in rows]
+            if len(rows) < page:
+                return
+            last = (int(rows[-1][0]), int(rows[-1][1]))
+
+    def devices(self, collection: Collection) -> list[tuple[str, int]]:
+        """Every device of a collection with the time of its newest record, newest first."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                f"SELECT device, max(date) AS newest FROM {collection} WHERE device IS NOT NULL "
+                "GROUP BY device ORDER BY newest DESC, device"
+            ).fetchall()
+        return [(str(device), int(newest)) for device, newest in rows]
+
     # --- what the status page and the status API show ----------------------------------------
 
     def readings(self, since_ms: int, until_ms: int) -> list[Reading]:

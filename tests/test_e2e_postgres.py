@@ -120,3 +120,56 @@ def test_an_unreachable_server_stops_the_daemon_in_one_line_without_the_password
     assert result.returncode != 0
     assert "cannot connect" in result.stderr and PASSWORD not in result.stdout + result.stderr
     assert not list(tmp_path.glob("*.db"))
+
+
+def test_the_api_serves_one_account_of_the_database(postgres_url: str, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import httpx
+
+    # two accounts in the database; the API of one serves its own records only
+    for account in ("alice", "bob"):
+        filled = run(
+            "once", cwd=tmp_path, CONNECT_STORE_URL=with_password(postgres_url), CONNECT_ACCOUNT=account,
+            CONNECT_BACKFILL_DAYS="1" if account == "alice" else "2",
+        )  # fmt: skip
+        assert filled.returncode == 0, filled.stderr[-3000:]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update({
+        "CONNECT_LOG_FORMAT": "json", "CONNECT_STORE_URL": with_password(postgres_url), "CONNECT_ACCOUNT": "alice",
+        "CONNECT_HTTP_BIND": f"127.0.0.1:{port}", "CONNECT_HTTP_READABLE": "true",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    })  # fmt: skip
+    proc = subprocess.Popen(
+        [*CLI, "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not answer"
+            time.sleep(0.05)
+        stored = rows(
+            postgres_url,
+            "SELECT identifier FROM entries WHERE account = 'alice' ORDER BY date DESC, srv_created DESC, seq DESC",
+        )
+        docs = httpx.get(f"{base}/api/v1/entries.json", params={"count": "1000"}, timeout=10).json()
+        assert [d["identifier"] for d in docs] == [i for (i,) in stored]
+        assert all("_id" in d and "mills" in d for d in docs)
+        one = httpx.get(f"{base}/api/v1/entries/{docs[3]['_id']}.json", timeout=10).json()
+        assert [d["identifier"] for d in one] == [docs[3]["identifier"]]
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert ready.status_code == 200
+        # v3's searches are SQLite's: said plainly, not a failure
+        assert httpx.get(f"{base}/api/v3/entries", timeout=10).status_code in (401, 501)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert PASSWORD not in err

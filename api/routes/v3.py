@@ -44,6 +44,7 @@ from api.openapi import (
 from api.responses import JSON, json_response
 from api.routes.nightscout import NIGHTSCOUT_VERSION
 from store import search as store
+from store.reader import StoreReader
 
 router = APIRouter()
 
@@ -120,9 +121,16 @@ def status(access: RequestAccess, context: Context) -> Response:
 )
 def last_modified(access: RequestAccess, context: Context) -> Response:
     access.require_read_v3()
-    collections = store.last_modified(context.reader)
+    collections = store.last_modified(_sqlite(context))
     result = {"srvDate": context.clock(), "collections": collections}
     return Response(v3.envelope(result), media_type=JSON)
+
+
+def _sqlite(context: Context) -> StoreReader:
+    """The reader, when it reads a SQLite store: v3's searches run SQLite's JSON functions."""
+    if not isinstance(context.reader, StoreReader):
+        raise V3Error(501, "API v3 reads SQLite stores only; API v1 serves this store")
+    return context.reader
 
 
 def _collection(request: Request, access: RequestAccess) -> str:
@@ -153,7 +161,7 @@ def search(request: Request, access: RequestAccess, context: Context) -> Respons
     query = v3.parse_search(collection or "entries", params)
 
     def render() -> Rendered:
-        rows = store.search(context.reader, query) if collection is not None else []
+        rows = store.search(_sqlite(context), query) if collection is not None else []
         return Rendered(v3.envelope(v3.documents(name, rows, fields)))
 
     return context.respond(request, render)
@@ -168,7 +176,7 @@ def _history(request: Request, context: Context, name: str, since: int, *, inclu
 
     def render() -> Rendered:
         rows = (
-            store.history(context.reader, collection, since, limit, inclusive=inclusive)
+            store.history(_sqlite(context), collection, since, limit, inclusive=inclusive)
             if collection is not None
             else []
         )
@@ -268,7 +276,7 @@ def read(request: Request, access: RequestAccess, context: Context) -> Response:
     collection = v3.stored(name)
 
     def render() -> Rendered:
-        row = store.one(context.reader, collection, identifier) if collection is not None else None
+        row = store.one(_sqlite(context), collection, identifier) if collection is not None else None
         if row is None:
             raise V3Error(404, "")
         return Rendered(
