@@ -123,3 +123,12 @@ def test_ids_values_and_figures_agree(readers: list[ReaderStore]) -> None:
         {k: v for k, v in e.items() if k != "at"} for e in sqlite.webhook_log()["hook"]
     ]
     assert postgres.ping() == postgres.verify() > 0
+
+
+def test_exports_page_through_alike(readers: list[ReaderStore]) -> None:
+    sqlite, postgres = readers
+    for collection in ("entries", "treatments"):
+        expected = list(sqlite.pages_between(collection, NOW - 300 * MIN, NOW, 7))  # type: ignore[arg-type]
+        assert list(postgres.pages_between(collection, NOW - 300 * MIN, NOW, 7)) == expected  # type: ignore[arg-type]
+        assert sum(len(page) for page in expected) > 7 or collection == "treatments"
+        assert postgres.devices(collection) == sqlite.devices(collection)  # type: ignore[arg-type]
