@@ -13,6 +13,7 @@ The rows, their JSON and their ``seq`` are made exactly as the SQLite store make
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -50,8 +51,12 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 SCHEMES: Final = ("postgresql", "postgres")
 #: connections one pool keeps at most (the writer uses one at a time; the rest serve readers)
 POOL_MAX: Final = 4
-#: how long opening waits for a first connection, and a call for a free one (seconds)
+#: connections of the pool the daemons of one process share (one per database URL)
+SHARED_POOL_MAX: Final = 8
+#: how long opening waits for a first connection (seconds)
 CONNECT_TIMEOUT: Final = 10.0
+#: how long a call waits for a free connection of the pool (seconds): past it, a StoreError
+POOL_WAIT: Final = 30.0
 
 
 def _now_ms() -> int:
@@ -109,7 +114,7 @@ def open_pool(
         min_size=1,
         max_size=max_size,
         kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)},
-        timeout=CONNECT_TIMEOUT,
+        timeout=POOL_WAIT,
         name=name,
         open=False,
     )
@@ -132,28 +137,90 @@ def account_lock_key(account: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def _lock_account(url: str, account: str, where: str) -> Conn:
-    """One daemon per account, as one daemon per SQLite file: a session-level advisory lock on
-    a connection of its own, held while the daemon runs and released by the server when the
-    session ends, however the process ends."""
-    register_secret(url_password(url))
-    try:
-        conn: Conn = psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT))
-    except psycopg.Error as exc:
-        raise StoreUnusable(f"{where}: cannot connect ({_one_line(exc)})") from None
-    try:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (account_lock_key(account),)).fetchone()
-    except psycopg.Error as exc:
-        conn.close()
-        raise StoreUnusable(f"{where}: cannot be used ({_one_line(exc)})") from None
-    if row is None or not row[0]:
-        conn.close()
-        name = f"account {account!r}" if account else "the account with no --account"
-        raise StoreUnusable(
-            f"{where}: {name} is in use by another daemon; one daemon per account: stop it, "
-            "or name another --account / CONNECT_ACCOUNT"
-        )
-    return conn
+class Shared:
+    """What the daemons of one process share per database URL: one pool for every account's
+    reads and writes, and one session holding every account's one-daemon lock. File
+    descriptors and server connections then grow with the pool, not with the accounts."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = f"store {display_url(url)}"
+        self.pool = open_pool(url, max_size=SHARED_POOL_MAX)
+        self.users = 0
+        self._locks: Conn | None = None
+        #: the accounts whose lock this process holds
+        self._held: set[str] = set()
+        self._guard = threading.Lock()
+
+    def _session(self) -> Conn:
+        # a session that ended (a server restart) took its locks with it: take a new one
+        if self._locks is None or self._locks.closed or self._locks.broken:
+            self._held.clear()
+            self._locks = psycopg.connect(self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT))
+        return self._locks
+
+    def lock(self, account: str) -> None:
+        """One daemon per account, as one daemon per SQLite file: a session-level advisory lock,
+        held while the daemon runs and dropped by the server when the session ends, however
+        the process ends; :class:`StoreUnusable` when another daemon holds it."""
+        taken = False
+        try:
+            with self._guard:
+                # a session's advisory locks stack: a second daemon of this process is told
+                # apart here, one of another process by the server
+                if account not in self._held:
+                    key = account_lock_key(account)
+                    row = self._session().execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                    taken = row is not None and bool(row[0])
+                    if taken:
+                        self._held.add(account)
+        except psycopg.Error as exc:
+            raise StoreUnusable(f"{self.where}: cannot be used ({_one_line(exc)})") from None
+        if not taken:
+            name = f"account {account!r}" if account else "the account with no --account"
+            raise StoreUnusable(
+                f"{self.where}: {name} is in use by another daemon; one daemon per account: stop it, "
+                "or name another --account / CONNECT_ACCOUNT"
+            )
+
+    def unlock(self, account: str) -> None:
+        with self._guard, contextlib.suppress(psycopg.Error):
+            if account not in self._held:
+                return
+            self._held.discard(account)
+            if self._locks is not None and not self._locks.closed:
+                self._locks.execute("SELECT pg_advisory_unlock(%s)", (account_lock_key(account),))
+
+    def close(self) -> None:
+        self.pool.close()
+        with self._guard:
+            if self._locks is not None:
+                self._locks.close()
+                self._locks = None
+
+
+_shared: dict[str, Shared] = {}
+_shared_guard = threading.Lock()
+
+
+def acquire_shared(url: str) -> Shared:
+    """The process's :class:`Shared` for ``url`` (made on first use), counted as used once more."""
+    with _shared_guard:
+        shared = _shared.get(url)
+        if shared is None:
+            shared = _shared[url] = Shared(url)
+        shared.users += 1
+        return shared
+
+
+def release_shared(shared: Shared) -> None:
+    """One user less; the last one closes the pool and the lock session."""
+    with _shared_guard:
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        _shared.pop(shared.url, None)
+    shared.close()
 
 
 #: pools whose database this process has brought to the current schema
@@ -225,8 +292,8 @@ class PostgresStore:
             info = url_or_pool.conninfo
             self.path = display_url(info) if isinstance(info, str) and is_store_url(info) else "postgresql"
         self.account = account
-        #: the session holding the account's one-daemon lock (:meth:`open` only)
-        self._lock: Conn | None = None
+        #: the process's pool and lock session this store was opened on (:meth:`open` only)
+        self._shared: Shared | None = None
         #: transactions committed (a store that commits is healthy again)
         self.commits = 0
         try:
@@ -251,13 +318,19 @@ class PostgresStore:
 
     @classmethod
     def open(cls, url: str, *, account: str = "") -> PostgresStore:
-        """The daemon's store: connected and migrated, or :class:`StoreUnusable` in one line
-        naming the store without its password."""
+        """A daemon's store: connected and migrated, on the process's pool for ``url`` (shared by
+        every account of the process), with the account's one-daemon lock taken; or
+        :class:`StoreUnusable` in one line naming the store without its password."""
         where = f"store {display_url(url)}"
-        lock = _lock_account(url, account, where)
+        shared = acquire_shared(url)
         try:
-            store = cls(url, account=account)
-            store._lock = lock
+            shared.lock(account)
+        except BaseException:
+            release_shared(shared)
+            raise
+        try:
+            store = cls(shared.pool, account=account)
+            store._shared = shared
             return store
         except SchemaTooNew as exc:
             problem = (
@@ -267,9 +340,11 @@ class PostgresStore:
         except psycopg.Error as exc:
             problem = f"{where}: cannot be used ({_one_line(exc)})"
         except BaseException:
-            lock.close()
+            shared.unlock(account)
+            release_shared(shared)
             raise
-        lock.close()
+        shared.unlock(account)
+        release_shared(shared)
         raise StoreUnusable(problem)
 
     def _scalar(self, conn: Conn, sql: str, params: Sequence[Any] = ()) -> int:
@@ -280,9 +355,10 @@ class PostgresStore:
     def close(self) -> None:
         if self._owns_pool:
             self.pool.close()
-        if self._lock is not None:
-            self._lock.close()  # the session ends, and its advisory lock with it
-            self._lock = None
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            shared.unlock(self.account)
+            release_shared(shared)
 
     def as_store_error(self, exc: BaseException) -> StoreError | None:
         """A lost server, a pool with no free connection, a full disk, a conflict to retry: a

@@ -317,6 +317,17 @@ def test_one_daemon_per_account_and_the_lock_goes_with_it(postgres_url: str) -> 
     with pytest.raises(StoreUnusable, match="account 'alice' is in use by another daemon"):
         PostgresStore.open(postgres_url, account="alice")
     bob = PostgresStore.open(postgres_url, account="bob")  # another account of the same database
+    # the daemons of one process share one pool: connections grow with it, not with accounts
+    assert bob.pool is alice.pool and bob.pool.get_stats()["pool_size"] <= 8
     alice.close()
     PostgresStore.open(postgres_url, account="alice").close()
     bob.close()
+    assert bob.pool.closed  # the last account out closes it
+    # a daemon of another process holds carol: the server says so
+    from store.postgres import account_lock_key
+
+    with psycopg_admin(postgres_url) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (account_lock_key("carol"),))
+        with pytest.raises(StoreUnusable, match="account 'carol' is in use by another daemon"):
+            PostgresStore.open(postgres_url, account="carol")
+    PostgresStore.open(postgres_url, account="carol").close()  # its session ended: free again
