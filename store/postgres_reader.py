@@ -355,6 +355,18 @@ class PostgresReader:
         loaded = json.loads(row[0])
         return loaded if isinstance(loaded, dict) else {"sources": [], "outputs": []}
 
+    def status_row(self, key: str = "daemon") -> tuple[dict[str, Any], int] | None:
+        """The status snapshot ``key`` and when it was written (epoch ms), if it was."""
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT json, updated_at FROM machine_status WHERE account = %s AND key = %s",
+                (self.account, key),
+            ).fetchone()
+        if row is None:
+            return None
+        loaded = json.loads(row[0])
+        return (loaded if isinstance(loaded, dict) else {}), int(row[1])
+
     def revision(self) -> int:
         """The account's newest ``seq`` (grows whenever one of its documents changes)."""
         sql = (

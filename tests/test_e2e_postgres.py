@@ -135,6 +135,16 @@ def test_the_api_serves_one_account_of_the_database(postgres_url: str, tmp_path:
             CONNECT_BACKFILL_DAYS="1" if account == "alice" else "2",
         )  # fmt: skip
         assert filled.returncode == 0, filled.stderr[-3000:]
+    shown = run(
+        "status", cwd=tmp_path, CONNECT_STORE_URL=with_password(postgres_url), CONNECT_ACCOUNT="alice"
+    )
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "newest reading: " in shown.stdout and "none yet" not in shown.stdout
+    assert PASSWORD not in shown.stdout + shown.stderr
+    nobody = run(
+        "status", cwd=tmp_path, CONNECT_STORE_URL=with_password(postgres_url), CONNECT_ACCOUNT="carol"
+    )
+    assert "no daemon has saved its status" in nobody.stdout and "none yet" in nobody.stdout
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
     env.update({
