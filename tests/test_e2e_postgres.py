@@ -183,3 +183,42 @@ def test_the_api_serves_one_account_of_the_database(postgres_url: str, tmp_path:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert PASSWORD not in err
+
+
+def test_run_serves_what_it_stores_in_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import httpx
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update({
+        "CONNECT_LOG_FORMAT": "json", "CONNECT_SOURCE": "sim", "CONNECT_BACKFILL_DAYS": "1",
+        "CONNECT_STORE_URL": with_password(postgres_url), "CONNECT_ACCOUNT": "alice",
+        "CONNECT_HTTP_BIND": f"127.0.0.1:{port}", "CONNECT_HTTP_READABLE": "true",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    })  # fmt: skip
+    proc = subprocess.Popen(
+        [*CLI, "run"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        docs: list[dict[str, Any]] = []
+        while len(docs) < 250:
+            assert proc.poll() is None and time.monotonic() < deadline, "run did not serve a day of readings"
+            try:
+                docs = httpx.get(f"{base}/api/v1/entries.json", params={"count": "1000"}, timeout=5).json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        stored = {i for (i,) in rows(postgres_url, "SELECT identifier FROM entries WHERE account = 'alice'")}
+        assert {d["identifier"] for d in docs} <= stored
+        status = httpx.get(f"{base}/api/connect/status", timeout=5).json()
+        assert status["store"]["state"] == "ok" and PASSWORD not in json.dumps(status)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    assert PASSWORD not in err
