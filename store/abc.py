@@ -34,6 +34,7 @@ from store.events import AlertState, EventRow, NewRecord
 if TYPE_CHECKING:
     from store.database import Pending, PersistResult, PushKey, PushResult, RejectedGroup
     from store.reader import Filter, Reading, StoredEpisode, Where
+    from store.search import Row as SearchRow
 
 
 @attrs.frozen
@@ -225,6 +226,14 @@ class ReaderStore(Protocol):
     ) -> Iterator[list[str]]: ...
 
     def devices(self, collection: Collection) -> list[tuple[str, int]]: ...
+
+    def one(self, collection: Collection, identifier: str) -> SearchRow | None: ...
+
+    def history(
+        self, collection: Collection, since: int, limit: int, *, inclusive: bool = False
+    ) -> list[SearchRow]: ...
+
+    def last_modified(self) -> dict[Collection, int]: ...
 
     def readings(self, since_ms: int, until_ms: int) -> list[Reading]: ...
 

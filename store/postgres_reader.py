@@ -15,6 +15,7 @@ which the SQLite reader runs through functions registered on its connection.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
@@ -40,6 +41,7 @@ from store.reader import (
     _delta,
     splice,
 )
+from store.search import Row as SearchRow
 
 _ORDER: Final = "e.date DESC, e.srv_created DESC, e.seq DESC"
 
@@ -204,6 +206,70 @@ class PostgresReader:
                 (self.account,),
             ).fetchall()
         return [(str(device), int(newest)) for device, newest in rows]
+
+    # --- API v3's reads by identifier and by time of change ----------------------------------
+
+    _V3: Final = "SELECT identifier, json, srv_created, srv_modified"
+
+    @staticmethod
+    def _v3_rows(rows: Sequence[Sequence[Any]]) -> list[SearchRow]:
+        return [
+            SearchRow(str(i), str(doc), int(created), int(modified)) for i, doc, created, modified in rows
+        ]
+
+    def one(self, collection: Collection, identifier: str) -> SearchRow | None:
+        """The document with this identifier, or served with this 24-hex ``_id`` (v3's fallback)."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                _q(f"{self._V3} FROM {collection} WHERE account = %s AND identifier = %s"),
+                (self.account, identifier),
+            ).fetchall()
+            if not rows and re.fullmatch(r"[0-9a-f]{24}", identifier.lower()):
+                rows = conn.execute(
+                    _q(f"{self._V3} FROM {collection} WHERE account = %s AND object_id = %s LIMIT 1"),
+                    (self.account, identifier.lower()),
+                ).fetchall()
+        found = self._v3_rows(rows)
+        return found[0] if found else None
+
+    def history(
+        self, collection: Collection, since: int, limit: int, *, inclusive: bool = False
+    ) -> list[SearchRow]:
+        """Documents changed after ``since``, oldest change first, never part of one instant's
+        changes (see :func:`store.search.history`)."""
+        op = ">=" if inclusive else ">"
+        base = f"{self._V3} FROM {collection} WHERE account = %s AND srv_modified {op} %s ORDER BY srv_modified, seq"
+        with self.connection() as conn:
+            rows = self._v3_rows(
+                conn.execute(_q(f"{base} LIMIT %s"), (self.account, since, limit + 1)).fetchall()
+            )
+            if len(rows) <= limit:
+                return rows
+            last = rows[limit - 1].srv_modified
+            if rows[limit].srv_modified != last:
+                return rows[:limit]
+            kept = [row for row in rows[:limit] if row.srv_modified != last]
+            if kept:
+                return kept
+            return self._v3_rows(
+                conn.execute(
+                    _q(f"{self._V3} FROM {collection} WHERE account = %s AND srv_modified = %s ORDER BY seq"),
+                    (self.account, last),
+                ).fetchall()
+            )
+
+    def last_modified(self) -> dict[Collection, int]:
+        """Per collection holding documents: its newest ``srv_modified`` or record time."""
+        out: dict[Collection, int] = {}
+        with self.connection() as conn:
+            for name in COLLECTIONS:
+                row = conn.execute(
+                    _q(f"SELECT max(srv_modified), max(date) FROM {name} WHERE account = %s"), (self.account,)
+                ).fetchone()
+                times = [int(t) for t in (row or ()) if t is not None]
+                if times:
+                    out[name] = max(times)
+        return out
 
     # --- what the status page and the status API show ----------------------------------------
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import quote
 
 import attrs
@@ -34,6 +34,9 @@ from store.database import (
     rejected_groups,
 )
 from store.schema import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from store.search import Row as SearchRow
 
 Op = Literal["=", "!=", ">", ">=", "<", "<="]
 OPS: Final[frozenset[str]] = frozenset({"=", "!=", ">", ">=", "<", "<="})
@@ -415,6 +418,25 @@ class StoreReader:
                 "GROUP BY device ORDER BY newest DESC, device"
             ).fetchall()
         return [(str(device), int(newest)) for device, newest in rows]
+
+    # --- API v3's reads by identifier and by time of change (store.search) ----------------------
+
+    def one(self, collection: Collection, identifier: str) -> SearchRow | None:
+        from store import search
+
+        return search.one(self, collection, identifier)
+
+    def history(
+        self, collection: Collection, since: int, limit: int, *, inclusive: bool = False
+    ) -> list[SearchRow]:
+        from store import search
+
+        return search.history(self, collection, since, limit, inclusive=inclusive)
+
+    def last_modified(self) -> dict[Collection, int]:
+        from store import search
+
+        return search.last_modified(self)
 
     # --- what the status page and the status API show ----------------------------------------
 

@@ -5,6 +5,7 @@ the status, lag, rejected, episodes and webhook figures agree."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,3 +133,24 @@ def test_exports_page_through_alike(readers: list[ReaderStore]) -> None:
         assert list(postgres.pages_between(collection, NOW - 300 * MIN, NOW, 7)) == expected  # type: ignore[arg-type]
         assert sum(len(page) for page in expected) > 7 or collection == "treatments"
         assert postgres.devices(collection) == sqlite.devices(collection)  # type: ignore[arg-type]
+
+
+def test_v3_reads_by_identifier_and_by_change_agree(readers: list[ReaderStore]) -> None:
+    sqlite, postgres = readers
+
+    def seen(rows: list[Any]) -> list[tuple[str, str]]:
+        return [(row.identifier, row.json) for row in rows]
+
+    for collection in ("entries", "treatments", "devicestatus"):
+        assert seen(postgres.history(collection, 0, 7)) == seen(sqlite.history(collection, 0, 7))  # type: ignore[arg-type]
+        assert seen(postgres.history(collection, 0, 1000)) == seen(sqlite.history(collection, 0, 1000))  # type: ignore[arg-type]
+    doc = sqlite.docs("entries", limit=1)[0]
+    for key in (doc["identifier"], doc["_id"], doc["_id"].upper()):
+        a, b = sqlite.one("entries", key), postgres.one("entries", key)
+        assert a is not None and b is not None and (a.identifier, a.json) == (b.identifier, b.json)
+    assert postgres.one("entries", "0" * 24) is None and sqlite.one("entries", "0" * 24) is None
+    assert (
+        set(postgres.last_modified())
+        == set(sqlite.last_modified())
+        == {"entries", "treatments", "devicestatus"}
+    )

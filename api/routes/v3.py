@@ -121,7 +121,7 @@ def status(access: RequestAccess, context: Context) -> Response:
 )
 def last_modified(access: RequestAccess, context: Context) -> Response:
     access.require_read_v3()
-    collections = store.last_modified(_sqlite(context))
+    collections = context.reader.last_modified()
     result = {"srvDate": context.clock(), "collections": collections}
     return Response(v3.envelope(result), media_type=JSON)
 
@@ -176,7 +176,7 @@ def _history(request: Request, context: Context, name: str, since: int, *, inclu
 
     def render() -> Rendered:
         rows = (
-            store.history(_sqlite(context), collection, since, limit, inclusive=inclusive)
+            context.reader.history(collection, since, limit, inclusive=inclusive)
             if collection is not None
             else []
         )
@@ -276,7 +276,7 @@ def read(request: Request, access: RequestAccess, context: Context) -> Response:
     collection = v3.stored(name)
 
     def render() -> Rendered:
-        row = store.one(_sqlite(context), collection, identifier) if collection is not None else None
+        row = context.reader.one(collection, identifier) if collection is not None else None
         if row is None:
             raise V3Error(404, "")
         return Rendered(
