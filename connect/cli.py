@@ -303,8 +303,39 @@ def cmd_check(args: Sequence[str]) -> int:
         print(f"login: failed — {problem}")
     else:
         print("login: ok" if source.name != "sim" and source.polls else "login: not needed")
+    if settings.store_url is not None:
+        outputs.insert(0, try_postgres(settings.store_url.get_secret_value()))
     print("\n".join(line for _, line in outputs) or "outputs: none (records stay in the local store)")
     return EXIT_FAILED if problem is not None or not all(ok for ok, _ in outputs) else EXIT_OK
+
+
+def try_postgres(url: str) -> tuple[bool, str]:
+    """Whether the PostgreSQL store can be reached and used, writing nothing; the line ``check``
+    prints for it (without the password)."""
+    from store.postgres import display_url
+    from store.postgres_reader import PostgresReader
+    from store.postgres_schema import SCHEMA_VERSION, current_version
+
+    where = f"store {display_url(url)}"
+    try:
+        reader = PostgresReader(url)
+        try:
+            with reader.connection() as conn:
+                version = current_version(conn)
+        finally:
+            reader.close()
+    except ConnectError as exc:  # StoreUnusable: the server could not be reached
+        return False, str(exc)
+    except Exception as exc:
+        return False, f"{where}: failed ({describe_error(exc)})"
+    if version > SCHEMA_VERSION:
+        return (
+            False,
+            f"{where}: migrated by a newer version (schema {version}; this one knows {SCHEMA_VERSION})",
+        )
+    if version == 0:
+        return True, f"{where}: ok, empty (the daemon creates the schema on its first start)"
+    return True, f"{where}: ok, schema {version}"
 
 
 async def try_login(plan: SourcePlan) -> str | None:

@@ -120,6 +120,19 @@ def test_an_unreachable_server_stops_the_daemon_in_one_line_without_the_password
     assert result.returncode != 0
     assert "cannot connect" in result.stderr and PASSWORD not in result.stdout + result.stderr
     assert not list(tmp_path.glob("*.db"))
+    checked = run("check", cwd=tmp_path, CONNECT_STORE_URL=url)
+    assert checked.returncode != 0 and PASSWORD not in checked.stdout + checked.stderr
+    assert [line for line in checked.stdout.splitlines() if line.startswith("store postgresql://connect@")]
+
+
+def test_check_says_whether_the_store_can_be_used(postgres_url: str, tmp_path: Path) -> None:
+    url = with_password(postgres_url)
+    empty = run("check", cwd=tmp_path, CONNECT_STORE_URL=url)
+    assert empty.returncode == 0, empty.stdout + empty.stderr
+    assert "store postgresql://connect@127.0.0.1:" in empty.stdout and ": ok, empty" in empty.stdout
+    assert rows(postgres_url, "SELECT to_regclass('entries') IS NULL") == [(True,)]  # check wrote nothing
+    assert run("once", cwd=tmp_path, CONNECT_STORE_URL=url, CONNECT_BACKFILL_DAYS="1").returncode == 0
+    assert ": ok, schema 1" in run("check", cwd=tmp_path, CONNECT_STORE_URL=url).stdout
 
 
 def test_the_api_serves_one_account_of_the_database(postgres_url: str, tmp_path: Path) -> None:
