@@ -101,6 +101,16 @@ class Reading:
 
 
 @attrs.frozen
+class Dose:
+    """A treatment as the status page marks it: the carbs eaten and the insulin given, if any."""
+
+    date: int
+    event_type: str | None
+    insulin: float | None
+    carbs: float | None
+
+
+@attrs.frozen
 class StoredEpisode:
     """An episode as the API and the status page show it (``end`` None while it lasts)."""
 
@@ -361,6 +371,33 @@ class StoreReader:
                 "ORDER BY date DESC, rowid DESC LIMIT 1"
             ).fetchone()
         return None if row is None else Reading(int(row[0]), int(row[1]), row[2], str(row[3]))
+
+    def latest_delta(self) -> float | None:
+        """The newest CGM reading's ``delta``, as ``/api/v1/entries/current.json`` serves it (the
+        source's own, else the change since the device's previous reading), or None."""
+        texts = self.doc_texts("entries", [Filter("type", "=", "sgv")], limit=1)
+        if not texts:
+            return None
+        delta = json.loads(texts[0]).get("delta")
+        return float(delta) if isinstance(delta, (int, float)) and not isinstance(delta, bool) else None
+
+    def doses(self, since_ms: int, until_ms: int) -> list[Dose]:
+        """Treatments with carbs or insulin and ``since_ms <= date <= until_ms``, oldest first."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT date, event_type, insulin, carbs FROM treatments WHERE date >= ? AND date <= ? "
+                "AND (insulin > 0 OR carbs > 0) ORDER BY date, rowid",
+                (since_ms, until_ms),
+            ).fetchall()
+        return [
+            Dose(
+                int(d),
+                None if e is None else str(e),
+                None if i is None else float(i),
+                None if c is None else float(c),
+            )
+            for d, e, i, c in rows
+        ]
 
     def collections(self) -> dict[str, dict[str, int | None]]:
         """Records stored and the newest record time, per collection."""
