@@ -40,13 +40,13 @@ WIDTH: Final = 800
 HEIGHT: Final = 400
 LEFT: Final = 64
 RIGHT: Final = 16
-TOP: Final = 64
+TOP: Final = 68
 BOTTOM: Final = 40
 #: a y label closer than this (mg/dL) to a labelled line is left out: at a phone's width the
 #: labels are large in SVG units and would overlap
 LABEL_GAP_MGDL: Final = 40
-#: treatments closer than this (SVG units) to the last labelled one are not labelled
-DOSE_LABEL_GAP: Final = 90
+#: the widest a character of a label gets (SVG units, at a phone's label size: 26 units)
+LABEL_CHAR_WIDTH: Final = 16
 #: the time labels' spacing per range (minutes)
 TICK_MINUTES: Final[Mapping[int, int]] = {3: 30, 6: 60, 12: 120, 24: 180}
 
@@ -269,34 +269,38 @@ def chart(
                 f'text-anchor="middle">{clock_time(tick)}</text>'
             )
         tick += 30 * 60_000
-    labelled_at = -float("inf")
+    drawn_to = -float("inf")  # the right end of the last amounts drawn
     for dose in doses:
         if not start <= dose.date <= now_ms:
             continue
         at = x(dose.date)
-        said = [
-            f"{amount(dose.insulin)} U insulin" if dose.insulin else "",
-            f"{amount(dose.carbs)} g carbs" if dose.carbs else "",
+        texts = [
+            (f"{amount(dose.insulin)} U", "insulin", TOP - 40),
+            (f"{amount(dose.carbs)} g", "carbs", TOP - 8),
         ]
-        title = f"{escape(dose.event_type or 'treatment')} {clock_time(dose.date)}: {', '.join(s for s in said if s)}"
+        shown = [
+            (text, cls, row)
+            for (text, cls, row), value in zip(texts, (dose.insulin, dose.carbs), strict=True)
+            if value
+        ]
+        said = ", ".join(f"{text} {cls}" for text, cls, _ in shown)
         parts.append(
-            f'<g class="dose"><title>{title}</title>'
+            f'<g class="dose"><title>{escape(dose.event_type or "treatment")} {clock_time(dose.date)}: {said}</title>'
             f'<line class="treatment-line" x1="{at:.1f}" x2="{at:.1f}" y1="{TOP - 4}" y2="{plot_bottom}"/>'
         )
-        # amounts closer than a label's width to the last one drawn would overlap: such a
-        # treatment keeps its line, and says its amounts when hovered
-        if at - labelled_at >= DOSE_LABEL_GAP:
-            labelled_at = at
-            anchor = "start" if at < LEFT + 40 else "end" if at > WIDTH - RIGHT - 40 else "middle"
-            if dose.insulin:
+        # amounts that would overlap the last ones drawn (at a phone's label size) are left
+        # out: such a treatment keeps its line, and says its amounts when hovered
+        wide = max(len(text) for text, _, _ in shown) * LABEL_CHAR_WIDTH
+        anchor, left = "middle", at - wide / 2
+        if left < LEFT - 8:
+            anchor, left = "start", at
+        elif left + wide > WIDTH:
+            anchor, left = "end", at - wide
+        if left >= drawn_to + 8:
+            drawn_to = left + wide
+            for text, cls, row in shown:
                 parts.append(
-                    f'<text class="treatment insulin" x="{at:.1f}" y="{TOP - 40}" text-anchor="{anchor}">'
-                    f"{amount(dose.insulin)} U</text>"
-                )
-            if dose.carbs:
-                parts.append(
-                    f'<text class="treatment carbs" x="{at:.1f}" y="{TOP - 18}" text-anchor="{anchor}">'
-                    f"{amount(dose.carbs)} g</text>"
+                    f'<text class="treatment {cls}" x="{at:.1f}" y="{row}" text-anchor="{anchor}">{text}</text>'
                 )
         parts.append("</g>")
     for r in readings:
