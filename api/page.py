@@ -543,7 +543,7 @@ def outputs_block(
 
 
 def range_nav(hours: int, link: Mapping[str, str]) -> str:
-    """Links to the other ranges; each keeps the page's own ``?token=`` so it opens too."""
+    """Links to the other ranges, each with ``link`` (the page's token) so it opens too."""
     parts = []
     for choice in PAGE_HOURS:
         if choice == hours:
@@ -568,13 +568,16 @@ def render(
     doses: Sequence[Dose] = (),
     hours: int = 24,
     link: Mapping[str, str] | None = None,
+    reload: str = "",
 ) -> str:
+    """The page; ``link`` is the query the range links carry besides ``hours`` (a token), and
+    ``reload`` the query the page reloads itself with (empty: its own address)."""
     display = display or Display()
     in_window = sum(1 for r in readings if now_ms - hours * HOUR_MS <= r.date <= now_ms)
     return (
         "<!DOCTYPE html>"
         '<html lang="en"><head><meta charset="utf-8">'
-        '<meta http-equiv="refresh" content="60">'
+        f'<meta http-equiv="refresh" content="{escape("60; url=" + reload if reload else "60")}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(page_title(latest, now_ms, display, delta, title))}</title>"
         f"<style>{STYLE}</style></head><body>"

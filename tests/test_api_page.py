@@ -164,7 +164,7 @@ def test_the_newest_value_arrow_delta_and_age_are_on_the_page_and_in_its_title(s
     assert dom.said("delta").startswith(f"{delta:+d}") and dom.said("unit") == "mg/dL"
     assert "2 min ago" in dom.said("age")
     assert dom.said("title") == f"{newest.sgv} {ARROWS[newest.direction]} {delta:+d} · nightscout-connect"
-    assert dom.refresh == "60"
+    assert dom.refresh is not None and dom.refresh.startswith("60; url=?token=")
 
 
 def test_mmol_sites_read_mmol_with_one_decimal_everywhere(stored):
@@ -264,18 +264,24 @@ def test_the_range_is_chosen_by_a_link_and_a_bad_one_is_a_400(stored):
     _, day, _ = page(app)
     _, six, _ = page(app, "&hours=6")
     bad = [page(app, q)[0] for q in ("&hours=5", "&hours=abc", "&hours=", "&hours=24.0")]
-    reader.close()
     # readings every 5 minutes, the newest 2 minutes old
     assert len(day.readings) == 288 and day.current_range == "24 h"
     assert len(six.readings) == 72 and six.current_range == "6 h"
     assert "last 6 hours" in six.said("footer")
-    # the links to the other ranges keep the secret the page was opened with
+    # the links to the other ranges, and the reload, carry a token of their own (never the
+    # secret), and open the page
     assert set(six.links) == {"3 h", "12 h", "24 h"}
-    assert six.links["3 h"] == f"?hours=3&token={SECRET}"
+    assert six.links["3 h"].startswith("?hours=3&token=") and SECRET not in six.links["3 h"]
+    assert six.refresh is not None and six.refresh.startswith("60; url=?hours=6&token=")
+    with ApiClient(app) as c:
+        assert c.get("/" + six.links["3 h"]).status_code == 200
+        assert c.get("/" + six.refresh.removeprefix("60; url=")).status_code == 200
+        assert c.get("/?hours=3&token=" + "x" * 40).status_code == 401
+    reader.close()
     assert bad == [400, 400, 400, 400]
 
 
-def test_a_wrong_token_is_not_carried_into_the_links(tmp_path):
+def test_a_page_read_without_a_token_links_without_one(tmp_path):
     path = tmp_path / "store.db"
     populate(path, count=10)
     app, reader = make_app(path, readable=True)
@@ -283,7 +289,10 @@ def test_a_wrong_token_is_not_carried_into_the_links(tmp_path):
         assert c.get("/?token=not-the-secret-at-all").status_code == 401
         anonymous = c.get("/")
     reader.close()
+    dom = Dom()
+    dom.feed(anonymous.text)
     assert anonymous.status_code == 200 and "token=" not in anonymous.text
+    assert dom.refresh == "60" and dom.links["6 h"] == "?hours=6"
 
 
 def test_carbs_and_insulin_are_marked_with_their_amounts(stored):
@@ -451,7 +460,11 @@ def test_the_page_in_headless_chromium(browser_world, tmp_path, width):
     path, now, info, bands, status = browser_world
     newest, before = info["entries"][-1], info["entries"][-2]
     app, reader = make_app(path, clock=lambda: now, status=lambda: status)
-    app.add_api_route("/probe", lambda: HTMLResponse(PROBE.replace("TOKEN", SECRET).replace("WIDTH", str(width))), include_in_schema=False)
+    app.add_api_route(
+        "/probe",
+        lambda: HTMLResponse(PROBE.replace("TOKEN", SECRET).replace("WIDTH", str(width))),
+        include_in_schema=False,
+    )
     shot = ARTIFACTS / f"status-page-{width}.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     shot.unlink(missing_ok=True)

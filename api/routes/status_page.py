@@ -6,6 +6,8 @@ other value answers 400 with a page linking the ranges there are.
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -52,16 +54,21 @@ async def status_page(request: Request, access: RequestAccess, context: Context)
     if not access.may_read():
         # a person with a browser reads this one: a page saying what to do, not JSON
         return HTMLResponse(page.unauthorized(reads_off=access.reads_off), status_code=401)
-    # the range links keep the token this page was opened with (only a valid one: the links
-    # must not carry a wrong credential along), so they open without typing it again
+    # a page opened with ?token= links to its other ranges, and reloads itself, with a fresh
+    # token of its own (an 8-hour JWT, as /api/v2/authorization issues): never the secret in
+    # the page, the secret leaves the address bar at the first reload, and a page left open
+    # keeps reloading for good
     token = request.query_params.get("token")
-    link = {"token": token} if token and context.auth.credentials_valid({}, {"token": token}) else {}
+    issued = access.issue_token(token) if token else None
+    link = {"token": str(issued["token"])} if issued else {}
     asked = request.query_params.get("hours")
     hours = context.settings.page_hours
     if asked is not None:
         if asked.strip() not in {str(h) for h in PAGE_HOURS}:
             return HTMLResponse(page.bad_range(link), status_code=400)
         hours = int(asked)
+    again = {"hours": str(hours)} if asked is not None else {}
+    reload = "?" + urlencode({**again, **link}) if link else ""
     snapshot = context.take_status()
     names = [str(o["name"]) for o in st.outputs(snapshot)] if snapshot is not None else []
     now = context.clock()
@@ -82,6 +89,7 @@ async def status_page(request: Request, access: RequestAccess, context: Context)
             display=context.display,
             hours=hours,
             link=link,
+            reload=reload,
         )
 
     html = await run_in_threadpool(build)
