@@ -274,13 +274,12 @@ def chart(
         if not start <= dose.date <= now_ms:
             continue
         at = x(dose.date)
-        texts = [
-            (f"{amount(dose.insulin)} U", "insulin", TOP - 40),
-            (f"{amount(dose.carbs)} g", "carbs", TOP - 8),
-        ]
         shown = [
-            (text, cls, row)
-            for (text, cls, row), value in zip(texts, (dose.insulin, dose.carbs), strict=True)
+            (f"{amount(value)} {unit}", cls, row)
+            for value, unit, cls, row in (
+                (dose.insulin, "U", "insulin", TOP - 40),
+                (dose.carbs, "g", "carbs", TOP - 8),
+            )
             if value
         ]
         said = ", ".join(f"{text} {cls}" for text, cls, _ in shown)
@@ -290,7 +289,7 @@ def chart(
         )
         # amounts that would overlap the last ones drawn (at a phone's label size) are left
         # out: such a treatment keeps its line, and says its amounts when hovered
-        wide = max(len(text) for text, _, _ in shown) * LABEL_CHAR_WIDTH
+        wide = max((len(text) for text, _, _ in shown), default=0) * LABEL_CHAR_WIDTH
         anchor, left = "middle", at - wide / 2
         if left < LEFT - 8:
             anchor, left = "start", at
