@@ -506,6 +506,10 @@ def machines_block(snapshot: Mapping[str, Any] | None, now_ms: int) -> str:
                     error=error_parts(error)[1] if error else "",
                 )
             )
+    store = st.store(snapshot)
+    if st.text(store.get("state"), "ok") != "ok":
+        kind, message = error_parts(st.text(store.get("error")))
+        items.append(_item("machine", "Local store", kind or "failing", error=message))
     if not items:
         return '<p class="muted">no sources running</p>'
     return '<ul id="machines">' + "".join(items) + "</ul>"
