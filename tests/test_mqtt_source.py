@@ -149,3 +149,8 @@ def test_jmespath_maps_any_json_and_documents_find_their_collection() -> None:
     assert read_document("entries", reading(1), 0, now=T0).record.device == "pi"
     with pytest.raises(ValueError):
         PushSettings(mqtt_source_url="mqtt://h", mqtt_source_format="csv")
+    # a filter paho would refuse at SUBSCRIBE is a bad setting, not a subscription that dies
+    for topics in ("cgm/#/x", "cgm/a+", "cgm/#x", "ok/#, x#"):
+        with pytest.raises(ValueError):
+            PushSettings(mqtt_source_url="mqtt://h", mqtt_source_topics=topics)
+    assert PushSettings(mqtt_source_url="mqtt://h", mqtt_source_topics="+/cgm/+, #").mqtt_source_topics
