@@ -154,6 +154,9 @@ class MqttSubscriber:
         self.machine = SubscriptionMachine()
         self.source = f"mqtt@{self.broker.display()}"
         self.received = 0
+        #: messages the broker marked as sent again (DUP): ones it had sent before a connection
+        #: ended without seeing our acknowledgement; the store keeps each record once anyway
+        self.redelivered = 0
         self.stored = 0
         self.rejected = 0
         self._queue: list[mqtt.MQTTMessage] = []
@@ -166,6 +169,7 @@ class MqttSubscriber:
             "topics": self.topics,
             "state": self.machine.current_state_value,
             "received": self.received,
+            "redelivered": self.redelivered,
             "stored": self.stored,
             "rejected": self.rejected,
             "failures": self.machine.failures,
@@ -305,6 +309,7 @@ class MqttSubscriber:
 
         def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
             self.received += 1
+            self.redelivered += int(bool(message.dup))
             self._queue.append(message)
             self._arrived.set()
 
