@@ -125,10 +125,16 @@ def test_create_answers_201_then_dedupes_onto_the_stored_document(site: Site) ->
     moved = site.call("POST", "/api/v3/treatments", bolus(2, identifier="aaps-42", insulin=2))
     assert moved.status_code == 200 and moved.json()["identifier"] == "aaps-42"
     assert site.count("treatments") == 1
+    # any text names a document; the Location header carries it encoded
+    odd = site.call("POST", "/api/v3/treatments", bolus(3, identifier="phone 1 é€"))
+    assert (
+        odd.status_code == 201 and odd.headers["location"] == "/api/v3/treatments/phone%201%20%C3%A9%E2%82%AC"
+    )
+    assert site.call("DELETE", odd.headers["location"]).status_code == 200
     # the v1 reads serve what v3 wrote
     v1 = site.call("GET", "/api/v1/treatments.json").json()
     assert len(v1) == 1 and v1[0]["insulin"] == 2 and v1[0]["identifier"] == "aaps-42"
-    assert site.wakes == 4
+    assert site.wakes == 6
 
 
 def test_create_checks_what_v3_requires_and_names_the_field(site: Site) -> None:

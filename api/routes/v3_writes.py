@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import quote
 
 import structlog
 from fastapi import APIRouter, Request
@@ -203,7 +204,8 @@ async def _run(coro: Any) -> V3Result:
 def _answer(name: str, result: V3Result, *, dedupe: bool = False) -> Response:
     headers = {"Last-Modified": v3.http_date(result.srv_modified)}
     if result.created:
-        headers["Location"] = f"/api/v3/{name}/{result.identifier}"
+        # an identifier is any text a client chose: the header carries it percent-encoded
+        headers["Location"] = f"/api/v3/{name}/{quote(result.identifier, safe='')}"
         body = {"status": 201, "identifier": result.identifier, "lastModified": result.srv_modified}
         return json_response(body, 201, headers)
     body = {"status": 200, "lastModified": result.srv_modified}
