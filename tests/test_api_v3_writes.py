@@ -9,6 +9,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -289,12 +290,15 @@ _fields = st.sampled_from(
 )  # fmt: skip
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(
     method=st.sampled_from(["POST", "PUT", "PATCH"]),
     collection=st.sampled_from(["entries", "treatments", "devicestatus", "profile"]),
     changes=st.dictionaries(_fields, _values, max_size=5),
     base=st.booleans(),
+    target=st.one_of(
+        st.just("known"), st.text(st.characters(exclude_characters="/"), min_size=1, max_size=8)
+    ),
 )
 def test_any_body_is_answered_without_a_server_error_and_refusals_write_nothing(
     tmp_path_factory: pytest.TempPathFactory,
@@ -302,13 +306,14 @@ def test_any_body_is_answered_without_a_server_error_and_refusals_write_nothing(
     collection: str,
     changes: dict[str, Any],
     base: bool,
+    target: str,
 ) -> None:
     site = Site(Path(tmp_path_factory.mktemp("v3any")) / "s.db")
     try:
         stored = site.call("POST", "/api/v3/treatments", bolus(0, identifier="known"))
         assert stored.status_code == 201
         body = {**(entry(3) if collection == "entries" else bolus(3)), **changes} if base else changes
-        path = f"/api/v3/{collection}" + ("" if method == "POST" else "/known")
+        path = f"/api/v3/{collection}" + ("" if method == "POST" else f"/{quote(target, safe='')}")
         before = {c: site.count(c) for c in ("entries", "treatments", "devicestatus", "profile")}
         snapshot = site.call("GET", "/api/v3/treatments/known").json()
         answer = site.call(method, path, body)
