@@ -15,7 +15,7 @@ from api.context import ApiContext, Clock, StatusFn, StoreFaultFn, Writer, attac
 from api.errors import add_error_handlers
 from api.guard import GuardMiddleware, LoopGuardMiddleware
 from api.openapi import SECURITY_SCHEMES
-from api.routes import alerts, connect, export, nightscout, ops, pebble, status_page, uploads, v3
+from api.routes import alerts, connect, export, nightscout, ops, pebble, status_page, uploads, v3, v3_writes
 from api.settings import ApiSettings, Display
 from api.version import NAME, connect_version
 from connect.clock import wall_ms
@@ -25,6 +25,7 @@ from store.reader import StoreReader
 ROUTERS: tuple[APIRouter, ...] = (
     nightscout.router,
     v3.router,
+    v3_writes.router,
     uploads.router,
     pebble.router,
     connect.router,

@@ -170,6 +170,13 @@ def _keeps_runs(f: Filter) -> bool:
 
 
 _REVISION_SQL: Final = (
+    "SELECT max("
+    + ", ".join(f"(SELECT coalesce(max(seq), 0) FROM {name})" for name in (*COLLECTIONS, "deleted"))
+    + ")"
+)
+#: the same, for a store from before deletions were remembered (read by `serve` before a
+#: daemon migrated it)
+_REVISION_SQL_OLD: Final = (
     "SELECT max(" + ", ".join(f"(SELECT coalesce(max(seq), 0) FROM {name})" for name in COLLECTIONS) + ")"
 )
 
@@ -187,6 +194,8 @@ class StoreReader:
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        #: the store has the ``deleted`` table (schema 5): looked up until it has
+        self._remembers_deletions = False
 
     # --- connections ----------------------------------------------------------------------
 
@@ -512,9 +521,13 @@ class StoreReader:
     def revision(self) -> int:
         """The newest ``seq`` in the store: it grows whenever a document is inserted or changed
         (and only then: an identical record written again keeps its ``seq``). One lookup on
-        each collection's unique ``seq`` index, so a reader can ask it before every answer."""
+        each collection's unique ``seq`` index, so a reader can ask it before every answer.
+        A deletion takes a ``seq`` too, so it moves the revision as well."""
         with self.connection() as conn:
-            (value,) = conn.execute(_REVISION_SQL).fetchone()
+            if not self._remembers_deletions:
+                self._remembers_deletions = _has_table(conn, "deleted")
+            sql = _REVISION_SQL if self._remembers_deletions else _REVISION_SQL_OLD
+            (value,) = conn.execute(sql).fetchone()
         return int(value)
 
     def ping(self) -> int:
