@@ -1,4 +1,4 @@
-"""Who may read, per request: the one dependency through which every route judges credentials.
+"""Who may read (and write), per request: the one dependency through which every route judges credentials.
 
 Protected routes call :meth:`Access.require_read` first thing rather than declaring the check as
 a route dependency: FastAPI runs dependencies before it validates path parameters, and a
@@ -51,6 +51,17 @@ class Access:
             return
         offered = self._auth.credentials_valid(headers, query, v3=True) is not None
         raise V3Error(401, "Bad access token or JWT" if offered else "Missing or bad access token or JWT")
+
+    def require_write_v3(self) -> None:
+        """API v3's check for a write: a valid token, always (anonymous reading, when switched
+        on, never opens writing); 401 with v3's messages otherwise."""
+        headers, query = self._request.headers, self._request.query_params
+        valid = self._auth.credentials_valid(headers, query, v3=True)
+        if valid is True:
+            return
+        raise V3Error(
+            401, "Bad access token or JWT" if valid is False else "Missing or bad access token or JWT"
+        )
 
     def issue_token(self, given: str) -> dict[str, Any] | None:
         return self._auth.issue_token(given)

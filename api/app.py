@@ -15,8 +15,8 @@ from api.context import ApiContext, Clock, StatusFn, StoreFaultFn, Writer, attac
 from api.errors import add_error_handlers
 from api.guard import GuardMiddleware, LoopGuardMiddleware
 from api.openapi import SECURITY_SCHEMES
-from api.routes import alerts, connect, export, nightscout, ops, pebble, status_page, uploads, v3
-from api.settings import ApiSettings
+from api.routes import alerts, connect, export, nightscout, ops, pebble, status_page, uploads, v3, v3_writes
+from api.settings import ApiSettings, Display
 from api.version import NAME, connect_version
 from connect.clock import wall_ms
 from store.abc import ReaderStore
@@ -25,6 +25,7 @@ from store.abc import ReaderStore
 ROUTERS: tuple[APIRouter, ...] = (
     nightscout.router,
     v3.router,
+    v3_writes.router,
     uploads.router,
     pebble.router,
     connect.router,
@@ -43,10 +44,12 @@ def create_app(
     clock: Clock = wall_ms,
     store_fault: StoreFaultFn | None = None,
     writer: Writer | None = None,
+    display: Display | None = None,
 ) -> FastAPI:
     """The API over ``reader``; ``status`` returns the runtime's snapshot (called on the loop);
     ``store_fault`` says what is wrong while the daemon cannot write the store; ``writer`` (the
-    daemon's store) takes pushed records, and without it the write routes answer 405."""
+    daemon's store) takes pushed records, and without it the write routes answer 405; ``display``
+    (the site's units and thresholds) is what the status page and ``status.json`` show."""
     app = FastAPI(
         title=NAME,
         version=connect_version(),
@@ -54,7 +57,7 @@ def create_app(
         docs_url=None,  # the interactive docs load scripts from a CDN
         redoc_url=None,
     )
-    attach(app, ApiContext.build(reader, status, settings, clock, store_fault, writer))
+    attach(app, ApiContext.build(reader, status, settings, clock, store_fault, writer, display))
     add_error_handlers(app)
     app.add_middleware(LoopGuardMiddleware)
     app.add_middleware(GuardMiddleware)

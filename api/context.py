@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from api.auth import Authenticator
 from api.cache import BodyCache, Rendered, cached
 from api.metrics import make_registry
-from api.settings import ApiSettings
+from api.settings import ApiSettings, Display
 from connect.redact import describe_error
 from store.abc import ReaderStore
 from store.aio import AsyncStore
@@ -62,6 +62,8 @@ class ApiContext:
     store_fault: StoreFaultFn = _no_fault
     #: the daemon's writer (None under ``serve``, which only reads: writes answer 405)
     writer: Writer | None = None
+    #: the site's units and thresholds, for the status page and status.json
+    display: Display = attrs.field(factory=Display)
 
     @classmethod
     def build(
@@ -72,6 +74,7 @@ class ApiContext:
         clock: Clock,
         store_fault: StoreFaultFn | None = None,
         writer: Writer | None = None,
+        display: Display | None = None,
     ) -> ApiContext:
         auth = Authenticator(settings.http_secret, readable=settings.http_readable, clock=clock)
         return cls(
@@ -84,6 +87,7 @@ class ApiContext:
             BodyCache(),
             store_fault or _no_fault,
             writer,
+            display or Display(),
         )
 
     def store_failing(self) -> bool:

@@ -408,6 +408,7 @@ V3_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     400: _v3_error("a parameter v3 cannot answer (its message says which)"),
     401: _v3_error("no token, or a wrong one (Bearer JWT or ?token=)"),
     404: _v3_error("a collection v3 does not know, or no document with this identifier"),
+    410: _v3_error("the document with this identifier was deleted"),
     503: _v3_error("the store cannot be read"),
 }
 #: a path parameter with a line break in it matches no route

@@ -19,7 +19,10 @@ def error_body(status: int, message: str, description: str | None = None) -> byt
     return json.dumps(doc, ensure_ascii=False).encode("utf-8")
 
 
-def json_response(value: Any, status: int = 200) -> Response:
+def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        json.dumps(value, ensure_ascii=False).encode("utf-8"), status_code=status, media_type=JSON
+        json.dumps(value, ensure_ascii=False).encode("utf-8"),
+        status_code=status,
+        media_type=JSON,
+        headers=headers,
     )

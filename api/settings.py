@@ -14,11 +14,14 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from connect.errors import ConfigError
 from connect.fields import ConnectSettings, check_host, check_path
+from machines.alerts import Thresholds, is_mmol
 
 #: Nightscout's MIN_PASSPHRASE_LENGTH
 MIN_SECRET_LENGTH: Final = 12
 DEFAULT_BIND: Final = "127.0.0.1:1338"
 DISABLED: Final = frozenset({"0", "", "off", "false", "no", "none"})
+#: the status page's time ranges, in hours (Nightscout's own choices)
+PAGE_HOURS: Final = (3, 6, 12, 24)
 
 
 class ApiSettings(ConnectSettings):
@@ -44,6 +47,18 @@ class ApiSettings(ConnectSettings):
         description="/api/connect/latest leaves out devices silent for longer (0 shows every device)",
     )
 
+    page_hours: int = Field(
+        default=24,
+        description="hours the status page's chart shows unless the page is asked for another range (3, 6, 12 or 24)",
+    )
+
+    @field_validator("page_hours")
+    @classmethod
+    def _page_range(cls, value: int) -> int:
+        if value not in PAGE_HOURS:
+            raise ValueError("must be 3, 6, 12 or 24")
+        return value
+
     @field_validator("http_secret")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
@@ -63,6 +78,21 @@ class ApiSettings(ConnectSettings):
             # (a secret that failed its own check is reported there, not here)
             raise ValueError(PUBLIC_WITHOUT_SECRET.format(address="the address"))
         return value
+
+
+@attrs.frozen(kw_only=True)
+class Display:
+    """How the API shows glucose: the site's units (``mg/dl`` or ``mmol``) and its thresholds in
+    mg/dL. The daemon builds it from the alert settings (``CONNECT_DISPLAY_UNITS``,
+    ``CONNECT_BG_*``), so the status page's target band and ``status.json`` say what the alert
+    rules judge by; without them, Nightscout's defaults."""
+
+    units: str = "mg/dl"
+    thresholds: Thresholds = attrs.field(factory=Thresholds)
+
+    @property
+    def mmol(self) -> bool:
+        return is_mmol(self.units)
 
 
 #: the address (quoted only when it passed the settings' checks) and what to do

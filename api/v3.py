@@ -273,7 +273,7 @@ def document(collection: str, row: Row, fields: tuple[str, ...] | None) -> dict[
         doc.setdefault("sysTime", doc["dateString"])
     doc["srvCreated"] = row.srv_created
     doc["srvModified"] = row.srv_modified
-    doc["isValid"] = True
+    doc["isValid"] = row.valid
     if fields is not None:
         doc = {k: v for k, v in doc.items() if k in fields}
     return doc

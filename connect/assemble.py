@@ -82,6 +82,17 @@ def open_store(settings: CoreSettings) -> WriterStore:
     return Store.open(settings.store_path)
 
 
+async def try_subscription(settings: CoreSettings, astore: AsyncStore) -> list[tuple[bool, str]]:
+    """The MQTT subscription, when the settings enable it, tried as ``check`` tries outputs:
+    connect, log in, subscribe to every topic filter, disconnect (under a client id of its
+    own; nothing is stored). Whether it worked, and the line ``check`` prints."""
+    if not isinstance(settings, PushSettings) or settings.mqtt_source_url is None:
+        return []
+    subscriber = MqttSubscriber(settings, astore)
+    ok, detail = await subscriber.probe()
+    return [(ok, f"mqtt source {subscriber.broker.display()}: {detail}")]
+
+
 @asynccontextmanager
 async def assemble(
     settings: CoreSettings,

@@ -26,7 +26,7 @@ import trio
 from api.settings import ApiSettings, check_bind
 from connect import accounts, peers
 from connect import daemon as daemon_mod
-from connect.assemble import assemble, try_outputs
+from connect.assemble import assemble, try_outputs, try_subscription
 from connect.builder import SourcePlan
 from connect.contract import SourceInfo
 from connect.errors import ConfigError, ConnectError, StoreError
@@ -287,26 +287,31 @@ def cmd_check(args: Sequence[str]) -> int:
     _configure_logs(settings)
     print("\n".join(env_report(source, args, given)))
 
-    async def main() -> tuple[str | None, list[tuple[bool, str]]]:
+    async def main() -> tuple[str | None, list[tuple[bool, str]], list[tuple[bool, str]]]:
         # the daemon `run` would start, over a store in memory and without outputs: only the
-        # vendor is contacted, and nothing is written; then each output is tried, writing nothing
+        # vendor is contacted, and nothing is written; then the subscription and each output
+        # are tried, storing and writing nothing
         store = Store(":memory:")
         try:
             async with assemble(settings, source, store=store, deliver=False) as daemon:
                 problem = await try_login(daemon.runtime.plan)
-                return problem, await try_outputs(settings, daemon.astore, daemon.client)
+                subscription = await try_subscription(settings, daemon.astore)
+                return problem, subscription, await try_outputs(settings, daemon.astore, daemon.client)
         finally:
             store.close()
 
-    problem, outputs = trio.run(main)
+    problem, subscription, outputs = trio.run(main)
     if problem is not None:
         print(f"login: failed — {problem}")
     else:
         print("login: ok" if source.name != "sim" and source.polls else "login: not needed")
     if settings.store_url is not None:
         outputs.insert(0, try_postgres(settings.store_url.get_secret_value()))
+    for _, line in subscription:
+        print(line)
     print("\n".join(line for _, line in outputs) or "outputs: none (records stay in the local store)")
-    return EXIT_FAILED if problem is not None or not all(ok for ok, _ in outputs) else EXIT_OK
+    tried = [*subscription, *outputs]
+    return EXIT_FAILED if problem is not None or not all(ok for ok, _ in tried) else EXIT_OK
 
 
 def try_postgres(url: str) -> tuple[bool, str]:

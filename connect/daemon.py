@@ -14,7 +14,7 @@ import httpx
 import structlog
 import trio
 
-from api.settings import ApiSettings, check_bind
+from api.settings import ApiSettings, Display, check_bind
 from connect.alerting import Alerting
 from connect.contract import SourceInfo
 from connect.errors import StoreError
@@ -22,6 +22,7 @@ from connect.redact import redact
 from connect.runtime import SourceRuntime
 from connect.settings import CoreSettings
 from outputs import Output
+from outputs.alert_settings import AlertSettings
 from store import AsyncStore
 from store.abc import ReaderStore, WriterStore
 from store.database import status_json
@@ -150,6 +151,14 @@ async def watch_signals(
             return
 
 
+def display_of(settings: ApiSettings) -> Display:
+    """The units and thresholds the API shows: the alert rules' own, so the status page's target
+    band is the band the alerts judge by."""
+    if isinstance(settings, AlertSettings):
+        return Display(units=settings.display_units, thresholds=settings.thresholds())
+    return Display()
+
+
 async def serve_api(
     settings: ApiSettings,
     store: str | ReaderStore,
@@ -174,7 +183,9 @@ async def serve_api(
         return
     reader = StoreReader(store) if isinstance(store, str) else store
     try:
-        app = create_app(reader, status, settings, store_fault=store_fault, writer=writer)
+        app = create_app(
+            reader, status, settings, store_fault=store_fault, writer=writer, display=display_of(settings)
+        )
         await serve(app, bind, task_status=task_status)
     finally:
         if reader is not store:

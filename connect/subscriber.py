@@ -26,10 +26,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import Field, SecretStr
 
 from connect.clock import wall_ms
-from connect.errors import ConnectError, StoreError, TransientError
+from connect.errors import ConnectError, OutputAuthError, StoreError, TransientError
 from connect.fields import ConnectSettings
 from connect.pushed import DocumentError, documents, parse_json, read_document
 from connect.records import Collection
+from connect.redact import redact_text
 from machines.subscription import SubscriptionMachine
 from outputs.mqtt import _Link
 from outputs.settings import MqttTarget, mqtt_target
@@ -86,8 +87,22 @@ class PushSettings(ConnectSettings):
     @pydantic.field_validator("mqtt_source_topics")
     @classmethod
     def _topics_shape(cls, value: str) -> str:
-        if not [t for t in value.split(",") if t.strip()]:
+        filters = [t.strip() for t in value.split(",") if t.strip()]
+        if not filters:
             raise ValueError("name at least one topic filter")
+        for topic in filters:
+            # paho refuses these only when subscribing, which would end the daemon's subscription
+            levels = topic.split("/")
+            misplaced = any(
+                ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+")
+                for i, level in enumerate(levels)
+            )
+            if misplaced:
+                raise ValueError(
+                    "a topic filter has # or + inside a level (+ is one whole level, # the last)"
+                )
+            if "\x00" in topic or len(topic.encode("utf-8")) > 65535:
+                raise ValueError("a topic filter holds a NUL character or is over 65535 bytes")
         return value
 
 
@@ -139,6 +154,9 @@ class MqttSubscriber:
         self.machine = SubscriptionMachine()
         self.source = f"mqtt@{self.broker.display()}"
         self.received = 0
+        #: messages the broker marked as sent again (DUP): ones it had sent before a connection
+        #: ended without seeing our acknowledgement; the store keeps each record once anyway
+        self.redelivered = 0
         self.stored = 0
         self.rejected = 0
         self._queue: list[mqtt.MQTTMessage] = []
@@ -151,6 +169,7 @@ class MqttSubscriber:
             "topics": self.topics,
             "state": self.machine.current_state_value,
             "received": self.received,
+            "redelivered": self.redelivered,
             "stored": self.stored,
             "rejected": self.rejected,
             "failures": self.machine.failures,
@@ -178,11 +197,14 @@ class MqttSubscriber:
         finally:
             self.machine.halt()
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self, client_id: str | None = None) -> mqtt.Client:
+        """The subscription's client; with another ``client_id`` (``check``), a clean session
+        of its own, which leaves the daemon's persistent session and its queue alone."""
+        persistent = client_id is None
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=False,  # a persistent session: the broker keeps QoS 1 messages for us
+            client_id=self.client_id if persistent else client_id,
+            clean_session=not persistent,  # a persistent session: the broker keeps QoS 1 messages for us
             protocol=mqtt.MQTTv311,
             reconnect_on_failure=False,
         )
@@ -194,18 +216,29 @@ class MqttSubscriber:
         client.max_queued_messages_set(0)
         return client
 
-    async def _connection(self) -> None:
+    async def _open(self, client_id: str | None = None) -> mqtt.Client:
+        """A client whose CONNECT is sent (a blocking TCP connect and TLS handshake, in a thread)."""
         broker = self.broker
         try:
-            client = self._make_client()
+            client = self._make_client(client_id)
             await trio.to_thread.run_sync(
                 lambda: client.connect(broker.host, broker.port, keepalive=30), abandon_on_cancel=True
             )
+        except ssl.SSLCertVerificationError as exc:
+            raise TransientError(
+                f"MQTT broker {broker.display()}: TLS certificate not trusted ({exc.reason})"
+            ) from None
         except (ssl.SSLError, OSError, ValueError) as exc:
             raise TransientError(
                 f"MQTT broker {broker.display()} unreachable ({type(exc).__name__})"
             ) from None
-        link = _Link(client, qos=1, display=broker.display())
+        return client
+
+    async def _subscribe(self, link: _Link, *, steer: bool) -> None:
+        """Wait for the CONNACK, subscribe to every topic filter and wait for the SUBACK; a
+        filter the broker refuses is an error naming it. ``steer``: tell the machine (the
+        daemon's own connection; ``check`` leaves it alone)."""
+        client, display = link.client, self.broker.display()
         subscribed = trio.Event()
         granted: list[Any] = []
 
@@ -213,27 +246,77 @@ class MqttSubscriber:
             granted.extend(reasons)
             subscribed.set()
 
+        client.on_subscribe = on_subscribe
+        with trio.move_on_after(15) as scope:
+            await link.connected.wait()
+        if scope.cancelled_caught:
+            raise TransientError(f"MQTT broker {display} sent no CONNACK")
+        if steer:
+            self.machine.send("connected")
+        client.subscribe([(topic, 1) for topic in self.topics])
+        link.write_wanted.set()
+        with trio.move_on_after(15) as scope:
+            await subscribed.wait()
+        if scope.cancelled_caught:
+            raise TransientError(f"MQTT broker {display} did not answer the subscription")
+        refused = [t for t, r in zip(self.topics, granted, strict=False) if getattr(r, "is_failure", False)]
+        if refused:
+            raise TransientError(f"MQTT broker {display} refused the subscription to {', '.join(refused)}")
+        if steer:
+            self.machine.send("subscribed")
+
+    async def probe(self) -> tuple[bool, str]:
+        """Connect, log in and subscribe to every topic filter, then disconnect, under a client id
+        of its own (``check``): nothing is received into the store, the daemon's session is left
+        as it is. Whether it worked, and what ``check`` prints after the broker's address."""
+        broker = self.broker
+
+        async def subscribe_only(link: _Link) -> None:
+            await self._subscribe(link, steer=False)
+
+        try:
+            client = await self._open(f"{self.client_id}-check")
+            link = _Link(client, qos=1, display=broker.display())
+            try:
+                async with trio.open_nursery() as nursery:
+                    link.scope = nursery.cancel_scope
+                    nursery.start_soon(link.reader)
+                    nursery.start_soon(link.writer)
+                    nursery.start_soon(link.guard, subscribe_only)
+            finally:
+                link.close()
+            if link.error is not None:
+                raise link.error
+        except OutputAuthError:
+            return False, "refused the login"
+        except ConnectError as exc:
+            # what went wrong and of which kind (unreachable (ConnectionRefusedError), refused
+            # the subscription to …), as the outputs' lines say it, and never a credential
+            text = (
+                str(exc)
+                .replace(f"MQTT broker {broker.display()} ", "")
+                .replace(f"MQTT broker {broker.display()}: ", "")
+                .replace(f"MQTT connection to {broker.display()}", "connection")
+            )
+            return False, redact_text(text)
+        topics = ", ".join(self.topics)
+        return True, f"ok, {'logged in and ' if broker.username is not None else ''}subscribed to {topics}"
+
+    async def _connection(self) -> None:
+        broker = self.broker
+        client = await self._open()
+        link = _Link(client, qos=1, display=broker.display())
+
         def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
             self.received += 1
+            self.redelivered += int(bool(message.dup))
             self._queue.append(message)
             self._arrived.set()
 
-        client.on_subscribe = on_subscribe
         client.on_message = on_message
 
         async def session(lk: _Link) -> None:
-            with trio.move_on_after(15) as scope:
-                await lk.connected.wait()
-            if scope.cancelled_caught:
-                raise TransientError(f"MQTT broker {broker.display()} sent no CONNACK")
-            self.machine.send("connected")
-            client.subscribe([(topic, 1) for topic in self.topics])
-            lk.write_wanted.set()
-            with trio.move_on_after(15) as scope:
-                await subscribed.wait()
-            if scope.cancelled_caught or any(getattr(r, "is_failure", False) for r in granted):
-                raise TransientError(f"MQTT broker {broker.display()} refused the subscription")
-            self.machine.send("subscribed")
+            await self._subscribe(lk, steer=True)
             log.info("mqtt source listening", broker=broker.display(), topics=self.topics)
             while True:
                 await self._arrived.wait()

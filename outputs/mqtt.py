@@ -34,6 +34,7 @@ from connect.clock import wall_ms
 from connect.errors import ConnectError, OutputAuthError, TransientError
 from connect.records import COLLECTIONS, EVENTS, Collection, Stream
 from connect.redact import redact_text, register_secret
+from machines.alerts import MMOL_TO_MGDL
 from machines.delivery import DeliveryPolicy
 from outputs.delivery import Clock, Output, Sequenced
 from outputs.settings import MqttTarget, mqtt_target
@@ -75,7 +76,8 @@ def _newest_delivered_sgv(store: WriterStore, output: str) -> dict[str, Any] | N
 #: how far back the reading before the current one may be for a delta (Nightscout shows none
 #: across a longer gap either)
 DELTA_WINDOW_MS: Final = 15 * 60_000
-MMOL_PER_MGDL: Final = 1 / 18.01559
+#: Nightscout's own conversion, the one the status page and the alerts use too
+MMOL_PER_MGDL: Final = 1 / MMOL_TO_MGDL
 
 
 def current_view(store: WriterStore, doc: dict[str, Any], *, only_newest: bool) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ The semantics every adapter keeps (the contract tests run against both):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -32,8 +32,8 @@ from connect.records import Batch, Collection, Record, Stream
 from store.events import AlertState, EventRow, NewRecord
 
 if TYPE_CHECKING:
-    from store.database import Pending, PersistResult, PushKey, PushResult, RejectedGroup
-    from store.reader import Filter, Reading, StoredEpisode, Where
+    from store.database import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored, V3Result
+    from store.reader import Dose, Filter, Reading, StoredEpisode, Where
     from store.search import Row as SearchRow
 
 
@@ -103,6 +103,20 @@ class WriterStore(Protocol):
     def persist_push(self, source: str, pushed: Sequence[PushKey]) -> PushResult: ...
 
     def delete_pushed(self, collection: Collection, oid: str) -> bool: ...
+
+    def create_v3(self, source: str, record: Record, identifier: str | None) -> V3Result: ...
+
+    def rewrite_v3(
+        self,
+        source: str,
+        collection: Collection,
+        identifier: str,
+        build: Callable[[Stored], Record],
+        *,
+        must_exist: bool,
+    ) -> V3Result: ...
+
+    def delete_v3(self, collection: Collection, identifier: str, *, permanent: bool) -> bool: ...
 
     def set_aside_message(self, source: str, topic: str, reason: str) -> bool: ...
 
@@ -236,6 +250,10 @@ class ReaderStore(Protocol):
     def last_modified(self) -> dict[Collection, int]: ...
 
     def readings(self, since_ms: int, until_ms: int) -> list[Reading]: ...
+
+    def latest_delta(self) -> float | None: ...
+
+    def doses(self, since_ms: int, until_ms: int) -> list[Dose]: ...
 
     def latest_reading(self) -> Reading | None: ...
 

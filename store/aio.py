@@ -19,7 +19,15 @@ import trio
 from connect.errors import StoreError
 from connect.records import Batch, Collection, Record, Stream
 from store.abc import StoredRow, WriterStore
-from store.database import Pending, PersistResult, PushKey, PushResult, RejectedGroup
+from store.database import (
+    Pending,
+    PersistResult,
+    PushKey,
+    PushResult,
+    RejectedGroup,
+    Stored,
+    V3Result,
+)
 from store.events import EventRow
 
 log = structlog.get_logger("store")
@@ -114,6 +122,25 @@ class AsyncStore:
 
     async def delete_pushed(self, collection: Collection, oid: str) -> bool:
         return await self.call(self.store.delete_pushed, collection, oid)
+
+    async def create_v3(self, source: str, record: Record, identifier: str | None) -> V3Result:
+        return await self.call(self.store.create_v3, source, record, identifier)
+
+    async def rewrite_v3(
+        self,
+        source: str,
+        collection: Collection,
+        identifier: str,
+        build: Callable[[Stored], Record],
+        *,
+        must_exist: bool,
+    ) -> V3Result:
+        return await self.call(
+            self.store.rewrite_v3, source, collection, identifier, build, must_exist=must_exist
+        )
+
+    async def delete_v3(self, collection: Collection, identifier: str, *, permanent: bool) -> bool:
+        return await self.call(self.store.delete_v3, collection, identifier, permanent=permanent)
 
     async def set_aside_message(self, source: str, topic: str, reason: str) -> bool:
         return await self.call(self.store.set_aside_message, source, topic, reason)

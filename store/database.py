@@ -13,7 +13,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
@@ -60,6 +60,7 @@ def object_id(identifier: str) -> str:
     return hashlib.sha1(identifier.encode("utf-8")).hexdigest()[:24]
 
 
+_OBJECT_ID: Final = re.compile(r"^[0-9a-fA-F]{24}$")
 _UUID: Final = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -169,6 +170,26 @@ class PushResult:
 
     identifiers: Sequence[str]
     written: Mapping[str, int]
+
+
+class Gone(LookupError):
+    """The document was deleted (API v3 answers 410 Gone)."""
+
+
+@attrs.frozen
+class V3Result:
+    """What an API v3 write did to one document."""
+
+    #: the identifier the document is stored under
+    identifier: str
+    #: a new document (v3's 201); otherwise it replaced (or deduplicated onto) a stored one
+    created: bool
+    #: the document's ``srv_modified`` after the write (unchanged when it was written identical)
+    srv_modified: int
+
+
+#: a stored document a v3 write builds on: its identifier and JSON; None when there is none
+Stored = tuple[str, dict[str, Any]] | None
 
 
 @attrs.frozen
@@ -335,6 +356,8 @@ class Store:
             int(self.conn.execute(f"SELECT coalesce(max(srv_modified), 0) FROM {name}").fetchone()[0])
             for name in COLLECTIONS
         )
+        #: whether any deleted document is remembered (a write then clears its identifier's)
+        self._tombstones = self.conn.execute("SELECT EXISTS (SELECT 1 FROM deleted)").fetchone()[0] == 1
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -418,6 +441,12 @@ class Store:
             before = conn.total_changes
             conn.executemany(UPSERT_SQL[collection], rows)
             written[collection] = conn.total_changes - before
+            if self._tombstones:
+                # a deleted document written again is a document again
+                conn.executemany(
+                    "DELETE FROM deleted WHERE collection = ? AND identifier = ?",
+                    [(collection, row[0]) for row in rows],
+                )
         conn.execute("UPDATE sequence SET value = ? WHERE name = 'seq'", (seq,))
         self._last_write_ms = now
         return written
@@ -502,13 +531,166 @@ class Store:
         return PushResult(identifiers=chosen, written=written)
 
     def delete_pushed(self, collection: Collection, oid: str) -> bool:
-        """Remove the record served with ``_id`` ``oid``; False when there is none."""
+        """Remove the record served with ``_id`` ``oid``; False when there is none. API v3 still
+        shows it as deleted (``isValid: false`` in its history), so its sync clients learn of it."""
         with self.transaction() as conn:
             ident = self._stored_by_object_id(conn, collection, oid)
             if ident is None:
                 return False
-            conn.execute(f"DELETE FROM {collection} WHERE identifier = ?", (ident,))
+            self._bury(conn, collection, ident, permanent=False)
         return True
+
+    # --- API v3's writes: one document each, by identifier ------------------------------------
+
+    def _live(self, conn: sqlite3.Connection, collection: Collection, identifier: str) -> Stored:
+        """The stored document with this identifier, or served with this 24-hex ``_id``."""
+        row = conn.execute(
+            f"SELECT identifier, json FROM {collection} WHERE identifier = ?", (identifier,)
+        ).fetchone()
+        if row is None and _OBJECT_ID.match(identifier):
+            ident = self._stored_by_object_id(conn, collection, identifier)
+            if ident is not None:
+                row = conn.execute(
+                    f"SELECT identifier, json FROM {collection} WHERE identifier = ?", (ident,)
+                ).fetchone()
+        if row is None:
+            return None
+        doc = json.loads(row[1])
+        return str(row[0]), doc if isinstance(doc, dict) else {}
+
+    def _deleted(self, conn: sqlite3.Connection, collection: Collection, identifier: str) -> bool:
+        """Whether a document with this identifier was deleted (and not permanently)."""
+        if not self._tombstones:
+            return False
+        row = conn.execute(
+            "SELECT 1 FROM deleted WHERE collection = ? AND identifier = ? AND json IS NOT NULL",
+            (collection, identifier),
+        ).fetchone()
+        return row is not None
+
+    def _stored_by_fallback(self, conn: sqlite3.Connection, record: Record) -> str | None:
+        """API v3's dedupe fallback: the stored document of the same date and type (entries),
+        created_at and eventType (treatments), created_at and device (device status), or
+        created_at (profiles)."""
+        if isinstance(record, DeviceStatus):
+            row = conn.execute(
+                "SELECT identifier FROM devicestatus WHERE date = ? AND device = ? LIMIT 1",
+                (record.date, record.device),
+            ).fetchone()
+            return None if row is None else str(row[0])
+        if isinstance(record, Profile):
+            row = conn.execute(
+                "SELECT identifier FROM profile WHERE date = ? LIMIT 1", (record.date,)
+            ).fetchone()
+            return None if row is None else str(row[0])
+        return self._stored_by_key(conn, record)
+
+    def _write_one(self, conn: sqlite3.Connection, source: str, record: Record, ident: str) -> int:
+        """Write ``record`` under ``ident``; its ``srv_modified`` afterwards."""
+        self._upsert(conn, source, [record], [ident])
+        conn.execute(
+            "DELETE FROM deleted WHERE collection = ? AND identifier = ?", (record.collection, ident)
+        )
+        (modified,) = conn.execute(
+            f"SELECT srv_modified FROM {record.collection} WHERE identifier = ?", (ident,)
+        ).fetchone()
+        return int(modified)
+
+    def create_v3(self, source: str, record: Record, identifier: str | None) -> V3Result:
+        """API v3's CREATE, in one transaction: the document replaces the stored one of the
+        sender's ``identifier`` (a deleted one comes back), else the one of the same dedupe
+        fallback fields (see :meth:`_stored_by_fallback`), keeping that one's identifier;
+        otherwise it is new, under the sender's identifier or its own."""
+        with self.transaction() as conn:
+            ident: str | None = None
+            if identifier is not None:
+                live = self._live(conn, record.collection, identifier)
+                if live is not None:
+                    ident = live[0]
+                elif self._deleted(conn, record.collection, identifier):
+                    ident = identifier
+            if ident is None:
+                ident = self._stored_by_fallback(conn, record)
+            existing = ident is not None
+            ident = ident or identifier or record.identifier
+            if not existing and self._live(conn, record.collection, ident) is not None:
+                existing = True
+            modified = self._write_one(conn, source, record, ident)
+        return V3Result(identifier=ident, created=not existing, srv_modified=modified)
+
+    def rewrite_v3(
+        self,
+        source: str,
+        collection: Collection,
+        identifier: str,
+        build: Callable[[Stored], Record],
+        *,
+        must_exist: bool,
+    ) -> V3Result:
+        """API v3's UPDATE (``must_exist=False``: a missing document is created) and PATCH, in
+        one transaction: ``build`` makes the new record from the stored document (or from None)
+        and may raise to refuse it, leaving the store as it was. A deleted document raises
+        :class:`Gone`; a missing one, when it must exist, :class:`KeyError`."""
+        with self.transaction() as conn:
+            live = self._live(conn, collection, identifier)
+            if live is None and self._deleted(conn, collection, identifier):
+                raise Gone(identifier)
+            if live is None and must_exist:
+                raise KeyError(identifier)
+            record = build(live)
+            if record.collection != collection:
+                raise ValueError(f"a {record.collection} record is no {collection} document")
+            ident = identifier if live is None else live[0]
+            modified = self._write_one(conn, source, record, ident)
+        return V3Result(identifier=ident, created=live is None, srv_modified=modified)
+
+    def delete_v3(self, collection: Collection, identifier: str, *, permanent: bool) -> bool:
+        """API v3's DELETE: the document leaves its collection and is remembered as deleted
+        (permanently: remembered only so that the store's revision moves). False when there is
+        no such document; deleting a deleted one again is done already (permanent: forgotten)."""
+        with self.transaction() as conn:
+            live = self._live(conn, collection, identifier)
+            if live is not None:
+                self._bury(conn, collection, live[0], permanent=permanent)
+                return True
+            if not self._deleted(conn, collection, identifier):
+                return False
+            if permanent:
+                self._bury(conn, collection, identifier, permanent=True)
+        return True
+
+    def _bury(self, conn: sqlite3.Connection, collection: Collection, ident: str, *, permanent: bool) -> None:
+        """Move a document from its collection table to ``deleted`` (its JSON dropped when
+        ``permanent``), under a new ``seq`` and ``srv_modified``."""
+        (seq,) = conn.execute("SELECT value FROM sequence WHERE name = 'seq'").fetchone()
+        seq += 1
+        now = max(_now_ms(), self._last_write_ms)
+        row = conn.execute(
+            f"SELECT json, srv_created FROM {collection} WHERE identifier = ?", (ident,)
+        ).fetchone()
+        if row is None:  # deleted already: keep its creation time
+            row = conn.execute(
+                "SELECT json, srv_created FROM deleted WHERE collection = ? AND identifier = ?",
+                (collection, ident),
+            ).fetchone()
+        doc, created = (None, now) if row is None else row
+        conn.execute(
+            "INSERT INTO deleted (collection, identifier, seq, srv_created, srv_modified, json) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(collection, identifier) DO UPDATE SET "
+            "seq = excluded.seq, srv_modified = excluded.srv_modified, json = excluded.json",
+            (
+                collection,
+                ident,
+                seq,
+                created if created is not None else now,
+                now,
+                None if permanent else doc,
+            ),
+        )
+        conn.execute(f"DELETE FROM {collection} WHERE identifier = ?", (ident,))
+        conn.execute("UPDATE sequence SET value = ? WHERE name = 'seq'", (seq,))
+        self._last_write_ms = now
+        self._tombstones = True
 
     @staticmethod
     def _checkpoints(conn: sqlite3.Connection, source: str, loop: str) -> dict[str, int]:

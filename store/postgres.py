@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -28,15 +29,29 @@ import psycopg
 import psycopg_pool
 
 from connect.errors import StoreError, StoreUnusable
-from connect.records import COLLECTIONS, EVENTS, Batch, Collection, Entry, Record, Stream, Treatment
+from connect.records import (
+    COLLECTIONS,
+    EVENTS,
+    Batch,
+    Collection,
+    DeviceStatus,
+    Entry,
+    Profile,
+    Record,
+    Stream,
+    Treatment,
+)
 from connect.redact import redact_text, register_secret
 from store.abc import AlertTransaction, StoredRow
 from store.database import (
+    Gone,
     Pending,
     PersistResult,
     PushKey,
     PushResult,
     RejectedGroup,
+    Stored,
+    V3Result,
     object_id,
     row_for,
     status_json,
@@ -57,6 +72,9 @@ SHARED_POOL_MAX: Final = 8
 CONNECT_TIMEOUT: Final = 10.0
 #: how long a call waits for a free connection of the pool (seconds): past it, a StoreError
 POOL_WAIT: Final = 30.0
+
+
+_OBJECT_ID: Final = re.compile(r"^[0-9a-fA-F]{24}$")
 
 
 def _now_ms() -> int:
@@ -304,6 +322,12 @@ class PostgresStore:
                     "ON CONFLICT (account, name) DO NOTHING",
                     (account, account),
                 )
+                #: whether any deleted document is remembered (a write then clears its identifier's)
+                self._tombstones = bool(
+                    self._scalar(
+                        conn, "SELECT count(*) FROM (SELECT 1 FROM deleted WHERE account = %s LIMIT 1) d"
+                    )
+                )
                 # the newest srv_modified written (see Store._last_write_ms)
                 self._last_write_ms = max(
                     self._scalar(
@@ -415,6 +439,12 @@ class PostgresStore:
                 # rowcount sums the rows inserted or changed
                 cur.executemany(UPSERT_SQL[collection], rows)
                 written[collection] = max(cur.rowcount, 0)
+                if self._tombstones:
+                    # a deleted document written again is a document again
+                    cur.executemany(
+                        "DELETE FROM deleted WHERE account = %s AND collection = %s AND identifier = %s",
+                        [(self.account, collection, row[1]) for row in rows],
+                    )
         self._last_write_ms = now
         return written
 
@@ -492,15 +522,156 @@ class PostgresStore:
         return PushResult(identifiers=chosen, written=written)
 
     def delete_pushed(self, collection: Collection, oid: str) -> bool:
-        """Remove the record served with ``_id`` ``oid``; False when there is none."""
+        """Remove the record served with ``_id`` ``oid`` (remembered as deleted for API v3);
+        False when there is none."""
         with self.transaction() as conn:
             ident = self._stored_by_object_id(conn, collection, oid)
             if ident is None:
                 return False
-            conn.execute(
-                _q(f"DELETE FROM {collection} WHERE account = %s AND identifier = %s"), (self.account, ident)
-            )
+            self._bury(conn, collection, ident, permanent=False)
         return True
+
+    # --- API v3's writes: one document each, by identifier (see Store) -----------------------------
+
+    def _live(self, conn: Conn, collection: Collection, identifier: str) -> Stored:
+        """The stored document with this identifier, or served with this 24-hex ``_id``."""
+        row = conn.execute(
+            _q(f"SELECT identifier, json FROM {collection} WHERE account = %s AND identifier = %s"),
+            (self.account, identifier),
+        ).fetchone()
+        if row is None and _OBJECT_ID.match(identifier):
+            row = conn.execute(
+                _q(
+                    f"SELECT identifier, json FROM {collection} WHERE account = %s AND object_id = %s LIMIT 1"
+                ),
+                (self.account, identifier.lower()),
+            ).fetchone()
+        if row is None:
+            return None
+        doc = json.loads(row[1])
+        return str(row[0]), doc if isinstance(doc, dict) else {}
+
+    def _deleted(self, conn: Conn, collection: Collection, identifier: str) -> bool:
+        if not self._tombstones:
+            return False
+        row = conn.execute(
+            "SELECT 1 FROM deleted WHERE account = %s AND collection = %s AND identifier = %s "
+            "AND json IS NOT NULL",
+            (self.account, collection, identifier),
+        ).fetchone()
+        return row is not None
+
+    def _stored_by_fallback(self, conn: Conn, record: Record) -> str | None:
+        """API v3's dedupe fallback (see :meth:`Store._stored_by_fallback`)."""
+        if isinstance(record, DeviceStatus):
+            row = conn.execute(
+                "SELECT identifier FROM devicestatus WHERE account = %s AND date = %s AND device = %s LIMIT 1",
+                (self.account, record.date, record.device),
+            ).fetchone()
+            return None if row is None else str(row[0])
+        if isinstance(record, Profile):
+            row = conn.execute(
+                "SELECT identifier FROM profile WHERE account = %s AND date = %s LIMIT 1",
+                (self.account, record.date),
+            ).fetchone()
+            return None if row is None else str(row[0])
+        return self._stored_by_key(conn, record)
+
+    def _write_one(self, conn: Conn, source: str, record: Record, ident: str) -> int:
+        self._upsert(conn, source, [record], [ident])
+        conn.execute(
+            "DELETE FROM deleted WHERE account = %s AND collection = %s AND identifier = %s",
+            (self.account, record.collection, ident),
+        )
+        row = conn.execute(
+            _q(f"SELECT srv_modified FROM {record.collection} WHERE account = %s AND identifier = %s"),
+            (self.account, ident),
+        ).fetchone()
+        assert row is not None  # written just now, in this transaction
+        return int(row[0])
+
+    def create_v3(self, source: str, record: Record, identifier: str | None) -> V3Result:
+        """API v3's CREATE, in one transaction (see :meth:`Store.create_v3`)."""
+        with self.transaction() as conn:
+            ident: str | None = None
+            if identifier is not None:
+                live = self._live(conn, record.collection, identifier)
+                if live is not None:
+                    ident = live[0]
+                elif self._deleted(conn, record.collection, identifier):
+                    ident = identifier
+            if ident is None:
+                ident = self._stored_by_fallback(conn, record)
+            existing = ident is not None
+            ident = ident or identifier or record.identifier
+            if not existing and self._live(conn, record.collection, ident) is not None:
+                existing = True
+            modified = self._write_one(conn, source, record, ident)
+        return V3Result(identifier=ident, created=not existing, srv_modified=modified)
+
+    def rewrite_v3(
+        self,
+        source: str,
+        collection: Collection,
+        identifier: str,
+        build: Callable[[Stored], Record],
+        *,
+        must_exist: bool,
+    ) -> V3Result:
+        """API v3's UPDATE and PATCH, in one transaction (see :meth:`Store.rewrite_v3`)."""
+        with self.transaction() as conn:
+            live = self._live(conn, collection, identifier)
+            if live is None and self._deleted(conn, collection, identifier):
+                raise Gone(identifier)
+            if live is None and must_exist:
+                raise KeyError(identifier)
+            record = build(live)
+            if record.collection != collection:
+                raise ValueError(f"a {record.collection} record is no {collection} document")
+            ident = identifier if live is None else live[0]
+            modified = self._write_one(conn, source, record, ident)
+        return V3Result(identifier=ident, created=live is None, srv_modified=modified)
+
+    def delete_v3(self, collection: Collection, identifier: str, *, permanent: bool) -> bool:
+        """API v3's DELETE (see :meth:`Store.delete_v3`)."""
+        with self.transaction() as conn:
+            live = self._live(conn, collection, identifier)
+            if live is not None:
+                self._bury(conn, collection, live[0], permanent=permanent)
+                return True
+            if not self._deleted(conn, collection, identifier):
+                return False
+            if permanent:
+                self._bury(conn, collection, identifier, permanent=True)
+        return True
+
+    def _bury(self, conn: Conn, collection: Collection, ident: str, *, permanent: bool) -> None:
+        """Move a document from its collection table to ``deleted`` (its JSON dropped when
+        ``permanent``), under a new ``seq`` and ``srv_modified``."""
+        seq = self._take_seqs(conn, "seq", 1) + 1
+        now = max(_now_ms(), self._last_write_ms)
+        row = conn.execute(
+            _q(f"SELECT json, srv_created FROM {collection} WHERE account = %s AND identifier = %s"),
+            (self.account, ident),
+        ).fetchone()
+        if row is None:  # deleted already: keep its creation time
+            row = conn.execute(
+                "SELECT json, srv_created FROM deleted WHERE account = %s AND collection = %s AND identifier = %s",
+                (self.account, collection, ident),
+            ).fetchone()
+        doc, created = (None, now) if row is None else row
+        conn.execute(
+            "INSERT INTO deleted (account, collection, identifier, seq, srv_created, srv_modified, json) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (account, collection, identifier) DO UPDATE SET "
+            "seq = excluded.seq, srv_modified = excluded.srv_modified, json = excluded.json",
+            (self.account, collection, ident, seq, created if created is not None else now, now,
+             None if permanent else doc),
+        )  # fmt: skip
+        conn.execute(
+            _q(f"DELETE FROM {collection} WHERE account = %s AND identifier = %s"), (self.account, ident)
+        )
+        self._last_write_ms = now
+        self._tombstones = True
 
     def _checkpoints(self, conn: Conn, source: str, loop: str) -> dict[str, int]:
         rows = conn.execute(

@@ -34,6 +34,7 @@ from store.reader import (
     KEY_COLUMNS,
     OPS,
     WITH_MILLS,
+    Dose,
     Filter,
     Reading,
     StoredEpisode,
@@ -212,19 +213,30 @@ class PostgresReader:
     _V3: Final = "SELECT identifier, json, srv_created, srv_modified"
 
     @staticmethod
-    def _v3_rows(rows: Sequence[Sequence[Any]]) -> list[SearchRow]:
+    def _v3_rows(rows: Sequence[Sequence[Any]], *, valid: bool = True) -> list[SearchRow]:
         return [
-            SearchRow(str(i), str(doc), int(created), int(modified)) for i, doc, created, modified in rows
+            SearchRow(str(i), str(doc), int(created), int(modified), valid=valid)
+            for i, doc, created, modified in rows
         ]
 
     def one(self, collection: Collection, identifier: str) -> SearchRow | None:
-        """The document with this identifier, or served with this 24-hex ``_id`` (v3's fallback)."""
+        """The document with this identifier, or served with this 24-hex ``_id`` (v3's
+        fallback); a deleted one comes with ``valid`` False."""
         with self.connection() as conn:
             rows = conn.execute(
                 _q(f"{self._V3} FROM {collection} WHERE account = %s AND identifier = %s"),
                 (self.account, identifier),
             ).fetchall()
-            if not rows and re.fullmatch(r"[0-9a-f]{24}", identifier.lower()):
+            if rows:
+                return self._v3_rows(rows)[0]
+            gone = conn.execute(
+                f"{self._V3} FROM deleted WHERE account = %s AND collection = %s AND identifier = %s "
+                "AND json IS NOT NULL",
+                (self.account, collection, identifier),
+            ).fetchall()
+            if gone:
+                return self._v3_rows(gone, valid=False)[0]
+            if re.fullmatch(r"[0-9a-f]{24}", identifier.lower()):
                 rows = conn.execute(
                     _q(f"{self._V3} FROM {collection} WHERE account = %s AND object_id = %s LIMIT 1"),
                     (self.account, identifier.lower()),
@@ -235,14 +247,28 @@ class PostgresReader:
     def history(
         self, collection: Collection, since: int, limit: int, *, inclusive: bool = False
     ) -> list[SearchRow]:
-        """Documents changed after ``since``, oldest change first, never part of one instant's
-        changes (see :func:`store.search.history`)."""
+        """Documents changed after ``since``, oldest change first, deleted ones among them
+        (``valid`` False), never part of one instant's changes (see :func:`store.search.history`)."""
         op = ">=" if inclusive else ">"
-        base = f"{self._V3} FROM {collection} WHERE account = %s AND srv_modified {op} %s ORDER BY srv_modified, seq"
-        with self.connection() as conn:
-            rows = self._v3_rows(
-                conn.execute(_q(f"{base} LIMIT %s"), (self.account, since, limit + 1)).fetchall()
+
+        def changed(conn: Conn, where: str, params: tuple[Any, ...], tail: str = "") -> list[SearchRow]:
+            sql = (
+                f"SELECT identifier, json, srv_created, srv_modified, seq, 1 FROM {collection} "
+                f"WHERE account = %s AND srv_modified {where} UNION ALL "
+                "SELECT identifier, json, srv_created, srv_modified, seq, 0 FROM deleted "
+                f"WHERE account = %s AND collection = %s AND json IS NOT NULL AND srv_modified {where} "
+                f"ORDER BY 4, 5 {tail}"
             )
+            found = conn.execute(
+                _q(sql), (self.account, *params, self.account, collection, *params)
+            ).fetchall()
+            return [
+                SearchRow(str(i), str(doc), int(created), int(modified), valid=bool(live))
+                for i, doc, created, modified, _seq, live in found
+            ]
+
+        with self.connection() as conn:
+            rows = changed(conn, f"{op} %s", (since,), f"LIMIT {int(limit) + 1}")
             if len(rows) <= limit:
                 return rows
             last = rows[limit - 1].srv_modified
@@ -251,12 +277,7 @@ class PostgresReader:
             kept = [row for row in rows[:limit] if row.srv_modified != last]
             if kept:
                 return kept
-            return self._v3_rows(
-                conn.execute(
-                    _q(f"{self._V3} FROM {collection} WHERE account = %s AND srv_modified = %s ORDER BY seq"),
-                    (self.account, last),
-                ).fetchall()
-            )
+            return changed(conn, "= %s", (last,))
 
     def last_modified(self) -> dict[Collection, int]:
         """Per collection holding documents: its newest ``srv_modified`` or record time."""
@@ -267,6 +288,13 @@ class PostgresReader:
                     _q(f"SELECT max(srv_modified), max(date) FROM {name} WHERE account = %s"), (self.account,)
                 ).fetchone()
                 times = [int(t) for t in (row or ()) if t is not None]
+                # a deletion is a modification too
+                gone = conn.execute(
+                    "SELECT max(srv_modified) FROM deleted WHERE account = %s AND collection = %s "
+                    "AND json IS NOT NULL",
+                    (self.account, name),
+                ).fetchone()
+                times += [int(gone[0])] if gone is not None and gone[0] is not None else []
                 if times:
                     out[name] = max(times)
         return out
@@ -291,6 +319,32 @@ class PostgresReader:
                 (self.account,),
             ).fetchone()
         return None if row is None else Reading(int(row[0]), int(row[1]), row[2], str(row[3]))
+
+    def latest_delta(self) -> float | None:
+        """The newest CGM reading's ``delta`` as ``/api/v1/entries/current.json`` serves it."""
+        texts = self.doc_texts("entries", [Filter("type", "=", "sgv")], limit=1)
+        if not texts:
+            return None
+        delta = json.loads(texts[0]).get("delta")
+        return float(delta) if isinstance(delta, (int, float)) and not isinstance(delta, bool) else None
+
+    def doses(self, since_ms: int, until_ms: int) -> list[Dose]:
+        """Treatments with carbs or insulin and ``since_ms <= date <= until_ms``, oldest first."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT date, event_type, insulin, carbs FROM treatments WHERE account = %s AND date >= %s "
+                "AND date <= %s AND (insulin > 0 OR carbs > 0) ORDER BY date, srv_created, seq",
+                (self.account, since_ms, until_ms),
+            ).fetchall()
+        return [
+            Dose(
+                int(d),
+                None if e is None else str(e),
+                None if i is None else float(i),
+                None if c is None else float(c),
+            )
+            for d, e, i, c in rows
+        ]
 
     def collections(self) -> dict[str, dict[str, int | None]]:
         """Records stored and the newest record time, per collection."""
@@ -434,16 +488,14 @@ class PostgresReader:
         return (loaded if isinstance(loaded, dict) else {}), int(row[1])
 
     def revision(self) -> int:
-        """The account's newest ``seq`` (grows whenever one of its documents changes)."""
-        sql = (
-            "SELECT greatest("
-            + ", ".join(
-                f"(SELECT coalesce(max(seq), 0) FROM {name} WHERE account = %s)" for name in COLLECTIONS
-            )
-            + ")"
-        )
+        """The account's newest ``seq``: it grows whenever one of its documents is written,
+        changed or deleted."""
+        tables = (*COLLECTIONS, "deleted")
+        sql = "SELECT greatest(" + ", ".join(
+            f"(SELECT coalesce(max(seq), 0) FROM {name} WHERE account = %s)" for name in tables
+        ) + ")"  # fmt: skip
         with self.connection() as conn:
-            row = conn.execute(_q(sql), [self.account] * len(COLLECTIONS)).fetchone()
+            row = conn.execute(_q(sql), [self.account] * len(tables)).fetchone()
         return 0 if row is None else int(row[0])
 
     def ping(self) -> int:

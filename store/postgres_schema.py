@@ -94,6 +94,11 @@ def _v1() -> list[str]:
         "outcome text NOT NULL, at bigint NOT NULL, body text NOT NULL, "
         "PRIMARY KEY (account, hook, event_id))",
         "CREATE INDEX webhook_log_hook_at ON webhook_log (account, hook, at)",
+        # documents deleted through the write API, as API v3 still shows them (store.schema._deleted)
+        "CREATE TABLE deleted (account text NOT NULL, collection text NOT NULL, identifier text NOT NULL, "
+        "seq bigint NOT NULL, srv_created bigint NOT NULL, srv_modified bigint NOT NULL, json text, "
+        "PRIMARY KEY (account, collection, identifier), UNIQUE (account, seq))",
+        "CREATE INDEX deleted_srv_modified ON deleted (account, collection, srv_modified, seq)",
     ]
     return statements
 

@@ -113,6 +113,16 @@ class Reading:
 
 
 @attrs.frozen
+class Dose:
+    """A treatment as the status page marks it: the carbs eaten and the insulin given, if any."""
+
+    date: int
+    event_type: str | None
+    insulin: float | None
+    carbs: float | None
+
+
+@attrs.frozen
 class StoredEpisode:
     """An episode as the API and the status page show it (``end`` None while it lasts)."""
 
@@ -172,6 +182,13 @@ def _keeps_runs(f: Filter) -> bool:
 
 
 _REVISION_SQL: Final = (
+    "SELECT max("
+    + ", ".join(f"(SELECT coalesce(max(seq), 0) FROM {name})" for name in (*COLLECTIONS, "deleted"))
+    + ")"
+)
+#: the same, for a store from before deletions were remembered (read by `serve` before a
+#: daemon migrated it)
+_REVISION_SQL_OLD: Final = (
     "SELECT max(" + ", ".join(f"(SELECT coalesce(max(seq), 0) FROM {name})" for name in COLLECTIONS) + ")"
 )
 
@@ -189,6 +206,8 @@ class StoreReader:
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        #: the store has the ``deleted`` table (schema 5): looked up until it has
+        self._remembers_deletions = False
 
     # --- connections ----------------------------------------------------------------------
 
@@ -458,6 +477,33 @@ class StoreReader:
             ).fetchone()
         return None if row is None else Reading(int(row[0]), int(row[1]), row[2], str(row[3]))
 
+    def latest_delta(self) -> float | None:
+        """The newest CGM reading's ``delta``, as ``/api/v1/entries/current.json`` serves it (the
+        source's own, else the change since the device's previous reading), or None."""
+        texts = self.doc_texts("entries", [Filter("type", "=", "sgv")], limit=1)
+        if not texts:
+            return None
+        delta = json.loads(texts[0]).get("delta")
+        return float(delta) if isinstance(delta, (int, float)) and not isinstance(delta, bool) else None
+
+    def doses(self, since_ms: int, until_ms: int) -> list[Dose]:
+        """Treatments with carbs or insulin and ``since_ms <= date <= until_ms``, oldest first."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT date, event_type, insulin, carbs FROM treatments WHERE date >= ? AND date <= ? "
+                "AND (insulin > 0 OR carbs > 0) ORDER BY date, rowid",
+                (since_ms, until_ms),
+            ).fetchall()
+        return [
+            Dose(
+                int(d),
+                None if e is None else str(e),
+                None if i is None else float(i),
+                None if c is None else float(c),
+            )
+            for d, e, i, c in rows
+        ]
+
     def collections(self) -> dict[str, dict[str, int | None]]:
         """Records stored and the newest record time, per collection."""
         out: dict[str, dict[str, int | None]] = {}
@@ -571,9 +617,13 @@ class StoreReader:
     def revision(self) -> int:
         """The newest ``seq`` in the store: it grows whenever a document is inserted or changed
         (and only then: an identical record written again keeps its ``seq``). One lookup on
-        each collection's unique ``seq`` index, so a reader can ask it before every answer."""
+        each collection's unique ``seq`` index, so a reader can ask it before every answer.
+        A deletion takes a ``seq`` too, so it moves the revision as well."""
         with self.connection() as conn:
-            (value,) = conn.execute(_REVISION_SQL).fetchone()
+            if not self._remembers_deletions:
+                self._remembers_deletions = _has_table(conn, "deleted")
+            sql = _REVISION_SQL if self._remembers_deletions else _REVISION_SQL_OLD
+            (value,) = conn.execute(sql).fetchone()
         return int(value)
 
     def ping(self) -> int:

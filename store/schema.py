@@ -160,6 +160,24 @@ def _server_times(db: Database) -> None:
         db.execute(f"CREATE INDEX {name}_device_date ON {name} (device, date)")
 
 
+def _deleted(db: Database) -> None:
+    """Documents deleted through the write API, as API v3 still shows them.
+
+    A deleted document leaves its collection table (no read, output or alert sees it any more)
+    and is kept here under its collection and identifier: v3's READ answers 410 for it and its
+    HISTORY serves it with ``isValid: false``, so a syncing client learns of the deletion. A
+    permanent deletion keeps no ``json`` (a plain 404, and nothing in a history). ``seq`` comes
+    from the store's sequence, so a deletion changes the store's revision like any write.
+    """
+    db.execute(
+        "CREATE TABLE deleted (collection TEXT NOT NULL, identifier TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "srv_created INTEGER NOT NULL, srv_modified INTEGER NOT NULL, json TEXT, "
+        "PRIMARY KEY (collection, identifier))"
+    )
+    db.execute("CREATE UNIQUE INDEX deleted_seq ON deleted (seq)")
+    db.execute("CREATE INDEX deleted_srv_modified ON deleted (collection, srv_modified, seq)")
+
+
 #: index i holds the migration from version i to i + 1; each step stands alone, so steps added
 #: on different branches merge by renumbering (reordering this tuple) at most
 MIGRATIONS: Final[tuple[Callable[[Database], None], ...]] = (
@@ -167,6 +185,7 @@ MIGRATIONS: Final[tuple[Callable[[Database], None], ...]] = (
     _v2,  # → 2
     _alerts_episodes_events,  # → 3
     _server_times,  # → 4
+    _deleted,  # → 5
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

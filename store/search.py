@@ -111,14 +111,31 @@ class Row:
     json: str
     srv_created: int
     srv_modified: int
+    #: False for a deleted document (v3's ``isValid``)
+    valid: bool = True
 
 
 _SELECT: Final = "SELECT e.identifier, e.json, e.srv_created, e.srv_modified"
+#: deleted documents remembered (not permanently deleted), as rows of the same shape
+_SELECT_DELETED: Final = (
+    "SELECT d.identifier, d.json, d.srv_created, d.srv_modified, d.seq FROM deleted d "
+    "WHERE d.collection = ? AND d.json IS NOT NULL"
+)
 
 
 def _row(values: Sequence[Any]) -> Row:
-    identifier, doc, created, modified = values
+    identifier, doc, created, modified = values[:4]
     return Row(str(identifier), str(doc), int(created), int(modified))
+
+
+def _deleted_row(values: Sequence[Any]) -> Row:
+    identifier, doc, created, modified = values[:4]
+    return Row(str(identifier), str(doc), int(created), int(modified), valid=False)
+
+
+def _remembers_deletions(conn: sqlite3.Connection) -> bool:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deleted'").fetchone()
+    return found is not None
 
 
 def _json_path(field: str) -> str:
@@ -244,13 +261,20 @@ def search(reader: StoreReader, query: Search) -> list[Row]:
 
 
 def one(reader: StoreReader, collection: Collection, identifier: str) -> Row | None:
-    """The document with this identifier, or served with this 24-hex ``_id`` (v3's fallback)."""
+    """The document with this identifier, or served with this 24-hex ``_id`` (v3's fallback);
+    a deleted one comes with ``valid`` False."""
     with reader.connection() as conn:
         found = conn.execute(
             f"{_SELECT} FROM {collection} e WHERE e.identifier = ?", (identifier,)
         ).fetchone()
         if found is not None:
             return _row(found)
+        if _remembers_deletions(conn):
+            gone = conn.execute(
+                f"{_SELECT_DELETED} AND d.identifier = ?", (collection, identifier)
+            ).fetchone()
+            if gone is not None:
+                return _deleted_row(gone)
         wanted = identifier.lower()
         if not re.fullmatch(r"[0-9a-f]{24}", wanted):
             return None
@@ -271,6 +295,7 @@ def history(
 ) -> list[Row]:
     """Documents changed after ``since`` (epoch ms; at or after it when ``inclusive``), oldest
     change first, at most ``limit`` — but never part of the documents changed at one instant.
+    Deleted documents are among them (``valid`` False), so a syncing client learns of them.
 
     A client resumes from the newest ``srvModified`` it got, asking for what changed *after* it:
     a page that stopped among documents written in the same millisecond would lose the rest of
@@ -278,9 +303,20 @@ def history(
     the page holds all of it, even beyond ``limit``.
     """
     op = ">=" if inclusive else ">"
-    base = f"{_SELECT} FROM {collection} e WHERE e.srv_modified {op} ? ORDER BY e.srv_modified, e.seq"
     with reader.connection() as conn:
-        rows = [_row(r) for r in conn.execute(f"{base} LIMIT ?", (since, limit + 1)).fetchall()]
+        deletions = _remembers_deletions(conn)
+
+        def changed(where: str, params: tuple[Any, ...], tail: str = "") -> list[Row]:
+            live = f"SELECT e.identifier, e.json, e.srv_created, e.srv_modified, e.seq, 1 FROM {collection} e"
+            sql = f"{live} WHERE e.srv_modified {where}"
+            args: tuple[Any, ...] = params
+            if deletions:
+                sql += f" UNION ALL {_SELECT_DELETED.replace('d.seq', 'd.seq, 0')} AND d.srv_modified {where}"
+                args = (*params, collection, *params)
+            found = conn.execute(f"{sql} ORDER BY 4, 5 {tail}", args).fetchall()
+            return [_row(r) if r[5] else _deleted_row(r) for r in found]
+
+        rows = changed(f"{op} ?", (since,), f"LIMIT {int(limit) + 1}")
         if len(rows) <= limit:
             return rows
         last = rows[limit - 1].srv_modified
@@ -289,12 +325,7 @@ def history(
         kept = [row for row in rows[:limit] if row.srv_modified != last]
         if kept:
             return kept
-        return [
-            _row(r)
-            for r in conn.execute(
-                f"{_SELECT} FROM {collection} e WHERE e.srv_modified = ? ORDER BY e.seq", (last,)
-            ).fetchall()
-        ]
+        return changed("= ?", (last,))
 
 
 def last_modified(reader: StoreReader) -> dict[Collection, int]:
@@ -302,9 +333,16 @@ def last_modified(reader: StoreReader) -> dict[Collection, int]:
     time when that is later (v3 looks at both, for documents written without server times)."""
     out: dict[Collection, int] = {}
     with reader.connection() as conn:
+        deletions = _remembers_deletions(conn)
         for name in COLLECTIONS:
             modified, newest = conn.execute(f"SELECT max(srv_modified), max(date) FROM {name}").fetchone()
             times = [int(t) for t in (modified, newest) if t is not None]
+            if deletions:
+                # a deletion is a modification too
+                (gone,) = conn.execute(
+                    "SELECT max(srv_modified) FROM deleted WHERE collection = ? AND json IS NOT NULL", (name,)
+                ).fetchone()
+                times += [int(gone)] if gone is not None else []
             if times:
                 out[name] = max(times)
     return out

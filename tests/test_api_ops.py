@@ -176,7 +176,7 @@ def test_status_page_html(store_path):
     assert '<meta http-equiv="refresh" content="60">' in html
     assert html.count('class="reading"') == 288  # 300 readings every 5 min; 288 in the last 24 h
     assert 'class="target-range"' in html
-    assert "DexcomShareEntries" in html and "in 4 min" in html
+    assert "Dexcom Share:</span> connected, next check in 4 min" in html
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 

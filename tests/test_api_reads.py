@@ -326,7 +326,7 @@ def test_status_json_has_nightscouts_shape(world):
     assert status["settings"]["thresholds"] == {
         "bgHigh": 260,
         "bgTargetTop": 180,
-        "bgTargetBottom": 70,
+        "bgTargetBottom": 80,
         "bgLow": 55,
     }
     plain = get(world, "/api/v1/status")

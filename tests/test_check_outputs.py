@@ -144,3 +144,47 @@ def test_every_output_gets_its_line_and_one_failure_fails_check(
     assert "login: not needed" in result.stdout
     none = check(tmp_path)
     assert none.returncode == 0 and "outputs: none" in none.stdout
+
+
+def subscription_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stdout.splitlines() if line.startswith("mqtt source")]
+
+
+def test_check_tries_the_subscription(tmp_path: Path, mosquitto_factory: Callable[..., Broker]) -> None:
+    """The MQTT source's broker: reached, logged in to, every topic filter subscribed; or the
+    reason it is not, without the password; and nothing is stored."""
+    stopped = free_port()
+    down = cli(
+        "check",
+        CONNECT_SOURCE="mqtt",
+        CONNECT_STORE_PATH=str(tmp_path / "never.db"),
+        CONNECT_MQTT_SOURCE_URL=f"mqtt://{MQTT_USER}:{MQTT_PASSWORD}@127.0.0.1:{stopped}",
+    )
+    assert down.returncode == 1, down.stdout + down.stderr
+    assert subscription_lines(down) == [
+        f"mqtt source mqtt://127.0.0.1:{stopped}: unreachable (ConnectionRefusedError)"
+    ]
+
+    broker = mosquitto_factory(users={MQTT_USER: MQTT_PASSWORD})
+    where = f"127.0.0.1:{broker.port}"
+
+    def check_source(password: str, topics: str) -> subprocess.CompletedProcess[str]:
+        return cli(
+            "check",
+            CONNECT_SOURCE="mqtt",
+            CONNECT_STORE_PATH=str(tmp_path / "never.db"),
+            CONNECT_MQTT_SOURCE_URL=f"mqtt://{MQTT_USER}:{password}@{where}",
+            CONNECT_MQTT_SOURCE_TOPICS=topics,
+        )
+
+    good = check_source(MQTT_PASSWORD, "cgm/#, loop/devicestatus")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert subscription_lines(good) == [
+        f"mqtt source mqtt://{where}: ok, logged in and subscribed to cgm/#, loop/devicestatus"
+    ]
+    refused = check_source(WRONG, "cgm/#")
+    assert refused.returncode == 1
+    assert subscription_lines(refused) == [f"mqtt source mqtt://{where}: refused the login"]
+    assert not (tmp_path / "never.db").exists()
+    for result in (down, good, refused):
+        assert_secret_free(result, MQTT_PASSWORD, WRONG)

@@ -81,6 +81,26 @@ def test_pushed_twice_stored_and_delivered_once(site: Any, tmp_path: Path) -> No
         # the second push wrote nothing new, so the site was sent nothing more
         assert (posts(emu, "entries"), posts(emu, "treatments")) == sent
         assert sent[0] >= 1 and sent[1] >= 1
+
+        # an API v3 client's reading flows the same way, once, however often it is sent
+        reading = {**entries[-1], "date": entries[-1]["date"] + 300_000, "app": "AndroidAPS"}
+        reading.pop("dateString", None)
+        token = {"Authorization": f"Bearer {HTTP_SECRET}"}
+        with httpx.Client(base_url=base, timeout=10) as client:
+            assert client.post("/api/v3/entries", json=reading).status_code == 401
+            created = client.post("/api/v3/entries", json=reading, headers=token)
+            assert created.status_code == 201, created.text
+            wait_for(lambda: len(emu.entries) == 289, timeout=30, what="the v3 reading delivered", proc=proc)
+            again = client.post("/api/v3/entries", json=reading, headers=token)
+            assert again.status_code == 200 and again.json()["isDeduplication"] is True
+            assert again.json()["identifier"] == created.json()["identifier"]
+            wait_for(
+                lambda: client.get("/api/connect/status", headers=UPLOADER).json()["outputs"][0]["lag"] == 0,
+                timeout=30,
+                what="the output to catch up",
+                proc=proc,
+            )
+        assert len(emu.entries) == 289 and posts(emu, "entries") == sent[0] + 1
     finally:
         if proc.poll() is None:
             stop(proc)

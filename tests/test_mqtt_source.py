@@ -149,3 +149,93 @@ def test_jmespath_maps_any_json_and_documents_find_their_collection() -> None:
     assert read_document("entries", reading(1), 0, now=T0).record.device == "pi"
     with pytest.raises(ValueError):
         PushSettings(mqtt_source_url="mqtt://h", mqtt_source_format="csv")
+    # a filter paho would refuse at SUBSCRIBE is a bad setting, not a subscription that dies
+    for topics in ("cgm/#/x", "cgm/a+", "cgm/#x", "ok/#, x#"):
+        with pytest.raises(ValueError):
+            PushSettings(mqtt_source_url="mqtt://h", mqtt_source_topics=topics)
+    assert PushSettings(mqtt_source_url="mqtt://h", mqtt_source_topics="+/cgm/+, #").mqtt_source_topics
+
+
+@pytest.mark.e2e
+def test_the_daemon_subscribes_stores_once_and_outlives_a_broker_restart(
+    mosquitto_factory: Callable[..., Broker], tmp_path: Path
+) -> None:
+    """``CONNECT_SOURCE=mqtt`` through the real CLI: 288 readings stored once, garbage set aside
+    and counted in status, and readings the broker accepted while the daemon was connected
+    survive the broker going away mid-stream (persistence on)."""
+    import hashlib
+    import signal
+
+    import httpx
+
+    from tests.test_e2e_nightscout import HTTP_SECRET, free_port, query, start, wait_for
+    from tests.test_e2e_serve import answers
+
+    broker = mosquitto_factory(persistence=True)
+    db = tmp_path / "mqtt.db"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    auth = {"api-secret": hashlib.sha1(HTTP_SECRET.encode()).hexdigest()}
+    proc = start(
+        "run",
+        CONNECT_SOURCE="mqtt",
+        CONNECT_STORE_PATH=str(db),
+        CONNECT_HTTP_BIND=f"127.0.0.1:{port}",
+        CONNECT_HTTP_SECRET=HTTP_SECRET,
+        CONNECT_MQTT_SOURCE_URL=broker.url,
+        CONNECT_MQTT_SOURCE_TOPICS="cgm/#",
+        CONNECT_MQTT_SOURCE_CLIENT_ID=f"e2e-{uuid.uuid4().hex[:8]}",
+    )
+
+    def push_status() -> dict[str, Any]:
+        try:
+            answer = httpx.get(f"{base}/api/connect/status", headers=auth, timeout=2)
+        except httpx.HTTPError:
+            return {}
+        found = answer.json().get("push") or [{}] if answer.status_code == 200 else [{}]
+        return dict(found[0])
+
+    def stored() -> int:
+        rows = query(db, "SELECT count(*) FROM entries")
+        return int(rows[0][0]) if rows else 0
+
+    try:
+        wait_for(answers(base), timeout=30, what="the API", proc=proc)
+        wait_for(
+            lambda: push_status().get("state") == "listening", timeout=30, what="the subscription", proc=proc
+        )
+        garbage = [
+            ("cgm/pi", b"not json"),
+            ("cgm/pi", json.dumps({"type": "sgv", "sgv": "high", "date": T0}).encode()),
+            ("cgm/pi", b"[1, 2, 3]"),
+            ("cgm/pi", bytes(range(256))),
+        ]
+        first = [("cgm/pi", json.dumps(reading(i)).encode()) for i in range(144)]
+        publish(broker.port, first + garbage)
+        wait_for(lambda: stored() == 144, timeout=30, what="the first half", proc=proc)
+        wait_for(
+            lambda: push_status().get("rejected") == 4, timeout=30, what="the garbage set aside", proc=proc
+        )
+        # mid-stream: the daemon is still connected but not reading when the broker takes the
+        # second half for its session; then the broker goes away (SIGTERM: it saves its
+        # persistence file) and comes back, and the daemon carries on
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            publish(broker.port, [("cgm/pi", json.dumps(reading(i)).encode()) for i in range(144, 288)])
+            broker.restart()
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: stored() == 288, timeout=60, what="every reading", proc=proc)
+        status = push_status()
+        assert status["state"] == "listening"
+        assert status["stored"] == 288 and status["rejected"] == 4
+        # the second half was in flight to the stopped daemon: the broker sent it again, marked
+        # so, and status tells those apart from new messages
+        assert status["redelivered"] > 0 and status["received"] >= 288 + 4
+        assert query(db, "SELECT count(DISTINCT date) FROM entries") == [(288,)]
+        assert query(db, "SELECT count(*) FROM rejected WHERE output = ?", (REJECTED_AS,)) == [(4,)]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err[-3000:]

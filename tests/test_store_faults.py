@@ -243,7 +243,9 @@ def test_the_api_says_the_store_is_unavailable_while_the_daemon_cannot_write(tmp
         view = c.get("/api/connect/status").json()["store"]
         assert view["state"] == "failing" and FULL in view["error"]
         assert view["collections"]["entries"]["records"] == 12
-        assert c.get("/").status_code == 200  # the status page shows the problem
+        page = c.get("/")  # the status page shows the problem, in words
+        assert page.status_code == 200
+        assert "Local store:</span> cannot write the store" in page.text and FULL in page.text
 
         fault[0] = None
         assert c.get("/readyz").status_code == 200

@@ -54,7 +54,7 @@ def test_a_version_1_store_gets_server_times_from_its_records(tmp_path: Path) ->
     conn.close()
 
     store = Store(path)
-    assert store.version == SCHEMA_VERSION == 4
+    assert store.version == SCHEMA_VERSION == 5
     store.close()
     # written before server times existed: both are the record's own time (v3's fallback)
     assert times(path) == {T0 + i * 300_000: (i + 1, T0 + i * 300_000, T0 + i * 300_000) for i in range(3)}

@@ -41,7 +41,6 @@ from store.reader import Filter
 NIGHTSCOUT_VERSION: Final = "15.0.7"
 #: /api/v1/entries/<spec>: a served _id, or an entry type (Nightscout's /entries/<type>)
 ENTRY_SPEC: Final = r"^([0-9a-fA-F]{24}|[A-Za-z][A-Za-z0-9_-]{0,31})(\.json)?$"
-THRESHOLDS: Final = {"bgHigh": 260, "bgTargetTop": 180, "bgTargetBottom": 70, "bgLow": 55}
 
 router = APIRouter()
 
@@ -251,6 +250,7 @@ _add_read(["/api/v1/profile.json", "/api/v1/profile", "/api/v1/profiles"], "prof
 def site_status(access: RequestAccess, context: Context) -> Response:
     access.require_read()
     now = context.clock()
+    limits = context.display.thresholds
     doc = {
         "status": "ok",
         "name": NAME,
@@ -262,14 +262,20 @@ def site_status(access: RequestAccess, context: Context) -> Response:
         "careportalEnabled": False,
         "boluscalcEnabled": False,
         "settings": {
-            "units": "mg/dl",
+            "units": "mmol" if context.display.mmol else "mg/dl",
             "timeFormat": 24,
             "customTitle": NAME,
             "theme": "default",
             "language": "en",
             "alarmTypes": ["simple"],
             "authDefaultRoles": "readable" if context.settings.http_readable else "denied",
-            "thresholds": dict(THRESHOLDS),
+            # in mg/dL, as Nightscout keeps them after converting a site's mmol/L values
+            "thresholds": {
+                "bgHigh": round(limits.urgent_high),
+                "bgTargetTop": round(limits.high),
+                "bgTargetBottom": round(limits.low),
+                "bgLow": round(limits.urgent_low),
+            },
             "DEFAULT_FEATURES": [],
             "enable": [],
         },

@@ -73,7 +73,7 @@ def _writer(access: RequestAccess, context: ApiContext) -> Writer:
     return context.writer
 
 
-async def _body(request: Request) -> bytes:
+async def read_body(request: Request) -> bytes:
     """The request body, refused with 413 as soon as it grows past :data:`MAX_BODY_BYTES`."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
@@ -88,7 +88,7 @@ async def _body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _origin(request: Request) -> str:
+def origin_of(request: Request) -> str:
     """The address the uploader sent this to (a proxy's forwarded one when it names it)."""
     proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip() or request.url.scheme
     host = request.headers.get("x-forwarded-host", "").split(",")[0].strip() or request.headers.get(
@@ -98,7 +98,7 @@ def _origin(request: Request) -> str:
 
 
 async def _read(request: Request, collection: Collection, context: ApiContext) -> list[Pushed]:
-    body = await _body(request)
+    body = await read_body(request)
     try:
         return read_documents(collection, documents(parse_json(body)), now=context.clock())
     except DocumentError as exc:
@@ -110,7 +110,7 @@ async def _read(request: Request, collection: Collection, context: ApiContext) -
 async def _store(writer: Writer, request: Request, keys: list[PushKey]) -> list[dict[str, Any]]:
     """Write ``keys`` in one transaction; the stored documents, in the order sent."""
     try:
-        result = await writer.astore.persist_push(_origin(request), keys)
+        result = await writer.astore.persist_push(origin_of(request), keys)
     except StoreError as exc:
         log.warning("push not stored", error=str(exc))
         raise StoreUnavailable() from None

@@ -48,8 +48,10 @@ from store.reader import StoreReader
 
 router = APIRouter()
 
-#: what a valid token may do with each collection: read (v3's "crud" letters)
-PERMISSIONS: Final = "r"
+#: what a valid token may do with each collection (v3's "crud" letters): everything on the
+#: daemon's API, read only under ``serve``; food and settings are not kept, so only read
+PERMISSIONS: Final = "crud"
+READ_ONLY: Final = "r"
 _COLLECTION = v3_collection_parameter(v3.V3_COLLECTIONS)
 
 
@@ -102,7 +104,11 @@ def version(context: Context) -> Response:
 )
 def status(access: RequestAccess, context: Context) -> Response:
     access.require_read_v3()
-    info = {**_version_info(context.clock()), "apiPermissions": dict.fromkeys(v3.V3_COLLECTIONS, PERMISSIONS)}
+    permissions = {
+        name: PERMISSIONS if context.writer is not None and v3.stored(name) is not None else READ_ONLY
+        for name in v3.V3_COLLECTIONS
+    }
+    info = {**_version_info(context.clock()), "apiPermissions": permissions}
     return Response(v3.envelope(info), media_type=JSON)
 
 
@@ -279,6 +285,8 @@ def read(request: Request, access: RequestAccess, context: Context) -> Response:
         row = context.reader.one(collection, identifier) if collection is not None else None
         if row is None:
             raise V3Error(404, "")
+        if not row.valid:
+            raise V3Error(410, "")  # deleted: v3's READ says it is gone
         return Rendered(
             v3.envelope(v3.document(name, row, fields)),
             headers={"Last-Modified": v3.http_date(row.srv_modified)},
