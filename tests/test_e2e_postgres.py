@@ -235,3 +235,23 @@ def test_run_serves_what_it_stores_in_postgresql(postgres_url: str, tmp_path: Pa
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-3000:]
     assert PASSWORD not in err
+
+
+def test_accounts_dir_over_one_database(postgres_url: str, tmp_path: Path) -> None:
+    accounts = tmp_path / "accounts"
+    accounts.mkdir()
+    for name in ("alice", "bob"):
+        (accounts / f"{name}.env").write_text("CONNECT_SOURCE=sim\nCONNECT_BACKFILL_DAYS=1\n")
+    url = with_password(postgres_url)
+    result = run("once", "--accounts-dir", str(accounts), "--store-url", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = dict(rows(postgres_url, "SELECT account, count(*) FROM entries GROUP BY account"))
+    assert set(counts) == {"alice", "bob"} and min(counts.values()) >= 200
+    assert not list(accounts.glob("*.db")), "no SQLite file per account"
+    assert PASSWORD not in result.stdout + result.stderr
+    # two files naming the same account of the database are refused, as a shared store file is
+    (accounts / "carol.env").write_text("CONNECT_SOURCE=sim\nCONNECT_ACCOUNT=alice\n")
+    refused = run("once", "--accounts-dir", str(accounts), "--store-url", url, "--strict", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "--account / CONNECT_ACCOUNT: alice of postgresql://connect@" in refused.stderr
+    assert PASSWORD not in refused.stdout + refused.stderr
