@@ -23,7 +23,7 @@ from typing import Any, Final
 import psycopg
 import psycopg_pool
 
-from connect.errors import StoreUnusable
+from connect.errors import StoreError, StoreUnusable
 from connect.records import COLLECTIONS, EVENTS, Collection
 from store.database import RejectedGroup
 from store.postgres import Conn, _one_line, _q, display_url, is_store_url, open_pool
@@ -66,8 +66,13 @@ class PostgresReader:
 
     @contextmanager
     def connection(self) -> Iterator[Conn]:
-        with self.pool.connection() as conn:
-            yield conn
+        """A pooled connection for this use only; a lost server or a pool with no free
+        connection is a :class:`StoreError` (the API answers 503), without the password."""
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise StoreError(f"store {self.path}: {_one_line(exc)}") from exc
 
     def close(self) -> None:
         if self._owns_pool:
@@ -512,7 +517,7 @@ class PostgresReader:
         try:
             with self.connection() as conn:
                 version = current_version(conn)
-        except psycopg.Error as exc:
+        except (psycopg.Error, StoreError) as exc:
             raise StoreUnusable(f"{where}: cannot be read ({_one_line(exc)})") from None
         if version > SCHEMA_VERSION:
             raise StoreUnusable(

@@ -154,3 +154,39 @@ def test_v3_reads_by_identifier_and_by_change_agree(readers: list[ReaderStore]) 
         == set(sqlite.last_modified())
         == {"entries", "treatments", "devicestatus"}
     )
+
+
+def test_a_lost_server_is_a_store_error_the_api_answers_503(postgres_url: str) -> None:
+    import httpx
+    import psycopg
+    import trio
+
+    from api import ApiSettings, create_app
+    from connect.errors import StoreError
+    from tests.test_api_support import snapshot
+
+    writer = PostgresStore(postgres_url, account="alice")
+    writer.persist_frame("sim", "main", Batch.of(records()[:5]))
+    reader = PostgresReader(writer.pool, account="alice")
+    app = create_app(reader, lambda: snapshot(), ApiSettings(http_secret=None, http_readable=True))
+
+    def lose_the_server() -> None:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+    async def get(path: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return await client.get(path)
+
+    assert trio.run(get, "/api/v1/entries.json").status_code == 200
+    lose_the_server()
+    with pytest.raises(StoreError, match=r"^store postgresql://connect@127\.0\.0\.1:"):
+        reader.collections()
+    lose_the_server()
+    answer = trio.run(get, "/api/v1/entries.json")
+    assert answer.status_code == 503 and "the store cannot be read" in answer.text
+    assert trio.run(get, "/api/v1/entries.json").status_code == 200  # a fresh connection
+    writer.close()
