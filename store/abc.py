@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from store.database import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored, V3Result
     from store.reader import Dose, Filter, Reading, StoredEpisode, Where
     from store.search import Row as SearchRow
+    from store.search import Search
 
 
 @attrs.frozen
@@ -246,6 +247,8 @@ class ReaderStore(Protocol):
     def history(
         self, collection: Collection, since: int, limit: int, *, inclusive: bool = False
     ) -> list[SearchRow]: ...
+
+    def search(self, query: Search) -> list[SearchRow]: ...
 
     def last_modified(self) -> dict[Collection, int]: ...
 

@@ -42,6 +42,8 @@ from store.reader import (
     _delta,
     splice,
 )
+from store.search import COLUMNS as SEARCH_COLUMNS
+from store.search import SORTS_AS_DATE, Condition, Search, Value
 from store.search import Row as SearchRow
 
 _ORDER: Final = "e.date DESC, e.srv_created DESC, e.seq DESC"
@@ -283,6 +285,54 @@ class PostgresReader:
             if kept:
                 return kept
             return changed(conn, "= %s", (last,))
+
+    def search(self, query: Search) -> list[SearchRow]:
+        """API v3's search (see :func:`store.search.search`): the same conditions with the same
+        MongoDB-like typing, on the columns where the store keeps a field and on the stored
+        JSON (read as ``jsonb``) otherwise. A ``re`` condition's matcher is Python's: the rows
+        the other conditions select are filtered here, then skipped and limited."""
+        if query.collection not in COLLECTIONS:
+            raise ValueError(f"unknown collection {query.collection!r}")
+        sql = _PgSearch(query.collection)
+        fragments = [sql.condition(c) for c in query.conditions if c.op != "re"]
+        matchers = [c for c in query.conditions if c.op == "re"]
+        params: list[Any] = [self.account]
+        where = " AND ".join(["e.account = %s", *(f for f, _ in fragments)])
+        params += [p for _, ps in fragments for p in ps]
+        direction = "DESC" if query.descending else "ASC"
+        order = [f'e.identifier COLLATE "C" {direction}']
+        if query.sort is not None and query.sort != "identifier":
+            if query.sort in sql.columns:
+                column = "date" if query.sort in SORTS_AS_DATE else sql.columns[query.sort]
+                nulls = "NULLS LAST" if query.descending else "NULLS FIRST"  # SQLite: NULL is least
+                collate = ' COLLATE "C"' if column in _TEXT_COLUMNS else ""
+                order.insert(0, f"e.{column}{collate} {direction} {nulls}")
+            else:
+                # SQLite's order of json_extract's values: missing and null, numbers (and
+                # booleans, as 0 and 1), then text
+                value = "(e.json::jsonb #> %s::text[])"
+                nulls = "NULLS LAST" if query.descending else "NULLS FIRST"  # SQLite: NULL is least
+                order[:0] = [
+                    f"CASE jsonb_typeof({value}) WHEN 'number' THEN 1 WHEN 'boolean' THEN 1 "
+                    f"WHEN 'string' THEN 2 WHEN 'object' THEN 2 WHEN 'array' THEN 2 ELSE 0 END {direction}",
+                    f"CASE jsonb_typeof({value}) WHEN 'number' THEN ({value})::numeric "
+                    f"WHEN 'boolean' THEN ({value})::boolean::int END {direction} {nulls}",
+                    f"CASE jsonb_typeof({value}) WHEN 'string' THEN {value} #>> '{{}}' "
+                    f"WHEN 'object' THEN ({value})::text WHEN 'array' THEN ({value})::text END "
+                    f'COLLATE "C" {direction} {nulls}',
+                ]
+                params += [_path(query.sort)] * 8  # one per use of the member above
+        statement = f"SELECT e.identifier, e.json, e.srv_created, e.srv_modified FROM {query.collection} e WHERE {where} "
+        statement += f"ORDER BY {', '.join(order)}"
+        if not matchers:
+            statement += " LIMIT %s OFFSET %s"
+            params += [query.limit, query.skip]
+        with self.connection() as conn:
+            rows = self._v3_rows(conn.execute(_q(statement), params).fetchall())
+        if not matchers:
+            return rows
+        kept = [row for row in rows if all(_matches(c, sql, row.json) for c in matchers)]
+        return kept[query.skip : query.skip + query.limit]
 
     def last_modified(self) -> dict[Collection, int]:
         """Per collection holding documents: its newest ``srv_modified`` or record time."""
@@ -527,6 +577,84 @@ class PostgresReader:
         if version == 0:
             raise StoreUnusable(f"{where}: is not a nightscout-connect store (no schema)")
         return version
+
+
+#: the text columns among those searches read (compared byte by byte, as SQLite compares text)
+_TEXT_COLUMNS: Final = frozenset(
+    {"identifier", "type", "direction", "date_string", "device", "event_type", "created_at"}
+)
+
+
+def _path(field: str) -> list[str]:
+    return field.split(".")
+
+
+def _member(doc: Any, field: str) -> tuple[bool, Any]:
+    """Whether the stored JSON has ``field`` (dots for nested members), and its value."""
+    for part in field.split("."):
+        if not isinstance(doc, dict) or part not in doc:
+            return False, None
+        doc = doc[part]
+    return True, doc
+
+
+def _matches(c: Condition, sql: _PgSearch, text: str) -> bool:
+    """A ``re`` condition on one stored document: a text value the matcher accepts."""
+    assert c.matcher is not None
+    found, value = _member(json.loads(text), c.field)
+    return found and isinstance(value, str) and c.matcher(value)
+
+
+class _PgSearch:
+    """The conditions of a v3 search as PostgreSQL (see :class:`store.search._Sql`): a
+    comparison holds only where the document's value and the compared value are of one type."""
+
+    def __init__(self, collection: Collection) -> None:
+        self.columns = SEARCH_COLUMNS[collection]
+
+    def compare(self, field: str, sql_op: str, value: Value) -> tuple[str, list[Any]]:
+        column = self.columns.get(field)
+        if column is not None:
+            numeric = column not in _TEXT_COLUMNS
+            if isinstance(value, bool) or numeric != isinstance(value, (int, float)):
+                return "false", []  # no column holds a boolean; a number never equals a text
+            collate = "" if numeric else ' COLLATE "C"'
+            return f"(e.{column} IS NOT NULL AND e.{column}{collate} {sql_op} %s)", [value]
+        member = "(e.json::jsonb #> %s::text[])"
+        path = _path(field)
+        # CASE, not AND: PostgreSQL may evaluate both sides of an AND, and a cast of a value of
+        # another type would fail
+        if isinstance(value, bool):
+            kind, cast = "boolean", f"({member})::boolean"
+        elif isinstance(value, (int, float)):
+            kind, cast = "number", f"({member})::numeric"
+        else:
+            kind, cast = "string", f"({member} #>> '{{}}') COLLATE \"C\""
+        sql = f"(CASE WHEN jsonb_typeof({member}) = '{kind}' THEN {cast} {sql_op} %s ELSE false END)"
+        return sql, [path, path, value]
+
+    def condition(self, c: Condition) -> tuple[str, list[Any]]:
+        if c.op in _PG_OPS:
+            return self.compare(c.field, _PG_OPS[c.op], c.values[0])
+        if c.op == "ne":
+            sql, params = self.compare(c.field, "=", c.values[0])
+            return f"NOT coalesce({sql}, false)", params
+        if c.op in ("in", "nin"):
+            parts = [self.compare(c.field, "=", v) for v in c.values]
+            anyof = "(" + (" OR ".join(sql for sql, _ in parts) or "false") + ")"
+            params = [p for _, ps in parts for p in ps]
+            return (anyof, params) if c.op == "in" else (f"NOT coalesce({anyof}, false)", params)
+        if c.op == "exists":
+            column = self.columns.get(c.field)
+            negate = "NOT " if c.values[0] else ""
+            if column is not None:
+                return f"(e.{column} IS {negate}NULL)", []
+            # a member holding JSON null exists (as in MongoDB): #> gives jsonb 'null', not NULL
+            return f"((e.json::jsonb #> %s::text[]) IS {negate}NULL)", [_path(c.field)]
+        raise ValueError(f"operator {c.op!r} is not run as SQL")
+
+
+_PG_OPS: Final[dict[str, str]] = {"eq": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
 __all__ = ["PostgresReader"]

@@ -37,6 +37,7 @@ from store.schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from store.search import Row as SearchRow
+    from store.search import Search
 
 Op = Literal["=", "!=", ">", ">=", "<", "<="]
 OPS: Final[frozenset[str]] = frozenset({"=", "!=", ">", ">=", "<", "<="})
@@ -451,6 +452,11 @@ class StoreReader:
         from store import search
 
         return search.history(self, collection, since, limit, inclusive=inclusive)
+
+    def search(self, query: Search) -> list[SearchRow]:
+        from store import search
+
+        return search.search(self, query)
 
     def last_modified(self) -> dict[Collection, int]:
         from store import search

@@ -190,8 +190,9 @@ def test_the_api_serves_one_account_of_the_database(postgres_url: str, tmp_path:
         assert [d["identifier"] for d in one] == [docs[3]["identifier"]]
         ready = httpx.get(f"{base}/readyz", timeout=10)
         assert ready.status_code == 200
-        # v3's searches are SQLite's: said plainly, not a failure
-        assert httpx.get(f"{base}/api/v3/entries", timeout=10).status_code in (401, 501)
+        # API v3's search serves the same account's documents
+        found = httpx.get(f"{base}/api/v3/entries", params={"limit": "1000"}, timeout=10).json()["result"]
+        assert sorted(d["identifier"] for d in found) == sorted(i for (i,) in stored)
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

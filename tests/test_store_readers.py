@@ -40,6 +40,13 @@ def records() -> list[Record]:
     out.append(
         DeviceStatus(device="connect://sim", date=NOW - 5 * MIN, payload={"uploader": {"battery": 80}})
     )
+    # the same member as a number, a text, a boolean, JSON null, or missing: v3 compares by type
+    uploaders: list[dict[str, Any]] = [
+        {"battery": "80", "name": "phone"}, {"battery": 70.5, "charging": True, "name": "Phone"},
+        {"battery": None, "note": None}, {"charging": False, "name": "pump"}, {"battery": 12},
+    ]  # fmt: skip
+    for i, uploader in enumerate(uploaders):
+        out.append(DeviceStatus(device=f"dev-{i}", date=NOW - (10 + i) * MIN, payload={"uploader": uploader}))
     return out
 
 
@@ -142,8 +149,11 @@ def test_v3_reads_by_identifier_and_by_change_agree(readers: list[ReaderStore]) 
         return [(row.identifier, row.json) for row in rows]
 
     for collection in ("entries", "treatments", "devicestatus"):
-        assert seen(postgres.history(collection, 0, 7)) == seen(sqlite.history(collection, 0, 7))  # type: ignore[arg-type]
-        assert seen(postgres.history(collection, 0, 1000)) == seen(sqlite.history(collection, 0, 1000))  # type: ignore[arg-type]
+        everything = seen(postgres.history(collection, 0, 1000))  # type: ignore[arg-type]
+        assert everything == seen(sqlite.history(collection, 0, 1000))  # type: ignore[arg-type]
+        # a page ends where its instant ends (the two stores were written at other instants)
+        page = seen(postgres.history(collection, 0, 7))  # type: ignore[arg-type]
+        assert page and page == everything[: len(page)]
     doc = sqlite.docs("entries", limit=1)[0]
     for key in (doc["identifier"], doc["_id"], doc["_id"].upper()):
         a, b = sqlite.one("entries", key), postgres.one("entries", key)
@@ -190,3 +200,44 @@ def test_a_lost_server_is_a_store_error_the_api_answers_503(postgres_url: str) -
     assert answer.status_code == 503 and "the store cannot be read" in answer.text
     assert trio.run(get, "/api/v1/entries.json").status_code == 200  # a fresh connection
     writer.close()
+
+
+SEARCHES: list[tuple[str, list[tuple[str, str]]]] = [
+    ("entries", []),
+    ("entries", [("sgv$gte", "120")]),
+    ("entries", [("type", "sgv"), ("sort", "sgv")]),
+    ("entries", [("sort$desc", "date"), ("limit", "5")]),
+    ("entries", [("device$in", "cgm-a|cgm-b"), ("sort$desc", "sgv")]),
+    ("entries", [("direction$ne", "Flat")]),
+    ("entries", [("device$re", "^cgm-b"), ("skip", "2"), ("limit", "3")]),
+    ("entries", [("delta$lt", "0")]),
+    ("entries", [("skip", "3"), ("limit", "4"), ("sort", "dateString")]),
+    ("entries", [("sort", "delta")]),
+    ("entries", [("mbg$nin", "101|5")]),
+    ("treatments", [("eventType", "Note")]),
+    ("treatments", [("carbs$gt", "10")]),
+    ("treatments", [("notes$re", "caf")]),
+    ("treatments", [("sort$desc", "carbs")]),
+    ("devicestatus", [("uploader.battery$gte", "50")]),
+    ("devicestatus", [("uploader.battery", "80")]),
+    ("devicestatus", [("uploader.battery$in", "80|70")]),
+    ("devicestatus", [("uploader.charging", "true")]),
+    ("devicestatus", [("sort", "uploader.battery")]),
+    ("devicestatus", [("sort$desc", "uploader.battery")]),
+    ("devicestatus", [("uploader.name$re", "^ph"), ("sort", "uploader.name")]),
+    ("devicestatus", [("uploader.battery$ne", "80")]),
+    ("devicestatus", [("uploader.charging$nin", "true")]),
+    ("devicestatus", [("uploader.name$lt", "phone"), ("sort$desc", "uploader.name")]),
+]
+
+
+@pytest.mark.parametrize(("collection", "params"), SEARCHES)
+def test_v3_searches_select_and_order_alike(
+    readers: list[ReaderStore], collection: str, params: list[tuple[str, str]]
+) -> None:
+    from api.v3 import parse_search
+
+    sqlite, postgres = readers
+    query = parse_search(collection, params)  # type: ignore[arg-type]
+    expected = [(r.identifier, r.json) for r in sqlite.search(query)]
+    assert [(r.identifier, r.json) for r in postgres.search(query)] == expected

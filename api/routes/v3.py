@@ -43,8 +43,6 @@ from api.openapi import (
 )
 from api.responses import JSON, json_response
 from api.routes.nightscout import NIGHTSCOUT_VERSION
-from store import search as store
-from store.reader import StoreReader
 
 router = APIRouter()
 
@@ -132,13 +130,6 @@ def last_modified(access: RequestAccess, context: Context) -> Response:
     return Response(v3.envelope(result), media_type=JSON)
 
 
-def _sqlite(context: Context) -> StoreReader:
-    """The reader, when it reads a SQLite store: v3's searches run SQLite's JSON functions."""
-    if not isinstance(context.reader, StoreReader):
-        raise V3Error(501, "API v3 reads SQLite stores only; API v1 serves this store")
-    return context.reader
-
-
 def _collection(request: Request, access: RequestAccess) -> str:
     name = v3.collection_of(request.path_params["collection"])
     access.require_read_v3()
@@ -167,7 +158,7 @@ def search(request: Request, access: RequestAccess, context: Context) -> Respons
     query = v3.parse_search(collection or "entries", params)
 
     def render() -> Rendered:
-        rows = store.search(_sqlite(context), query) if collection is not None else []
+        rows = context.reader.search(query) if collection is not None else []
         return Rendered(v3.envelope(v3.documents(name, rows, fields)))
 
     return context.respond(request, render)
