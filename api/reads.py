@@ -22,7 +22,7 @@ from typing import Final
 from api.query import QueryError, ReadQuery
 from connect.records import Collection
 from store.abc import ReaderStore
-from store.reader import Filter, StoreReader
+from store.reader import Filter
 from store.search import where
 
 #: more distinct values than this cannot be matched by a pattern within one request
@@ -75,8 +75,6 @@ def read_texts(reader: ReaderStore, query: ReadQuery) -> list[str]:
             return []
         filters.extend(Filter(column, "!=", value) for value in refused)
     extra = where(collection, query.conditions) if query.conditions else None
-    if extra is not None and not isinstance(reader, StoreReader):
-        raise QueryError("find: a field without a column of its own is searched in SQLite stores only")
     texts = reader.doc_texts(collection, filters, query.limit, extra=extra)
     if wanted is not None:
         head = '{"_id":"' + wanted + '"'

@@ -43,7 +43,7 @@ from store.reader import (
     splice,
 )
 from store.search import COLUMNS as SEARCH_COLUMNS
-from store.search import SORTS_AS_DATE, Condition, Search, Value
+from store.search import SORTS_AS_DATE, AnyOf, Condition, Search, Value
 from store.search import Row as SearchRow
 
 _ORDER: Final = "e.date DESC, e.srv_created DESC, e.seq DESC"
@@ -115,31 +115,55 @@ class PostgresReader:
         effect: the previous reading is always looked up, one index probe per row)."""
         if collection not in COLLECTIONS:
             raise ValueError(f"unknown collection {collection!r}")
-        if extra is not None:
-            raise ValueError("a search on any field reads SQLite stores only")
         where, params = self._where(collection, filters)
+        # a find on any field: the same conditions as PostgreSQL; a pattern's matcher is Python's,
+        # so with one the rows are filtered here and the limit applied after
+        matchers: list[Condition] = []
+        if extra is not None:
+            search = _PgSearch(collection)
+            for item in extra.items:
+                if isinstance(item, Condition) and item.op == "re":
+                    matchers.append(item)
+                    continue
+                sql, item_params = search.item(item)
+                where += f" AND {sql}"
+                params.extend(item_params)
+        if matchers:
+            pairs = self._doc_texts(collection, where, params, None)
+            return [t for t, stored in pairs if all(_matches(c, stored) for c in matchers)][:limit]
+        return [text for text, _ in self._doc_texts(collection, where, params, limit)]
+
+    def _doc_texts(
+        self, collection: Collection, where: str, params: list[Any], limit: int | None
+    ) -> list[tuple[str, str]]:
+        """Each document as served, with the JSON as stored (what conditions are judged on)."""
+        tail = " LIMIT %s" if limit is not None else ""
+        params = [*params, limit] if limit is not None else list(params)
         if collection != "entries":
-            sql = f"SELECT e.identifier, e.json, e.date FROM {collection} e{where} ORDER BY {_ORDER} LIMIT %s"
+            sql = f"SELECT e.identifier, e.json, e.date FROM {collection} e{where} ORDER BY {_ORDER}{tail}"
             with self.connection() as conn:
-                rows = conn.execute(_q(sql), [*params, limit]).fetchall()
+                rows = conn.execute(_q(sql), params).fetchall()
             served = collection in WITH_MILLS
-            return [splice(doc, identifier, mills=date if served else None) for identifier, doc, date in rows]
+            return [
+                (splice(doc, identifier, mills=date if served else None), doc)
+                for identifier, doc, date in rows
+            ]
         sql = (
             "SELECT e.identifier, e.json, e.sgv, e.date, p.sgv, p.date FROM entries e "
             "LEFT JOIN LATERAL (SELECT q.sgv, q.date FROM entries q WHERE q.account = e.account "
             "AND e.type = 'sgv' AND q.type = 'sgv' AND q.device = e.device AND q.date < e.date "
             "AND q.date >= e.date - %s AND q.sgv IS NOT NULL "
             "ORDER BY q.date DESC, q.srv_created DESC, q.seq DESC LIMIT 1) p ON true"
-            f"{where} ORDER BY {_ORDER} LIMIT %s"
+            f"{where} ORDER BY {_ORDER}{tail}"
         )
         with self.connection() as conn:
-            rows = conn.execute(_q(sql), [DELTA_WINDOW_MS, *params, limit]).fetchall()
-        out: list[str] = []
+            rows = conn.execute(_q(sql), [DELTA_WINDOW_MS, *params]).fetchall()
+        out: list[tuple[str, str]] = []
         for identifier, doc, sgv, date, prev_sgv, prev_date in rows:
             if prev_sgv is None or sgv is None or '"delta":' in doc:
-                out.append(splice(doc, identifier, mills=date))
+                out.append((splice(doc, identifier, mills=date), doc))
             else:
-                out.append(splice(doc, identifier, _delta(sgv, date, prev_sgv, prev_date), mills=date))
+                out.append((splice(doc, identifier, _delta(sgv, date, prev_sgv, prev_date), mills=date), doc))
         return out
 
     def body(self, collection: Collection, filters: Sequence[Filter] = (), limit: int = 10) -> bytes:
@@ -331,7 +355,7 @@ class PostgresReader:
             rows = self._v3_rows(conn.execute(_q(statement), params).fetchall())
         if not matchers:
             return rows
-        kept = [row for row in rows if all(_matches(c, sql, row.json) for c in matchers)]
+        kept = [row for row in rows if all(_matches(c, row.json) for c in matchers)]
         return kept[query.skip : query.skip + query.limit]
 
     def last_modified(self) -> dict[Collection, int]:
@@ -598,7 +622,7 @@ def _member(doc: Any, field: str) -> tuple[bool, Any]:
     return True, doc
 
 
-def _matches(c: Condition, sql: _PgSearch, text: str) -> bool:
+def _matches(c: Condition, text: str) -> bool:
     """A ``re`` condition on one stored document: a text value the matcher accepts."""
     assert c.matcher is not None
     found, value = _member(json.loads(text), c.field)
@@ -632,6 +656,14 @@ class _PgSearch:
             kind, cast = "string", f"({member} #>> '{{}}') COLLATE \"C\""
         sql = f"(CASE WHEN jsonb_typeof({member}) = '{kind}' THEN {cast} {sql_op} %s ELSE false END)"
         return sql, [path, path, value]
+
+    def item(self, item: Condition | AnyOf) -> tuple[str, list[Any]]:
+        """A condition, or several of which one must hold (v1's number-or-text comparisons)."""
+        if isinstance(item, Condition):
+            return self.condition(item)
+        parts = [self.condition(c) for c in item.conditions]
+        sql = "(" + (" OR ".join(f"coalesce({p}, false)" for p, _ in parts) or "false") + ")"
+        return sql, [v for _, ps in parts for v in ps]
 
     def condition(self, c: Condition) -> tuple[str, list[Any]]:
         if c.op in _PG_OPS:

@@ -59,6 +59,9 @@ class Where:
     sql: str
     params: tuple[Any, ...] = ()
     functions: tuple[tuple[str, int, Callable[..., Any]], ...] = ()
+    #: the conditions this SQL was made from (``store.search.Condition`` / ``AnyOf``), for a
+    #: store that writes its own SQL (PostgreSQL)
+    items: tuple[Any, ...] = ()
 
     def prepare(self, conn: sqlite3.Connection) -> None:
         for name, nargs, function in self.functions:

@@ -241,3 +241,33 @@ def test_v3_searches_select_and_order_alike(
     query = parse_search(collection, params)  # type: ignore[arg-type]
     expected = [(r.identifier, r.json) for r in sqlite.search(query)]
     assert [(r.identifier, r.json) for r in postgres.search(query)] == expected
+
+
+FINDS: list[tuple[str, list[tuple[str, str]]]] = [
+    ("devicestatus", [("find[uploader.battery][$gte]", "50")]),
+    ("devicestatus", [("find[uploader.battery]", "80")]),  # the number 80 or the text "80"
+    ("devicestatus", [("find[uploader.charging]", "true")]),
+    ("devicestatus", [("find[uploader.note][$exists]", "true")]),
+    ("devicestatus", [("find[uploader.battery][$exists]", "false")]),
+    ("devicestatus", [("find[uploader.name]", "/^ph/"), ("count", "2")]),
+    ("devicestatus", [("find[uploader.battery][$in]", "80|12")]),
+    ("devicestatus", [("find[uploader.battery][$nin]", "80|12")]),
+    ("treatments", [("find[notes]", "/caf/")]),
+    ("treatments", [("find[carbs][$gt]", "10")]),
+    ("entries", [("find[delta][$lt]", "0"), ("count", "100")]),
+    ("entries", [("find[delta][$exists]", "false"), ("find[type]", "sgv"), ("count", "7")]),
+]
+
+
+@pytest.mark.parametrize(("collection", "params"), FINDS)
+def test_v1_finds_on_any_field_select_alike(
+    readers: list[ReaderStore], collection: str, params: list[tuple[str, str]]
+) -> None:
+    from api.query import parse_read
+    from api.reads import read_texts
+
+    sqlite, postgres = readers
+    query = parse_read(collection, params)  # type: ignore[arg-type]
+    assert query.conditions, "a find on a field without a column"
+    expected = read_texts(sqlite, query)
+    assert read_texts(postgres, query) == expected
