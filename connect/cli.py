@@ -155,6 +155,9 @@ def _run_fleet(args: Sequence[str]) -> int:
     settings, rest = fleet.fleet_settings(args, os.environ)
     fleet.configure_logs(os.environ)
     accounts.raise_open_files_limit()
+    # imported now, not by the first account's daemon: a second of imports inside the trio run
+    # would hold up the first renewals of a short lease
+    import api.context  # noqa: F401
     db = FleetStore.open(settings.url)
     try:
         trio.run(fleet.run_fleet, settings, rest, db)

@@ -110,8 +110,9 @@ class LeaseMachine(StateMachine):
         self.holders = 1
         self.renew_at = 0
         self.claim_at = 0
-        #: database failures in a row
+        #: database failures in a row, and renewals that failed in a row
         self.failures = 0
+        self.renew_failures = 0
         self.last_error: Fault | None = None
         self._pending: LeaseDecision | None = None
         super().__init__()
@@ -157,7 +158,9 @@ class LeaseMachine(StateMachine):
             # the last names go: every process sheds the same end, so shed accounts are not
             # handed back and forth between two of them
             return self._stopping(StopAccounts(frozenset(sorted(self.valid_until)[-surplus:]), release=True))
-        want = self.target - len(self.valid_until)
+        # nothing new is taken while renewals fail: the counts are old, and whatever is taken
+        # could not be kept
+        want = 0 if self.renew_failures else self.target - len(self.valid_until)
         if want > 0 and now >= self.claim_at:
             self.cooling = {name: until for name, until in self.cooling.items() if until > now}
             self._pending = ClaimLeases(want, skip=frozenset(self.cooling))
@@ -183,6 +186,7 @@ class LeaseMachine(StateMachine):
         ``accounts`` and ``holders`` what the fleet counts now."""
         self.send("renew_ok")
         self.failures = 0
+        self.renew_failures = 0
         self.last_error = None
         still = set(held)
         for name in list(self.valid_until):
@@ -215,6 +219,7 @@ class LeaseMachine(StateMachine):
         self.failures += 1
         self.last_error = error
         if renewing:
+            self.renew_failures += 1
             wait = self.policy.retry.capped(self.policy.renew_every_ms / 1000).delay(self.failures, rand)
             self.renew_at = now + int(wait * 1000)
         else:
