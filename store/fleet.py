@@ -27,6 +27,7 @@ worker thread.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
@@ -111,6 +112,8 @@ class FleetStore:
     def __init__(self, url: str, *, max_size: int = 4, timeout: float = 10.0) -> None:
         from urllib.parse import urlsplit
 
+        # the pool logs each failed connection attempt; the driver says what failed, once
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         self.where = describe_url(url)
         register_secret(urlsplit(url).password)
         self.timeout = timeout
@@ -129,6 +132,8 @@ class FleetStore:
         :class:`StoreUnusable` in one line (without the URL's credentials)."""
         store = cls(url, **kwargs)
         try:
+            # one connection first: its error says why (the pool's would only time out)
+            psycopg.connect(url, connect_timeout=max(1, int(store.timeout)), autocommit=True).close()
             store.pool.open(wait=True, timeout=store.timeout)
             store.migrate()
         except StoreUnusable:
