@@ -15,11 +15,16 @@ of its settings, else ``CONNECT_FLEET_STORE_DIR/NAME.db``).
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import math
 import os
+import queue
 import random
 import secrets
 import socket
+import threading
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -132,7 +137,7 @@ StoreFactory = Callable[[Account], Store]
 
 @attrs.define
 class Running:
-    """One account this process runs."""
+    """One account this process runs (owned by the trio loop)."""
 
     scope: trio.CancelScope
     done: trio.Event
@@ -141,7 +146,10 @@ class Running:
     error: str | None = None
 
 
-def account_report(running: Running) -> tuple[str, int | None, str | None]:
+Report = tuple[str, int | None, str | None]
+
+
+def account_report(running: Running) -> Report:
     """(state, last_success, last_error) of a running account, from its daemon's status."""
     if running.error is not None:
         return "failed", None, running.error
@@ -160,7 +168,15 @@ def account_report(running: Running) -> tuple[str, int | None, str | None]:
 
 
 class Fleet:
-    """The driver of one process's Lease machine."""
+    """The driver of one process's Lease machine.
+
+    Two sides. The lease thread owns the machine and the database: it sleeps until the
+    machine's next time, runs the SQL (each call abandoned at the first moment a held lease
+    would need stopping) and sends the trio loop what to start and stop. The trio loop owns the
+    accounts' daemons. Renewals have a thread of their own because a hundred accounts storing
+    their first frames keep a trio loop busy for seconds at a time: a renewal waiting behind
+    them would let leases lapse under accounts that are running well.
+    """
 
     def __init__(
         self,
@@ -181,106 +197,120 @@ class Fleet:
         self.machine = LeaseMachine(
             LeasePolicy(lease_ms=int(settings.lease_s * 1000), max_accounts=settings.max_accounts)
         )
+        # --- the trio loop's
         self.running: dict[str, Running] = {}
-        self.published: dict[str, tuple[str, int | None, str | None]] = {}
+        #: accounts cancelled and not yet stopped
+        self.stopping: dict[str, Running] = {}
         self._names = settings_names()
-        self._wake = trio.Event()
         #: accounts start one at a time (see :meth:`_run_account`)
         self._starting = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        # --- shared: each written by one side, replaced whole (never changed in place)
+        #: what the loop last said about each running account
+        self.reports: dict[str, Report] = {}
+        #: accounts whose daemons ended by themselves, for the lease thread
+        self._ended: queue.SimpleQueue[str] = queue.SimpleQueue()
+        #: leases to give back: their accounts have stopped
+        self._releases: queue.SimpleQueue[frozenset[str]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._halt = threading.Event()
+        # --- the lease thread's
+        self.published: dict[str, Report] = {}
+        self._sql = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fleet-sql")
 
     @staticmethod
     def now() -> int:
-        """The machine's clock: trio's, monotonic, in ms."""
-        return int(trio.current_time() * 1000)
+        """The machine's clock: monotonic, in ms."""
+        return int(time.monotonic() * 1000)
 
-    async def _db(self, fn: Callable[[], Any]) -> Any:
-        """One database call in a worker thread, abandoned (and failed) when the first held
-        lease would run out before it answers."""
-        deadline = self.machine.deadline
-        at = math.inf if deadline is None else deadline / 1000
-        with trio.move_on_at(at):
-            return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
-        raise StoreError(f"store {self.db.where}: no answer before a lease would run out")
+    # --- the trio loop --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Lease and run accounts until cancelled; then stop them all and give the leases back."""
         log.info("fleet started", holder=self.holder, lease_s=self.settings.lease_s, store=self.db.where)
+        self._token = trio.lowlevel.current_trio_token()
+        thread = threading.Thread(target=self._lease_thread, name="fleet-leases", daemon=True)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._report_task)
+                thread.start()
                 task_status.started()
-                while True:
-                    await self.step(nursery)
+                await trio.sleep_forever()
         finally:
+            self._nursery = None  # the lease thread's last requests find nothing to start
             with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE_S):
-                decision = self.machine.shutdown()
-                await self._stop(decision.names)
+                self._halt.set()
+                self._wake.set()
+                if thread.is_alive():
+                    await trio.to_thread.run_sync(thread.join)
+                # the thread has ended: the machine is this side's now
+                self.machine.shutdown()
+                await self._stop_all()
                 try:
                     await trio.to_thread.run_sync(self.db.leave, self.holder, abandon_on_cancel=True)
                 except StoreError as exc:
                     log.warning("leases not given back: they lapse", error=describe_error(exc))
+                self._sql.shutdown(wait=False, cancel_futures=True)
                 log.info("fleet stopped", holder=self.holder)
 
-    async def step(self, nursery: trio.Nursery) -> None:
-        """One decision of the machine, performed."""
-        now = self.now()
-        decision = self.machine.next(now)
-        if isinstance(decision, RenewLeases):
-            try:
-                renewal = await self._db(lambda: self.db.renew(self.holder, self.settings.lease_s))
-            except StoreError as exc:
-                log.warning("lease renewal failed", error=describe_error(exc), held=len(self.running))
-                self.machine.failed(self.now(), exc, self.rng.random())
-                return
-            self.machine.renewed(now, self.now(), renewal.held, renewal.accounts, renewal.holders)
-            await self._publish()
-        elif isinstance(decision, ClaimLeases):
-            await self._claim(nursery, decision, now)
-        elif isinstance(decision, StopAccounts):
-            await self._stop(decision.names)
-            if decision.release:
-                try:
-                    await self._db(lambda: self.db.release(self.holder, decision.names))
-                except StoreError as exc:
-                    log.warning("leases not given back: they lapse", error=describe_error(exc))
-            else:
-                log.warning("leases lost: accounts stopped", accounts=sorted(decision.names))
-            self.machine.stopped()
-        elif isinstance(decision, WaitUntil):
-            with trio.move_on_at(decision.until / 1000):
-                await self._wake.wait()
-            self._wake = trio.Event()
+    async def _stop_all(self) -> None:
+        stopping = list(self.running.values())
+        self.running.clear()
+        for running in stopping:
+            running.scope.cancel()
+        for running in stopping:
+            await running.done.wait()
 
-    async def _claim(self, nursery: trio.Nursery, decision: ClaimLeases, sent: int) -> None:
-        try:
-            claimed: dict[str, str] = await self._db(
-                lambda: self.db.claim(self.holder, self.settings.lease_s, decision.count, decision.skip)
-            )
-        except StoreError as exc:
-            log.warning("lease claim failed", error=describe_error(exc))
-            self.machine.failed(self.now(), exc, self.rng.random())
+    async def _report_task(self) -> None:
+        """Each running account's state, refreshed for the lease thread to publish."""
+        every = max(0.5, self.settings.lease_s / 3)
+        while True:
+            self.reports = {name: account_report(running) for name, running in self.running.items()}
+            await trio.sleep(every)
+
+    def _start(self, claimed: dict[str, str]) -> None:
+        """(In the loop.) Start these accounts."""
+        if self._nursery is None:
             return
-        self.machine.claimed(sent, self.now(), claimed)
-        if claimed:
-            log.info("accounts leased", count=len(claimed), holding=len(self.machine.held))
         for name, text in sorted(claimed.items()):
             running = Running(scope=trio.CancelScope(), done=trio.Event())
             self.running[name] = running
-            await nursery.start(self._run_account, name, text, running)
+            self._nursery.start_soon(self._run_account, name, text, running)
 
-    async def _run_account(
-        self,
-        name: str,
-        text: str,
-        running: Running,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """One leased account until its scope is cancelled (or it fails, which gives the lease
-        back). Started one at a time: reading settings and opening a store block the loop
-        briefly, and the renewals must not wait behind a hundred of them."""
+    def _stop(self, names: frozenset[str], release: bool) -> None:
+        """(In the loop.) Stop these accounts; with ``release``, their leases are given back
+        once every one has stopped (never before: another process would open a store this one
+        still writes)."""
+        stopping = []
+        for name in names:
+            running = self.running.pop(name, None) or self.stopping.get(name)
+            if running is not None:
+                running.scope.cancel()
+                self.stopping[name] = running
+                stopping.append((name, running))
+
+        async def wait() -> None:
+            for name, running in stopping:
+                await running.done.wait()
+                if self.stopping.get(name) is running:
+                    del self.stopping[name]
+            if release:
+                self._releases.put(names)
+                self._wake.set()
+
+        if self._nursery is not None:
+            self._nursery.start_soon(wait)
+
+    async def _run_account(self, name: str, text: str, running: Running) -> None:
+        """One leased account until its scope is cancelled (or it fails: the lease thread then
+        gives the lease back). Settings are read and stores opened one account at a time."""
         try:
             with running.scope:
-                task_status.started()
+                earlier = self.stopping.get(name)
+                if earlier is not None:  # taken back while it was still stopping here
+                    await earlier.done.wait()
                 async with AsyncExitStack() as stack:
                     async with self._starting:
                         store_path = str(self.settings.store_dir / f"{name}.db")
@@ -307,48 +337,120 @@ class Fleet:
         finally:
             running.done.set()
             if running.error is not None and self.running.get(name) is running:
-                await self._report_end(name, running)
-                self.machine.ended(name, self.now(), self.rng.random())
+                self.reports = {**self.reports, name: account_report(running)}
+                self._ended.put(name)
                 self._wake.set()
 
-    async def _report_end(self, name: str, running: Running) -> None:
-        report = account_report(running)
-        if self.published.get(name) == report:
-            return
-        with trio.move_on_after(STOP_GRACE_S):
+    # --- the lease thread ------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """One database call, abandoned (and failed) when a held lease would run out first."""
+        deadline = self.machine.deadline
+        timeout = None if deadline is None else max(0.0, (deadline - self.now()) / 1000)
+        future = self._sql.submit(fn)
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            raise StoreError(f"store {self.db.where}: no answer before a lease would run out") from None
+
+    def _in_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self._token is not None
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn, *args)
+
+    def _lease_thread(self) -> None:
+        try:
+            while not self._halt.is_set():
+                self.step()
+        except Exception as exc:  # a bug here must not leave accounts running without leases
+            log.error("the lease thread failed: stopping", error=describe_error(exc))
+            self._in_loop(self._fail_run, exc)
+
+    def _fail_run(self, exc: BaseException) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def step(self) -> None:
+        """One decision of the machine, performed (in the lease thread)."""
+        while True:
             try:
-                await trio.to_thread.run_sync(
-                    self.db.publish, self.holder, [(name, *report)], abandon_on_cancel=True
+                ended = self._ended.get_nowait()
+            except queue.Empty:
+                break
+            self.machine.ended(ended, self.now(), self.rng.random())
+        self._release_stopped()
+        now = self.now()
+        decision = self.machine.next(now)
+        if isinstance(decision, RenewLeases):
+            try:
+                renewal = self._call(lambda: self.db.renew(self.holder, self.settings.lease_s))
+            except StoreError as exc:
+                log.warning("lease renewal failed", error=describe_error(exc), held=len(self.machine.held))
+                self.machine.failed(self.now(), exc, self.rng.random())
+                return
+            self.machine.renewed(now, self.now(), renewal.held, renewal.accounts, renewal.holders)
+            self._publish(self.machine.held)
+        elif isinstance(decision, ClaimLeases):
+            try:
+                claimed: dict[str, str] = self._call(
+                    lambda: self.db.claim(self.holder, self.settings.lease_s, decision.count, decision.skip)
                 )
-                self.published[name] = report
-            except StoreError:
-                pass
+            except StoreError as exc:
+                log.warning("lease claim failed", error=describe_error(exc))
+                self.machine.failed(self.now(), exc, self.rng.random())
+                return
+            self.machine.claimed(now, self.now(), claimed)
+            if claimed:
+                log.info("accounts leased", count=len(claimed), holding=len(self.machine.held))
+                self._in_loop(self._start, claimed)
+        elif isinstance(decision, StopAccounts):
+            # not waited for here: renewals go on while daemons stop (the loop says when they
+            # have, and only then are the leases given back)
+            self._in_loop(self._stop, decision.names, decision.release)
+            if not decision.release:
+                log.warning("leases lost: accounts stopped", accounts=sorted(decision.names))
+            for name in decision.names:
+                self.published.pop(name, None)
+            self.machine.stopped()
+        elif isinstance(decision, WaitUntil):
+            self._wake.wait(max(0.0, (decision.until - self.now()) / 1000))
+            self._wake.clear()
 
-    async def _stop(self, names: Collection[str]) -> None:
-        """Stop these accounts' daemons and wait until they have (each saves its status)."""
-        stopping = [self.running.pop(name) for name in names if name in self.running]
-        for running in stopping:
-            running.scope.cancel()
-        for running in stopping:
-            await running.done.wait()
-        for name in names:
-            self.published.pop(name, None)
+    def _release_stopped(self) -> None:
+        """Give back the leases of accounts the loop has stopped (with what was last said of
+        them: why an account that failed did)."""
+        names: set[str] = set()
+        while True:
+            try:
+                names |= self._releases.get_nowait()
+            except queue.Empty:
+                break
+        # one this process has claimed again since is not given back
+        names -= self.machine.held
+        if not names:
+            return
+        self._publish({name for name in names if self.reports.get(name, ("",))[0] == "failed"})
+        try:
+            self._call(lambda: self.db.release(self.holder, names))
+        except StoreError as exc:
+            log.warning("leases not given back: they lapse", error=describe_error(exc))
 
-    async def _publish(self) -> None:
-        """Each account's state, last success and last error, written only when it changed."""
-        reports: list[tuple[str, str, int | None, str | None]] = []
-        for name, running in self.running.items():
-            report = account_report(running)
-            if self.published.get(name) != report:
-                reports.append((name, *report))
-        if not reports:
+    def _publish(self, names: Collection[str]) -> None:
+        """These accounts' states, written only when they changed."""
+        reports = self.reports
+        changed = [
+            (name, *reports[name])
+            for name in names
+            if name in reports and self.published.get(name) != reports[name]
+        ]
+        if not changed:
             return
         try:
-            await self._db(lambda: self.db.publish(self.holder, reports))
+            self._call(lambda: self.db.publish(self.holder, changed))
         except StoreError as exc:
             log.warning("account states not published", error=describe_error(exc))
             return
-        for name, state, last_success, last_error in reports:
+        for name, state, last_success, last_error in changed:
             self.published[name] = (state, last_success, last_error)
 
 

@@ -279,15 +279,17 @@ class FleetStore:
             )
             return {row["account"]: row["settings"] for row in cur.fetchall()}
 
-    def release(self, holder: str, names: Collection[str], *, state: str = "released") -> None:
-        """Give these leases back now (only those this holder still holds)."""
+    def release(self, holder: str, names: Collection[str]) -> None:
+        """Give these leases back now (only those this holder still holds); an account said to
+        have failed keeps saying so until another process runs it."""
         if not names:
             return
         with self._tx() as cur:
             cur.execute(
-                "UPDATE fleet_leases SET holder = NULL, expires_at = NULL, state = %s, reported_at = now() "
+                "UPDATE fleet_leases SET holder = NULL, expires_at = NULL, reported_at = now(), "
+                "state = CASE WHEN state = 'failed' THEN state ELSE 'released' END "
                 "WHERE holder = %s AND account = ANY(%s)",
-                (state, holder, list(names)),
+                (holder, list(names)),
             )
 
     def leave(self, holder: str) -> None:
