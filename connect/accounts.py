@@ -45,6 +45,7 @@ from connect.settings import (
     installed_legacy_env,
     legacy_env_for,
     preserved_environ,
+    replace_environ,
 )
 from store import Store
 
@@ -133,10 +134,9 @@ def account_environ(
             for key, value in saved.items()
             if key in PROCESS_WIDE_ENV or not (key.startswith("CONNECT_") or key in legacy)
         }
-        os.environ.clear()
         # an empty value is no value: the account's default applies (CONNECT_HTTP_BIND= serves
         # no API, as an account without the line)
-        os.environ.update({**env, **defaults, **{k: v for k, v in pairs.items() if v.strip()}})
+        replace_environ({**env, **defaults, **{k: v for k, v in pairs.items() if v.strip()}})
         yield
 
 
