@@ -158,6 +158,7 @@ def _run_fleet(args: Sequence[str]) -> int:
     # imported now, not by the first account's daemon: a second of imports inside the trio run
     # would hold up the first renewals of a short lease
     import api.context  # noqa: F401
+
     db = FleetStore.open(settings.url)
     try:
         trio.run(fleet.run_fleet, settings, rest, db)
@@ -221,6 +222,13 @@ def cmd_fleet(args: Sequence[str]) -> int:
     from connect import fleet
     from store.fleet import FleetStore
 
+    if any(a in ("-h", "--help") for a in args):
+        print(
+            "usage: nightscout-connect fleet [--json] [--store-url URL]\n\n"
+            "every account of the database (CONNECT_STORE_URL): the process holding its lease, its\n"
+            "state, its last good frame and its last error"
+        )
+        return EXIT_OK
     url, rest = fleet.require_store_url(args, os.environ)
     as_json = "--json" in rest
     if [a for a in rest if a != "--json"]:

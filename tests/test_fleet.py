@@ -161,6 +161,64 @@ def test_an_unreachable_database_is_one_line_without_its_password() -> None:
     assert "hunter2-value" not in result.stderr
 
 
+def test_a_fleet_process_reports_its_accounts_and_follows_the_database(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A running process publishes each account's state; an account whose settings cannot work
+    is shown failed (its secret not shown) and given back; a removed account stops."""
+    from store.fleet import FleetStore
+
+    stores = tmp_path / "stores"
+    stores.mkdir()
+    with FleetStore.open(postgres_url) as db:
+        db.upsert_account("alice", "CONNECT_SOURCE=sim\nCONNECT_SIM_SEED=3\nCONNECT_BACKFILL_DAYS=1\n")
+        db.upsert_account("carol", "CONNECT_SOURCE=sim\nCONNECT_BACKFILL_DAYS=1\n")
+        # written straight into the database (an import would have refused it): no account name
+        db.upsert_account("bob", f"CONNECT_SOURCE=dexcomshare\nCONNECT_SHARE_PASSWORD={SHARE_PASSWORD}\n")
+    log = tmp_path / "fleet.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [*CLI, "run", "--fleet"],
+            env=env(
+                CONNECT_STORE_URL=postgres_url,
+                CONNECT_FLEET_LEASE_SECONDS=str(LEASE_S),
+                CONNECT_FLEET_STORE_DIR=str(stores),
+            ),  # fmt: skip
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+        )
+
+    def table() -> dict[str, dict[str, Any]]:
+        result = cli("fleet", "--json", CONNECT_STORE_URL=postgres_url)
+        return {row["account"]: row for row in json.loads(result.stdout)}
+
+    try:
+        wait_for(
+            lambda: (
+                (rows := table())["alice"]["state"] == "running"
+                and isinstance(rows["alice"]["last_success"], int)
+                and rows["bob"]["state"] == "failed"
+            ),
+            "alice running and bob failed",
+            timeout=60,
+        )
+        rows = table()
+        assert f":{proc.pid}:" in rows["alice"]["holder"]
+        assert rows["bob"]["holder"] is None  # given back: another host may do better
+        assert "CONNECT_SHARE_ACCOUNT_NAME" in rows["bob"]["last_error"]
+        assert SHARE_PASSWORD not in json.dumps(rows)
+        assert "carol" in open_stores(proc.pid)
+        assert cli("accounts", "remove", "carol", CONNECT_STORE_URL=postgres_url).returncode == 0
+        wait_for(lambda: "carol" not in open_stores(proc.pid), "carol stopped", timeout=LEASE_S * 2)
+        assert "alice" in open_stores(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert table()["alice"]["holder"] is None  # given back on the way out
+    assert SHARE_PASSWORD not in log.read_text()
+
+
 # --- many processes, one database ----------------------------------------------------------------
 
 
