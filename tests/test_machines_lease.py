@@ -184,6 +184,7 @@ def test_never_more_than_the_share_and_never_past_the_lease(
     now = 0
     sent_at: dict[str, int] = {}  # when the renewal or claim that last covered each account was sent
     counter = 0
+    counts = (0, 1)
     for kind, accounts, holders, advance in steps:
         for _ in range(8):  # every decision due at this moment
             decision = m.next(now)
@@ -203,10 +204,12 @@ def test_never_more_than_the_share_and_never_past_the_lease(
                 if kind == "taken" and still:
                     still = still[1:]
                 m.renewed(now, now, still, accounts, holders)
+                counts = (accounts, holders)
                 for name in still:
                     sent_at[name] = now
             elif isinstance(decision, ClaimLeases):
-                share = fair_share(accounts, holders, cap)
+                # the share the last renewal's counts give (a claim only follows a renewal)
+                share = fair_share(*counts, cap)
                 assert len(m.held) + decision.count <= share, "asked beyond the share"
                 if kind == "fail":
                     m.failed(now)
