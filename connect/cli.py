@@ -2,6 +2,8 @@
 
 Commands: run (the daemon), once (cron mode), check (settings and login, nothing written),
 demo (the simulated CGM into a store with the API up), diagram (the machines as text),
+accounts and fleet (the accounts of a PostgreSQL database, and which process runs each;
+``run --fleet`` runs those it can lease),
 login (CareLink's first login, which needs a person at a browser), capture (one frame's
 HTTP exchanges, secrets replaced, saved for a maintainer) and rejected (records set aside, and
 sending them again).
@@ -187,8 +189,12 @@ def cmd_accounts(args: Sequence[str]) -> int:
         if not rest or rest[0].startswith("-"):
             raise UsageError(["accounts import: name the directory of NAME.env files"])
         directory, flags = Path(rest[0]), rest[1:]
+        if flags:
+            raise UsageError(
+                ["accounts import: takes DIR alone; an account's settings go in its NAME.env file"]
+            )
         # read and checked as --accounts-dir reads it: nothing is imported while any file has a problem
-        loaded = accounts.read_accounts(directory, flags)
+        loaded = accounts.read_accounts(directory, [])
         if loaded.refused:
             raise UsageError(loaded.problems)
         texts = {a.name: (directory / f"{a.name}.env").read_text(encoding="utf-8") for a in loaded.accounts}

@@ -205,6 +205,8 @@ class Fleet:
         #: accounts start one at a time (see :meth:`_run_account`)
         self._starting = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        #: what ended the lease thread, if it failed (the run then ends with it)
+        self._failure: BaseException | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         # --- shared: each written by one side, replaced whole (never changed in place)
         #: what the loop last said about each running account
@@ -254,6 +256,8 @@ class Fleet:
                     log.warning("leases not given back: they lapse", error=describe_error(exc))
                 self._sql.shutdown(wait=False, cancel_futures=True)
                 log.info("fleet stopped", holder=self.holder)
+        if self._failure is not None:
+            raise RuntimeError("the lease thread failed") from self._failure
 
     async def _stop_all(self) -> None:
         stopping = list(self.running.values())
@@ -367,6 +371,7 @@ class Fleet:
             self._in_loop(self._fail_run, exc)
 
     def _fail_run(self, exc: BaseException) -> None:
+        self._failure = exc
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
