@@ -219,6 +219,48 @@ def test_a_fleet_process_reports_its_accounts_and_follows_the_database(
     assert SHARE_PASSWORD not in log.read_text()
 
 
+def test_an_account_stops_before_its_lease_lapses_when_the_database_does_not_answer(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The leases table locked (a database that hangs): the renewals get no answer, and the
+    process stops the account while the database still counts the lease as its own, so no other
+    process could have started it yet; once the database answers the account runs again."""
+    from store.fleet import FleetStore
+
+    stores = tmp_path / "stores"
+    stores.mkdir()
+    with FleetStore.open(postgres_url) as db:
+        db.upsert_account("alice", "CONNECT_SOURCE=sim\nCONNECT_BACKFILL_DAYS=1\n")
+    log = tmp_path / "fleet.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [*CLI, "run", "--fleet"],
+            env=env(
+                CONNECT_STORE_URL=postgres_url,
+                CONNECT_FLEET_LEASE_SECONDS=str(LEASE_S),
+                CONNECT_FLEET_STORE_DIR=str(stores),
+            ),  # fmt: skip
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        wait_for(lambda: "alice" in open_stores(proc.pid), "alice running", timeout=60)
+        with psycopg.connect(postgres_url) as conn:
+            conn.execute("LOCK TABLE fleet_leases IN ACCESS EXCLUSIVE MODE")
+            wait_for(lambda: "alice" not in open_stores(proc.pid), "alice stopped", timeout=LEASE_S * 2)
+            row = conn.execute(
+                "SELECT expires_at > clock_timestamp() FROM fleet_leases WHERE account = 'alice'"
+            ).fetchone()
+            assert row == (True,), "stopped only after its lease had lapsed"
+            conn.commit()
+        wait_for(lambda: "alice" in open_stores(proc.pid), "alice running again", timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert "leases lost" in log.read_text()
+
+
 # --- many processes, one database ----------------------------------------------------------------
 
 
