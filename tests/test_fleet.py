@@ -161,6 +161,7 @@ def test_an_unreachable_database_is_one_line_without_its_password() -> None:
     assert "hunter2-value" not in result.stderr
 
 
+@pytest.mark.e2e
 def test_a_fleet_process_reports_its_accounts_and_follows_the_database(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -219,6 +220,7 @@ def test_a_fleet_process_reports_its_accounts_and_follows_the_database(
     assert SHARE_PASSWORD not in log.read_text()
 
 
+@pytest.mark.e2e
 def test_an_account_stops_before_its_lease_lapses_when_the_database_does_not_answer(
     tmp_path: Path, postgres_url: str
 ) -> None:
