@@ -8,6 +8,8 @@ observed from outside, as an operator would: the account's store file is open in
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -41,9 +43,24 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], env=env(**extra), cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    """The command line as ``main`` runs it, in this process (these commands end by themselves,
+    and a new interpreter per call would cost seconds): its own environment, output captured,
+    the test's log configuration left alone."""
+    from connect import cli as cli_module
+
+    out, err = io.StringIO(), io.StringIO()
+    saved, configure = dict(os.environ), cli_module.configure
+    try:
+        os.environ.clear()
+        os.environ.update(env(**extra))
+        cli_module.configure = lambda **_: None  # type: ignore[assignment]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli_module.main(list(args))
+    finally:
+        cli_module.configure = configure  # type: ignore[assignment]
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def write(directory: Path, name: str, **settings: str) -> None:
