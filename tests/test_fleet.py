@@ -49,10 +49,10 @@ def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     from connect import cli as cli_module
 
     out, err = io.StringIO(), io.StringIO()
-    saved, configure = dict(os.environ), cli_module.configure
+    saved, configure, wanted = dict(os.environ), cli_module.configure, env(**extra)
     try:
         os.environ.clear()
-        os.environ.update(env(**extra))
+        os.environ.update(wanted)
         cli_module.configure = lambda **_: None  # type: ignore[assignment]
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = cli_module.main(list(args))
