@@ -43,7 +43,7 @@ from connect.redact import describe_error, redact_text
 from machines.decisions import ClaimLeases, RenewLeases, StopAccounts, WaitUntil
 from machines.lease import LeaseMachine, LeasePolicy
 from store import Store
-from store.fleet import FleetStore
+from store.fleet import Claim, FleetStore
 
 log = structlog.get_logger("connect.fleet")
 
@@ -55,6 +55,8 @@ URL_SCHEMES: Final = ("postgresql://", "postgres://")
 
 #: how long a stopping account (its last status write) and a leaving process may take
 STOP_GRACE_S: Final = 10.0
+#: the longest a database call is waited for while no lease depends on it
+CALL_TIMEOUT_S: Final = 30.0
 
 
 @attrs.frozen
@@ -219,6 +221,8 @@ class Fleet:
         self._halt = threading.Event()
         # --- the lease thread's
         self.published: dict[str, Report] = {}
+        #: the token of each lease this process holds (a release names it)
+        self.tokens: dict[str, str] = {}
         self._sql = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fleet-sql")
 
     @staticmethod
@@ -246,9 +250,9 @@ class Fleet:
                 self._halt.set()
                 self._wake.set()
                 if thread.is_alive():
-                    await trio.to_thread.run_sync(thread.join)
-                # the thread has ended: the machine is this side's now
-                self.machine.shutdown()
+                    await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
+                if not thread.is_alive():  # the machine is this side's now
+                    self.machine.shutdown()
                 await self._stop_all()
                 try:
                     await trio.to_thread.run_sync(self.db.leave, self.holder, abandon_on_cancel=True)
@@ -350,7 +354,7 @@ class Fleet:
     def _call(self, fn: Callable[[], Any]) -> Any:
         """One database call, abandoned (and failed) when a held lease would run out first."""
         deadline = self.machine.deadline
-        timeout = None if deadline is None else max(0.0, (deadline - self.now()) / 1000)
+        timeout = CALL_TIMEOUT_S if deadline is None else max(0.0, (deadline - self.now()) / 1000)
         future = self._sql.submit(fn)
         try:
             return future.result(timeout=timeout)
@@ -393,11 +397,12 @@ class Fleet:
                 log.warning("lease renewal failed", error=describe_error(exc), held=len(self.machine.held))
                 self.machine.failed(self.now(), exc, self.rng.random())
                 return
+            self.tokens.update(renewal.tokens)
             self.machine.renewed(now, self.now(), renewal.held, renewal.accounts, renewal.holders)
             self._publish(self.machine.held)
         elif isinstance(decision, ClaimLeases):
             try:
-                claimed: dict[str, str] = self._call(
+                claimed: dict[str, Claim] = self._call(
                     lambda: self.db.claim(self.holder, self.settings.lease_s, decision.count, decision.skip)
                 )
             except StoreError as exc:
@@ -405,9 +410,10 @@ class Fleet:
                 self.machine.failed(self.now(), exc, self.rng.random())
                 return
             self.machine.claimed(now, self.now(), claimed)
+            self.tokens.update({name: claim.token for name, claim in claimed.items()})
             if claimed:
                 log.info("accounts leased", count=len(claimed), holding=len(self.machine.held))
-                self._in_loop(self._start, claimed)
+                self._in_loop(self._start, {name: claim.settings for name, claim in claimed.items()})
         elif isinstance(decision, StopAccounts):
             # not waited for here: renewals go on while daemons stop (the loop says when they
             # have, and only then are the leases given back)
@@ -435,8 +441,9 @@ class Fleet:
         if not names:
             return
         self._publish({name for name in names if self.reports.get(name, ("",))[0] == "failed"})
+        leases = {name: self.tokens.pop(name) for name in names if name in self.tokens}
         try:
-            self._call(lambda: self.db.release(self.holder, names))
+            self._call(lambda: self.db.release(self.holder, leases))
         except StoreError as exc:
             log.warning("leases not given back: they lapse", error=describe_error(exc))
 

@@ -9,7 +9,8 @@ together do not race on ``CREATE``):
     exactly as the operator gave it (credentials included: the database is as sensitive as the
     files were), and ``updated_at``.
 ``fleet_leases``
-    one row per account: the ``holder`` (``host:pid:random``) and ``expires_at``, and what the
+    one row per account: the ``holder`` (``host:pid:random``), the ``token`` of this very lease
+    (new at every claim; a release names it) and ``expires_at``, and what the
     holder last published about the account (``state``, ``last_success`` in epoch ms,
     ``last_error``, redacted by the holder).
 ``fleet_holders``
@@ -28,7 +29,7 @@ worker thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -54,6 +55,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         """CREATE TABLE IF NOT EXISTS fleet_leases (
             account text PRIMARY KEY REFERENCES fleet_accounts (name) ON DELETE CASCADE,
             holder text,
+            token text,
             expires_at timestamptz,
             acquired_at timestamptz,
             renewed_at timestamptz,
@@ -74,12 +76,25 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 
 @attrs.frozen
 class Renewal:
-    """What a renewal found: the leases still this holder's, the accounts in the fleet and the
-    processes alive (this one included)."""
+    """What a renewal found: the leases still this holder's (each with its token), the accounts
+    in the fleet and the processes alive (this one included)."""
 
-    held: frozenset[str]
+    tokens: dict[str, str]
     accounts: int
     holders: int
+
+    @property
+    def held(self) -> frozenset[str]:
+        return frozenset(self.tokens)
+
+
+@attrs.frozen
+class Claim:
+    """A lease taken: the account's settings as stored, and the token naming this very lease
+    (a release names it, so a late release cannot free a lease taken again since)."""
+
+    settings: str
+    token: str
 
 
 @attrs.frozen
@@ -240,10 +255,10 @@ class FleetStore:
             )
             cur.execute(
                 "UPDATE fleet_leases SET expires_at = now() + make_interval(secs => %s), renewed_at = now() "
-                "WHERE holder = %s AND expires_at > now() RETURNING account",
+                "WHERE holder = %s AND expires_at > now() RETURNING account, token",
                 (lease_s, holder),
             )
-            held = frozenset(row["account"] for row in cur.fetchall())
+            tokens = {row["account"]: row["token"] for row in cur.fetchall()}
             cur.execute(
                 "SELECT (SELECT count(*) FROM fleet_accounts) AS accounts, "
                 "(SELECT count(*) FROM fleet_holders WHERE expires_at > now()) AS holders"
@@ -254,12 +269,11 @@ class FleetStore:
                 "DELETE FROM fleet_holders WHERE expires_at < now() - make_interval(secs => %s)", (lease_s,)
             )
         return Renewal(
-            held=held, accounts=int(row["accounts"]) if row else 0, holders=int(row["holders"]) if row else 1
+            tokens=tokens, accounts=int(row["accounts"]) if row else 0, holders=int(row["holders"]) if row else 1
         )
 
-    def claim(self, holder: str, lease_s: float, count: int, skip: Collection[str] = ()) -> dict[str, str]:
-        """Take up to ``count`` leases that are free or lapsed (none of ``skip``): each taken
-        account's settings, by name."""
+    def claim(self, holder: str, lease_s: float, count: int, skip: Collection[str] = ()) -> dict[str, Claim]:
+        """Take up to ``count`` leases that are free or lapsed (none of ``skip``), by name."""
         if count <= 0:
             return {}
         with self._tx() as cur:
@@ -270,33 +284,34 @@ class FleetStore:
                 "    AND NOT (account = ANY(%s))"
                 "  ORDER BY account LIMIT %s FOR UPDATE SKIP LOCKED"
                 ") "
-                "UPDATE fleet_leases AS l SET holder = %s, "
+                "UPDATE fleet_leases AS l SET holder = %s, token = gen_random_uuid()::text, "
                 "  expires_at = now() + make_interval(secs => %s), acquired_at = now(), renewed_at = now(), "
                 "  state = 'starting' "
                 "FROM free, fleet_accounts a WHERE l.account = free.account AND a.name = l.account "
-                "RETURNING l.account, a.settings",
+                "RETURNING l.account, a.settings, l.token",
                 (list(skip), count, holder, lease_s),
             )
-            return {row["account"]: row["settings"] for row in cur.fetchall()}
+            return {row["account"]: Claim(row["settings"], row["token"]) for row in cur.fetchall()}
 
-    def release(self, holder: str, names: Collection[str]) -> None:
-        """Give these leases back now (only those this holder still holds); an account said to
-        have failed keeps saying so until another process runs it."""
-        if not names:
+    def release(self, holder: str, leases: Mapping[str, str]) -> None:
+        """Give these leases back now (account → token: only the very leases named, and only
+        while this holder holds them); an account said to have failed keeps saying so until
+        another process runs it."""
+        if not leases:
             return
         with self._tx() as cur:
-            cur.execute(
-                "UPDATE fleet_leases SET holder = NULL, expires_at = NULL, reported_at = now(), "
+            cur.executemany(
+                "UPDATE fleet_leases SET holder = NULL, token = NULL, expires_at = NULL, reported_at = now(), "
                 "state = CASE WHEN state = 'failed' THEN state ELSE 'released' END "
-                "WHERE holder = %s AND account = ANY(%s)",
-                (holder, list(names)),
+                "WHERE holder = %s AND account = %s AND token = %s",
+                [(holder, name, token) for name, token in leases.items()],
             )
 
     def leave(self, holder: str) -> None:
         """This process stops: every lease it holds is given back and it no longer counts."""
         with self._tx() as cur:
             cur.execute(
-                "UPDATE fleet_leases SET holder = NULL, expires_at = NULL, state = 'released', "
+                "UPDATE fleet_leases SET holder = NULL, token = NULL, expires_at = NULL, state = 'released', "
                 "reported_at = now() WHERE holder = %s",
                 (holder,),
             )

@@ -126,7 +126,7 @@ def test_a_held_lease_is_not_taken_and_a_lapsed_one_is(db: FleetStore, postgres_
     # … and another process takes it over, with the account's settings
     claimed = db.claim("two", LEASE_S, 5)
     assert list(claimed) == ["alice"]
-    assert "CONNECT_SOURCE=sim" in claimed["alice"]
+    assert "CONNECT_SOURCE=sim" in claimed["alice"].settings
     assert db.renew("one", LEASE_S).held == frozenset({"bob"})
     assert db.renew("two", LEASE_S).held == frozenset({"alice"})
 
@@ -143,12 +143,26 @@ def test_renewal_counts_accounts_and_live_holders(db: FleetStore, postgres_url: 
 
 def test_skipped_accounts_are_not_claimed_and_release_frees_at_once(db: FleetStore) -> None:
     add(db, "a", "b", "c")
-    assert sorted(db.claim("one", LEASE_S, 5, skip=["b"])) == ["a", "c"]
-    db.release("one", ["a"])
-    db.release("two", ["c"])  # not two's: nothing happens
+    first = db.claim("one", LEASE_S, 5, skip=["b"])
+    assert sorted(first) == ["a", "c"]
+    db.release("one", {"a": first["a"].token})
+    db.release("two", {"c": first["c"].token})  # not two's: nothing happens
     assert sorted(db.claim("two", LEASE_S, 5)) == ["a", "b"]
     db.leave("one")
     assert list(db.claim("two", LEASE_S, 5)) == ["c"]
+
+
+def test_a_late_release_does_not_free_a_lease_taken_again(db: FleetStore, postgres_url: str) -> None:
+    """A release that arrives after its lease lapsed and the same process took the account
+    again names the old lease: the new one stays held."""
+    add(db, "a")
+    old = db.claim("one", LEASE_S, 1)["a"].token
+    expire(postgres_url, "a")
+    new = db.claim("one", LEASE_S, 1)["a"].token
+    assert new != old
+    db.release("one", {"a": old})
+    assert db.renew("one", LEASE_S).tokens == {"a": new}
+    assert db.claim("two", LEASE_S, 1) == {}
 
 
 def test_fleet_rows_say_who_holds_what_and_what_it_said(db: FleetStore, postgres_url: str) -> None:
