@@ -269,7 +269,9 @@ class FleetStore:
                 "DELETE FROM fleet_holders WHERE expires_at < now() - make_interval(secs => %s)", (lease_s,)
             )
         return Renewal(
-            tokens=tokens, accounts=int(row["accounts"]) if row else 0, holders=int(row["holders"]) if row else 1
+            tokens=tokens,
+            accounts=int(row["accounts"]) if row else 0,
+            holders=int(row["holders"]) if row else 1,
         )
 
     def claim(self, holder: str, lease_s: float, count: int, skip: Collection[str] = ()) -> dict[str, Claim]:
