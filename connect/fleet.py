@@ -392,13 +392,17 @@ class Fleet:
         decision = self.machine.next(now)
         if isinstance(decision, RenewLeases):
             try:
-                renewal = self._call(lambda: self.db.renew(self.holder, self.settings.lease_s))
+                renewal = self._call(
+                    lambda: self.db.renew(self.holder, self.settings.lease_s, self.settings.max_accounts)
+                )
             except StoreError as exc:
                 log.warning("lease renewal failed", error=describe_error(exc), held=len(self.machine.held))
                 self.machine.failed(self.now(), exc, self.rng.random())
                 return
             self.tokens.update(renewal.tokens)
-            self.machine.renewed(now, self.now(), renewal.held, renewal.accounts, renewal.holders)
+            self.machine.renewed(
+                now, self.now(), renewal.held, renewal.accounts, renewal.holders, renewal.caps
+            )
             self._publish(self.machine.held)
         elif isinstance(decision, ClaimLeases):
             try:

@@ -15,7 +15,7 @@ lapsed lease over.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import attrs
 from statemachine import State, StateMachine
@@ -62,10 +62,22 @@ class LeasePolicy:
         return self.lease_ms - self.lease_ms // 4
 
 
-def fair_share(accounts: int, holders: int, cap: int | None = None) -> int:
+def fair_share(accounts: int, holders: int, cap: int | None = None, caps: Sequence[int | None] = ()) -> int:
     """How many accounts one of ``holders`` live processes runs: ``ceil(accounts / holders)``
-    (every account finds a process), never more than ``cap``."""
-    share = math.ceil(accounts / max(1, holders))
+    (every account finds a process), never more than ``cap``.
+
+    ``caps``: every live process's own cap (None: none), when known. A process capped below the
+    even share takes its cap, and the others share what it leaves, so mixed caps leave no
+    account unrun while any process has room."""
+    limits = list(caps) if caps else [cap] * max(1, holders)
+    left, remaining = len(limits), accounts
+    for limit in sorted(c for c in limits if c is not None):
+        if left > 1 and limit < math.ceil(remaining / left):
+            remaining -= max(0, limit)
+            left -= 1
+        else:
+            break
+    share = math.ceil(max(0, remaining) / left)
     return share if cap is None else min(share, max(0, cap))
 
 
@@ -108,6 +120,8 @@ class LeaseMachine(StateMachine):
         #: what the last renewal said: accounts in the fleet and processes alive (None: not yet)
         self.accounts: int | None = None
         self.holders = 1
+        #: every live process's cap, when the renewal said (None: uncapped)
+        self.caps: tuple[int | None, ...] = ()
         self.renew_at = 0
         self.claim_at = 0
         #: database failures in a row, and renewals that failed in a row
@@ -128,7 +142,7 @@ class LeaseMachine(StateMachine):
         """How many accounts this process should run now (0 before the first renewal)."""
         if self.accounts is None:
             return 0
-        return fair_share(self.accounts, self.holders, self.policy.max_accounts)
+        return fair_share(self.accounts, self.holders, self.policy.max_accounts, self.caps)
 
     @property
     def deadline(self) -> int | None:
@@ -181,9 +195,18 @@ class LeaseMachine(StateMachine):
 
     # --- outcomes ---------------------------------------------------------------------------------
 
-    def renewed(self, sent: int, now: int, held: Collection[str], accounts: int, holders: int) -> None:
+    def renewed(
+        self,
+        sent: int,
+        now: int,
+        held: Collection[str],
+        accounts: int,
+        holders: int,
+        caps: Sequence[int | None] = (),
+    ) -> None:
         """The renewal sent at ``sent`` committed: ``held`` are the leases still this process's,
-        ``accounts`` and ``holders`` what the fleet counts now."""
+        ``accounts`` and ``holders`` what the fleet counts now, ``caps`` each live process's
+        cap (see :func:`fair_share`)."""
         self.send("renew_ok")
         self.failures = 0
         self.renew_failures = 0
@@ -198,6 +221,7 @@ class LeaseMachine(StateMachine):
         self.to_release |= still - set(self.valid_until)
         self.accounts = max(0, accounts)
         self.holders = max(1, holders)
+        self.caps = tuple(caps)
         self.renew_at = sent + self.policy.renew_every_ms
         self.claim_at = now  # fresh counts: a share not yet reached is claimed at once
 

@@ -67,6 +67,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX IF NOT EXISTS fleet_leases_holder ON fleet_leases (holder)",
         """CREATE TABLE IF NOT EXISTS fleet_holders (
             holder text PRIMARY KEY,
+            max_accounts integer,
             started_at timestamptz NOT NULL DEFAULT now(),
             expires_at timestamptz NOT NULL
         )""",
@@ -82,6 +83,8 @@ class Renewal:
     tokens: dict[str, str]
     accounts: int
     holders: int
+    #: each live process's CONNECT_FLEET_MAX_ACCOUNTS (None: none)
+    caps: tuple[int | None, ...] = ()
 
     @property
     def held(self) -> frozenset[str]:
@@ -245,13 +248,15 @@ class FleetStore:
 
     # --- leases ------------------------------------------------------------------------------
 
-    def renew(self, holder: str, lease_s: float) -> Renewal:
-        """Say this holder is alive and extend its leases that have not lapsed."""
+    def renew(self, holder: str, lease_s: float, max_accounts: int | None = None) -> Renewal:
+        """Say this holder is alive (and its cap) and extend its leases that have not lapsed."""
         with self._tx() as cur:
             cur.execute(
-                "INSERT INTO fleet_holders (holder, expires_at) VALUES (%s, now() + make_interval(secs => %s)) "
-                "ON CONFLICT (holder) DO UPDATE SET expires_at = excluded.expires_at",
-                (holder, lease_s),
+                "INSERT INTO fleet_holders (holder, max_accounts, expires_at) "
+                "VALUES (%s, %s, now() + make_interval(secs => %s)) "
+                "ON CONFLICT (holder) DO UPDATE SET expires_at = excluded.expires_at, "
+                "max_accounts = excluded.max_accounts",
+                (holder, max_accounts, lease_s),
             )
             cur.execute(
                 "UPDATE fleet_leases SET expires_at = now() + make_interval(secs => %s), renewed_at = now() "
@@ -259,19 +264,16 @@ class FleetStore:
                 (lease_s, holder),
             )
             tokens = {row["account"]: row["token"] for row in cur.fetchall()}
-            cur.execute(
-                "SELECT (SELECT count(*) FROM fleet_accounts) AS accounts, "
-                "(SELECT count(*) FROM fleet_holders WHERE expires_at > now()) AS holders"
-            )
+            cur.execute("SELECT count(*) AS accounts FROM fleet_accounts")
             row = cur.fetchone()
+            cur.execute("SELECT max_accounts FROM fleet_holders WHERE expires_at > now()")
+            caps = tuple(r["max_accounts"] for r in cur.fetchall())
             # gone for a whole lease: forgotten (their leases have lapsed with them)
             cur.execute(
                 "DELETE FROM fleet_holders WHERE expires_at < now() - make_interval(secs => %s)", (lease_s,)
             )
         return Renewal(
-            tokens=tokens,
-            accounts=int(row["accounts"]) if row else 0,
-            holders=int(row["holders"]) if row else 1,
+            tokens=tokens, accounts=int(row["accounts"]) if row else 0, holders=max(1, len(caps)), caps=caps
         )
 
     def claim(self, holder: str, lease_s: float, count: int, skip: Collection[str] = ()) -> dict[str, Claim]:

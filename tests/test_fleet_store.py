@@ -136,8 +136,11 @@ def test_renewal_counts_accounts_and_live_holders(db: FleetStore, postgres_url: 
     assert db.renew("one", LEASE_S).holders == 1
     renewal = db.renew("two", LEASE_S)
     assert (renewal.accounts, renewal.holders) == (3, 2)
+    assert sorted(db.renew("three", LEASE_S, max_accounts=5).caps, key=str) == [5, None, None]
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("UPDATE fleet_holders SET expires_at = now() - interval '1 second' WHERE holder = 'one'")
+        conn.execute(
+            "UPDATE fleet_holders SET expires_at = now() - interval '1 second' WHERE holder <> 'two'"
+        )
     assert db.renew("two", LEASE_S).holders == 1
 
 

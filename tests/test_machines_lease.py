@@ -47,6 +47,29 @@ def test_fair_share(accounts: int, holders: int, cap: int | None, share: int) ->
     assert fair_share(accounts, holders, cap) == share
 
 
+@pytest.mark.parametrize(
+    ("accounts", "caps", "mine", "share"),
+    [
+        # a process capped below the even share takes its cap; the others share the rest
+        (100, [10, None, None], None, 45),
+        (100, [10, None, None], 10, 10),
+        (100, [10, 20, None], None, 70),
+        (100, [10, 20, None], 20, 20),
+        # everybody capped: what does not fit stays unrun
+        (100, [10, 10], 10, 10),
+        # caps above the even share change nothing
+        (100, [50, 60, None], None, 34),
+    ],
+)
+def test_fair_share_with_every_process_cap(
+    accounts: int, caps: list[int | None], mine: int | None, share: int
+) -> None:
+    assert fair_share(accounts, len(caps), mine, caps) == share
+    # and between them the processes have room for every account they can take
+    total = sum(fair_share(accounts, len(caps), cap, caps) for cap in caps)
+    assert total >= min(accounts, sum(c if c is not None else accounts for c in caps))
+
+
 def test_first_it_says_it_is_alive_then_claims_its_share() -> None:
     m = machine()
     assert m.next(0) == RenewLeases()
