@@ -160,6 +160,16 @@ def test_an_import_with_a_bad_file_imports_nothing(tmp_path: Path, postgres_url:
             ],
         ),
         (["accounts", "rename"], {}, ["accounts: import DIR, list [--json] or remove NAME"]),
+        (
+            ["run", "--fleet", "--accounts-dir", "/etc"],
+            {},
+            ["--fleet: the accounts come from the database, not --accounts-dir"],
+        ),
+        (
+            ["accounts", "import", "/etc", "--backfill-days", "2"],
+            {"CONNECT_STORE_URL": "postgresql://x@h/db"},
+            ["accounts import: takes DIR alone; an account's settings go in its NAME.env file"],
+        ),  # fmt: skip
     ],
 )
 def test_bad_fleet_settings_exit_2_one_line_each_without_values(
