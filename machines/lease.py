@@ -34,6 +34,8 @@ from machines.timing import Backoff
 #: the renewal ladder is further capped at the renewal interval, so a lease is retried several
 #: times before it is lost
 DATABASE_RETRY = Backoff(base=1.0, cap=60.0)
+#: the longest a new process waits before its first claim (see :attr:`LeasePolicy.settle_ms`)
+SETTLE_MS = 2_000
 #: an account whose daemon would not start or ended by an error: its lease is given back, and
 #: this process leaves it to the others for a while (another host may be able to run it)
 ACCOUNT_COOLDOWN = Backoff(base=10.0, cap=900.0)
@@ -54,6 +56,13 @@ class LeasePolicy:
     def renew_every_ms(self) -> int:
         """Renewals at a third of the lease: two may fail before the lease is in danger."""
         return max(1, self.lease_ms // 3)
+
+    @property
+    def settle_ms(self) -> int:
+        """Between a process's first renewal and its first claim: processes started together
+        (a deployment of several replicas) see each other before taking their shares, instead of
+        the first taking everything and handing most of it on (a login more per account)."""
+        return min(self.renew_every_ms, SETTLE_MS)
 
     @property
     def valid_ms(self) -> int:
@@ -122,7 +131,7 @@ class LeaseMachine(StateMachine):
         self.holders = 1
         #: every live process's cap, when the renewal said (None: uncapped)
         self.caps: tuple[int | None, ...] = ()
-        self.renew_at = 0
+        self.renew_at = -(2**62)  # due from the start, whatever the clock reads
         self.claim_at = 0
         #: database failures in a row, and renewals that failed in a row
         self.failures = 0
@@ -219,11 +228,17 @@ class LeaseMachine(StateMachine):
                 # lapsed and taken over, or removed: not ours any more, stop it now
                 self.valid_until[name] = now
         self.to_release |= still - set(self.valid_until)
+        first = self.accounts is None
         self.accounts = max(0, accounts)
         self.holders = max(1, holders)
         self.caps = tuple(caps)
-        self.renew_at = sent + self.policy.renew_every_ms
-        self.claim_at = now  # fresh counts: a share not yet reached is claimed at once
+        if first:
+            # renewed again, for fresh counts, before anything is claimed
+            self.renew_at = sent + self.policy.settle_ms
+            self.claim_at = self.renew_at
+        else:
+            self.renew_at = sent + self.policy.renew_every_ms
+            self.claim_at = now  # fresh counts: a share not yet reached is claimed at once
 
     def claimed(self, sent: int, now: int, names: Collection[str]) -> None:
         """The claim sent at ``sent`` committed with these leases taken (each to be started)."""

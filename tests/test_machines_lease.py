@@ -20,11 +20,22 @@ def machine(**policy: object) -> LeaseMachine:
     return LeaseMachine(LeasePolicy(lease_ms=LEASE, **policy))  # type: ignore[arg-type]
 
 
-def holding(names: list[str], *, accounts: int = 10, holders: int = 1, at: int = 0) -> LeaseMachine:
-    """A machine that renewed at ``at`` and then claimed ``names``."""
-    m = machine()
+SETTLE = 2_000  # a new process renews twice, this far apart, before its first claim
+
+
+def settled(m: LeaseMachine, accounts: int, holders: int, at: int = 0) -> LeaseMachine:
+    """``m`` after its first renewal and the one a settle later, at ``at``."""
+    assert m.next(at - SETTLE) == RenewLeases()
+    m.renewed(at - SETTLE, at - SETTLE, [], accounts, holders)
+    assert m.next(at - 1) == WaitUntil(at)
     assert m.next(at) == RenewLeases()
     m.renewed(at, at, [], accounts, holders)
+    return m
+
+
+def holding(names: list[str], *, accounts: int = 10, holders: int = 1, at: int = 0) -> LeaseMachine:
+    """A machine that renewed at ``at`` and then claimed ``names``."""
+    m = settled(machine(), accounts, holders, at)
     decision = m.next(at)
     assert isinstance(decision, ClaimLeases)
     m.claimed(at, at, names)
@@ -73,12 +84,16 @@ def test_fair_share_with_every_process_cap(
 def test_first_it_says_it_is_alive_then_claims_its_share() -> None:
     m = machine()
     assert m.next(0) == RenewLeases()
-    m.renewed(0, 5, [], accounts=100, holders=3)
-    assert m.next(5) == ClaimLeases(34)
-    m.claimed(5, 10, [f"a{i}" for i in range(30)])  # the others hold the rest
+    m.renewed(0, 5, [], accounts=100, holders=2)
+    # a new process looks again before it takes anything: others may be starting too
+    assert m.next(5) == WaitUntil(SETTLE)
+    assert m.next(SETTLE) == RenewLeases()
+    m.renewed(SETTLE, SETTLE + 5, [], accounts=100, holders=3)
+    assert m.next(SETTLE + 5) == ClaimLeases(34)
+    m.claimed(SETTLE + 5, SETTLE + 10, [f"a{i}" for i in range(30)])  # the others hold the rest
     # nothing more to take until the next renewal brings fresh counts
-    assert m.next(10) == WaitUntil(EVERY)
-    assert m.next(EVERY) == RenewLeases()
+    assert m.next(SETTLE + 10) == WaitUntil(SETTLE + EVERY)
+    assert m.next(SETTLE + EVERY) == RenewLeases()
 
 
 def test_renewal_is_due_at_a_third_of_the_lease_and_extends_every_held_lease() -> None:
@@ -124,16 +139,12 @@ def test_accounts_beyond_the_share_are_given_back() -> None:
 
 
 def test_the_cap_limits_what_a_process_takes() -> None:
-    m = machine(max_accounts=3)
-    m.next(0)
-    m.renewed(0, 0, [], accounts=100, holders=1)
+    m = settled(machine(max_accounts=3), accounts=100, holders=1)
     assert m.next(0) == ClaimLeases(3)
 
 
 def test_a_failed_claim_is_tried_again_after_a_backoff() -> None:
-    m = machine()
-    m.next(0)
-    m.renewed(0, 0, [], accounts=5, holders=1)
+    m = settled(machine(), accounts=5, holders=1)
     assert m.next(0) == ClaimLeases(5)
     m.failed(100)
     assert m.next(100) == WaitUntil(1_100)
