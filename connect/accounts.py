@@ -45,6 +45,7 @@ from connect.settings import (
     installed_legacy_env,
     legacy_env_for,
     preserved_environ,
+    replace_environ,
 )
 from store import Store
 
@@ -111,7 +112,7 @@ def parse_env_file(text: str) -> dict[str, str]:
     return pairs
 
 
-def _settings_names() -> set[str]:
+def settings_names() -> set[str]:
     """Names the settings read: ours and every installed source's old ones."""
     names = set(legacy_env_for(None)) | peers.all_names()
     for legacy in installed_legacy_env().values():
@@ -126,17 +127,16 @@ def account_environ(
     """``os.environ`` as one account sees it while the block runs; the process's afterwards.
     ``names``: the settings' old names, when the caller has them already (they are found by
     loading every installed source)."""
-    legacy = _settings_names() if names is None else names
+    legacy = settings_names() if names is None else names
     with preserved_environ() as saved:
         env = {
             key: value
             for key, value in saved.items()
             if key in PROCESS_WIDE_ENV or not (key.startswith("CONNECT_") or key in legacy)
         }
-        os.environ.clear()
         # an empty value is no value: the account's default applies (CONNECT_HTTP_BIND= serves
         # no API, as an account without the line)
-        os.environ.update({**env, **defaults, **{k: v for k, v in pairs.items() if v.strip()}})
+        replace_environ({**env, **defaults, **{k: v for k, v in pairs.items() if v.strip()}})
         yield
 
 
@@ -156,16 +156,36 @@ def _read_account(
     """One file's account, or its problems (each line naming the file)."""
     name = path.stem
     try:
-        pairs = parse_env_file(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         return [f"{path.name}: cannot be read ({exc.strerror or type(exc).__name__})"]
     except UnicodeDecodeError:
         return [f"{path.name}: cannot be read (not UTF-8 text)"]
+    return account_from_text(
+        name, text, args, names=names, label=path.name, store_path=str(directory / f"{name}.db")
+    )
+
+
+def account_from_text(
+    name: str,
+    text: str,
+    args: Sequence[str],
+    *,
+    store_path: str,
+    label: str | None = None,
+    names: Collection[str] | None = None,
+) -> Account | list[str]:
+    """An account from the text of its ``NAME.env`` file (read as ``--accounts-dir`` reads it:
+    labelled ``name``, its store at ``store_path``, no API unless it binds one), or its
+    problems, each line beginning with ``label`` (the file's name) and never quoting a value."""
+    label = label or f"{name}.env"
+    try:
+        pairs = parse_env_file(text)
     except ValueError as exc:
-        return [f"{path.name}: {exc}"]
+        return [f"{label}: {exc}"]
     defaults = {
         "CONNECT_ACCOUNT": name,
-        "CONNECT_STORE_PATH": str(directory / f"{name}.db"),
+        "CONNECT_STORE_PATH": store_path,
         "CONNECT_HTTP_BIND": "0",
     }
     try:
@@ -173,9 +193,9 @@ def _read_account(
             settings, source = load_settings(args)
             bind = check_bind(settings) if isinstance(settings, ApiSettings) else None
     except ConfigError as exc:
-        return [f"{path.name}: {exc}"]
+        return [f"{label}: {exc}"]
     except UsageError as exc:
-        return [f"{path.name}: {line}" for line in exc.lines]
+        return [f"{label}: {line}" for line in exc.lines]
     return Account(name=name, settings=settings, source=source, bind=bind)
 
 
@@ -187,7 +207,7 @@ def read_accounts(directory: Path, args: Sequence[str]) -> Loaded:
     itself is unusable."""
     read: list[tuple[Path, Account]] = []
     problems: dict[str, list[str]] = {}
-    names = _settings_names()
+    names = settings_names()
     for path in account_files(directory):
         result = _read_account(directory, path, args, names)
         if isinstance(result, Account):

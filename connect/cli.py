@@ -2,6 +2,8 @@
 
 Commands: run (the daemon), once (cron mode), check (settings and login, nothing written),
 demo (the simulated CGM into a store with the API up), diagram (the machines as text),
+accounts and fleet (the accounts of a PostgreSQL database, and which process runs each;
+``run --fleet`` runs those it can lease),
 login (CareLink's first login, which needs a person at a browser), capture (one frame's
 HTTP exchanges, secrets replaced, saved for a maintainer) and rejected (records set aside, and
 sending them again).
@@ -13,6 +15,7 @@ directory, or held by another daemon: one daemon per store).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -69,6 +72,10 @@ commands:
   rejected  the records outputs set aside (refused for good); `rejected retry` sends them again
             ([--output NAME] [--collection NAME])
   export    records of a time range (--from, --to: both included) as csv, json or ndjson
+  accounts  accounts in PostgreSQL: import DIR (NAME.env files), list [--json], remove NAME
+  fleet     every account of the database: the process holding it, its state [--json]
+            (run --fleet runs every account this process can lease; all three take the
+            database from --store-url or CONNECT_STORE_URL)
 
 Every setting is a --flag or a CONNECT_* variable; `nightscout-connect <command> --help` lists them.
 --env-file FILE (or CONNECT_ENV_FILE) reads KEY=VALUE lines, no shell involved; the environment wins.
@@ -124,6 +131,8 @@ def _check_accounts(directory: Path, args: Sequence[str]) -> int:
 
 
 def cmd_run(args: Sequence[str]) -> int:
+    if "--fleet" in args:
+        return _run_fleet([a for a in args if a != "--fleet"])
     directory, strict, args = _accounts_dir(args)
     if directory is not None:
         return _run_accounts(directory, args, once=False, strict=strict)
@@ -136,6 +145,122 @@ def cmd_run(args: Sequence[str]) -> int:
 
     trio.run(main)
     return EXIT_OK
+
+
+def _run_fleet(args: Sequence[str]) -> int:
+    """``run --fleet``: every account this process can lease from the database."""
+    from connect import fleet
+    from store.fleet import FleetStore
+
+    if any(a == "--accounts-dir" or a.startswith("--accounts-dir=") for a in args):
+        raise UsageError(["--fleet: the accounts come from the database, not --accounts-dir"])
+    settings, rest = fleet.fleet_settings(args, os.environ)
+    fleet.configure_logs(os.environ)
+    accounts.raise_open_files_limit()
+    # imported now, not by the first account's daemon: a second of imports inside the trio run
+    # would hold up the first renewals of a short lease
+    import api.context  # noqa: F401
+
+    db = FleetStore.open(settings.url)
+    try:
+        trio.run(fleet.run_fleet, settings, rest, db)
+    finally:
+        db.close()
+    return EXIT_OK
+
+
+def cmd_accounts(args: Sequence[str]) -> int:
+    """``accounts import DIR | list | remove NAME`` over the database (``--store-url`` or
+    ``CONNECT_STORE_URL``)."""
+    from connect import fleet
+    from store.fleet import FleetStore
+
+    usage = (
+        "accounts: import DIR, list [--json] or remove NAME (the database: --store-url or CONNECT_STORE_URL)"
+    )
+    if not args or args[0] not in ("import", "list", "remove"):
+        raise UsageError([usage])
+    action, rest = args[0], list(args[1:])
+    url, rest = fleet.require_store_url(rest, os.environ)
+    as_json = "--json" in rest
+    rest = [a for a in rest if a != "--json"]
+    configure(fmt="auto", level="warning")
+    if action == "import":
+        if not rest or rest[0].startswith("-"):
+            raise UsageError(["accounts import: name the directory of NAME.env files"])
+        directory, flags = Path(rest[0]), rest[1:]
+        if flags:
+            raise UsageError(
+                ["accounts import: takes DIR alone; an account's settings go in its NAME.env file"]
+            )
+        # read and checked as --accounts-dir reads it: nothing is imported while any file has a problem
+        loaded = accounts.read_accounts(directory, [])
+        if loaded.refused:
+            raise UsageError(loaded.problems)
+        texts = {a.name: (directory / f"{a.name}.env").read_text(encoding="utf-8") for a in loaded.accounts}
+        with FleetStore.open(url) as db:
+            new = sum(db.upsert_account(name, text) for name, text in sorted(texts.items()))
+        print(f"imported {len(texts)} accounts ({new} new, {len(texts) - new} updated) into {db.where}")
+        return EXIT_OK
+    if action == "remove":
+        if len(rest) != 1 or rest[0].startswith("-"):
+            raise UsageError(["accounts remove: name one account: accounts remove NAME"])
+        with FleetStore.open(url) as db:
+            if not db.remove_account(rest[0]):
+                print(f"nightscout-connect: accounts remove: no account {rest[0]!r}", file=sys.stderr)
+                return EXIT_FAILED
+        print(f"removed {rest[0]} (a process running it stops it within a lease)")
+        return EXIT_OK
+    if rest:
+        raise UsageError([usage])
+    with FleetStore.open(url) as db:
+        listed = db.accounts()
+    if as_json:
+        print(json.dumps([{"account": name, "updated_at": updated} for name, updated in listed]))
+    else:
+        for name, updated in listed:
+            print(f"{name}\t{_iso(updated)}")
+    return EXIT_OK
+
+
+def cmd_fleet(args: Sequence[str]) -> int:
+    """``fleet [--json]``: every account, the process holding it and what that process said."""
+    from connect import fleet
+    from store.fleet import FleetStore
+
+    if any(a in ("-h", "--help") for a in args):
+        print(
+            "usage: nightscout-connect fleet [--json] [--store-url URL]\n\n"
+            "every account of the database (CONNECT_STORE_URL): the process holding its lease, its\n"
+            "state, its last good frame and its last error"
+        )
+        return EXIT_OK
+    url, rest = fleet.require_store_url(args, os.environ)
+    as_json = "--json" in rest
+    if [a for a in rest if a != "--json"]:
+        raise UsageError(["fleet: takes --json and --store-url only"])
+    configure(fmt="auto", level="warning")
+    with FleetStore.open(url) as db:
+        rows = db.fleet()
+    if as_json:
+        print(json.dumps([row.as_dict() for row in rows]))
+        return EXIT_OK
+    table = [("ACCOUNT", "HOLDER", "STATE", "LAST SUCCESS", "LAST ERROR")]
+    for row in rows:
+        success = "-" if row.last_success is None else _iso(row.last_success)
+        table.append((row.account, row.holder or "-", row.state, success, row.last_error or "-"))
+    widths = [max(len(line[i]) for line in table) for i in range(4)]
+    for line in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[4]
+        )
+    return EXIT_OK
+
+
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def cmd_once(args: Sequence[str]) -> int:
@@ -457,6 +582,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "rejected": cmd_rejected,
     "export": cmd_export,
     "status": cmd_status,
+    "accounts": cmd_accounts,
+    "fleet": cmd_fleet,
 }
 
 

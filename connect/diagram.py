@@ -8,6 +8,7 @@ from machines import (
     CycleMachine,
     DeliveryMachine,
     FetchMachine,
+    LeaseMachine,
     PollerMachine,
     SessionMachine,
     SubscriptionMachine,
@@ -20,6 +21,7 @@ TITLES = (
     ("Poller", PollerMachine),
     ("Delivery", DeliveryMachine),
     ("Subscription", SubscriptionMachine),
+    ("Lease", LeaseMachine),
 )
 
 

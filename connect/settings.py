@@ -259,8 +259,17 @@ def preserved_environ() -> Iterator[dict[str, str]]:
     try:
         yield saved
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        replace_environ(saved)
+
+
+def replace_environ(target: Mapping[str, str]) -> None:
+    """``os.environ`` made equal to ``target`` key by key, never emptied on the way: another
+    thread reading a variable both share (``run --fleet`` has database threads) never misses it."""
+    for key in [k for k in os.environ if k not in target]:
+        del os.environ[key]
+    for key, value in target.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def apply_legacy_env(legacy: Mapping[str, str], environ: dict[str, str] | None = None) -> list[str]:

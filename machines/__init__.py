@@ -1,4 +1,4 @@
-"""The formal machines (Session, Fetch, Cycle, Poller, Delivery, Subscription) and their timing math.
+"""The formal machines (Session, Fetch, Cycle, Poller, Delivery, Subscription, Lease) and their timing math.
 
 Pure and synchronous: no I/O, no async, no event loop. Each takes events that carry their facts
 (``now``, the outcome, the error) and answers what to do next (:mod:`machines.decisions`); the
@@ -8,6 +8,7 @@ runtime in ``connect.runtime`` and the outputs perform the I/O, as h11 does for 
 from machines.cycle import CycleMachine
 from machines.delivery import DeliveryMachine
 from machines.fetch import FetchMachine
+from machines.lease import LeaseMachine
 from machines.poller import PollerMachine
 from machines.session import SessionMachine
 from machines.subscription import SubscriptionMachine
@@ -19,6 +20,7 @@ ALL_MACHINES = (
     PollerMachine,
     DeliveryMachine,
     SubscriptionMachine,
+    LeaseMachine,
 )
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "CycleMachine",
     "DeliveryMachine",
     "FetchMachine",
+    "LeaseMachine",
     "PollerMachine",
     "SessionMachine",
     "SubscriptionMachine",

@@ -160,3 +160,39 @@ class Stop:
 
 
 DeliveryDecision = Read | Idle | SleepUntil | Stop
+
+
+# --- Lease ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RenewLeases:
+    """Renew every lease this process holds (and say it is alive); report which are still held,
+    how many accounts there are and how many processes are alive."""
+
+
+@attrs.frozen
+class ClaimLeases:
+    """Take up to ``count`` free or lapsed leases, none of ``skip``; report the ones taken."""
+
+    count: int
+    skip: frozenset[str] = frozenset()
+
+
+@attrs.frozen
+class StopAccounts:
+    """Stop these accounts' daemons; ``release``: then give their leases back at once (a
+    surplus shed, a daemon that ended), else they are lost and the database lets them lapse."""
+
+    names: frozenset[str]
+    release: bool
+
+
+@attrs.frozen
+class WaitUntil:
+    """Nothing to do before ``until``."""
+
+    until: int
+
+
+LeaseDecision = RenewLeases | ClaimLeases | StopAccounts | WaitUntil

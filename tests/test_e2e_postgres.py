@@ -256,3 +256,51 @@ def test_accounts_dir_over_one_database(postgres_url: str, tmp_path: Path) -> No
     assert refused.returncode == 2
     assert "--account / CONNECT_ACCOUNT: alice of postgresql://connect@" in refused.stderr
     assert PASSWORD not in refused.stdout + refused.stderr
+
+
+def test_a_fleet_keeps_its_accounts_data_in_the_same_database(postgres_url: str, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from store.fleet import FleetStore
+
+    url = with_password(postgres_url)
+    with FleetStore.open(postgres_url) as db:
+        for name in ("alice", "bob"):
+            db.upsert_account(name, f"CONNECT_SOURCE=sim\nCONNECT_BACKFILL_DAYS=1\nCONNECT_STORE_URL={url}\n")
+    stores = tmp_path / "stores"
+    stores.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update({
+        "CONNECT_LOG_FORMAT": "json", "CONNECT_STORE_URL": url, "CONNECT_FLEET_LEASE_SECONDS": "4",
+        "CONNECT_FLEET_STORE_DIR": str(stores),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    })  # fmt: skip
+    proc = subprocess.Popen(
+        [*CLI, "run", "--fleet"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            made = rows(postgres_url, "SELECT to_regclass('entries') IS NOT NULL") == [(True,)]
+            counts = (
+                dict(rows(postgres_url, "SELECT account, count(*) FROM entries GROUP BY account"))
+                if made
+                else {}
+            )
+            if len(counts) == 2 and min(counts.values()) >= 200:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, f"the fleet stored {counts}"
+            time.sleep(0.2)
+        assert set(counts) == {"alice", "bob"}
+        assert not list(stores.iterdir()), "no SQLite file: the data is in the database"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    assert PASSWORD not in err

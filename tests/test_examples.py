@@ -95,6 +95,83 @@ def test_compose_runs_the_daemon_beside_mosquitto_with_volumes() -> None:
     assert "mosquitto" in daemon["depends_on"]
 
 
+#: the settings a fleet process reads from its own environment (its accounts' are in the database)
+FLEET_ENV = {
+    "CONNECT_STORE_URL",
+    "CONNECT_FLEET_LEASE_SECONDS",
+    "CONNECT_FLEET_MAX_ACCOUNTS",
+    "CONNECT_FLEET_STORE_DIR",
+    "CONNECT_LOG_FORMAT",
+    "CONNECT_LOG_LEVEL",
+}
+
+
+def check_fleet_env(env: dict[str, str], tmp_path: Path) -> None:
+    """Every variable is one a fleet process reads, and together they are valid settings."""
+    from connect.fleet import fleet_settings
+
+    assert set(env) <= FLEET_ENV, set(env) - FLEET_ENV
+    given = {**env, "CONNECT_FLEET_STORE_DIR": str(tmp_path)}  # the container's /data
+    settings, rest = fleet_settings([], given)
+    assert rest == []
+    assert settings.lease_s == float(env.get("CONNECT_FLEET_LEASE_SECONDS", 60))
+
+
+def test_compose_runs_two_fleet_replicas_over_postgres_beside_mosquitto(tmp_path: Path) -> None:
+    yaml = pytest.importorskip("yaml")
+    doc = yaml.safe_load((EXAMPLES / "compose.yaml").read_text())
+    services = doc["services"]
+    fleet, postgres = services["fleet"], services["postgres"]
+    # the single daemon still starts alone by default; the fleet is a profile of its own
+    assert "profiles" not in services["nightscout-connect"] and "profiles" not in services["mosquitto"]
+    assert fleet["profiles"] == postgres["profiles"] == ["fleet"]
+    assert fleet["command"] == ["run", "--fleet"]
+    assert fleet["deploy"]["replicas"] == 2
+    assert fleet["build"] == services["nightscout-connect"]["build"]
+    env = {k: str(v) for k, v in fleet["environment"].items()}
+    url = env["CONNECT_STORE_URL"]
+    assert url.startswith("postgresql://connect:") and url.endswith("@postgres:5432/connect")
+    assert postgres["environment"]["POSTGRES_USER"] == "connect"
+    assert postgres["environment"]["POSTGRES_DB"] == "connect"
+    check_fleet_env({**env, "CONNECT_STORE_URL": "postgresql://connect@postgres:5432/connect"}, tmp_path)
+    assert fleet["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    assert "mosquitto" in fleet["depends_on"]
+    # the replicas share one directory of stores, declared with the database's volume
+    assert any(v.split(":")[1] == env["CONNECT_FLEET_STORE_DIR"] for v in fleet["volumes"])
+    for service in (fleet, postgres):
+        assert {v.split(":")[0] for v in service["volumes"]} <= set(doc["volumes"])
+
+
+def test_the_kubernetes_example_runs_replicas_of_the_fleet_from_a_secret(tmp_path: Path) -> None:
+    yaml = pytest.importorskip("yaml")
+    docs = {d["kind"]: d for d in yaml.safe_load_all((EXAMPLES / "kubernetes.yaml").read_text())}
+    assert set(docs) == {"Secret", "Job", "Deployment", "PersistentVolumeClaim"}
+    secret, job, deployment = docs["Secret"], docs["Job"], docs["Deployment"]
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["run", "--fleet"]
+    assert (
+        deployment["spec"]["selector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    # the database's address (with its password) comes from the Secret, never the manifest's env
+    assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    check_fleet_env({**env, **secret["stringData"]}, tmp_path)
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == env["CONNECT_FLEET_STORE_DIR"]
+    (volume,) = pod["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == docs["PersistentVolumeClaim"]["metadata"]["name"]
+    assert "ReadWriteMany" in docs["PersistentVolumeClaim"]["spec"]["accessModes"]
+    # the import job reads the accounts' NAME.env files from a Secret of their own
+    (importer,) = job["spec"]["template"]["spec"]["containers"]
+    assert importer["args"][:2] == ["accounts", "import"]
+    assert importer["volumeMounts"][0]["mountPath"] == importer["args"][2]
+    assert importer["envFrom"] == container["envFrom"]
+
+
 def dockerfile_json(instruction: str) -> list[str]:
     """The exec-form array of a Dockerfile instruction (continuation lines joined)."""
     import json

@@ -455,7 +455,7 @@ TestDeliveryInvariants.settings = RULES
 # --- THEORY.md stays true to the code -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("title", ["Session", "Poller", "Fetch", "Cycle", "Delivery"])
+@pytest.mark.parametrize("title", ["Session", "Poller", "Fetch", "Cycle", "Delivery", "Lease"])
 def test_theory_shows_each_machine_as_its_current_table(title: str) -> None:
     from pathlib import Path
 

@@ -32,6 +32,7 @@ from machines import (
     CycleMachine,
     DeliveryMachine,
     FetchMachine,
+    LeaseMachine,
     PollerMachine,
     SessionMachine,
     SubscriptionMachine,
@@ -397,6 +398,7 @@ def test_all_machines_are_exported_and_strict() -> None:
         PollerMachine,
         DeliveryMachine,
         SubscriptionMachine,
+        LeaseMachine,
     }
     for machine in ALL_MACHINES:
         assert issubclass(machine, StateMachine)
