@@ -19,7 +19,7 @@ from api.routes import alerts, connect, export, nightscout, ops, pebble, status_
 from api.settings import ApiSettings, Display
 from api.version import NAME, connect_version
 from connect.clock import wall_ms
-from store.reader import StoreReader
+from store.abc import ReaderStore
 
 #: in the order they are matched and documented
 ROUTERS: tuple[APIRouter, ...] = (
@@ -37,7 +37,7 @@ ROUTERS: tuple[APIRouter, ...] = (
 
 
 def create_app(
-    reader: StoreReader,
+    reader: ReaderStore,
     status: StatusFn,
     settings: ApiSettings,
     *,

@@ -21,8 +21,8 @@ from api.cache import BodyCache, Rendered, cached
 from api.metrics import make_registry
 from api.settings import ApiSettings, Display
 from connect.redact import describe_error
+from store.abc import ReaderStore
 from store.aio import AsyncStore
-from store.reader import StoreReader
 
 log = structlog.get_logger("api")
 
@@ -47,7 +47,7 @@ class Writer:
 
 @attrs.frozen
 class ApiContext:
-    reader: StoreReader
+    reader: ReaderStore
     #: the runtime's snapshot; call it on the event loop, where the machines live
     status: StatusFn
     settings: ApiSettings
@@ -68,7 +68,7 @@ class ApiContext:
     @classmethod
     def build(
         cls,
-        reader: StoreReader,
+        reader: ReaderStore,
         status: StatusFn,
         settings: ApiSettings,
         clock: Clock,

@@ -15,6 +15,7 @@ from api.auth import READS_OFF_BODY, READS_OFF_HINT, UNAUTHORIZED_BODY
 from api.context import context_of
 from api.query import QueryError
 from api.responses import JSON, error_body
+from connect.errors import StoreError
 from connect.redact import describe_error, redact_text
 
 log = structlog.get_logger("api")
@@ -103,4 +104,6 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(sqlite3.Error, on_store_error)
+    # a reader's fault of a PostgreSQL store (a lost server, no free connection)
+    app.add_exception_handler(StoreError, on_store_error)
     app.add_exception_handler(StoreUnavailable, on_store_unavailable)

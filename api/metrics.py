@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from api import status as st
 from connect.records import COLLECTIONS
 from connect.redact import describe_error
-from store.reader import StoreReader
+from store.abc import ReaderStore
 
 log = structlog.get_logger("api.metrics")
 
@@ -34,7 +34,7 @@ _taken: ContextVar[Callable[[], Mapping[str, Any]] | None] = ContextVar("api_sta
 class ConnectCollector:
     """A custom collector: no state of its own, everything read per scrape."""
 
-    def __init__(self, reader: StoreReader, status: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(self, reader: ReaderStore, status: Callable[[], Mapping[str, Any]]) -> None:
         self.reader = reader
         self.status = status
 
@@ -172,7 +172,7 @@ class ConnectCollector:
         yield from (stored, newest, lag_metric, set_aside)
 
 
-def make_registry(reader: StoreReader, status: Callable[[], Mapping[str, Any]]) -> CollectorRegistry:
+def make_registry(reader: ReaderStore, status: Callable[[], Mapping[str, Any]]) -> CollectorRegistry:
     """A registry over ``reader`` and ``status``; inside :func:`scrape`, the snapshot handed to it
     stands in for ``status``."""
 

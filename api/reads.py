@@ -21,17 +21,10 @@ from typing import Final
 
 from api.query import QueryError, ReadQuery
 from connect.records import Collection
-from store.database import object_id
-from store.reader import FILTER_COLUMNS, Filter, StoreReader
+from store.abc import ReaderStore
+from store.reader import Filter
 from store.search import where
 
-#: the columns that make a record's identifier, per collection (uuid5 over device, date and kind)
-KEY_COLUMNS: Final[dict[Collection, tuple[str, ...]]] = {
-    "entries": ("date", "device", "type"),
-    "treatments": ("date", "device", "event_type"),
-    "devicestatus": ("date", "device"),
-    "profile": ("date", "device"),
-}
 #: more distinct values than this cannot be matched by a pattern within one request
 MAX_DISTINCT: Final = 1000
 
@@ -40,35 +33,14 @@ MAX_DISTINCT: Final = 1000
 _DATE_STRING = re.compile(r'"dateString":"([^"\\]*)"')
 
 
-def id_filters(reader: StoreReader, collection: Collection, wanted: str) -> tuple[Filter, ...] | None:
+def id_filters(reader: ReaderStore, collection: Collection, wanted: str) -> tuple[Filter, ...] | None:
     """Filters that select the record served with ``_id`` ``wanted``, or ``None`` if none is."""
-    # a UUID's first 24 hex digits, with its dashes: 8-4-4-4 and 4 of the last group
-    prefix = f"{wanted[:8]}-{wanted[8:12]}-{wanted[12:16]}-{wanted[16:20]}-{wanted[20:24]}"
-    columns = KEY_COLUMNS[collection]
-    sql = (
-        f"SELECT identifier, {', '.join(columns)} FROM {collection} "
-        "WHERE identifier >= ? AND identifier < ? LIMIT 8"
-    )
-    with reader.connection() as conn:
-        # "~" sorts after every hex digit: the range is the identifiers that start with prefix
-        rows = conn.execute(sql, (prefix, prefix + "~")).fetchall()
-    for identifier, *values in rows:
-        if object_id(str(identifier)) == wanted:
-            return tuple(
-                Filter(column, "=", value)
-                for column, value in zip(columns, values, strict=True)
-                if isinstance(value, (int, str))
-            )
-    return None
+    return reader.id_filters(collection, wanted)
 
 
-def distinct_values(reader: StoreReader, collection: Collection, column: str) -> list[str]:
+def distinct_values(reader: ReaderStore, collection: Collection, column: str) -> list[str]:
     """Every value ``column`` holds in ``collection`` (a 400 when there are too many to try)."""
-    if column not in FILTER_COLUMNS[collection]:
-        raise ValueError(f"cannot read the values of {collection}.{column}")
-    sql = f"SELECT DISTINCT {column} FROM {collection} WHERE {column} IS NOT NULL LIMIT ?"
-    with reader.connection() as conn:
-        values = [str(value) for (value,) in conn.execute(sql, (MAX_DISTINCT + 1,))]
+    values = reader.distinct_values(collection, column, MAX_DISTINCT + 1)
     if len(values) > MAX_DISTINCT:
         raise QueryError(f"find: more than {MAX_DISTINCT} distinct values to match a pattern against")
     return values
@@ -82,7 +54,7 @@ def with_server_fields(text: str) -> str:
     return '{"sysTime":"' + found.group(1) + '","utcOffset":0,' + text[1:]
 
 
-def read_texts(reader: StoreReader, query: ReadQuery) -> list[str]:
+def read_texts(reader: ReaderStore, query: ReadQuery) -> list[str]:
     """The documents ``query`` selects, as JSON texts, newest first."""
     collection = query.collection
     filters = list(query.filters)
@@ -120,6 +92,6 @@ def _holds(text: str, query: ReadQuery) -> bool:
     return isinstance(doc, dict) and all(m.holds(doc.get(m.field)) for m in query.matches)
 
 
-def read_body(reader: StoreReader, query: ReadQuery) -> bytes:
+def read_body(reader: ReaderStore, query: ReadQuery) -> bytes:
     """A JSON array of :func:`read_texts`, ready to send."""
     return ("[" + ",".join(read_texts(reader, query)) + "]").encode("utf-8")

@@ -218,7 +218,19 @@ def read_accounts(directory: Path, args: Sequence[str]) -> Loaded:
     binds: dict[str, str] = {}
     for path, account in read:
         store = account.settings.store_path
-        if store != ":memory:":
+        url = account.settings.store_url
+        if url is not None:
+            # one database holds many accounts: what two files must not share is an account of it
+            from store.postgres import display_url
+
+            where, name = display_url(url.get_secret_value()), account.settings.account
+            key = f"{where}#{name}"
+            if key in stores:
+                line = f"{path.name}: --account / CONNECT_ACCOUNT: {name} of {where} is {stores[key]}'s account too"
+                problems.setdefault(stores[key], []).append(line)
+                problems.setdefault(path.name, []).append(line)
+            stores.setdefault(key, path.name)
+        elif store != ":memory:":
             key = os.path.realpath(store)
             if key in stores:
                 line = f"{path.name}: --store-path / CONNECT_STORE_PATH: {store} is {stores[key]}'s store too"
@@ -280,7 +292,8 @@ _FALLBACK_LIMITS: Final = (1_048_576, 10_240)
 def account_fds(account: Account) -> int:
     """The descriptors one account is expected to hold open at most."""
     settings = account.settings
-    needed = 0 if settings.store_path == ":memory:" else STORE_FDS
+    # a PostgreSQL store's connections are the process's one pool, not the account's
+    needed = 0 if settings.store_path == ":memory:" or settings.store_url is not None else STORE_FDS
     if account.source.name not in LOCAL_SOURCES:
         needed += SOURCE_FDS
     if getattr(settings, "nightscout_endpoint", None):

@@ -40,8 +40,8 @@ from machines.alerts import (
 from machines.timing import Backoff
 from outputs.messages import alert_text, level
 from store import events as ev
+from store.abc import AlertTransaction, WriterStore
 from store.aio import AsyncStore
-from store.database import Store
 
 log = structlog.get_logger("connect.alerting")
 
@@ -87,23 +87,23 @@ class PassResult:
 class _Pass:
     """One evaluation inside one transaction (on the store's worker thread)."""
 
-    def __init__(self, conn: Any, config: AlertConfig, now: int) -> None:
-        self.conn = conn
+    def __init__(self, tx: AlertTransaction, config: AlertConfig, now: int) -> None:
+        self.tx = tx
         self.config = config
         self.now = now
         self.added = 0
 
     def emit(self, name: str, eid: str, data: dict[str, Any]) -> None:
         body = {"event": name, "id": eid, "time": self.now, "account": self.config.label, "data": data}
-        if ev.add_event(self.conn, eid, name, self.config.label, self.now, ev.body_text(body)):
+        if self.tx.add_event(eid, name, self.config.label, self.now, ev.body_text(body)):
             self.added += 1
 
     def decided(self, decision: AlertDecision) -> None:
         c = self.config
         if isinstance(decision, ChangeEpisode):
             if decision.ended is not None:
-                ev.close_episode(self.conn, c.key, decision.started.start, self.now)
-            ev.open_episode(self.conn, c.key, decision.started.kind, decision.started.start, self.now)
+                self.tx.close_episode(c.key, decision.started.start, self.now)
+            self.tx.open_episode(c.key, decision.started.kind, decision.started.start, self.now)
             if decision.announce:
                 previous = None
                 if decision.ended is not None:
@@ -136,19 +136,19 @@ class _Pass:
         self.emit(name, eid, data)
 
 
-def evaluate(store: Store, config: AlertConfig, now: int) -> PassResult:
+def evaluate(store: WriterStore, config: AlertConfig, now: int) -> PassResult:
     """One pass over everything stored since the last one (see the module's doc)."""
-    with store.transaction() as conn:
-        stored = ev.load_alert_state(conn, config.key)
+    with store.alert_transaction() as tx:
+        stored = tx.load_alert_state(config.key)
         try:
             machine = AlertMachine.from_state(stored.state, config.thresholds)
         except BadState as exc:
             log.warning("alert state unreadable; starting afresh", account=config.key, error=str(exc))
             machine = AlertMachine(config.thresholds)
-        run = _Pass(conn, config, now)
+        run = _Pass(tx, config, now)
         entries_seq = stored.entries_seq
         while True:
-            rows = ev.new_entries(conn, config.key, entries_seq, BATCH)
+            rows = tx.new_entries(config.key, entries_seq, BATCH)
             if not rows:
                 break
             entries_seq = rows[-1].seq
@@ -164,7 +164,7 @@ def evaluate(store: Store, config: AlertConfig, now: int) -> PassResult:
                         run.decided(decision)
         treatments_seq = stored.treatments_seq
         while True:
-            rows = ev.new_treatments(conn, config.key, treatments_seq, BATCH)
+            rows = tx.new_treatments(config.key, treatments_seq, BATCH)
             if not rows:
                 break
             treatments_seq = rows[-1].seq
@@ -179,9 +179,9 @@ def evaluate(store: Store, config: AlertConfig, now: int) -> PassResult:
             run.decided(decision)
         episode = machine.episode
         if episode is not None:
-            ev.update_open_episode(conn, config.key, episode.sgv_min, episode.sgv_max, episode.readings, now)
-        ev.save_alert_state(conn, config.key, ev.AlertState(machine.to_state(), entries_seq, treatments_seq))
-        ev.prune_events(conn, now - config.keep_ms)
+            tx.update_open_episode(config.key, episode.sgv_min, episode.sgv_max, episode.readings, now)
+        tx.save_alert_state(config.key, ev.AlertState(machine.to_state(), entries_seq, treatments_seq))
+        tx.prune_events(now - config.keep_ms)
     status = {
         "episode": machine.episode_kind,
         "episode_start": None if episode is None else episode.start,

@@ -27,6 +27,7 @@ from outputs import Output, build_outputs
 from outputs.alert_settings import AlertSettings
 from outputs.nightscout import NightscoutOutput
 from store import AsyncStore, Store
+from store.abc import WriterStore
 
 
 @functools.cache
@@ -69,6 +70,18 @@ async def try_outputs(
     return results
 
 
+def open_store(settings: CoreSettings) -> WriterStore:
+    """The store the settings name: PostgreSQL at ``settings.store_url`` (this account's rows of
+    a shared database), else the SQLite file at ``settings.store_path`` (checked, and locked for
+    this process, so a second daemon on the same file stops with one line). A store that cannot
+    be used raises :class:`~connect.errors.StoreUnusable` in one line, without a password."""
+    if settings.store_url is not None:
+        from store.postgres import PostgresStore
+
+        return PostgresStore.open(settings.store_url.get_secret_value(), account=settings.account)
+    return Store.open(settings.store_path)
+
+
 async def try_subscription(settings: CoreSettings, astore: AsyncStore) -> list[tuple[bool, str]]:
     """The MQTT subscription, when the settings enable it, tried as ``check`` tries outputs:
     connect, log in, subscribe to every topic filter, disconnect (under a client id of its
@@ -86,16 +99,15 @@ async def assemble(
     source: SourceInfo,
     *,
     client: httpx.AsyncClient | None = None,
-    store: Store | None = None,
+    store: WriterStore | None = None,
     clock: Clock = wall_ms,
     rng: random.Random | None = None,
     deliver: bool = True,
 ) -> AsyncIterator[Daemon]:
     """One daemon for ``source``, built and not yet started.
 
-    ``client`` and ``store`` default to :func:`http_client` and the store at
-    ``settings.store_path`` (opened by :meth:`Store.open`: checked, and locked for this process,
-    so a second daemon on the same file stops with one line); whatever is made here is closed on the way out, while a client or
+    ``client`` and ``store`` default to :func:`http_client` and the settings' store
+    (:func:`open_store`); whatever is made here is closed on the way out, while a client or
     store passed in stays the caller's (a capture's recording client, an in-memory store for
     a run that must write nothing). ``deliver=False`` builds no output, so nothing but the
     vendor is contacted. ``clock`` and ``rng`` reach the runtime and the outputs alike.
@@ -103,7 +115,7 @@ async def assemble(
     async with AsyncExitStack() as stack:
         if store is None:
             # checked and locked: one daemon per store, and a store it cannot use is one line
-            store = Store.open(settings.store_path)
+            store = open_store(settings)
             stack.callback(store.close)
         if client is None:
             client = await stack.enter_async_context(http_client())

@@ -308,16 +308,16 @@ def cmd_demo(args: Sequence[str]) -> int:
         raise UsageError(["CONNECT_DEMO_SUMMARY_SECONDS: a number of seconds"]) from None
 
     async def summaries(daemon: daemon_mod.Daemon) -> None:
-        from connect.statusword import one_line, reading_summary
+        from connect.statusword import one_line
 
         while True:
             await trio.sleep(max(every, 1.0))
-            stored, newest = await daemon.astore.call(lambda store: reading_summary(store.conn), daemon.store)
+            stored, newest = await daemon.astore.sgv_summary()
             print(one_line(daemon.status(), stored, newest, int(time.time() * 1000)), flush=True)
 
     async def main() -> None:
         async with assemble(settings, source) as daemon:
-            log.info("demo: simulated CGM → machines → store", store=settings.store_path)
+            log.info("demo: simulated CGM → machines → store", store=settings.store_name())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(summaries, daemon)
                 await daemon_mod.run_forever(daemon)
@@ -333,12 +333,19 @@ def cmd_serve(args: Sequence[str]) -> int:
     _configure_logs(settings)
     if not isinstance(settings, ApiSettings) or check_bind(settings) is None:
         raise UsageError(["--http-bind / CONNECT_HTTP_BIND: serve needs an address (it is 0)"])
-    path = settings.store_path
-    if path == ":memory:" or not os.path.exists(path):
-        raise UsageError([f"--store-path / CONNECT_STORE_PATH: no store at {path!r}"])
+    from store.abc import ReaderStore
     from store.reader import StoreReader
 
-    reader = StoreReader(path)
+    reader: ReaderStore
+    if settings.store_url is not None:
+        from store.postgres_reader import PostgresReader
+
+        reader = PostgresReader(settings.store_url.get_secret_value(), account=settings.account)
+    else:
+        path = settings.store_path
+        if path == ":memory:" or not os.path.exists(path):
+            raise UsageError([f"--store-path / CONNECT_STORE_PATH: no store at {path!r}"])
+        reader = StoreReader(path)
     try:
         reader.verify()  # a damaged store, or one of a newer version, is refused, not served
     except BaseException:
@@ -349,8 +356,8 @@ def cmd_serve(args: Sequence[str]) -> int:
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
                 await nursery.start(daemon_mod.watch_signals, scope)
-                binds = await nursery.start(daemon_mod.serve_api, settings, path, reader.saved_status)
-                structlog.get_logger("connect.serve").info("serving the store", store=path, on=binds)
+                binds = await nursery.start(daemon_mod.serve_api, settings, reader, reader.saved_status)
+                structlog.get_logger("connect.serve").info("serving the store", store=reader.path, on=binds)
 
     try:
         trio.run(main)
@@ -423,11 +430,42 @@ def cmd_check(args: Sequence[str]) -> int:
         print(f"login: failed — {problem}")
     else:
         print("login: ok" if source.name != "sim" and source.polls else "login: not needed")
+    if settings.store_url is not None:
+        outputs.insert(0, try_postgres(settings.store_url.get_secret_value()))
     for _, line in subscription:
         print(line)
     print("\n".join(line for _, line in outputs) or "outputs: none (records stay in the local store)")
     tried = [*subscription, *outputs]
     return EXIT_FAILED if problem is not None or not all(ok for ok, _ in tried) else EXIT_OK
+
+
+def try_postgres(url: str) -> tuple[bool, str]:
+    """Whether the PostgreSQL store can be reached and used, writing nothing; the line ``check``
+    prints for it (without the password)."""
+    from store.postgres import display_url
+    from store.postgres_reader import PostgresReader
+    from store.postgres_schema import SCHEMA_VERSION, current_version
+
+    where = f"store {display_url(url)}"
+    try:
+        reader = PostgresReader(url)
+        try:
+            with reader.connection() as conn:
+                version = current_version(conn)
+        finally:
+            reader.close()
+    except ConnectError as exc:  # StoreUnusable: the server could not be reached
+        return False, str(exc)
+    except Exception as exc:
+        return False, f"{where}: failed ({describe_error(exc)})"
+    if version > SCHEMA_VERSION:
+        return (
+            False,
+            f"{where}: migrated by a newer version (schema {version}; this one knows {SCHEMA_VERSION})",
+        )
+    if version == 0:
+        return True, f"{where}: ok, empty (the daemon creates the schema on its first start)"
+    return True, f"{where}: ok, schema {version}"
 
 
 async def try_login(plan: SourcePlan) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,8 @@ from connect.runtime import SourceRuntime
 from connect.settings import CoreSettings
 from outputs import Output
 from outputs.alert_settings import AlertSettings
-from store import AsyncStore, Store
+from store import AsyncStore
+from store.abc import ReaderStore, WriterStore
 from store.database import status_json
 
 log = structlog.get_logger("connect.daemon")
@@ -38,7 +40,7 @@ class Daemon:
 
     settings: CoreSettings
     source: SourceInfo
-    store: Store
+    store: WriterStore
     astore: AsyncStore
     client: httpx.AsyncClient
     runtime: SourceRuntime
@@ -159,33 +161,35 @@ def display_of(settings: ApiSettings) -> Display:
 
 async def serve_api(
     settings: ApiSettings,
-    store_path: str,
+    store: str | ReaderStore,
     status: Callable[[], dict[str, Any]],
     *,
     store_fault: Callable[[], str | None] | None = None,
     writer: Any = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The HTTP API over the store file, until cancelled; reports the bound addresses.
-    ``store_fault`` tells it when the daemon's writes to the store are failing; ``writer`` (an
-    :class:`api.context.Writer` over the daemon's store) lets it take pushed records."""
+    """The HTTP API over the store (a SQLite file's path, or a reader the caller owns and
+    closes), until cancelled; reports the bound addresses. ``store_fault`` tells it when the
+    daemon's writes to the store are failing; ``writer`` (an :class:`api.context.Writer` over
+    the daemon's store) lets it take pushed records."""
     from api import create_app, serve
     from store.reader import StoreReader
 
     bind = check_bind(settings)
-    if bind is None or store_path == ":memory:":
+    if bind is None or store == ":memory:":
         if bind is not None:
             log.warning("api not started: it reads the store from a file, and this store is in memory")
         task_status.started([])
         return
-    reader = StoreReader(store_path)
+    reader = StoreReader(store) if isinstance(store, str) else store
     try:
         app = create_app(
             reader, status, settings, store_fault=store_fault, writer=writer, display=display_of(settings)
         )
         await serve(app, bind, task_status=task_status)
     finally:
-        reader.close()
+        if reader is not store:
+            reader.close()
 
 
 async def serve_daemon(
@@ -198,10 +202,17 @@ async def serve_daemon(
         if isinstance(daemon.settings, ApiSettings):
             # pushed records are written by this daemon's own store writer, and wake its outputs
             writer = Writer(daemon.astore, daemon.persisted)
+            store: str | ReaderStore = daemon.settings.store_path
+            postgres = sys.modules.get("store.postgres")  # loaded only where a store uses it
+            if postgres is not None and isinstance(daemon.store, postgres.PostgresStore):
+                from store.postgres_reader import PostgresReader
+
+                # this account's rows, over the writer's pool (no connections of its own)
+                store = PostgresReader(daemon.store.pool, account=daemon.store.account)
             binds = await nursery.start(
                 functools.partial(serve_api, store_fault=daemon.store_fault, writer=writer),
                 daemon.settings,
-                daemon.settings.store_path,
+                store,
                 daemon.status,
             )
             if binds:

@@ -14,6 +14,8 @@ from typing import BinaryIO, Final
 
 from connect.loading import UsageError, take_option
 from connect.records import COLLECTIONS, Collection
+from connect.settings import check_store_url
+from store.abc import ReaderStore
 from store.export import EARLIEST, FORMATS, LATEST, Format, export_chunks, time_bound
 from store.reader import StoreReader
 
@@ -29,7 +31,9 @@ The records of a time range, oldest first, read from the store a page at a time.
   --format F         csv (default: a header line, then a line per record), json (one array)
                      or ndjson (a JSON document per line)
   --output FILE      write FILE (it appears once the export is complete) instead of stdout
-  --store-path PATH  the store file (default: CONNECT_STORE_PATH, else nightscout-connect.db)
+  --store-path PATH  the store file (default: CONNECT_STORE_PATH, else nightscout-connect.db);
+                     with CONNECT_STORE_URL set and no --store-path, the PostgreSQL store's
+                     account CONNECT_ACCOUNT
 
 DATE is a day (2024-01-31, UTC), an ISO-8601 time (2024-01-31T08:00:00+01:00; UTC when it
 names no offset) or epoch milliseconds.
@@ -83,11 +87,24 @@ def run_export(args: Sequence[str]) -> int:
     fmt: Format = next(f for f in FORMATS if f == _choice(format_text, FORMATS, "--format", "csv"))
     since = _bound(since_text, "--from", end=False)
     until = _bound(until_text, "--to", end=True)
-    path = store_text or os.environ.get("CONNECT_STORE_PATH") or DEFAULT_STORE
-    if path == ":memory:" or not Path(path).is_file():
-        raise UsageError([f"--store-path / CONNECT_STORE_PATH: no store at {path!r}"])
+    reader: ReaderStore
+    url = "" if store_text else os.environ.get("CONNECT_STORE_URL", "").strip()
+    if url:
+        # one account of a PostgreSQL store (CONNECT_ACCOUNT), checked as the settings check it
+        try:
+            check_store_url(url)
+        except ValueError as exc:
+            raise UsageError([f"--store-url / CONNECT_STORE_URL: {exc}"]) from None
+        from store.postgres_reader import PostgresReader
 
-    with contextlib.closing(StoreReader(path)) as reader:
+        reader = PostgresReader(url, account=os.environ.get("CONNECT_ACCOUNT", "").strip())
+    else:
+        path = store_text or os.environ.get("CONNECT_STORE_PATH") or DEFAULT_STORE
+        if path == ":memory:" or not Path(path).is_file():
+            raise UsageError([f"--store-path / CONNECT_STORE_PATH: no store at {path!r}"])
+        reader = StoreReader(path)
+
+    with contextlib.closing(reader):
         chunks = export_chunks(reader, collection, fmt, since, until)
         if output is None:
             try:

@@ -43,6 +43,17 @@ class UsageError(Exception):
         self.lines = list(lines)
 
 
+def sqlite_only(settings: CoreSettings, command: str) -> None:
+    """``command`` reads a SQLite store file: with a PostgreSQL store named, say so (exit 2)
+    rather than read the default file beside it."""
+    if settings.store_url is not None:
+        raise UsageError(
+            [
+                f"--store-url / CONNECT_STORE_URL: {command} reads a SQLite store (--store-path / CONNECT_STORE_PATH)"
+            ]
+        )
+
+
 def flag_source(args: Sequence[str]) -> str | None:
     """The value of ``--source`` among ``args``, if given."""
     for i, arg in enumerate(args):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from connect.loading import UsageError, load_settings, take_option
 from connect.logs import configure
 from connect.records import COLLECTIONS, Collection, iso_from_ms
+from store.abc import WriterStore
 from store.database import RejectedGroup, Store
 
 RETRY_HINT = "send them again: nightscout-connect rejected retry [--output NAME] [--collection NAME]"
@@ -63,10 +64,16 @@ def cmd_rejected(args: Sequence[str]) -> int:
     collection = _collection(chosen)
     settings, _ = load_settings(rest, source_name="sim")
     configure(fmt=settings.log_format, level=settings.log_level)
-    path = settings.store_path
-    if path == ":memory:" or not os.path.exists(path):
-        raise UsageError([f"--store-path / CONNECT_STORE_PATH: no store at {path!r}"])
-    store = Store(path)
+    store: WriterStore
+    if settings.store_url is not None:
+        from store.postgres import PostgresStore
+
+        store = PostgresStore.open(settings.store_url.get_secret_value(), account=settings.account)
+    else:
+        path = settings.store_path
+        if path == ":memory:" or not os.path.exists(path):
+            raise UsageError([f"--store-path / CONNECT_STORE_PATH: no store at {path!r}"])
+        store = Store(path)
     try:
         if retry:
             return _retry(store, output, collection)
@@ -82,7 +89,7 @@ def cmd_rejected(args: Sequence[str]) -> int:
     return 0
 
 
-def _retry(store: Store, output: str | None, collection: Collection | None) -> int:
+def _retry(store: WriterStore, output: str | None, collection: Collection | None) -> int:
     queued = store.queue_retry(output, collection)
     if not queued:
         print("nothing set aside to send again")

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, Final, Literal, cast
+from urllib.parse import urlsplit
 
 import pydantic
 from pydantic import Field
@@ -45,10 +46,45 @@ class CoreSettings(ConnectSettings):
     store_path: StorePath = Field(
         default="nightscout-connect.db", description="SQLite store file (:memory: allowed)"
     )
+    store_url: pydantic.SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL store instead of the SQLite file, postgresql://user:pass@host:5432/db "
+        "(many accounts may share one database; --account names this one)",
+    )
     backfill_days: float = Field(default=30.0, gt=0, le=3650, description="history to fetch on first start")
     account: str = Field(default="", description="label for this account in a multi-account store")
     log_format: Literal["auto", "json", "console"] = Field(default="auto", description="json or console logs")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+
+    @pydantic.field_validator("store_url")
+    @classmethod
+    def _store_url(cls, value: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        check_store_url(value.get_secret_value().strip())
+        return pydantic.SecretStr(value.get_secret_value().strip())
+
+    def store_name(self) -> str:
+        """The store as logs and messages name it: the SQLite path, or the URL without its password."""
+        if self.store_url is None:
+            return self.store_path
+        from store.postgres import display_url
+
+        return display_url(self.store_url.get_secret_value())
+
+
+def check_store_url(url: str) -> None:
+    """A PostgreSQL URL in a shape psycopg can use, else ValueError (the value is not quoted)."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql:// or postgres:// URL")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        raise ValueError("is not a URL psycopg can use (look at the port and the brackets)") from None
+    if not parts.path.strip("/") and "dbname=" not in parts.query:
+        raise ValueError("names no database (postgresql://user:pass@host:5432/DATABASE)")
 
 
 #: sources built in beside the entry points: ``none`` polls nothing (push sources only)
@@ -437,7 +473,8 @@ def secret_values(settings: BaseSettings) -> list[str]:
         value: Any = getattr(settings, name, None)
         if isinstance(value, pydantic.SecretStr):
             values.append(value.get_secret_value())
-        elif isinstance(value, str) and "://" in value and "@" in value:
+            value = value.get_secret_value()  # a URL held as a secret: its password on its own too
+        if isinstance(value, str) and "://" in value and "@" in value:
             userinfo = value.split("://", 1)[1].split("@", 1)[0]
             if ":" in userinfo:
                 values.append(userinfo.split(":", 1)[1])

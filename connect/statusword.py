@@ -117,16 +117,37 @@ def one_line(status: dict[str, Any], stored: int, newest: tuple[Any, ...] | None
     return "demo: " + "; ".join(parts)
 
 
-def reading_summary(conn: sqlite3.Connection) -> tuple[int, tuple[Any, ...] | None]:
-    (count,) = conn.execute("SELECT count(*) FROM entries WHERE type = 'sgv'").fetchone()
-    newest = conn.execute(
-        "SELECT date, sgv, direction FROM entries WHERE type = 'sgv' ORDER BY date DESC LIMIT 1"
-    ).fetchone()
-    return int(count), newest
+def _postgres_status(url: str, account: str, now_ms: int) -> int:
+    """``status`` of one account of a PostgreSQL store."""
+    from store.postgres_reader import PostgresReader
+
+    reader = PostgresReader(url, account=account)
+    try:
+        reader.verify()
+        saved = reader.status_row("daemon")
+        latest = reader.latest_reading()
+    finally:
+        reader.close()
+    if latest is None:
+        reading = "newest reading: none yet"
+    else:
+        reading = f"newest reading: {latest.sgv} mg/dL {latest.direction or ''} {_when(latest.date, now_ms)}"
+        reading = reading.replace("  ", " ")
+    if saved is None:
+        print(f"no daemon has saved its status in {reader.path} (account {account!r}) yet")
+        print(reading)
+        return 0
+    print("\n".join(describe(saved[0], saved[1], now_ms)))
+    print(reading)
+    return 0
 
 
 def cmd_status(args: Sequence[str]) -> int:
     settings, _ = load_settings(args, source_name="sim")
+    if settings.store_url is not None:
+        return _postgres_status(
+            settings.store_url.get_secret_value(), settings.account, int(time.time() * 1000)
+        )
     path = settings.store_path
     if path == ":memory:" or not os.path.exists(path):
         raise UsageError([f"--store-path / CONNECT_STORE_PATH: no store at {path!r}"])

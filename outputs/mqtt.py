@@ -41,8 +41,8 @@ from outputs.settings import MqttTarget, mqtt_target
 from store.database import Pending
 
 if TYPE_CHECKING:
+    from store.abc import WriterStore
     from store.aio import AsyncStore
-    from store.database import Store
 
 log = structlog.get_logger("outputs.mqtt")
 
@@ -62,24 +62,15 @@ def payload_of(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
-def records_after(store: Store, collection: Collection, after: int, limit: int) -> list[Pending]:
+def records_after(store: WriterStore, collection: Collection, after: int, limit: int) -> list[Pending]:
     """Records with ``seq`` above ``after`` (not the cursor: the pipeline reads ahead of it)."""
-    rows = store.conn.execute(
-        f"SELECT seq, json FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-    )
-    return [Pending(seq=int(seq), doc=json.loads(doc)) for seq, doc in rows]
+    return [Pending(seq=row.seq, doc=row.doc()) for row in store.rows_after(collection, after, limit)]
 
 
-def _newest_delivered_sgv(store: Store, output: str) -> dict[str, Any] | None:
+def _newest_delivered_sgv(store: WriterStore, output: str) -> dict[str, Any] | None:
     """The newest sgv the broker has acknowledged (runs on the store's worker thread)."""
-    cursor = store.cursor(output, "entries")
-    row = store.conn.execute(
-        "SELECT json FROM entries WHERE type = 'sgv' AND seq <= ? ORDER BY date DESC LIMIT 1", (cursor,)
-    ).fetchone()
-    if row is None:
-        return None
-    doc: dict[str, Any] = json.loads(row[0])
-    return doc
+    row = store.newest_sgv(upto_seq=store.cursor(output, "entries"))
+    return None if row is None else row.doc()
 
 
 #: how far back the reading before the current one may be for a delta (Nightscout shows none
@@ -89,7 +80,7 @@ DELTA_WINDOW_MS: Final = 15 * 60_000
 MMOL_PER_MGDL: Final = 1 / MMOL_TO_MGDL
 
 
-def current_view(store: Store, doc: dict[str, Any], *, only_newest: bool) -> dict[str, Any] | None:
+def current_view(store: WriterStore, doc: dict[str, Any], *, only_newest: bool) -> dict[str, Any] | None:
     """The retained ``current`` payload for ``doc``: its Nightscout JSON plus ``delta`` (mg/dL
     since the reading before it, None across a gap), ``units`` and the value in mmol/L.
 
@@ -97,26 +88,19 @@ def current_view(store: Store, doc: dict[str, Any], *, only_newest: bool) -> dic
     groups go out oldest first, and ``current`` must not step through history on the way."""
     date = int(doc["date"])
     if only_newest:
-        (newest,) = store.conn.execute("SELECT max(date) FROM entries WHERE type = 'sgv'").fetchone()
-        if newest is not None and int(newest) > date:
+        newest = store.newest_sgv()
+        if newest is not None and int(newest.doc()["date"]) > date:
             return None
-    row = store.conn.execute(
-        "SELECT sgv FROM entries WHERE type = 'sgv' AND date < ? AND date >= ? AND sgv IS NOT NULL "
-        "ORDER BY date DESC LIMIT 1",
-        (date, date - DELTA_WINDOW_MS),
-    ).fetchone()
+    before = store.sgv_before(date, date - DELTA_WINDOW_MS)
     sgv = doc.get("sgv")
-    delta = sgv - row[0] if row is not None and isinstance(sgv, (int, float)) else None
+    delta = sgv - before if before is not None and isinstance(sgv, (int, float)) else None
     mmol = round(sgv * MMOL_PER_MGDL, 1) if isinstance(sgv, (int, float)) else None
     return {**doc, "delta": delta, "units": "mg/dL", "mmol": mmol}
 
 
-def saved_sources(store: Store) -> list[dict[str, Any]]:
+def saved_sources(store: WriterStore) -> list[dict[str, Any]]:
     """Each source's part of the status the daemon last saved in the store (none yet: [])."""
-    row = store.conn.execute("SELECT json FROM machine_status WHERE key = 'daemon'").fetchone()
-    if row is None:
-        return []
-    status = json.loads(row[0])
+    status = store.status_of("daemon")
     sources = status.get("sources") if isinstance(status, dict) else None
     return [s for s in sources or [] if isinstance(s, dict) and s.get("source")]
 

@@ -41,7 +41,6 @@ import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-import attrs
 import httpx
 import structlog
 
@@ -62,10 +61,11 @@ from connect.redact import describe_error, redact_text, register_secret
 from machines.delivery import DeliveryPolicy
 from outputs.delivery import Clock, Output
 from outputs.settings import nightscout_target
+from store.abc import StoredRow
 
 if TYPE_CHECKING:
+    from store.abc import WriterStore
     from store.aio import AsyncStore
-    from store.database import Store
 
 log = structlog.get_logger("outputs.nightscout")
 
@@ -96,46 +96,23 @@ NEWEST_QUERIES: Final[dict[str, tuple[str, dict[str, str], tuple[str, ...]]]] = 
 }
 
 
-@attrs.frozen
-class Row:
-    """A record waiting for upload: its ``seq`` and its Nightscout JSON as the store keeps it."""
-
-    seq: int
-    text: str
-    #: the row's source: ``push@<site>`` for records pushed to our write API
-    source: str = ""
-
-    def doc(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self.text)
-        return value
+#: a record waiting for upload: its ``seq``, its Nightscout JSON as the store keeps it, its source
+Row = StoredRow
 
 
-def pending_rows(store: Store, output: str, collection: Collection, limit: int) -> list[Row]:
+def pending_rows(store: WriterStore, output: str, collection: Collection, limit: int) -> list[Row]:
     """Records past ``output``'s cursor, oldest change first (runs on the store's worker thread)."""
-    after = store.cursor(output, collection)
-    rows = store.conn.execute(
-        f"SELECT seq, json, source FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-    )
-    return [Row(seq=int(seq), text=str(text), source=str(source)) for seq, text, source in rows]
+    return store.pending_rows(output, collection, limit)
 
 
-def queued_rows(store: Store, output: str, collection: Collection, limit: int) -> list[Row]:
+def queued_rows(store: WriterStore, output: str, collection: Collection, limit: int) -> list[Row]:
     """Records ``output`` set aside that ``rejected retry`` queued for another try, oldest first."""
-    rows = store.conn.execute(
-        f"SELECT DISTINCT c.seq, c.json, c.source FROM rejected r JOIN {collection} c "
-        "ON c.seq BETWEEN r.first_seq AND r.last_seq "
-        "WHERE r.output = ? AND r.collection = ? AND r.retry = 1 AND c.seq <= ? ORDER BY c.seq LIMIT ?",
-        (output, collection, store.cursor(output, collection), limit),
-    )
-    return [Row(seq=int(seq), text=str(text), source=str(source)) for seq, text, source in rows]
+    return store.queued_rows(output, collection, limit)
 
 
-def queued_collections(store: Store, output: str) -> set[str]:
+def queued_collections(store: WriterStore, output: str) -> set[str]:
     """The collections in which ``rejected retry`` queued records of ``output``."""
-    rows = store.conn.execute(
-        "SELECT DISTINCT collection FROM rejected WHERE output = ? AND retry = 1", (output,)
-    )
-    return {str(name) for (name,) in rows}
+    return store.queued_collections(output)
 
 
 class ChunkRejected(RequestRejected):

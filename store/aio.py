@@ -1,14 +1,14 @@
 """The store as seen from trio: every call runs on a worker thread, one at a time.
 
-This is the store's boundary for the running daemon: a fault of the disk or the file (SQLite's
-``OperationalError`` / ``DatabaseError``: a full disk, an I/O error) leaves it as a
+This is the store's boundary for the running daemon: a fault of the storage (SQLite's
+``OperationalError`` / ``DatabaseError``: a full disk, an I/O error; PostgreSQL's lost server or
+exhausted pool — whatever the store's ``as_store_error`` says is one) leaves it as a
 :class:`~connect.errors.StoreError`, which fails the frame or the delivery pass like any other
 retryable error, and is remembered until a write commits again (the API's readiness says so).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
@@ -18,16 +18,15 @@ import trio
 
 from connect.errors import StoreError
 from connect.records import Batch, Collection, Record, Stream
+from store.abc import StoredRow, WriterStore
 from store.database import (
     Pending,
     PersistResult,
     PushKey,
     PushResult,
     RejectedGroup,
-    Store,
     Stored,
     V3Result,
-    as_store_error,
 )
 from store.events import EventRow
 
@@ -41,14 +40,15 @@ class AsyncStore:
     """Serialises every use of the writer connection through a one-slot limiter.
 
     SQLite allows one writer; funnelling every call through the same limiter keeps the
-    connection single-threaded in practice and never blocks the trio loop.
+    connection single-threaded in practice and never blocks the trio loop. A PostgreSQL store
+    is used the same way: one account's writes stay in order, and its ``seq`` in commit order.
 
-    Each method of :class:`Store` has its awaitable twin here, with the same signature and
+    Each method of :class:`~store.abc.WriterStore` has its awaitable twin here, with the same signature and
     return type (a test compares the two), so callers are type-checked as the store is;
     :meth:`call` runs anything else — a query of an output's own — the same way.
     """
 
-    def __init__(self, store: Store, *, inline: bool | None = None) -> None:
+    def __init__(self, store: WriterStore, *, inline: bool | None = None) -> None:
         self.store = store
         self.limiter = trio.CapacityLimiter(1)
         # An in-memory store is private to this process and fast; running it inline also keeps
@@ -79,8 +79,8 @@ class AsyncStore:
                 result, committed = await trio.to_thread.run_sync(
                     run, limiter=self.limiter, abandon_on_cancel=False
                 )
-        except sqlite3.Error as exc:
-            error = as_store_error(exc, self.store.path)
+        except Exception as exc:
+            error = self.store.as_store_error(exc)
             if error is None:
                 raise
             self._failed(error)
@@ -207,6 +207,27 @@ class AsyncStore:
     async def pending(self, output: str, collection: Collection, *, limit: int = 500) -> list[Pending]:
         return await self.call(self.store.pending, output, collection, limit=limit)
 
+    async def pending_rows(self, output: str, collection: Collection, limit: int) -> list[StoredRow]:
+        return await self.call(self.store.pending_rows, output, collection, limit)
+
+    async def queued_rows(self, output: str, collection: Collection, limit: int) -> list[StoredRow]:
+        return await self.call(self.store.queued_rows, output, collection, limit)
+
+    async def queued_collections(self, output: str) -> set[str]:
+        return await self.call(self.store.queued_collections, output)
+
+    async def rows_after(self, collection: Collection, after: int, limit: int) -> list[StoredRow]:
+        return await self.call(self.store.rows_after, collection, after, limit)
+
+    async def newest_sgv(self, *, upto_seq: int | None = None) -> StoredRow | None:
+        return await self.call(self.store.newest_sgv, upto_seq=upto_seq)
+
+    async def sgv_before(self, date: int, since: int) -> int | None:
+        return await self.call(self.store.sgv_before, date, since)
+
+    async def sgv_summary(self) -> tuple[int, tuple[Any, ...] | None]:
+        return await self.call(self.store.sgv_summary)
+
     async def lag(self, output: str, collection: Collection | None = None) -> int:
         return await self.call(self.store.lag, output, collection)
 
@@ -229,6 +250,9 @@ class AsyncStore:
 
     async def load_status(self) -> dict[str, Any]:
         return await self.call(self.store.load_status)
+
+    async def status_of(self, key: str) -> dict[str, Any] | None:
+        return await self.call(self.store.status_of, key)
 
     async def docs(
         self, collection: Collection, *, newest_first: bool = True, limit: int | None = None

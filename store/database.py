@@ -14,7 +14,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,7 +39,8 @@ from connect.records import (
     to_nightscout,
 )
 from store import events as ev
-from store.events import EventRow
+from store.abc import AlertTransaction, StoredRow
+from store.events import AlertState, EventRow, NewRecord
 from store.lock import StoreLock
 from store.schema import COLLECTION_COLUMNS, SCHEMA_VERSION, NotAStore, SchemaTooNew, check_schema, migrate
 
@@ -392,6 +393,14 @@ class Store:
         if self.lock is not None:
             self.lock.release()
 
+    def as_store_error(self, exc: BaseException) -> StoreError | None:
+        """A fault of the disk or the file as a :class:`StoreError` (see :func:`as_store_error`)."""
+        return as_store_error(exc, self.path) if isinstance(exc, sqlite3.Error) else None
+
+    def alert_transaction(self) -> AbstractContextManager[AlertTransaction]:
+        """One transaction for an alert pass (:func:`connect.alerting.evaluate`)."""
+        return _alert_transaction(self)
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT, rolled back on any exception, a failed COMMIT included (a
@@ -718,6 +727,69 @@ class Store:
         )
         return [Pending(seq=int(seq), doc=json.loads(doc)) for seq, doc in rows]
 
+    def pending_rows(self, output: str, collection: Collection, limit: int) -> list[StoredRow]:
+        """Records past ``output``'s cursor, oldest change first, with their JSON as stored."""
+        after = self.cursor(output, collection)
+        rows = self.conn.execute(
+            f"SELECT seq, json, source FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        return [
+            StoredRow(seq=int(seq), text=str(text), source=str(source or "")) for seq, text, source in rows
+        ]
+
+    def queued_rows(self, output: str, collection: Collection, limit: int) -> list[StoredRow]:
+        """Records ``output`` set aside that ``rejected retry`` queued for another try, oldest first."""
+        rows = self.conn.execute(
+            f"SELECT DISTINCT c.seq, c.json, c.source FROM rejected r JOIN {collection} c "
+            "ON c.seq BETWEEN r.first_seq AND r.last_seq "
+            "WHERE r.output = ? AND r.collection = ? AND r.retry = 1 AND c.seq <= ? ORDER BY c.seq LIMIT ?",
+            (output, collection, self.cursor(output, collection), limit),
+        )
+        return [
+            StoredRow(seq=int(seq), text=str(text), source=str(source or "")) for seq, text, source in rows
+        ]
+
+    def queued_collections(self, output: str) -> set[str]:
+        """The collections in which ``rejected retry`` queued records of ``output``."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT collection FROM rejected WHERE output = ? AND retry = 1", (output,)
+        )
+        return {str(name) for (name,) in rows}
+
+    def rows_after(self, collection: Collection, after: int, limit: int) -> list[StoredRow]:
+        """Records with ``seq`` above ``after`` (not a cursor: a pipeline reads ahead of it)."""
+        rows = self.conn.execute(
+            f"SELECT seq, json, source FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        return [
+            StoredRow(seq=int(seq), text=str(text), source=str(source or "")) for seq, text, source in rows
+        ]
+
+    def newest_sgv(self, *, upto_seq: int | None = None) -> StoredRow | None:
+        """The sgv of the newest time (among those with ``seq`` up to ``upto_seq``)."""
+        row = self.conn.execute(
+            "SELECT seq, json, source FROM entries WHERE type = 'sgv' AND seq <= ? ORDER BY date DESC LIMIT 1",
+            (SQLITE_INT_MAX if upto_seq is None else upto_seq,),
+        ).fetchone()
+        return None if row is None else StoredRow(seq=int(row[0]), text=str(row[1]), source=str(row[2] or ""))
+
+    def sgv_before(self, date: int, since: int) -> int | None:
+        """The value of the newest sgv before ``date`` and at or after ``since``."""
+        row = self.conn.execute(
+            "SELECT sgv FROM entries WHERE type = 'sgv' AND date < ? AND date >= ? AND sgv IS NOT NULL "
+            "ORDER BY date DESC LIMIT 1",
+            (date, since),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def sgv_summary(self) -> tuple[int, tuple[Any, ...] | None]:
+        """How many sgvs are stored, and the newest one's date, value and direction."""
+        (count,) = self.conn.execute("SELECT count(*) FROM entries WHERE type = 'sgv'").fetchone()
+        newest = self.conn.execute(
+            "SELECT date, sgv, direction FROM entries WHERE type = 'sgv' ORDER BY date DESC LIMIT 1"
+        ).fetchone()
+        return int(count), None if newest is None else tuple(newest)
+
     def lag(self, output: str, collection: Collection | None = None) -> int:
         """How many records ``output`` has not delivered yet: those past its cursor and those
         set aside and queued for another try."""
@@ -914,6 +986,14 @@ class Store:
             for key, doc in self.conn.execute("SELECT key, json FROM machine_status ORDER BY key")
         }
 
+    def status_of(self, key: str) -> dict[str, Any] | None:
+        """One status snapshot (None before it was first saved)."""
+        row = self.conn.execute("SELECT json FROM machine_status WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        value = json.loads(row[0])
+        return value if isinstance(value, dict) else None
+
     def docs(
         self, collection: Collection, *, newest_first: bool = True, limit: int | None = None
     ) -> list[dict[str, Any]]:
@@ -924,3 +1004,49 @@ class Store:
             sql += " LIMIT ?"
             params = (limit,)
         return [json.loads(doc) for (doc,) in self.conn.execute(sql, tuple(params))]
+
+
+#: the largest integer SQLite keeps (a bound that lets every row through)
+SQLITE_INT_MAX: Final = 2**63 - 1
+
+
+class SqliteAlertTransaction:
+    """An alert pass's reads and writes on the writer connection, inside its transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def load_alert_state(self, key: str) -> AlertState:
+        return ev.load_alert_state(self.conn, key)
+
+    def save_alert_state(self, key: str, value: AlertState) -> None:
+        ev.save_alert_state(self.conn, key, value)
+
+    def new_entries(self, source: str, after: int, limit: int) -> list[NewRecord]:
+        return ev.new_entries(self.conn, source, after, limit)
+
+    def new_treatments(self, source: str, after: int, limit: int) -> list[NewRecord]:
+        return ev.new_treatments(self.conn, source, after, limit)
+
+    def add_event(self, event_id: str, event: str, account: str, at: int, body: str) -> bool:
+        return ev.add_event(self.conn, event_id, event, account, at, body)
+
+    def prune_events(self, before_ms: int) -> int:
+        return ev.prune_events(self.conn, before_ms)
+
+    def close_episode(self, key: str, end: int, now: int) -> None:
+        ev.close_episode(self.conn, key, end, now)
+
+    def open_episode(self, key: str, kind: str, start: int, now: int) -> None:
+        ev.open_episode(self.conn, key, kind, start, now)
+
+    def update_open_episode(
+        self, key: str, sgv_min: int | None, sgv_max: int | None, readings: int, now: int
+    ) -> None:
+        ev.update_open_episode(self.conn, key, sgv_min, sgv_max, readings, now)
+
+
+@contextmanager
+def _alert_transaction(store: Store) -> Iterator[SqliteAlertTransaction]:
+    with store.transaction() as conn:
+        yield SqliteAlertTransaction(conn)

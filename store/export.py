@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Final, Literal
 
 from connect.records import Collection, ms_from_iso
-from store.reader import SQLITE_INT_MAX, StoreReader
+from store.abc import ReaderStore
+from store.reader import SQLITE_INT_MAX
 
 Format = Literal["csv", "json", "ndjson"]
 FORMATS: Final[tuple[Format, ...]] = ("csv", "json", "ndjson")
@@ -78,30 +79,11 @@ CSV_COLUMNS: Final[dict[Collection, tuple[str, ...]]] = {
 
 
 def stored_pages(
-    reader: StoreReader, collection: Collection, since: int, until: int, *, page: int | None = None
+    reader: ReaderStore, collection: Collection, since: int, until: int, *, page: int | None = None
 ) -> Iterator[list[str]]:
     """The stored JSON of the records with ``since <= date <= until``, oldest first, a page
     (:data:`PAGE` rows unless told) at a time."""
-    page = PAGE if page is None else page
-    first = f"SELECT date, rowid, json FROM {collection} WHERE date >= ? AND date <= ? ORDER BY date, rowid LIMIT ?"
-    # from the last row's time on (an index range), past the last row itself
-    after_sql = (
-        f"SELECT date, rowid, json FROM {collection} WHERE date >= ? AND date <= ? "
-        "AND (date > ? OR rowid > ?) ORDER BY date, rowid LIMIT ?"
-    )
-    last: tuple[int, int] | None = None
-    while True:
-        with reader.connection() as conn:
-            if last is None:
-                rows = conn.execute(first, (since, until, page)).fetchall()
-            else:
-                rows = conn.execute(after_sql, (last[0], until, last[0], last[1], page)).fetchall()
-        if not rows:
-            return
-        yield [str(doc) for _date, _rowid, doc in rows]
-        if len(rows) < page:
-            return
-        last = (int(rows[-1][0]), int(rows[-1][1]))
+    return reader.pages_between(collection, since, until, PAGE if page is None else page)
 
 
 def _cell(value: Any) -> str:
@@ -126,7 +108,7 @@ def csv_lines(collection: Collection, docs: Sequence[str], *, header: bool) -> s
 
 
 def export_chunks(
-    reader: StoreReader,
+    reader: ReaderStore,
     collection: Collection,
     fmt: Format,
     since: int,
@@ -158,11 +140,6 @@ def export_chunks(
         yield b"]\n"
 
 
-def devices(reader: StoreReader, collection: Collection) -> list[tuple[str, int]]:
+def devices(reader: ReaderStore, collection: Collection) -> list[tuple[str, int]]:
     """Every device of a collection with the time of its newest record, newest first."""
-    with reader.connection() as conn:
-        rows = conn.execute(
-            f"SELECT device, max(date) AS newest FROM {collection} WHERE device IS NOT NULL "
-            "GROUP BY device ORDER BY newest DESC, device"
-        ).fetchall()
-    return [(str(device), int(newest)) for device, newest in rows]
+    return reader.devices(collection)

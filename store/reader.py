@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import quote
 
 import attrs
@@ -34,6 +34,10 @@ from store.database import (
     rejected_groups,
 )
 from store.schema import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from store.search import Row as SearchRow
+    from store.search import Search
 
 Op = Literal["=", "!=", ">", ">=", "<", "<="]
 OPS: Final[frozenset[str]] = frozenset({"=", "!=", ">", ">=", "<", "<="})
@@ -55,6 +59,9 @@ class Where:
     sql: str
     params: tuple[Any, ...] = ()
     functions: tuple[tuple[str, int, Callable[..., Any]], ...] = ()
+    #: the conditions this SQL was made from (``store.search.Condition`` / ``AnyOf``), for a
+    #: store that writes its own SQL (PostgreSQL)
+    items: tuple[Any, ...] = ()
 
     def prepare(self, conn: sqlite3.Connection) -> None:
         for name, nargs, function in self.functions:
@@ -64,6 +71,15 @@ class Where:
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
     return row is not None
+
+
+#: the columns that make a record's identifier, per collection (uuid5 over device, date and kind)
+KEY_COLUMNS: Final[dict[Collection, tuple[str, ...]]] = {
+    "entries": ("date", "device", "type"),
+    "treatments": ("date", "device", "event_type"),
+    "devicestatus": ("date", "device"),
+    "profile": ("date", "device"),
+}
 
 
 #: a reading this close to the previous one of the same device gets a ``delta``
@@ -360,6 +376,95 @@ class StoreReader:
     ) -> list[dict[str, Any]]:
         """Like :meth:`doc_texts`, parsed."""
         return [json.loads(text) for text in self.doc_texts(collection, filters, limit)]
+
+    def id_filters(self, collection: Collection, wanted: str) -> tuple[Filter, ...] | None:
+        """Filters that select the record served with ``_id`` ``wanted``, or None if none is.
+
+        The id we serve is the first 24 hex digits of the record's identifier (a UUID): the
+        identifier is found by prefix on its primary key, and the record's own key columns
+        become the filters."""
+        # a UUID's first 24 hex digits, with its dashes: 8-4-4-4 and 4 of the last group
+        prefix = f"{wanted[:8]}-{wanted[8:12]}-{wanted[12:16]}-{wanted[16:20]}-{wanted[20:24]}"
+        columns = KEY_COLUMNS[collection]
+        sql = (
+            f"SELECT identifier, {', '.join(columns)} FROM {collection} "
+            "WHERE identifier >= ? AND identifier < ? LIMIT 8"
+        )
+        with self.connection() as conn:
+            # "~" sorts after every hex digit: the range is the identifiers that start with prefix
+            rows = conn.execute(sql, (prefix, prefix + "~")).fetchall()
+        for identifier, *values in rows:
+            if object_id(str(identifier)) == wanted:
+                return tuple(
+                    Filter(column, "=", value)
+                    for column, value in zip(columns, values, strict=True)
+                    if isinstance(value, (int, str))
+                )
+        return None
+
+    def distinct_values(self, collection: Collection, column: str, limit: int) -> list[str]:
+        """Up to ``limit`` values ``column`` holds in ``collection``."""
+        if column not in FILTER_COLUMNS[collection]:
+            raise ValueError(f"cannot read the values of {collection}.{column}")
+        sql = f"SELECT DISTINCT {column} FROM {collection} WHERE {column} IS NOT NULL LIMIT ?"
+        with self.connection() as conn:
+            return [str(value) for (value,) in conn.execute(sql, (limit,))]
+
+    def pages_between(self, collection: Collection, since: int, until: int, page: int) -> Iterator[list[str]]:
+        """The stored JSON of the records with ``since <= date <= until``, oldest first, ``page``
+        rows at a time (each page a query of its own: a long export holds no connection)."""
+        first = f"SELECT date, rowid, json FROM {collection} WHERE date >= ? AND date <= ? ORDER BY date, rowid LIMIT ?"
+        # from the last row's time on (an index range), past the last row itself
+        after_sql = (
+            f"SELECT date, rowid, json FROM {collection} WHERE date >= ? AND date <= ? "
+            "AND (date > ? OR rowid > ?) ORDER BY date, rowid LIMIT ?"
+        )
+        last: tuple[int, int] | None = None
+        while True:
+            with self.connection() as conn:
+                if last is None:
+                    rows = conn.execute(first, (since, until, page)).fetchall()
+                else:
+                    rows = conn.execute(after_sql, (last[0], until, last[0], last[1], page)).fetchall()
+            if not rows:
+                return
+            yield [str(doc) for _date, _rowid, doc in rows]
+            if len(rows) < page:
+                return
+            last = (int(rows[-1][0]), int(rows[-1][1]))
+
+    def devices(self, collection: Collection) -> list[tuple[str, int]]:
+        """Every device of a collection with the time of its newest record, newest first."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                f"SELECT device, max(date) AS newest FROM {collection} WHERE device IS NOT NULL "
+                "GROUP BY device ORDER BY newest DESC, device"
+            ).fetchall()
+        return [(str(device), int(newest)) for device, newest in rows]
+
+    # --- API v3's reads by identifier and by time of change (store.search) ----------------------
+
+    def one(self, collection: Collection, identifier: str) -> SearchRow | None:
+        from store import search
+
+        return search.one(self, collection, identifier)
+
+    def history(
+        self, collection: Collection, since: int, limit: int, *, inclusive: bool = False
+    ) -> list[SearchRow]:
+        from store import search
+
+        return search.history(self, collection, since, limit, inclusive=inclusive)
+
+    def search(self, query: Search) -> list[SearchRow]:
+        from store import search
+
+        return search.search(self, query)
+
+    def last_modified(self) -> dict[Collection, int]:
+        from store import search
+
+        return search.last_modified(self)
 
     # --- what the status page and the status API show ----------------------------------------
 

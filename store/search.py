@@ -221,7 +221,7 @@ def where(collection: Collection, items: Sequence[Condition | AnyOf]) -> Where:
     def matches(index: int, value: object) -> int:
         return int(isinstance(value, str) and matchers[index](value))
 
-    return Where(text, params, (("connect_v3_re", 2, matches),) if matchers else ())
+    return Where(text, params, (("connect_v3_re", 2, matches),) if matchers else (), tuple(items))
 
 
 def _use_matchers(conn: sqlite3.Connection, matchers: Sequence[Callable[[str], bool]]) -> None:

@@ -14,6 +14,7 @@ import pytest
 from connect.logs import configure
 from tests.mosquitto import Broker
 from tests.postgres import Cluster
+from tests.stores import BACKENDS, MakeStore, store_factory
 
 configure(fmt="json", level="warning", stream=io.StringIO())
 
@@ -70,3 +71,9 @@ def postgres_url(postgres_cluster: Cluster, request: pytest.FixtureRequest) -> s
     """The URL of a fresh, empty database on the private cluster, one per test."""
     name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
     return postgres_cluster.create_database(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
+    """Stores of each backend in turn (the store contract): ``make_store(account="")``."""
+    yield from store_factory(request, tmp_path)

@@ -5,8 +5,6 @@ the machine's deadline for stale data (MockClock: no polling, no waiting)."""
 from __future__ import annotations
 
 import json
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +15,10 @@ from connect.clock import VirtualClock
 from connect.records import Batch, Entry, Treatment
 from machines.alerts import MIN_MS
 from store import AsyncStore, Store
+from store.abc import WriterStore
+from store.database import SqliteAlertTransaction
+from store.postgres import PostgresAlertTransaction
+from tests.stores import MakeStore, query
 
 NOW = 1_750_000_000_000
 KEY = "sim:alice"
@@ -27,20 +29,20 @@ def entry(minutes_ago: float, sgv: int, *, now: int = NOW, direction: str = "Fla
     return Entry(type="sgv", date=now - int(minutes_ago * MIN_MS), device="cgm", sgv=sgv, direction=direction)
 
 
-def persist(store: Store, records: list[Any], source: str = KEY) -> None:
+def persist(store: WriterStore, records: list[Any], source: str = KEY) -> None:
     store.persist_frame(source, "Loop", Batch.of(records))
 
 
-def events(store: Store) -> list[dict[str, Any]]:
-    return [json.loads(t) for (t,) in store.conn.execute("SELECT json FROM events ORDER BY seq")]
+def events(store: WriterStore) -> list[dict[str, Any]]:
+    return [row.body() for row in store.events_after(0)]
 
 
-def names(store: Store) -> list[str]:
+def names(store: WriterStore) -> list[str]:
     return [e["event"] for e in events(store)]
 
 
-def test_a_backfill_whose_newest_reading_is_low_raises_one_alert(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s.db")
+def test_a_backfill_whose_newest_reading_is_low_raises_one_alert(make_store: MakeStore) -> None:
+    store = make_store()
     # two hours of history full of lows and highs, then the newest reading, low
     history = [entry(130 - 5 * i, 60 if i % 6 < 3 else 250) for i in range(23)]  # the newest 20 min old
     persist(store, [*history, entry(1, 62, direction="FortyFiveDown")])
@@ -63,25 +65,25 @@ def test_a_backfill_whose_newest_reading_is_low_raises_one_alert(tmp_path: Path)
     assert names(store).count("episode:changed") == 1  # the current low episode; history is silent
     assert result.deadline == NOW - MIN_MS + 15 * MIN_MS
     # episodes record the whole history, the last one open
-    rows = store.conn.execute("SELECT kind, end_at FROM episodes ORDER BY id").fetchall()
+    rows = query(store, "SELECT kind, end_at FROM episodes ORDER BY id")
     assert rows[0][0] == "low" and rows[-1] == ("low", None)
     assert len(rows) >= 8
     # nothing new: a second pass, and a restart (state from the store), write nothing
     assert evaluate(store, CONFIG, NOW + 1000).events == 0
     store.close()
-    again = Store(tmp_path / "s.db")
+    again = make_store()
     assert evaluate(again, CONFIG, NOW + 2000).events == 0
     assert names(again).count("alert:raised") == 1
 
 
-def test_ids_are_stable_and_the_body_is_the_stored_text(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s.db")
+def test_ids_are_stable_and_the_body_is_the_stored_text(make_store: MakeStore) -> None:
+    store = make_store()
     persist(
         store,
         [entry(2, 120), Treatment(event_type="Meal Bolus", date=NOW - 3 * MIN_MS, device="pump", carbs=30.0)],
     )
     evaluate(store, CONFIG, NOW)
-    rows = store.conn.execute("SELECT seq, id, event, json FROM events ORDER BY seq").fetchall()
+    rows = [(r.seq, r.id, r.event, r.text) for r in store.events_after(0)]
     assert [r[2] for r in rows] == ["glucose:new", "episode:changed", "treatment:new"]
     for _seq, eid, event, text in rows:
         body = json.loads(text)
@@ -94,25 +96,25 @@ def test_ids_are_stable_and_the_body_is_the_stored_text(tmp_path: Path) -> None:
     assert evaluate(store, CONFIG, NOW + 1000).events == 0
 
 
-def test_other_accounts_rows_are_not_this_accounts(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s.db")
+def test_other_accounts_rows_are_not_this_accounts(make_store: MakeStore) -> None:
+    store = make_store()
     persist(store, [entry(1, 50)], source="sim:bob")
     assert evaluate(store, CONFIG, NOW).events == 0
     assert evaluate(store, AlertConfig(key="sim:bob", label="bob"), NOW).events >= 3
 
 
-def test_a_failed_pass_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = Store(tmp_path / "s.db")
+def test_a_failed_pass_writes_nothing(make_store: MakeStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_store()
     persist(store, [entry(1, 50)])
-    import store.events as ev
 
     def broken(*args: Any, **kwargs: Any) -> None:
-        raise sqlite3.OperationalError("disk I/O error")
+        raise OSError("disk I/O error")
 
-    monkeypatch.setattr(ev, "save_alert_state", broken)
-    with pytest.raises(sqlite3.OperationalError):
+    monkeypatch.setattr(SqliteAlertTransaction, "save_alert_state", broken)
+    monkeypatch.setattr(PostgresAlertTransaction, "save_alert_state", broken)
+    with pytest.raises(OSError, match="disk I/O"):
         evaluate(store, CONFIG, NOW)
-    assert events(store) == [] and store.conn.execute("SELECT count(*) FROM episodes").fetchone()[0] == 0
+    assert events(store) == [] and query(store, "SELECT count(*) FROM episodes") == [(0,)]
     monkeypatch.undo()
     assert evaluate(store, CONFIG, NOW).events > 0
 

@@ -17,10 +17,16 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from api import create_app
 from api.context import Writer
 from api.routes.uploads import MAX_BODY_BYTES
+from api.settings import ApiSettings
 from store import AsyncStore, Store
-from tests.test_api_support import SECRET, make_app
+from store.abc import ReaderStore, WriterStore
+from store.postgres import PostgresStore
+from store.postgres_reader import PostgresReader
+from tests.stores import MakeStore
+from tests.test_api_support import SECRET, make_app, snapshot
 
 TOKEN = {"Authorization": f"Bearer {SECRET}"}
 T0 = 1_780_000_000_000
@@ -30,15 +36,17 @@ FIVE_MIN = 300_000
 class Site:
     """The daemon's API over one store file: the writer and the reads share it, as under ``run``."""
 
-    def __init__(self, path: Path, *, readable: bool = False) -> None:
-        self.store = Store(path)
+    def __init__(self, path: Path, *, readable: bool = False, store: WriterStore | None = None) -> None:
+        """Over the SQLite file ``path``, or over ``store`` (a PostgreSQL account) when given."""
+        self.store: WriterStore = Store(path) if store is None else store
         self.wakes = 0
-        self.app, self.reader = make_app(
-            path,
-            secret=SECRET,
-            readable=readable,
-            writer=Writer(AsyncStore(self.store, inline=True), self.wake),
-        )
+        writer = Writer(AsyncStore(self.store, inline=True), self.wake)
+        if isinstance(self.store, PostgresStore):
+            self.reader: ReaderStore = PostgresReader(self.store.pool, account=self.store.account)
+            settings = ApiSettings(http_secret=SECRET, http_readable=readable)
+            self.app = create_app(self.reader, lambda: snapshot(), settings, writer=writer)
+        else:
+            self.app, self.reader = make_app(path, secret=SECRET, readable=readable, writer=writer)
 
     def wake(self) -> None:
         self.wakes += 1
@@ -75,8 +83,12 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    made = Site(tmp_path / "v3.db")
+def site(tmp_path: Path, make_store: MakeStore) -> Iterator[Site]:
+    """Each backend in turn: v3's writes and reads are the store's contract too."""
+    store = make_store()
+    made = Site(tmp_path / "store.db", store=store if isinstance(store, PostgresStore) else None)
+    if isinstance(store, Store):
+        store.close()  # the site opens the file itself
     yield made
     made.close()
 

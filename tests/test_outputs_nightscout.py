@@ -8,7 +8,6 @@ import json
 import random
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +22,7 @@ from connect.records import Batch, DeviceStatus, Entry, Profile, Record, Treatme
 from outputs.nightscout import NightscoutOutput
 from store import AsyncStore, Store
 from tests.emulators.nightscout import NightscoutEmulator, sgv_series
+from tests.stores import MakeStore
 
 T0 = 1_700_000_000_000
 FIVE_MIN = 300_000
@@ -56,10 +56,9 @@ def persist(store: Store, records: list[Record]) -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "store.db")
-    yield s  # type: ignore[misc]
-    s.close()
+def store(make_store: MakeStore) -> Store:
+    """Each backend in turn: what an output reads is the store's contract."""
+    return make_store()  # type: ignore[return-value]
 
 
 @pytest.fixture

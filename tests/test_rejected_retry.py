@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,12 @@ from api.metrics import make_registry, render
 from connect.clock import VirtualClock
 from connect.records import Batch, DeviceStatus, Entry, Record
 from outputs.nightscout import NightscoutOutput
-from store import AsyncStore, Store
+from store import AsyncStore
+from store.abc import WriterStore
 from store.reader import StoreReader
 from tests.clirun import cli, rows
 from tests.emulators.nightscout import NightscoutEmulator, serve_in_thread
+from tests.stores import MakeStore
 
 T0 = 1_700_000_000_000
 FIVE_MIN = 300_000
@@ -35,10 +37,9 @@ class InlineStore(AsyncStore):
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "store.db")
-    yield s
-    s.close()
+def store(make_store: MakeStore) -> WriterStore:
+    """Each backend in turn: queuing and sending again is part of the store's contract."""
+    return make_store()
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ async def site() -> AsyncIterator[tuple[NightscoutEmulator, httpx.AsyncClient]]:
         yield emulator, client
 
 
-def output(store: Store, client: httpx.AsyncClient, **kwargs: Any) -> NightscoutOutput:
+def output(store: WriterStore, client: httpx.AsyncClient, **kwargs: Any) -> NightscoutOutput:
     return NightscoutOutput(
         SITE, InlineStore(store), client, api_secret=SECRET, clock=VirtualClock(T0), rng=random.Random(5),
         **kwargs,
@@ -63,12 +64,12 @@ def status_doc(i: int) -> DeviceStatus:
     return DeviceStatus(device="connect://sim", date=T0 + i * FIVE_MIN, payload={"uploader": {"battery": 90}})
 
 
-def persist(store: Store, records: list[Record]) -> None:
+def persist(store: WriterStore, records: list[Record]) -> None:
     store.persist_frame("sim", "main", Batch.of(records))
 
 
 async def test_queued_records_go_out_first_once_each_and_leave_the_table(
-    autojump_clock: trio.abc.Clock, store: Store, site: tuple[NightscoutEmulator, httpx.AsyncClient]
+    autojump_clock: trio.abc.Clock, store: WriterStore, site: tuple[NightscoutEmulator, httpx.AsyncClient]
 ) -> None:
     emulator, client = site
     persist(store, [*(reading(i) for i in range(40)), *(status_doc(i) for i in range(40))])
@@ -101,7 +102,7 @@ async def test_queued_records_go_out_first_once_each_and_leave_the_table(
 
 
 async def test_a_queued_record_refused_again_is_set_aside_again(
-    autojump_clock: trio.abc.Clock, store: Store, site: tuple[NightscoutEmulator, httpx.AsyncClient]
+    autojump_clock: trio.abc.Clock, store: WriterStore, site: tuple[NightscoutEmulator, httpx.AsyncClient]
 ) -> None:
     emulator, client = site
     persist(store, [status_doc(i) for i in range(4)])
@@ -124,7 +125,7 @@ async def test_a_queued_record_refused_again_is_set_aside_again(
     assert len({d["identifier"] for d in emulator.devicestatus}) == 4
 
 
-def test_a_record_changed_since_it_was_set_aside_is_not_queued(store: Store) -> None:
+def test_a_record_changed_since_it_was_set_aside_is_not_queued(store: WriterStore) -> None:
     persist(store, [reading(0), reading(1)])
     (first, _second) = store.pending("nightscout", "entries")
     store.set_aside("nightscout", "entries", first.seq, first.seq, 1, 400, "HTTP 400")

@@ -27,7 +27,8 @@ from api.errors import ApiError, StoreUnavailable
 from api.openapi import ERROR_RESPONSES, SECURITY
 from api.responses import JSON
 from connect.records import ARROWS
-from store.reader import Filter, StoreReader
+from store.abc import ReaderStore
+from store.reader import Filter
 
 router = APIRouter()
 
@@ -57,19 +58,19 @@ def _require_store(context: ApiContext) -> None:
         raise StoreUnavailable()
 
 
-def _readings(reader: StoreReader, count: int) -> list[dict[str, Any]]:
+def _readings(reader: ReaderStore, count: int) -> list[dict[str, Any]]:
     """The newest ``count`` CGM readings with a value, newest first."""
     texts = reader.doc_texts("entries", [Filter("type", "=", "sgv")], count)
     docs = [json.loads(t) for t in texts]
     return [d for d in docs if isinstance(d.get("sgv"), (int, float)) and isinstance(d.get("date"), int)]
 
 
-def _newest(reader: StoreReader, kind: str) -> dict[str, Any] | None:
+def _newest(reader: ReaderStore, kind: str) -> dict[str, Any] | None:
     texts = reader.doc_texts("entries", [Filter("type", "=", kind)], 1)
     return json.loads(texts[0]) if texts else None
 
 
-def _battery(reader: StoreReader) -> Any:
+def _battery(reader: ReaderStore) -> Any:
     """The newest uploader battery a devicestatus reports, or ``None``."""
     for text in reader.doc_texts("devicestatus", [], 10):
         uploader = json.loads(text).get("uploader")
@@ -84,7 +85,7 @@ def _scaled(mgdl: float, mmol: bool) -> str:
     return str(round(mgdl))
 
 
-def pebble_body(reader: StoreReader, now: int, count: int, mmol: bool) -> bytes:
+def pebble_body(reader: ReaderStore, now: int, count: int, mmol: bool) -> bytes:
     readings = _readings(reader, count + 1)
     battery = _battery(reader)
     bgs: list[dict[str, Any]] = []
@@ -199,7 +200,7 @@ def _rawbg(newest: dict[str, Any], cal: dict[str, Any] | None) -> dict[str, Any]
     return {"mgdl": mgdl, "scaled": mgdl, "noiseLabel": "", "display": str(mgdl)}
 
 
-def properties(reader: StoreReader, names: set[str]) -> dict[str, Any]:
+def properties(reader: ReaderStore, names: set[str]) -> dict[str, Any]:
     """The asked properties the store can answer (see the module's docstring)."""
     readings = _readings(reader, 2 + BUCKETS * 3)
     out: dict[str, Any] = {}

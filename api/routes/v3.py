@@ -43,7 +43,6 @@ from api.openapi import (
 )
 from api.responses import JSON, json_response
 from api.routes.nightscout import NIGHTSCOUT_VERSION
-from store import search as store
 
 router = APIRouter()
 
@@ -126,7 +125,7 @@ def status(access: RequestAccess, context: Context) -> Response:
 )
 def last_modified(access: RequestAccess, context: Context) -> Response:
     access.require_read_v3()
-    collections = store.last_modified(context.reader)
+    collections = context.reader.last_modified()
     result = {"srvDate": context.clock(), "collections": collections}
     return Response(v3.envelope(result), media_type=JSON)
 
@@ -159,7 +158,7 @@ def search(request: Request, access: RequestAccess, context: Context) -> Respons
     query = v3.parse_search(collection or "entries", params)
 
     def render() -> Rendered:
-        rows = store.search(context.reader, query) if collection is not None else []
+        rows = context.reader.search(query) if collection is not None else []
         return Rendered(v3.envelope(v3.documents(name, rows, fields)))
 
     return context.respond(request, render)
@@ -174,7 +173,7 @@ def _history(request: Request, context: Context, name: str, since: int, *, inclu
 
     def render() -> Rendered:
         rows = (
-            store.history(context.reader, collection, since, limit, inclusive=inclusive)
+            context.reader.history(collection, since, limit, inclusive=inclusive)
             if collection is not None
             else []
         )
@@ -274,7 +273,7 @@ def read(request: Request, access: RequestAccess, context: Context) -> Response:
     collection = v3.stored(name)
 
     def render() -> Rendered:
-        row = store.one(context.reader, collection, identifier) if collection is not None else None
+        row = context.reader.one(collection, identifier) if collection is not None else None
         if row is None:
             raise V3Error(404, "")
         if not row.valid:
