@@ -172,6 +172,7 @@ def account_from_text(
     args: Sequence[str],
     *,
     store_path: str,
+    store_url: str | None = None,
     label: str | None = None,
     names: Collection[str] | None = None,
 ) -> Account | list[str]:
@@ -188,6 +189,11 @@ def account_from_text(
         "CONNECT_STORE_PATH": store_path,
         "CONNECT_HTTP_BIND": "0",
     }
+    if store_url is not None and not any(
+        pairs.get(k, "").strip() for k in ("CONNECT_STORE_PATH", "CONNECT_STORE_URL")
+    ):
+        # a store the file names wins over the default database
+        defaults["CONNECT_STORE_URL"] = store_url
     try:
         with account_environ(pairs, defaults=defaults, names=names):
             settings, source = load_settings(args)

@@ -9,9 +9,8 @@ daemons (each in its own cancel scope in one nursery, as ``--accounts-dir`` runs
 
 A leased account runs exactly as a ``NAME.env`` file of ``--accounts-dir`` does: read in an
 environment of its own, labelled ``NAME``, no API unless it binds one, its data in the store
-that :func:`open_account_store` opens (the account's SQLite file: ``CONNECT_STORE_PATH`` of its
-settings, else ``CONNECT_FLEET_STORE_DIR/NAME.db``; or a PostgreSQL store when its settings
-name ``CONNECT_STORE_URL``).
+that :func:`open_account_store` opens: the account's rows of the fleet's own database, unless its
+file names a store of its own or ``CONNECT_FLEET_STORE_DIR`` keeps SQLite files (``NAME.db``).
 """
 
 from __future__ import annotations
@@ -37,8 +36,7 @@ import trio
 
 from connect import daemon as daemon_mod
 from connect.accounts import Account, account_from_text, settings_names
-from connect.assemble import assemble
-from connect.assemble import open_store as open_settings_store
+from connect.assemble import assemble, open_store
 from connect.errors import ConnectError, StoreError
 from connect.loading import UsageError, take_option
 from connect.redact import describe_error, redact_text
@@ -68,8 +66,9 @@ class FleetSettings:
     url: str
     lease_s: float = DEFAULT_LEASE_S
     max_accounts: int | None = None
-    #: where an account's SQLite store goes when its settings name none
-    store_dir: Path = Path(".")
+    #: where an account's SQLite store goes when its settings name none; None: the fleet's own
+    #: database (the account's rows of the PostgreSQL store)
+    store_dir: Path | None = None
 
 
 def store_url(args: Sequence[str], environ: Mapping[str, str]) -> tuple[str | None, list[str], list[str]]:
@@ -116,8 +115,9 @@ def fleet_settings(args: Sequence[str], environ: Mapping[str, str]) -> tuple[Fle
         else:
             if max_accounts < 1:
                 problems.append("CONNECT_FLEET_MAX_ACCOUNTS: must be at least 1")
-    store_dir = Path(environ.get("CONNECT_FLEET_STORE_DIR", "").strip() or ".")
-    if not store_dir.is_dir():
+    text = environ.get("CONNECT_FLEET_STORE_DIR", "").strip()
+    store_dir = Path(text) if text else None
+    if store_dir is not None and not store_dir.is_dir():
         problems.append("CONNECT_FLEET_STORE_DIR: must name an existing directory")
     if problems or url is None:
         raise UsageError(problems)
@@ -131,11 +131,10 @@ def holder_id() -> str:
 
 
 def open_account_store(account: Account) -> WriterStore:
-    """The store a leased account's daemon writes (the one place that chooses it): as ``run``
-    opens it (:func:`connect.assemble.open_store`) — the account's SQLite file, checked and
-    locked for this process, or, when its settings name ``CONNECT_STORE_URL``, its rows of that
-    PostgreSQL database over the process's one pool for it."""
-    return open_settings_store(account.settings)
+    """The store a leased account's daemon writes, as ``run`` opens it: the account's rows of the
+    PostgreSQL store its settings name (the fleet's own database unless its file names another
+    store), or its SQLite file (``CONNECT_STORE_PATH`` in its file, or ``CONNECT_FLEET_STORE_DIR``)."""
+    return open_store(account.settings)
 
 
 StoreFactory = Callable[[Account], WriterStore]
@@ -325,9 +324,16 @@ class Fleet:
                     await earlier.done.wait()
                 async with AsyncExitStack() as stack:
                     async with self._starting:
-                        store_path = str(self.settings.store_dir / f"{name}.db")
+                        store_dir = self.settings.store_dir
                         account = account_from_text(
-                            name, text, self.args, store_path=store_path, names=self._names
+                            name,
+                            text,
+                            self.args,
+                            store_path=str((store_dir or Path(".")) / f"{name}.db"),
+                            # the account's data goes to the fleet's database unless its file
+                            # or CONNECT_FLEET_STORE_DIR names another store
+                            store_url=self.settings.url if store_dir is None else None,
+                            names=self._names,
                         )
                         if isinstance(account, list):
                             raise UsageError(account)

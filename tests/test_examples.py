@@ -111,10 +111,16 @@ def check_fleet_env(env: dict[str, str], tmp_path: Path) -> None:
     from connect.fleet import fleet_settings
 
     assert set(env) <= FLEET_ENV, set(env) - FLEET_ENV
-    given = {**env, "CONNECT_FLEET_STORE_DIR": str(tmp_path)}  # the container's /data
-    settings, rest = fleet_settings([], given)
+    settings, rest = fleet_settings([], env)
     assert rest == []
     assert settings.lease_s == float(env.get("CONNECT_FLEET_LEASE_SECONDS", 60))
+
+
+def settings_store_dir(env: dict[str, str], tmp_path: Path) -> Path | None:
+    """Where a fleet with these settings keeps its accounts' SQLite files (None: in the database)."""
+    from connect.fleet import fleet_settings
+
+    return fleet_settings([], env)[0].store_dir
 
 
 def test_compose_runs_two_fleet_replicas_over_postgres_beside_mosquitto(tmp_path: Path) -> None:
@@ -137,16 +143,16 @@ def test_compose_runs_two_fleet_replicas_over_postgres_beside_mosquitto(tmp_path
     assert fleet["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "pg_isready" in postgres["healthcheck"]["test"]
     assert "mosquitto" in fleet["depends_on"]
-    # the replicas share one directory of stores, declared with the database's volume
-    assert any(v.split(":")[1] == env["CONNECT_FLEET_STORE_DIR"] for v in fleet["volumes"])
-    for service in (fleet, postgres):
-        assert {v.split(":")[0] for v in service["volumes"]} <= set(doc["volumes"])
+    # the replicas keep nothing of their own: every account's data is in the database
+    assert "CONNECT_FLEET_STORE_DIR" not in env and "volumes" not in fleet
+    assert settings_store_dir(env, tmp_path) is None
+    assert {v.split(":")[0] for v in postgres["volumes"]} <= set(doc["volumes"])
 
 
 def test_the_kubernetes_example_runs_replicas_of_the_fleet_from_a_secret(tmp_path: Path) -> None:
     yaml = pytest.importorskip("yaml")
     docs = {d["kind"]: d for d in yaml.safe_load_all((EXAMPLES / "kubernetes.yaml").read_text())}
-    assert set(docs) == {"Secret", "Job", "Deployment", "PersistentVolumeClaim"}
+    assert set(docs) == {"Secret", "Job", "Deployment"}
     secret, job, deployment = docs["Secret"], docs["Job"], docs["Deployment"]
     assert deployment["spec"]["replicas"] >= 2
     pod = deployment["spec"]["template"]["spec"]
@@ -160,11 +166,9 @@ def test_the_kubernetes_example_runs_replicas_of_the_fleet_from_a_secret(tmp_pat
     assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
     env = {e["name"]: e["value"] for e in container["env"]}
     check_fleet_env({**env, **secret["stringData"]}, tmp_path)
-    (mount,) = container["volumeMounts"]
-    assert mount["mountPath"] == env["CONNECT_FLEET_STORE_DIR"]
-    (volume,) = pod["volumes"]
-    assert volume["persistentVolumeClaim"]["claimName"] == docs["PersistentVolumeClaim"]["metadata"]["name"]
-    assert "ReadWriteMany" in docs["PersistentVolumeClaim"]["spec"]["accessModes"]
+    # no volume: every account's data is in the database the Secret names
+    assert "volumeMounts" not in container and "volumes" not in pod
+    assert settings_store_dir({**env, **secret["stringData"]}, tmp_path) is None
     # the import job reads the accounts' NAME.env files from a Secret of their own
     (importer,) = job["spec"]["template"]["spec"]["containers"]
     assert importer["args"][:2] == ["accounts", "import"]

@@ -387,10 +387,10 @@ def holders(url: str) -> dict[str, str | None]:
     return dict(rows)
 
 
-@pytest.fixture
-def hundred(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Sites, Path]]:
-    """A hundred simulated accounts in the database, each delivering to its own site."""
-    names = [f"user{i:03}" for i in range(100)]
+@contextlib.contextmanager
+def simulated_accounts(count: int, tmp_path: Path, postgres_url: str) -> Iterator[tuple[Sites, Path]]:
+    """``count`` simulated accounts imported into the database, each delivering to its own site."""
+    names = [f"user{i:03}" for i in range(count)]
     sites = Sites(names)
     url, stop = serve_in_thread(sites)
     accounts = tmp_path / "accounts"
@@ -413,6 +413,84 @@ def hundred(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Sites, Path]]:
         yield sites, tmp_path
     finally:
         stop()
+
+
+@pytest.fixture
+def hundred(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Sites, Path]]:
+    """A hundred simulated accounts in the database, each delivering to its own site."""
+    with simulated_accounts(100, tmp_path, postgres_url) as fleet:
+        yield fleet
+
+
+def pg_identifiers(url: str, account: str, collection: str) -> list[str]:
+    """The identifiers an account's rows of the PostgreSQL data store hold."""
+    with psycopg.connect(url) as conn:
+        try:
+            rows = conn.execute(f"SELECT identifier FROM {collection} WHERE account = %s", (account,)).fetchall()
+        except psycopg.errors.UndefinedTable:  # no daemon has created the data store yet
+            return []
+    return sorted(r[0] for r in rows)
+
+
+@pytest.mark.e2e
+def test_a_fleet_keeps_its_data_in_its_own_database_across_a_killed_process(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Without CONNECT_FLEET_STORE_DIR every account's data goes to the fleet's database: two
+    processes, one killed; the survivor runs every account within the lease and 30 s, and each
+    site ends up with exactly the records its account's rows hold, none twice."""
+    with simulated_accounts(20, tmp_path, postgres_url) as (sites, _):
+        settings = {
+            "CONNECT_STORE_URL": postgres_url,
+            "CONNECT_FLEET_LEASE_SECONDS": str(LEASE_S),
+            "CONNECT_LOG_LEVEL": "warning",
+        }
+        procs = [
+            subprocess.Popen(
+                [*CLI, "run", "--fleet"],
+                env=env(**settings),
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=(tmp_path / f"fleet-{i}.log").open("ab"),
+            )
+            for i in range(2)
+        ]
+
+        def held_by(alive: list[subprocess.Popen[bytes]]) -> Callable[[], bool]:
+            pids = {f":{p.pid}:" for p in alive}
+            return lambda: all(
+                h is not None and any(pid in h for pid in pids) for h in holders(postgres_url).values()
+            )
+
+        def delivered() -> bool:
+            for name, site in sites.sites.items():
+                for collection in ("entries", "treatments"):
+                    ours = pg_identifiers(postgres_url, name, collection)
+                    if (not ours and collection == "entries") or sorted(
+                        d["identifier"] for d in site.docs(collection)
+                    ) != ours:
+                        return False
+            return True
+
+        try:
+            wait_for(held_by(procs), "every account held", timeout=90)
+            wait_for(lambda: all(pg_identifiers(postgres_url, n, "entries") for n in sites.sites), "data", 90)
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait(timeout=10)
+            moved = wait_for(held_by(procs[1:]), "the survivor holding every account", LEASE_S + 30)
+            assert moved < LEASE_S + 30
+            wait_for(delivered, "every record at its site", timeout=60)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            codes = [proc.wait(timeout=30) for proc in procs]
+        assert codes == [-signal.SIGKILL, 0]
+        assert not list(tmp_path.glob("*.db")), "no SQLite store was made"
+        for name, site in sites.sites.items():
+            ours = pg_identifiers(postgres_url, name, "entries")
+            assert len(ours) >= 288
+            assert len(site.entries) == len(ours)
 
 
 @pytest.mark.e2e
