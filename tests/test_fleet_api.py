@@ -252,6 +252,9 @@ async def test_the_status_page_renders_under_the_prefix_with_working_range_links
         # the address without its last slash reaches the same page
         bare = await client.get("/a/alice", params={"token": ALICE}, follow_redirects=True)
         assert bare.status_code == 200 and bare.url.path == "/a/alice/"
+        # without the secret: a page that says how to open this very page
+        closed = await client.get("/a/alice/")
+        assert closed.status_code == 401 and "<code>/a/alice/?token=" in closed.text
         # the page of another account with this token: refused
         assert (await client.get("/a/bob/", params={"token": ALICE})).status_code == 401
 
