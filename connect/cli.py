@@ -599,7 +599,8 @@ SUMMARIES: dict[str, str] = {
     "once": "one pass of every loop, deliver, then exit (1 if anything failed): cron mode",
     "check": "validate the settings, try the login and each output; writes no data",
     "demo": "the simulated CGM into a local store, with live logs and the API",
-    "serve": "the HTTP API alone over an existing store",
+    "serve": "the HTTP API alone over an existing store (--fleet: every account of a PostgreSQL "
+    "database under /a/NAME/, each behind its own CONNECT_HTTP_SECRET; see the README)",
     "status": "what the daemon on the store last said about itself, in plain words (read-only)",
     "capture": "capture DIR: one frame per loop, each HTTP exchange saved to DIR, secrets replaced",
     "login": "login carelink [--import FILE]: CareLink's first login, at a terminal",
