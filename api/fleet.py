@@ -53,6 +53,7 @@ class FleetDispatcher:
             return
         if scope["type"] != "http":
             return  # no websockets here
+        head = scope["method"] == "HEAD"
         path = get_route_path(scope)
         if path.startswith(PREFIX):
             name = path[len(PREFIX) :].partition("/")[0]
@@ -62,9 +63,11 @@ class FleetDispatcher:
         if path == FLEET_PATH:
             await self._fleet(scope, send)
         elif path == "/healthz":
-            await _send(send, 200, json.dumps({"status": "ok"}).encode())
+            await _send(send, 200, json.dumps({"status": "ok"}).encode(), head=head)
         else:
-            await _send(send, 404, error_body(404, "Not Found", "accounts are under /a/{account}/"))
+            await _send(
+                send, 404, error_body(404, "Not Found", "accounts are under /a/{account}/"), head=head
+            )
 
     async def _account(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
         try:
