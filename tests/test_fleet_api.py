@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import trio
 from pydantic import SecretStr
 
 from connect.fleet_api import build_fleet_app
@@ -274,6 +275,14 @@ async def test_accounts_added_and_removed_are_served_and_refused_without_a_resta
         assert (await client.get("/a/bob/api/v1/entries.json", params={"token": BOB})).status_code == 401
         again = await client.get("/a/bob/api/v1/entries.json", params={"token": new_secret})
         assert again.status_code == 200 and again.json()
+        # changed in place: the next request reads the new settings
+        third = "bob-third-follower-secret-7"
+        (accounts / "bob.env").write_text(f"CONNECT_SOURCE=sim\nCONNECT_HTTP_SECRET={third}\n")
+        assert cli("accounts", "import", str(accounts), CONNECT_STORE_URL=postgres_url).returncode == 0
+        assert (
+            await client.get("/a/bob/api/v1/entries.json", params={"token": new_secret})
+        ).status_code == 401
+        assert (await client.get("/a/bob/api/v1/entries.json", params={"token": third})).status_code == 200
 
 
 def test_settings_of_serve_fleet_are_checked_at_once_without_echoing_values(postgres_url: str) -> None:
@@ -361,3 +370,27 @@ def test_a_public_address_needs_the_operator_secret(bind: str) -> None:
         {"CONNECT_STORE_URL": "postgresql://u@h/db", "CONNECT_FLEET_OPERATOR_SECRET": OPERATOR},
     )
     assert not settings.loopback and OPERATOR not in repr(settings)
+
+
+async def test_an_account_that_cannot_be_served_is_a_clear_refusal_never_a_crash(postgres_url: str) -> None:
+    with FleetStore.open(postgres_url) as db:
+        db.upsert_account("alice", f"CONNECT_SOURCE=sim\nCONNECT_HTTP_SECRET={ALICE}\n")
+        # a file `accounts import` would refuse, stored behind its back
+        db.upsert_account(
+            "broken", f"CONNECT_SOURCE=sim\nCONNECT_HTTP_SECRET={BOB}\nCONNECT_BACKFILL_DAYS=lots\n"
+        )
+    async with fleet_client(postgres_url, refresh_s=0) as client:
+        # no daemon has written the database yet: nothing to read, and said so
+        early = await client.get("/a/alice/api/v1/entries.json", params={"token": ALICE})
+        assert early.status_code == 503 and "no daemon" in early.json()["description"]
+        broken = await client.get("/a/broken/api/v1/entries.json", params={"token": BOB})
+        assert broken.status_code == 503 and "settings" in broken.json()["description"]
+        assert "lots" not in broken.text and BOB not in broken.text
+    # once a daemon has written it, the same server reads it
+    # (a command of its own trio run, so in a thread of its own)
+    env = {"CONNECT_SOURCE": "sim", "CONNECT_STORE_URL": postgres_url, "CONNECT_ACCOUNT": "alice"}
+    filled = await trio.to_thread.run_sync(lambda: cli("once", CONNECT_BACKFILL_DAYS="1", **env))
+    assert filled.returncode == 0, filled.stderr[-3000:]
+    async with fleet_client(postgres_url, refresh_s=0) as client:
+        ready = await client.get("/a/alice/api/v1/entries.json", params={"token": ALICE})
+        assert ready.status_code == 200 and ready.json()
