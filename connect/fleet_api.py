@@ -154,7 +154,9 @@ class AccountApps:
             return None
         app, keep = await self._build(name, text)
         if keep:
-            self.apps[name] = Built(digest(text), app)
+            # the text may be newer than the last look: kept under the digest of what was built
+            self._digests[name] = digest(text)
+            self.apps[name] = Built(self._digests[name], app)
         return app
 
     async def _build(self, name: str, text: str) -> tuple[ASGIApp, bool]:
@@ -171,7 +173,7 @@ class AccountApps:
         if isinstance(account, list):
             # the lines name settings, never their values
             log.warning("account not served: its settings have problems", account=name, problems=account)
-            return refusal(503, "this account's settings have a problem (nightscout-connect fleet)"), True
+            return refusal(503, "this account's settings have a problem"), True
         settings = account.settings
         if not isinstance(settings, ApiSettings):
             return refusal(503, "this account serves no API"), True

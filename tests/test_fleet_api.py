@@ -388,7 +388,12 @@ async def test_an_account_that_cannot_be_served_is_a_clear_refusal_never_a_crash
         assert "lots" not in broken.text and BOB not in broken.text
     # once a daemon has written it, the same server reads it
     # (a command of its own trio run, so in a thread of its own)
-    env = {"CONNECT_SOURCE": "sim", "CONNECT_STORE_URL": postgres_url, "CONNECT_ACCOUNT": "alice"}
+    env = {
+        "CONNECT_SOURCE": "sim",
+        "CONNECT_STORE_URL": postgres_url,
+        "CONNECT_ACCOUNT": "alice",
+        "CONNECT_HTTP_BIND": "0",
+    }
     filled = await trio.to_thread.run_sync(lambda: cli("once", CONNECT_BACKFILL_DAYS="1", **env))
     assert filled.returncode == 0, filled.stderr[-3000:]
     async with fleet_client(postgres_url, refresh_s=0) as client:
