@@ -609,18 +609,22 @@ def bad_range(link: Mapping[str, str], title: str = "nightscout-connect") -> str
     )
 
 
-def unauthorized(*, reads_off: bool, title: str = "nightscout-connect") -> str:
+def unauthorized(*, reads_off: bool, title: str = "nightscout-connect", base: str = "/") -> str:
     """The page a browser gets instead of the glucose page when it may not read: what to do,
-    and nothing about the readings (no refresh either: reloading cannot change the answer)."""
+    and nothing about the readings (no refresh either: reloading cannot change the answer).
+    ``base`` is the page's own path (``/a/NAME/`` under ``serve --fleet``)."""
     if reads_off:
         advice = (
             "<p>Reading is off: no secret is set and anonymous reading is not enabled.</p>"
             "<p>Either set <code>CONNECT_HTTP_SECRET</code> (12+ characters) and open this page as "
-            "<code>/?token=&lt;the secret&gt;</code>, or set <code>CONNECT_HTTP_READABLE=true</code> "
+            f"<code>{escape(base)}?token=&lt;the secret&gt;</code>, or set <code>CONNECT_HTTP_READABLE=true</code> "
             "to let anyone who can reach this address read it. Then restart.</p>"
         )
     else:
-        advice = "<p>This page needs the API secret: open it as <code>/?token=&lt;CONNECT_HTTP_SECRET&gt;</code>.</p>"
+        advice = (
+            "<p>This page needs the API secret: open it as "
+            f"<code>{escape(base)}?token=&lt;CONNECT_HTTP_SECRET&gt;</code>.</p>"
+        )
     return (
         "<!DOCTYPE html>"
         '<html lang="en"><head><meta charset="utf-8">'

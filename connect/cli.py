@@ -64,7 +64,8 @@ commands:
   check     validate settings, try the login and each output; writes no data (exit 1: one
             failed; also --accounts-dir DIR)
   demo      the simulated CGM into a local store, with live logs and the API
-  serve     the HTTP API alone over an existing store
+  serve     the HTTP API alone over an existing store (serve --fleet: every account of the
+            database, each under /a/NAME/)
   status    what the daemon on the store (--store-path) last said, in words
   diagram   print the machines as mermaid, md or dot (--format)
   login     login carelink [--import FILE]: CareLink's first login (a person at a browser)
@@ -328,7 +329,12 @@ def cmd_demo(args: Sequence[str]) -> int:
 
 
 def cmd_serve(args: Sequence[str]) -> int:
-    """The HTTP API alone over an existing store, showing the status its daemon last saved."""
+    """The HTTP API alone over an existing store, showing the status its daemon last saved
+    (``--fleet``: every account of a PostgreSQL database, each under ``/a/NAME/``)."""
+    if "--fleet" in args:
+        from connect.fleet_api import cmd_serve_fleet
+
+        return cmd_serve_fleet([a for a in args if a != "--fleet"], os.environ)
     settings, _ = load_settings(args, source_name="sim")
     _configure_logs(settings)
     if not isinstance(settings, ApiSettings) or check_bind(settings) is None:
@@ -593,7 +599,8 @@ SUMMARIES: dict[str, str] = {
     "once": "one pass of every loop, deliver, then exit (1 if anything failed): cron mode",
     "check": "validate the settings, try the login and each output; writes no data",
     "demo": "the simulated CGM into a local store, with live logs and the API",
-    "serve": "the HTTP API alone over an existing store",
+    "serve": "the HTTP API alone over an existing store (--fleet: every account of a PostgreSQL "
+    "database under /a/NAME/, each behind its own CONNECT_HTTP_SECRET; see the README)",
     "status": "what the daemon on the store last said about itself, in plain words (read-only)",
     "capture": "capture DIR: one frame per loop, each HTTP exchange saved to DIR, secrets replaced",
     "login": "login carelink [--import FILE]: CareLink's first login, at a terminal",

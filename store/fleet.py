@@ -246,6 +246,13 @@ class FleetStore:
             cur.execute("SELECT name, settings FROM fleet_accounts WHERE name = ANY(%s)", (list(names),))
             return {row["name"]: row["settings"] for row in cur.fetchall()}
 
+    def digests(self) -> dict[str, str]:
+        """Every account's name and a digest of its settings text: what changed since the last
+        look, without carrying every account's settings over the wire."""
+        with self._tx() as cur:
+            cur.execute("SELECT name, md5(settings) AS digest FROM fleet_accounts")
+            return {row["name"]: row["digest"] for row in cur.fetchall()}
+
     # --- leases ------------------------------------------------------------------------------
 
     def renew(self, holder: str, lease_s: float, max_accounts: int | None = None) -> Renewal:

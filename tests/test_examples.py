@@ -149,6 +149,28 @@ def test_compose_runs_two_fleet_replicas_over_postgres_beside_mosquitto(tmp_path
     assert {v.split(":")[0] for v in postgres["volumes"]} <= set(doc["volumes"])
 
 
+def test_compose_serves_the_fleet_on_one_address_behind_the_operator_secret() -> None:
+    from connect.fleet_api import fleet_api_settings
+
+    yaml = pytest.importorskip("yaml")
+    doc = yaml.safe_load((EXAMPLES / "compose.yaml").read_text())
+    api, fleet = doc["services"]["fleet-api"], doc["services"]["fleet"]
+    assert api["profiles"] == ["fleet"] and api["command"] == ["serve", "--fleet"]
+    assert api["build"] == fleet["build"]
+    env = {k: str(v) for k, v in api["environment"].items()}
+    assert env["CONNECT_STORE_URL"] == fleet["environment"]["CONNECT_STORE_URL"]
+    assert env["CONNECT_FLEET_OPERATOR_SECRET"].startswith("${CONNECT_FLEET_OPERATOR_SECRET:?")
+    # as the image starts it: every address, which the operator's secret must protect
+    settings = fleet_api_settings(
+        [],
+        {**env, "CONNECT_HTTP_BIND": "0.0.0.0:1338", "CONNECT_STORE_URL": "postgresql://connect@postgres/connect",
+         "CONNECT_FLEET_OPERATOR_SECRET": "an-operator-secret-of-20"},
+    )  # fmt: skip
+    assert not settings.loopback
+    assert any(port.endswith(":1338") for port in api["ports"])
+    assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
 def test_the_kubernetes_example_runs_replicas_of_the_fleet_from_a_secret(tmp_path: Path) -> None:
     yaml = pytest.importorskip("yaml")
     docs = {d["kind"]: d for d in yaml.safe_load_all((EXAMPLES / "kubernetes.yaml").read_text())}

@@ -53,7 +53,9 @@ router = APIRouter()
 async def status_page(request: Request, access: RequestAccess, context: Context) -> Response:
     if not access.may_read():
         # a person with a browser reads this one: a page saying what to do, not JSON
-        return HTMLResponse(page.unauthorized(reads_off=access.reads_off), status_code=401)
+        # under a prefix (serve --fleet's /a/NAME/) the advice names the page's own address
+        base = str(request.scope.get("root_path", "")) + "/"
+        return HTMLResponse(page.unauthorized(reads_off=access.reads_off, base=base), status_code=401)
     # a page opened with ?token= links to its other ranges, and reloads itself, with a fresh
     # token of its own (an 8-hour JWT, as /api/v2/authorization issues): never the secret in
     # the page, the secret leaves the address bar at the first reload, and a page left open
