@@ -9,7 +9,7 @@ from api.patterns import MAX_ALTERNATIONS, MAX_PATTERN, MAX_QUANTIFIERS, MAX_SUB
 from api.query import FIELDS, ID_OPERATORS, MAX_COUNT, OPERATORS, PATTERN_FIELDS
 from connect.records import Collection
 from store.export import BOUND_PATTERN
-from store.reader import SQLITE_INT_MAX
+from store.values import SQLITE_INT_MAX
 
 #: an ISO time as clients send it (UTC "Z", an offset, or a bare date)
 ISO_PATTERN: Final = (

@@ -26,7 +26,7 @@ from api import status as st
 from api.settings import PAGE_HOURS, Display
 from connect.records import ARROWS
 from machines.alerts import MMOL_TO_MGDL, in_units, unit_label
-from store.reader import Dose, Reading, StoredEpisode
+from store.values import Dose, Reading, StoredEpisode
 
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 24 * HOUR_MS

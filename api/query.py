@@ -20,9 +20,9 @@ import attrs
 
 from api.patterns import Pattern, PatternError, compile_pattern, is_flagged_pattern, is_pattern
 from connect.records import Collection, ms_from_iso
-from store.reader import SQLITE_INT_MAX, Filter, Op
-from store.search import FIELD, AnyOf, Condition, Value
-from store.search import Op as SearchOp
+from store.terms import FIELD, AnyOf, Condition, Value
+from store.terms import Op as SearchOp
+from store.values import SQLITE_INT_MAX, Filter, Op
 
 MAX_COUNT: Final = 10_000
 DEFAULT_COUNT: Final[dict[Collection, int]] = {

@@ -22,8 +22,8 @@ from typing import Final
 from api.query import QueryError, ReadQuery
 from connect.records import Collection
 from store.abc import ReaderStore
-from store.reader import Filter
 from store.search import where
+from store.values import Filter
 
 #: more distinct values than this cannot be matched by a pattern within one request
 MAX_DISTINCT: Final = 1000

@@ -28,8 +28,8 @@ from typing import Any, Final, cast
 from api.errors import V3Error
 from api.patterns import PatternError, compile_pattern
 from connect.records import COLLECTIONS, Collection, iso_from_ms, ms_from_iso
-from store.reader import SQLITE_INT_MAX
-from store.search import FIELD, OPERATORS, Condition, Op, Row, Search, Value
+from store.terms import FIELD, OPERATORS, Condition, Op, Row, Search, Value
+from store.values import SQLITE_INT_MAX
 
 API_VERSION: Final = "3.0.3-alpha"
 #: every collection v3 knows; the store keeps four, the other two are always empty here

@@ -16,7 +16,8 @@ from connect.loading import UsageError, load_settings, take_option
 from connect.logs import configure
 from connect.records import COLLECTIONS, Collection, iso_from_ms
 from store.abc import WriterStore
-from store.database import RejectedGroup, Store
+from store.database import Store
+from store.values import RejectedGroup
 
 RETRY_HINT = "send them again: nightscout-connect rejected retry [--output NAME] [--collection NAME]"
 

@@ -35,7 +35,7 @@ from machines.subscription import SubscriptionMachine
 from outputs.mqtt import _Link
 from outputs.settings import MqttTarget, mqtt_target
 from store import AsyncStore
-from store.database import PushKey
+from store.values import PushKey
 
 log = structlog.get_logger("connect.subscriber")
 

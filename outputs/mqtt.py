@@ -38,7 +38,7 @@ from machines.alerts import MMOL_TO_MGDL
 from machines.delivery import DeliveryPolicy
 from outputs.delivery import Clock, Output, Sequenced
 from outputs.settings import MqttTarget, mqtt_target
-from store.database import Pending
+from store.values import Pending
 
 if TYPE_CHECKING:
     from store.abc import WriterStore

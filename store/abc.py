@@ -23,19 +23,29 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
 from connect.errors import StoreError
 from connect.records import Batch, Collection, Record, Stream
 from store.events import AlertState, EventRow, NewRecord
-
-if TYPE_CHECKING:
-    from store.database import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored, V3Result
-    from store.reader import Dose, Filter, Reading, StoredEpisode, Where
-    from store.search import Row as SearchRow
-    from store.search import Search
+from store.terms import Row as SearchRow
+from store.terms import Search
+from store.values import (
+    Dose,
+    Filter,
+    Pending,
+    PersistResult,
+    PushKey,
+    PushResult,
+    Reading,
+    RejectedGroup,
+    Stored,
+    StoredEpisode,
+    V3Result,
+    Where,
+)
 
 
 @attrs.frozen

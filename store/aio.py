@@ -19,16 +19,8 @@ import trio
 from connect.errors import StoreError
 from connect.records import Batch, Collection, Record, Stream
 from store.abc import StoredRow, WriterStore
-from store.database import (
-    Pending,
-    PersistResult,
-    PushKey,
-    PushResult,
-    RejectedGroup,
-    Stored,
-    V3Result,
-)
 from store.events import EventRow
+from store.values import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored, V3Result
 
 log = structlog.get_logger("store")
 

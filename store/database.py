@@ -18,7 +18,6 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
 
-import attrs
 import orjson
 from sqlite_utils import Database
 
@@ -43,6 +42,7 @@ from store.abc import AlertTransaction, StoredRow
 from store.events import AlertState, EventRow, NewRecord
 from store.lock import StoreLock
 from store.schema import COLLECTION_COLUMNS, SCHEMA_VERSION, NotAStore, SchemaTooNew, check_schema, migrate
+from store.values import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored, V3Result
 
 
 def _now_ms() -> int:
@@ -139,71 +139,8 @@ def _upsert_sql(collection: str) -> str:
 UPSERT_SQL: dict[str, str] = {c: _upsert_sql(c) for c in COLLECTIONS}
 
 
-@attrs.frozen
-class PersistResult:
-    """What one persisted frame changed: rows written (new or changed) per collection."""
-
-    written: Mapping[str, int]
-    checkpoint: Mapping[str, int]
-
-    @property
-    def total(self) -> int:
-        return sum(self.written.values())
-
-
-@attrs.frozen
-class PushKey:
-    """One pushed record and how its sender named it (see :meth:`Store.persist_push`)."""
-
-    record: Record
-    #: the ``_id`` the sender gave (a replacement of that record)
-    object_id: str | None = None
-    #: the sender's own ``identifier``
-    identifier: str | None = None
-    #: a PUT: the record named by ``object_id`` must exist
-    must_exist: bool = False
-
-
-@attrs.frozen
-class PushResult:
-    """What a push wrote: the identifier each record was stored under, rows written per collection."""
-
-    identifiers: Sequence[str]
-    written: Mapping[str, int]
-
-
 class Gone(LookupError):
     """The document was deleted (API v3 answers 410 Gone)."""
-
-
-@attrs.frozen
-class V3Result:
-    """What an API v3 write did to one document."""
-
-    #: the identifier the document is stored under
-    identifier: str
-    #: a new document (v3's 201); otherwise it replaced (or deduplicated onto) a stored one
-    created: bool
-    #: the document's ``srv_modified`` after the write (unchanged when it was written identical)
-    srv_modified: int
-
-
-#: a stored document a v3 write builds on: its identifier and JSON; None when there is none
-Stored = tuple[str, dict[str, Any]] | None
-
-
-@attrs.frozen
-class RejectedGroup:
-    """Records one output set aside in one collection, for one status code and reason."""
-
-    output: str
-    collection: str
-    status: int
-    reason: str
-    records: int
-    queued: bool
-    first_at: int
-    last_at: int
 
 
 def _queued_count_sql(collection: str) -> str:
@@ -254,14 +191,6 @@ def rejected_groups(
         )
         for out, coll, status, error, retry, records, first, last in rows
     ]  # fmt: skip
-
-
-@attrs.frozen
-class Pending:
-    """A record waiting for an output: its sequence number and Nightscout JSON."""
-
-    seq: int
-    doc: dict[str, Any]
 
 
 #: the first 16 bytes of every SQLite database file

@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 
 from connect.records import Collection, ms_from_iso
 from store.abc import ReaderStore
-from store.reader import SQLITE_INT_MAX
+from store.values import SQLITE_INT_MAX
 
 Format = Literal["csv", "json", "ndjson"]
 FORMATS: Final[tuple[Format, ...]] = ("csv", "json", "ndjson")

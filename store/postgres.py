@@ -43,22 +43,11 @@ from connect.records import (
 )
 from connect.redact import redact_text, register_secret
 from store.abc import AlertTransaction, StoredRow
-from store.database import (
-    Gone,
-    Pending,
-    PersistResult,
-    PushKey,
-    PushResult,
-    RejectedGroup,
-    Stored,
-    V3Result,
-    object_id,
-    row_for,
-    status_json,
-)
+from store.database import Gone, object_id, row_for, status_json
 from store.events import WEBHOOK_LOG_KEEP, AlertState, EventRow, NewRecord
 from store.postgres_schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from store.schema import COLLECTION_COLUMNS
+from store.values import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored, V3Result
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 

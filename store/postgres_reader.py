@@ -25,26 +25,14 @@ import psycopg_pool
 
 from connect.errors import StoreError, StoreUnusable
 from connect.records import COLLECTIONS, EVENTS, Collection
-from store.database import RejectedGroup
 from store.postgres import Conn, _one_line, _q, display_url, is_store_url, open_pool
 from store.postgres_schema import SCHEMA_VERSION, current_version
-from store.reader import (
-    DELTA_WINDOW_MS,
-    FILTER_COLUMNS,
-    KEY_COLUMNS,
-    OPS,
-    WITH_MILLS,
-    Dose,
-    Filter,
-    Reading,
-    StoredEpisode,
-    Where,
-    _delta,
-    splice,
-)
+from store.reader import DELTA_WINDOW_MS, FILTER_COLUMNS, KEY_COLUMNS, WITH_MILLS, _delta, splice
 from store.search import COLUMNS as SEARCH_COLUMNS
-from store.search import SORTS_AS_DATE, AnyOf, Condition, Search, Value
-from store.search import Row as SearchRow
+from store.search import SORTS_AS_DATE
+from store.terms import AnyOf, Condition, Search, Value
+from store.terms import Row as SearchRow
+from store.values import OPS, Dose, Filter, Reading, RejectedGroup, StoredEpisode, Where
 
 _ORDER: Final = "e.date DESC, e.srv_created DESC, e.seq DESC"
 

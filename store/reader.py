@@ -15,32 +15,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import quote
-
-import attrs
 
 from connect.errors import ConfigError, StoreUnusable
 from connect.records import COLLECTIONS, EVENTS, Collection
-from store.database import (
-    QUEUED_COUNT_SQL,
-    SQLITE_HEADER,
-    RejectedGroup,
-    has_retry_queue,
-    object_id,
-    rejected_groups,
-)
+from store import search
+from store.database import QUEUED_COUNT_SQL, SQLITE_HEADER, has_retry_queue, object_id, rejected_groups
 from store.schema import SCHEMA_VERSION
-
-if TYPE_CHECKING:
-    from store.search import Row as SearchRow
-    from store.search import Search
-
-Op = Literal["=", "!=", ">", ">=", "<", "<="]
-OPS: Final[frozenset[str]] = frozenset({"=", "!=", ">", ">=", "<", "<="})
+from store.terms import Row as SearchRow
+from store.terms import Search
+from store.values import OPS, Dose, Filter, Reading, RejectedGroup, StoredEpisode, Where
 
 #: columns a reader may filter on, per collection (interpolated into SQL, so a closed set)
 FILTER_COLUMNS: Final[dict[Collection, frozenset[str]]] = {
@@ -49,23 +37,6 @@ FILTER_COLUMNS: Final[dict[Collection, frozenset[str]]] = {
     "devicestatus": frozenset({"date", "device"}),
     "profile": frozenset({"date", "device"}),
 }
-
-
-@attrs.frozen
-class Where:
-    """An extra SQL condition on the documents (alias ``e``), with its bound parameters and the
-    functions it calls, registered on the borrowed connection before the query runs."""
-
-    sql: str
-    params: tuple[Any, ...] = ()
-    functions: tuple[tuple[str, int, Callable[..., Any]], ...] = ()
-    #: the conditions this SQL was made from (``store.search.Condition`` / ``AnyOf``), for a
-    #: store that writes its own SQL (PostgreSQL)
-    items: tuple[Any, ...] = ()
-
-    def prepare(self, conn: sqlite3.Connection) -> None:
-        for name, nargs, function in self.functions:
-            conn.create_function(name, nargs, function, deterministic=True)
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -87,56 +58,6 @@ DELTA_WINDOW_MS: Final = 15 * 60_000
 #: beyond this gap, the difference is scaled to five minutes (as a 5-minute delta is read)
 DELTA_SCALE_AFTER_MS: Final = 390_000
 FIVE_MINUTES_MS: Final = 300_000
-
-SQLITE_INT_MAX: Final = 2**63 - 1
-
-
-@attrs.frozen
-class Filter:
-    """One condition: ``column op value`` (value already converted: epoch ms, number or text)."""
-
-    column: str
-    op: Op
-    value: int | str
-
-    def __attrs_post_init__(self) -> None:
-        if self.op not in OPS:
-            raise ValueError(f"unknown operator {self.op!r}")
-        if isinstance(self.value, int) and not -SQLITE_INT_MAX <= self.value <= SQLITE_INT_MAX:
-            raise ValueError(f"{self.column}: number out of range")
-
-
-@attrs.frozen
-class Reading:
-    """A CGM reading as the status page draws it."""
-
-    date: int
-    sgv: int
-    direction: str | None
-    device: str
-
-
-@attrs.frozen
-class Dose:
-    """A treatment as the status page marks it: the carbs eaten and the insulin given, if any."""
-
-    date: int
-    event_type: str | None
-    insulin: float | None
-    carbs: float | None
-
-
-@attrs.frozen
-class StoredEpisode:
-    """An episode as the API and the status page show it (``end`` None while it lasts)."""
-
-    account: str
-    kind: str
-    start: int
-    end: int | None
-    sgv_min: int | None
-    sgv_max: int | None
-    readings: int
 
 
 def _delta(sgv: int, date: int, prev_sgv: int, prev_date: int) -> int | float:
@@ -445,25 +366,17 @@ class StoreReader:
     # --- API v3's reads by identifier and by time of change (store.search) ----------------------
 
     def one(self, collection: Collection, identifier: str) -> SearchRow | None:
-        from store import search
-
         return search.one(self, collection, identifier)
 
     def history(
         self, collection: Collection, since: int, limit: int, *, inclusive: bool = False
     ) -> list[SearchRow]:
-        from store import search
-
         return search.history(self, collection, since, limit, inclusive=inclusive)
 
     def search(self, query: Search) -> list[SearchRow]:
-        from store import search
-
         return search.search(self, query)
 
     def last_modified(self) -> dict[Collection, int]:
-        from store import search
-
         return search.last_modified(self)
 
     # --- what the status page and the status API show ----------------------------------------

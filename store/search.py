@@ -18,22 +18,20 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Literal
-
-import attrs
+from contextlib import AbstractContextManager
+from typing import Any, Final, Protocol
 
 from connect.records import COLLECTIONS, Collection
 from store.database import object_id
-from store.reader import StoreReader, Where
+from store.terms import AnyOf, Condition, Row, Search, Value
+from store.values import Where
 
-Op = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "re", "exists"]
-#: v3's operators (``exists`` is v1's, from MongoDB: ``find[field][$exists]=true``)
-OPERATORS: Final[tuple[Op, ...]] = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "re")
-ALL_OPERATORS: Final[frozenset[str]] = frozenset({*OPERATORS, "exists"})
-Value = bool | int | float | str
 
-#: a field name: parts of letters, digits, ``_`` and ``-``, joined by dots
-FIELD: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
+class Connections(Protocol):
+    """Where a search borrows its SQLite connection (the API's reader)."""
+
+    def connection(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
 
 _SQL_OPS: Final[dict[str, str]] = {"eq": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
@@ -60,59 +58,6 @@ COLUMNS: Final[dict[Collection, dict[str, str]]] = {
 }
 #: sorting on these is sorting on ``date`` (the same instant, written as ISO text), on its index
 SORTS_AS_DATE: Final = frozenset({"created_at", "dateString"})
-
-
-@attrs.frozen
-class Condition:
-    """``field op value``: one value, or several for ``in`` / ``nin``; ``matcher`` for ``re``."""
-
-    field: str
-    op: Op
-    values: tuple[Value, ...]
-    matcher: Callable[[str], bool] | None = attrs.field(default=None, eq=False)
-
-    def __attrs_post_init__(self) -> None:
-        if not FIELD.match(self.field):
-            raise ValueError(f"not a field name: {self.field!r}")
-        if self.op not in ALL_OPERATORS:
-            raise ValueError(f"unknown operator {self.op!r}")
-        if self.op == "exists" and not isinstance(self.values[0], bool):
-            raise ValueError("exists takes true or false")
-        if self.op == "re" and self.matcher is None:
-            raise ValueError("a re condition needs its matcher")
-        if self.op not in ("in", "nin", "re") and len(self.values) != 1:
-            raise ValueError(f"{self.op} takes one value")
-
-
-@attrs.frozen
-class AnyOf:
-    """At least one of ``conditions`` holds (v1 compares a value written ``30`` both as the
-    number 30 and as the text "30": each matches the documents that store it so)."""
-
-    conditions: tuple[Condition, ...]
-
-
-@attrs.frozen
-class Search:
-    collection: Collection
-    conditions: tuple[Condition, ...] = ()
-    #: the field to sort on first; the identifier always follows (v3's order)
-    sort: str | None = None
-    descending: bool = False
-    limit: int = 1000
-    skip: int = 0
-
-
-@attrs.frozen
-class Row:
-    """A stored document with its server times."""
-
-    identifier: str
-    json: str
-    srv_created: int
-    srv_modified: int
-    #: False for a deleted document (v3's ``isValid``)
-    valid: bool = True
 
 
 _SELECT: Final = "SELECT e.identifier, e.json, e.srv_created, e.srv_modified"
@@ -211,7 +156,7 @@ class _Sql:
 
 
 def where(collection: Collection, items: Sequence[Condition | AnyOf]) -> Where:
-    """Every one of ``items`` as one condition for :meth:`StoreReader.doc_texts`."""
+    """Every one of ``items`` as one condition for :meth:`store.reader.StoreReader.doc_texts`."""
     sql = _Sql(collection)
     fragments = [sql.item(i) for i in items]
     text = " AND ".join(f for f, _ in fragments) or "1"
@@ -231,7 +176,7 @@ def _use_matchers(conn: sqlite3.Connection, matchers: Sequence[Callable[[str], b
     conn.create_function("connect_v3_re", 2, matches, deterministic=True)
 
 
-def search(reader: StoreReader, query: Search) -> list[Row]:
+def search(reader: Connections, query: Search) -> list[Row]:
     """The documents ``query`` selects, in its order, ``skip`` passed over, at most ``limit``."""
     if query.collection not in COLLECTIONS:
         raise ValueError(f"unknown collection {query.collection!r}")
@@ -260,7 +205,7 @@ def search(reader: StoreReader, query: Search) -> list[Row]:
     return [_row(r) for r in rows]
 
 
-def one(reader: StoreReader, collection: Collection, identifier: str) -> Row | None:
+def one(reader: Connections, collection: Collection, identifier: str) -> Row | None:
     """The document with this identifier, or served with this 24-hex ``_id`` (v3's fallback);
     a deleted one comes with ``valid`` False."""
     with reader.connection() as conn:
@@ -291,7 +236,7 @@ def one(reader: StoreReader, collection: Collection, identifier: str) -> Row | N
 
 
 def history(
-    reader: StoreReader, collection: Collection, since: int, limit: int, *, inclusive: bool = False
+    reader: Connections, collection: Collection, since: int, limit: int, *, inclusive: bool = False
 ) -> list[Row]:
     """Documents changed after ``since`` (epoch ms; at or after it when ``inclusive``), oldest
     change first, at most ``limit`` — but never part of the documents changed at one instant.
@@ -328,7 +273,7 @@ def history(
         return changed("= ?", (last,))
 
 
-def last_modified(reader: StoreReader) -> dict[Collection, int]:
+def last_modified(reader: Connections) -> dict[Collection, int]:
     """Per collection that holds documents: its newest ``srv_modified``, or its newest record's
     time when that is later (v3 looks at both, for documents written without server times)."""
     out: dict[Collection, int] = {}

@@ -18,7 +18,8 @@ from api.query import MAX_FIND, QueryError, parse_read
 from connect.records import DeviceStatus, Entry, Treatment, iso_from_ms
 from store import Store
 from store.database import object_id
-from store.reader import Filter, StoreReader
+from store.reader import StoreReader
+from store.values import Filter
 from tests.test_api_support import FIVE_MIN, ApiClient, make_app, populate
 
 

@@ -13,9 +13,10 @@ import trio
 from connect.records import Batch, DeviceStatus, Entry, Treatment
 from store import AsyncStore, Store
 from store.abc import WriterStore
-from store.database import PushKey, row_for
+from store.database import row_for
 from store.postgres import PostgresStore
 from store.schema import SCHEMA_VERSION, SchemaTooNew
+from store.values import PushKey
 from tests.stores import MakeStore, query
 
 T0 = 1_700_000_000_000

@@ -15,7 +15,8 @@ from store.abc import ReaderStore, WriterStore
 from store.database import Store, object_id
 from store.postgres import PostgresStore
 from store.postgres_reader import PostgresReader
-from store.reader import Filter, StoreReader
+from store.reader import StoreReader
+from store.values import Filter
 
 NOW = 1_750_000_000_000
 MIN = 60_000

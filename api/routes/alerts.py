@@ -15,7 +15,7 @@ from api.context import Context
 from api.errors import ApiError
 from api.openapi import EPISODES_SCHEMA, ERROR_RESPONSES, SECURITY, WEBHOOKS_SCHEMA
 from api.responses import JSON, json_response
-from store.reader import SQLITE_INT_MAX
+from store.values import SQLITE_INT_MAX
 
 router = APIRouter()
 

@@ -35,7 +35,7 @@ from store.export import (
     export_chunks,
     time_bound,
 )
-from store.reader import SQLITE_INT_MAX, Filter
+from store.values import SQLITE_INT_MAX, Filter
 
 #: the API takes exactly what its OpenAPI document says an export bound may be
 BOUND = re.compile(BOUND_PATTERN)

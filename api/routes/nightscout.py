@@ -32,7 +32,7 @@ from api.reads import read_body, read_texts
 from api.responses import JSON, json_response
 from api.version import NAME, connect_version
 from connect.records import Collection, iso_from_ms
-from store.reader import Filter
+from store.values import Filter
 
 #: the Nightscout release whose v1 reads this API follows. status.json's ``version`` is what
 #: clients compare against their minimum Nightscout (uploaders parse major.minor.patch and warn

@@ -28,7 +28,7 @@ from api.openapi import ERROR_RESPONSES, SECURITY
 from api.responses import JSON
 from connect.records import ARROWS
 from store.abc import ReaderStore
-from store.reader import Filter
+from store.values import Filter
 
 router = APIRouter()
 

@@ -28,7 +28,8 @@ from api.responses import json_response
 from connect.errors import StoreError
 from connect.pushed import DocumentError, Pushed, documents, parse_json, push_origin, read_documents
 from connect.records import Collection, to_nightscout
-from store.database import PushKey, object_id
+from store.database import object_id
+from store.values import PushKey
 
 log = structlog.get_logger("api")
 
