@@ -63,7 +63,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "delivery_nightscout": {"records": 400, "chunk_size": 200, "rounds": 1},
     "delivery_mqtt": {"messages": 100, "rounds": 1},
     "api": {"requests": 20, "days": 2},
-    "accounts": {"accounts": 5},
+    "accounts": {"accounts": 5, "rounds": 1},
     "backfill": {"days": 2, "rounds": 1},
     "export": {"days": 2, "rounds": 1},
     "machines": {"frames": 10},
