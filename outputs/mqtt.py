@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
 import paho.mqtt.client as mqtt
 import structlog
 import trio
@@ -37,7 +38,6 @@ from connect.redact import redact_text, register_secret
 from machines.delivery import DeliveryPolicy
 from outputs.delivery import Clock, Output, Sequenced
 from outputs.settings import MqttTarget, mqtt_target
-from store.database import Pending
 
 if TYPE_CHECKING:
     from store.aio import AsyncStore
@@ -61,12 +61,43 @@ def payload_of(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
-def records_after(store: Store, collection: Collection, after: int, limit: int) -> list[Pending]:
+@attrs.frozen
+class Stored:
+    """A record as its row keeps it: the JSON text is the message body as it is (the text
+    :func:`payload_of` would write, made once when the record was stored), and the columns
+    the topic and ``current`` need, so a message is made without parsing the document."""
+
+    seq: int
+    text: str
+    device: str | None
+    #: the entry's ``type`` (``sgv``, ``mbg``, ``cal``); None in the other collections
+    kind: str | None
+    date: int | None
+
+    def doc(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.text)
+        return value
+
+
+def records_after(store: Store, collection: Collection, after: int, limit: int) -> list[Stored]:
     """Records with ``seq`` above ``after`` (not the cursor: the pipeline reads ahead of it)."""
+    kind = "type" if collection == "entries" else "NULL"
     rows = store.conn.execute(
-        f"SELECT seq, json FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        f"SELECT seq, json, device, {kind}, date FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?",
+        (after, limit),
     )
-    return [Pending(seq=int(seq), doc=json.loads(doc)) for seq, doc in rows]
+    return [Stored(int(seq), str(text), device, kind, date) for seq, text, device, kind, date in rows]
+
+
+def advance_and_read(
+    store: Store, output: str, collection: Collection, seq: int, after: int, limit: int
+) -> list[Stored]:
+    """The group after ``after`` read, then ``output``'s cursor moved to ``seq`` (an acknowledged
+    group): one trip to the store's worker thread instead of two, the cursor untouched when
+    either fails."""
+    group = records_after(store, collection, after, limit)
+    store.advance(output, collection, seq)
+    return group
 
 
 def _newest_delivered_sgv(store: Store, output: str) -> dict[str, Any] | None:
@@ -670,7 +701,20 @@ class MqttOutput(Output):
                 group, acks = in_flight.popleft()
                 self._sending()  # the broker's PUBACKs for this group are what is awaited
                 await link.acknowledged(acks, within=self.ack_timeout)
-                await self._accepted(stream, group)
+                if exhausted or stream == EVENTS:
+                    await self._accepted(stream, group)
+                    continue
+                # the cursor moved and the next group read in one trip to the store's thread
+                following = await self.astore.call(
+                    advance_and_read, self.astore.store, self.name, stream, group[-1].seq, after,
+                    self.group_size,
+                )  # fmt: skip
+                await self._accepted(stream, group, advanced=True)
+                if not following:
+                    exhausted = True
+                    continue
+                in_flight.append((following, link.publish(await self._messages(stream, following))))
+                after = following[-1].seq
         if self.discovery:
             sources = await self.astore.call(saved_sources, self.astore.store)
             states = self.source_messages(sources)
@@ -686,8 +730,16 @@ class MqttOutput(Output):
             events = await self.astore.events_after(after, limit=self.group_size)
             return events, [(self.event_topic(e.event), e.text.encode("utf-8"), False) for e in events]
         group = await self._records_after(stream, after, self.group_size)
-        messages = [(self.topic(stream, p.doc), payload_of(p.doc), False) for p in group]
-        candidate = self._newer_current(stream, [p.doc for p in group])
+        return group, await self._messages(stream, group)
+
+    async def _messages(
+        self, collection: Collection, group: Sequence[Stored]
+    ) -> list[tuple[str, bytes, bool]]:
+        """A group's messages: each record's stored JSON on its device's topic, and the new
+        ``current`` when the group holds a newer sgv."""
+        prefix = f"{self.topic_prefix}/{collection}/"
+        messages = [(prefix + topic_level(r.device), r.text.encode("utf-8"), False) for r in group]
+        candidate = self._newer_current(collection, group)
         if candidate is not None:
             current: dict[str, Any] | None = await self.astore.call(
                 current_view, self.astore.store, candidate, only_newest=True
@@ -696,25 +748,26 @@ class MqttOutput(Output):
                 messages.append((self.current_topic, payload_of(current), True))
                 # one connection delivers in order: later groups compare against this one
                 self._current_date = int(candidate["date"])
-        return group, messages
+        return messages
 
-    async def _records_after(self, collection: Collection, after: int, limit: int) -> list[Pending]:
-        rows: list[Pending] = await self.astore.call(
+    async def _records_after(self, collection: Collection, after: int, limit: int) -> list[Stored]:
+        rows: list[Stored] = await self.astore.call(
             records_after, self.astore.store, collection, after, limit
         )
         return rows
 
-    def _newer_current(self, collection: Collection, docs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    def _newer_current(self, collection: Collection, group: Sequence[Stored]) -> dict[str, Any] | None:
         """The group's newest sgv when it is newer than what {prefix}/current holds."""
         if not self.retain_current or collection != "entries":
             return None
-        sgvs = [d for d in docs if d.get("type") == "sgv" and isinstance(d.get("date"), int)]
+        sgvs = [r for r in group if r.kind == "sgv" and r.date is not None]
         if not sgvs:
             return None
-        newest = max(sgvs, key=lambda d: int(d["date"]))
-        if self._current_date is not None and int(newest["date"]) <= self._current_date:
+        newest = max(sgvs, key=lambda r: int(r.date or 0))
+        if self._current_date is not None and int(newest.date or 0) <= self._current_date:
             return None
-        return newest
+        doc = newest.doc()
+        return doc if isinstance(doc.get("date"), int) else None
 
     async def _republish_current(self, link: _Link) -> None:
         """Retained messages do not survive every broker restart: restate the newest one."""
