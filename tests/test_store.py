@@ -31,6 +31,26 @@ def test_schema_is_versioned_and_wal(tmp_path: Path) -> None:
     Store(tmp_path / "s.db").close()  # reopening migrates nothing and fails nothing
 
 
+def test_a_new_store_has_the_schema_and_rows_every_migration_step_makes(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from store.schema import MIGRATIONS
+
+    Store(tmp_path / "new.db").close()
+    stepwise = sqlite3.connect(tmp_path / "steps.db", isolation_level=None)
+    for version, step in enumerate(MIGRATIONS):
+        step(Database(stepwise))
+        stepwise.execute(f"PRAGMA user_version = {version + 1}")
+    new = sqlite3.connect(tmp_path / "new.db")
+
+    def schema(conn: sqlite3.Connection) -> set[tuple[str, str, str, str]]:
+        return set(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+
+    assert schema(new) == schema(stepwise)
+    assert new.execute("PRAGMA user_version").fetchone() == stepwise.execute("PRAGMA user_version").fetchone()
+    assert list(new.execute("SELECT * FROM sequence")) == list(stepwise.execute("SELECT * FROM sequence"))
+
+
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     Store(tmp_path / "s.db").close()
     conn = sqlite3.connect(tmp_path / "s.db")
@@ -140,7 +160,12 @@ def test_stored_rows_are_pinned_byte_for_byte() -> None:
         1_700_000_300_000, 1_700_000_300_000,
     )  # fmt: skip
     treatment = Treatment(
-        event_type="Meal Bolus", date=1_700_000_000_000, device="pump", insulin=2.5, carbs=30.0, notes="café ☕"
+        event_type="Meal Bolus",
+        date=1_700_000_000_000,
+        device="pump",
+        insulin=2.5,
+        carbs=30.0,
+        notes="café ☕",
     )
     assert row_for(treatment, "sim", 8, now=1)[9] == (
         '{"carbs":30.0,"created_at":"2023-11-14T22:13:20.000Z","date":1700000000000,"device":"pump",'
