@@ -123,6 +123,8 @@ def test_json_report_has_every_figure() -> None:
     assert isinstance(report["rss_kib_per_account"], int | float)
     assert isinstance(report["idle_cpu_percent_100_loops"], int | float)
     assert report["machines"]["events_per_frame"] == 7
+    for key in ("startup_seconds_1000_accounts", "rss_kib_per_account_1000", "fds_per_account_1000"):
+        assert isinstance(report[key], int | float) or report["not_measured"]["many"]
 
 
 def test_store_ceiling_writes_the_rows_we_write() -> None:
