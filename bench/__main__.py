@@ -115,6 +115,8 @@ def measure(progress: Callable[[str], None], *, quick: bool = False) -> dict[str
         # until every account stored its first frame, and what each account adds to one
         "startup_seconds_1000_accounts": None if many is None else many["startup_seconds"],
         "startup_cpu_seconds_1000_accounts": None if many is None else many["startup_cpu_seconds"],
+        "restart_seconds_1000_accounts": None if many is None else many["restart_seconds"],
+        "restart_cpu_seconds_1000_accounts": None if many is None else many["restart_cpu_seconds"],
         "rss_kib_per_account_1000": None if many is None else many["rss_kib_per_account"],
         "fds_per_account_1000": None if many is None else many["fds_per_account"],
         "machines": {
@@ -156,7 +158,8 @@ def table(report: dict[str, Any]) -> str:
             f"1,000 accounts (run --accounts-dir): every first frame stored after "
             f"{report['startup_seconds_1000_accounts']:,.1f} s ({report['startup_cpu_seconds_1000_accounts']:,.1f} s CPU), "
             f"{report['rss_kib_per_account_1000']:,.0f} KiB RSS and {report['fds_per_account_1000']:.1f} "
-            "open files per account above one"
+            "open files per account above one; restarted over those stores: "
+            f"{report['restart_seconds_1000_accounts']:,.1f} s ({report['restart_cpu_seconds_1000_accounts']:,.1f} s CPU)"
         )
     else:
         lines.append(f"1,000 accounts: not measured ({report['not_measured'].get('many')})")

@@ -2,7 +2,8 @@
 
 ``accounts`` simulated accounts, one ``NAME.env`` file each (an hour of backfill, each its own
 SQLite store file), run by the real command line in a process of its own. Start-up is the wall
-time from starting that process until every account logged its first stored frame. Then, with
+time from starting that process until every account logged its first stored frame, first over
+new files (every store created) and then again over the stores that run left (a restart). Then, with
 every account waiting for its next reading, the process's resident set and its open file
 descriptors are read from ``/proc``; the same run with one account is the baseline, so the
 per-account figures are what each further account adds.
@@ -73,12 +74,14 @@ def _first_frames(log: IO[str], accounts: int, started: float) -> tuple[float, f
     raise RuntimeError(f"only {len(stored)} of {accounts} accounts stored a frame")
 
 
-def run_accounts(accounts: int) -> dict[str, float]:
+def run_accounts(accounts: int, directory: Path | None = None) -> dict[str, float]:
     """Start-up seconds (wall and CPU), RSS bytes and open descriptors of one ``run
-    --accounts-dir`` process."""
+    --accounts-dir`` process: over new account files, or the ``directory`` given (a restart
+    when its stores exist)."""
     with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        _write_accounts(directory, accounts)
+        if directory is None:
+            directory = Path(tmp)
+            _write_accounts(directory, accounts)
         env = {**os.environ, "CONNECT_LOG_FORMAT": "json", "CONNECT_LOG_LEVEL": "info"}
         started = time.perf_counter()
         process = subprocess.Popen(
@@ -102,13 +105,20 @@ def run_accounts(accounts: int) -> dict[str, float]:
 
 
 def bench_many(accounts: int = 1000) -> Figures:
-    """Start-up time of ``accounts`` accounts, and RSS and descriptors per account above one."""
+    """Start-up time of ``accounts`` accounts (new, and again over the stores the first run
+    left: a restart), and RSS and descriptors per account above one."""
     one = run_accounts(1)
-    many = run_accounts(accounts)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        _write_accounts(directory, accounts)
+        many = run_accounts(accounts, directory)
+        again = run_accounts(accounts, directory)
     extra = max(1, accounts - 1)
     return {
         "accounts": accounts,
         "startup_seconds": round(many["startup_seconds"], 2),
+        "restart_seconds": round(again["startup_seconds"], 2),
+        "restart_cpu_seconds": round(again["startup_cpu"], 2),
         # the same start as CPU time (steadier on a shared machine), and when the last store
         # was open (every file read, every store checked and migrated)
         "startup_cpu_seconds": round(many["startup_cpu"], 2),

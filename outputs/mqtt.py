@@ -33,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from connect.clock import wall_ms
 from connect.errors import ConnectError, OutputAuthError, TransientError
+from connect.httpkit import mqtt_tls_context
 from connect.records import COLLECTIONS, EVENTS, Collection, Stream
 from connect.redact import redact_text, register_secret
 from machines.delivery import DeliveryPolicy
@@ -563,7 +564,8 @@ class MqttOutput(Output):
         if self.broker.username is not None:
             client.username_pw_set(self.broker.username, self.broker.password)
         if self.broker.tls:
-            client.tls_set(ca_certs=self.ca_file)  # None: the system's CAs
+            # the process's one context for this CA file (None: the system's CAs)
+            client.tls_set_context(mqtt_tls_context(self.ca_file))
         client.max_inflight_messages_set(self.inflight)
         client.max_queued_messages_set(0)
         if announce:
