@@ -97,7 +97,7 @@ class TableDriven:
         self.state = target
 
 
-def bench_accounts(accounts: int = 200, rounds: int = 3) -> Figures:
+def bench_accounts(accounts: int = 200, rounds: int = 5) -> Figures:
     """Frames/s over ``accounts`` daemons (one steady-state frame each), beside the same work
     with the machines' callbacks driven by a dict; the best of ``rounds`` of each, alternated."""
     from connect.logs import configure
