@@ -23,6 +23,7 @@ from bench.delivery import bench_mqtt, bench_nightscout
 from bench.export import bench_export
 from bench.idle import bench_idle
 from bench.machines import bench_machines
+from bench.many import bench_many
 from bench.store import bench_store
 from bench.timing import Figures
 
@@ -33,16 +34,22 @@ FIGURES: tuple[tuple[str, Callable[..., Figures], str, str, str], ...] = (
         "delivery_nightscout",
         bench_nightscout,
         "delivery to Nightscout emulator, records/s",
-        "bare httpx loop",
+        "bare httpx loop: store, post, cursor",
         "wall",
     ),
-    ("delivery_mqtt", bench_mqtt, "delivery to mosquitto, QoS 1 messages/s", "bare paho publisher", "wall"),
+    (
+        "delivery_mqtt",
+        bench_mqtt,
+        "delivery to mosquitto, QoS 1 messages/s",
+        "bare paho publisher: store, publish, cursor",
+        "wall",
+    ),
     ("api", bench_api, "API entries.json?count=288, requests/s", "bare ASGI app, same bytes", "wall"),
     (
         "accounts",
         bench_accounts,
-        "accounts polled/s (200 daemons, one frame each)",
-        "fetch+transform+persist direct",
+        "accounts polled/s (200 daemons, one steady-state frame each)",
+        "same callbacks by dict, fetch+transform+persist direct",
         "cpu",
     ),
     (
@@ -63,11 +70,12 @@ QUICK: dict[str, dict[str, Any]] = {
     "delivery_nightscout": {"records": 400, "chunk_size": 200, "rounds": 1},
     "delivery_mqtt": {"messages": 100, "rounds": 1},
     "api": {"requests": 20, "days": 2},
-    "accounts": {"accounts": 5},
+    "accounts": {"accounts": 5, "rounds": 1},
     "backfill": {"days": 2, "rounds": 1},
     "export": {"days": 2, "rounds": 1},
     "machines": {"frames": 10},
     "idle": {"accounts": 5, "seconds": 0.5},
+    "many": {"accounts": 20},
 }
 
 
@@ -97,12 +105,26 @@ def measure(progress: Callable[[str], None], *, quick: bool = False) -> dict[str
     machines = bench_machines(**sizes.get("machines", {}))
     progress("idle")
     idle = bench_idle(**sizes.get("idle", {}))
+    progress("many")
+    try:
+        many: dict[str, Any] | None = bench_many(**sizes.get("many", {}))
+    except Exception as exc:  # e.g. too few open files allowed here: said why, the rest stays
+        many = None
+        not_measured["many"] = f"{type(exc).__name__}: {exc}"
     return {
         "figures": figures,
         "rss_kib_per_account": round(idle["rss_per_account"] / 1024, 1),
         "idle_cpu_percent_100_loops": round(idle["idle_cpu_percent"], 4),
         "heap_kib_per_account": round(extra.get("accounts", {}).get("bytes_per_account", 0) / 1024, 1)
         or None,
+        # ``run --accounts-dir`` with 1,000 accounts (20 with --quick): wall and CPU seconds
+        # until every account stored its first frame, and what each account adds to one
+        "startup_seconds_1000_accounts": None if many is None else many["startup_seconds"],
+        "startup_cpu_seconds_1000_accounts": None if many is None else many["startup_cpu_seconds"],
+        "restart_seconds_1000_accounts": None if many is None else many["restart_seconds"],
+        "restart_cpu_seconds_1000_accounts": None if many is None else many["restart_cpu_seconds"],
+        "rss_kib_per_account_1000": None if many is None else many["rss_kib_per_account"],
+        "fds_per_account_1000": None if many is None else many["fds_per_account"],
         "machines": {
             "events_per_frame": machines["events_per_frame"],
             "cpu_us_per_frame": round(machines["cpu_us_per_frame"], 1),
@@ -137,6 +159,16 @@ def table(report: dict[str, Any]) -> str:
         f"{report['heap_kib_per_account'] or 0:,.0f} KiB Python heap (200 daemons)",
         f"idle: {report['idle_cpu_percent_100_loops']:.3f} % of a core (100 waiting daemons, one status period)",
     ]
+    if report["startup_seconds_1000_accounts"] is not None:
+        lines.append(
+            f"1,000 accounts (run --accounts-dir): every first frame stored after "
+            f"{report['startup_seconds_1000_accounts']:,.1f} s ({report['startup_cpu_seconds_1000_accounts']:,.1f} s CPU), "
+            f"{report['rss_kib_per_account_1000']:,.0f} KiB RSS and {report['fds_per_account_1000']:.1f} "
+            "open files per account above one; restarted over those stores: "
+            f"{report['restart_seconds_1000_accounts']:,.1f} s ({report['restart_cpu_seconds_1000_accounts']:,.1f} s CPU)"
+        )
+    else:
+        lines.append(f"1,000 accounts: not measured ({report['not_measured'].get('many')})")
     peak = report["export_peak_rss_mib"]
     lines.append(
         f"export peak RSS: {peak['ours']:,.1f} MiB (every row held at once: {peak['ceiling']:,.1f} MiB)"

@@ -12,9 +12,9 @@ import time
 from bench.timing import Figures
 from machines import CycleMachine, FetchMachine
 
-FRAME_EVENTS = ("start", "ready", "session_ok", "gaps_known", "fetched", "transformed", "persisted", "finish")
-#: the Cycle's begin, frame_done and next, the Fetch's reset, and the Fetch's own events
-EVENTS_PER_FRAME = 4 + len(FRAME_EVENTS)
+FRAME_EVENTS = ("start", "session_ok", "gaps_known", "fetched", "persisted")
+#: the Cycle's begin and frame_done around the Fetch machine's own events
+EVENTS_PER_FRAME = 2 + len(FRAME_EVENTS)
 
 
 def bench_machines(frames: int = 300) -> Figures:
@@ -22,18 +22,14 @@ def bench_machines(frames: int = 300) -> Figures:
     # as the runtime drives them: both machines live as long as the loop
     cycle = CycleMachine()
     fetch = FetchMachine()
-    cycle.send("start")
 
     def frame() -> None:
-        cycle.send("begin")
-        if fetch.current_state_value == "done":
-            fetch.send("reset")
+        cycle.begin_frame()
         for event in FRAME_EVENTS:
             fetch.send(event)
         cycle.send("frame_done", ok=True, now_ms=0)
-        cycle.send("next")
 
-    frame()  # the first frame has no reset; every later one sends EVENTS_PER_FRAME events
+    frame()
     started = time.process_time()
     for _ in range(frames):
         frame()

@@ -5,9 +5,7 @@ and every embedding program goes through :func:`assemble`, so they all run the s
 
 from __future__ import annotations
 
-import functools
 import random
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -19,7 +17,7 @@ from connect.clock import Clock, wall_ms
 from connect.contract import SourceInfo
 from connect.daemon import Daemon
 from connect.errors import ConfigError
-from connect.httpkit import USER_AGENT
+from connect.httpkit import USER_AGENT, tls_context
 from connect.runtime import GapFinder, SourceRuntime
 from connect.settings import CoreSettings
 from connect.subscriber import MqttSubscriber, PushSettings
@@ -28,14 +26,6 @@ from outputs.alert_settings import AlertSettings
 from outputs.nightscout import NightscoutOutput
 from store import AsyncStore, Store
 from store.abc import WriterStore
-
-
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """One verifying TLS context for every client of the process (httpx's default: certifi's
-    bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``). Loading the bundle takes ~50 ms and holds
-    a few hundred kB, which ``--accounts-dir`` would otherwise pay once per account."""
-    return httpx.create_ssl_context()
 
 
 def http_client() -> httpx.AsyncClient:

@@ -32,6 +32,9 @@ log = structlog.get_logger("connect.daemon")
 #: how often the status is looked at when nothing wakes the status task (it is written only
 #: when it changed)
 STATUS_EVERY_S = 60.0
+#: how long the status task lets a burst of wakes settle before it looks: a frame, the alert
+#: events it raises and their delivery each wake it, and one write serves them all
+STATUS_SETTLE_S = 0.5
 
 
 @attrs.define
@@ -125,13 +128,15 @@ class Daemon:
                 await self.save_status()
 
     async def status_task(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keeps the status row current: looked at after frames, and once a minute otherwise;
-        written only when it changed (an idle daemon writes nothing)."""
+        """Keeps the status row current: looked at half a second after frames (a burst of
+        wakes, one write) and once a minute otherwise; written only when it changed (an idle
+        daemon writes nothing)."""
         task_status.started()
         try:
             while True:
                 with trio.move_on_after(STATUS_EVERY_S):
                     await self._status_dirty.wait()
+                    await trio.sleep(STATUS_SETTLE_S)
                 self._status_dirty = trio.Event()
                 await self.save_status(if_changed=True)
         finally:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import json
 import math
+import ssl
 import time
 import uuid
 from typing import Any
@@ -21,6 +23,23 @@ from connect.errors import (
     Unreachable,
 )
 from connect.fields import HTTP_SCHEMES, check_url
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every HTTP client of the process (httpx's default:
+    certifi's bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``). Loading the bundle takes ~50 ms
+    and holds a few hundred kB, which ``--accounts-dir`` would otherwise pay once per account."""
+    return httpx.create_ssl_context()
+
+
+@functools.cache
+def mqtt_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """One verifying TLS context per CA file for every MQTT connection of the process (what
+    paho's ``tls_set`` would make for each connection: the system's CAs, or only ``ca_file``'s;
+    the certificate and the host name checked). Read once: a changed CA file takes a restart."""
+    return ssl.create_default_context(cafile=ca_file)
+
 
 USER_AGENT = "nightscout-connect-py"
 #: every webhook request carries this header with :data:`INSTANCE_ID`; an API of this process

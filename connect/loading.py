@@ -116,7 +116,9 @@ def load_settings(
     settings: CoreSettings | None = None
     try:
         with _translated_environ(source):
-            settings = CliApp.run(model, cli_args=list(args), **given)
+            # without flags there is nothing for the command-line parser to read, and building
+            # it costs more than the rest of the settings (--accounts-dir reads one per file)
+            settings = CliApp.run(model, cli_args=list(args), **given) if args else model(**given)
     except pydantic.ValidationError as exc:
         problems.extend(describe_validation(exc))
     except SettingsError as exc:

@@ -251,7 +251,7 @@ def paused_error(decision: Wait, now: int) -> ConnectError:
 
 
 class LoopDriver:
-    """Executes one loop's Cycle machine and its Fetch machine (reset for every frame)."""
+    """Executes one loop's Cycle machine and its Fetch machine (both live as long as the loop)."""
 
     def __init__(self, runtime: SourceRuntime, spec: LoopSpec) -> None:
         self.runtime = runtime
@@ -281,14 +281,18 @@ class LoopDriver:
         task_status.started()
         try:
             while True:
-                self.cycle.begin_frame()
-                ok = await self.frame()
-                decision = await self._ended(ok)
+                decision = await self.step()
                 if isinstance(decision, Finish):
                     return
                 await sleep_until_ms(self.clock, decision.at)
         finally:
             self.cycle.halt()
+
+    async def step(self) -> CycleDecision:
+        """One frame, and the Cycle machine's answer to when the next one starts."""
+        self.cycle.begin_frame()
+        ok = await self.frame()
+        return await self._ended(ok)
 
     async def _ended(self, ok: bool) -> CycleDecision:
         """The frame's facts for the Cycle machine, which decides when the next one starts."""
@@ -314,23 +318,21 @@ class LoopDriver:
         rt = self.runtime
         fm = self.fetch
         fm.begin()
+        # each event through its own method (cheaper than ``send``, which looks the event up)
         while True:
             session: Any = None
             error: ConnectError
             try:
-                fm.send("ready")
                 session = await rt.session.acquire(self.spec.name)
-                fm.send("session_ok")
+                fm.session_ok()
                 last_known, held = await self._last_known()
-                fm.send("gaps_known", last_known=dict(last_known.values))
+                fm.gaps_known(last_known=dict(last_known.values))
                 raw = await self.spec.fetch(session, last_known)
                 rt.session.confirm(session)  # the vendor honoured it: that login was worth it
-                fm.send("fetched")
                 batch = without(self.spec.transform(raw, last_known), held)
-                fm.send("transformed", batch=batch)
+                fm.fetched(batch=batch)
                 result = await rt.store.persist_frame(rt.key, self.spec.name, batch)
-                fm.send("persisted")
-                fm.send("finish")
+                fm.persisted()
                 self.last_batch = batch
                 self.checkpoint = dict(result.checkpoint)
                 self.records_written += result.total
@@ -356,6 +358,7 @@ class LoopDriver:
             if isinstance(decision, EndFrame):
                 return decision.ok
             await sleep_until_ms(self.clock, decision.at)
+            fm.ready()  # the wait is over: the next attempt
 
     async def _last_known(self) -> tuple[LastKnown, frozenset[str]]:
         """Where this frame starts, and the collections it must leave out (see Fetch)."""

@@ -13,13 +13,13 @@ import functools
 import importlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Final, Literal, cast
 from urllib.parse import urlsplit
 
 import pydantic
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from connect import peers
 from connect.contract import SourceInfo
@@ -38,6 +38,20 @@ class CoreSettings(ConnectSettings):
         cli_exit_on_error=False,
         cli_prog_name="nightscout-connect",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # no .env file or secrets directory is ever configured, so those sources read nothing;
+        # they would still cost each read of the settings as much as the environment does
+        # (--accounts-dir reads one per account file). Flags come first when given.
+        return init_settings, env_settings
 
     source: str | None = Field(
         default=None,
@@ -91,9 +105,16 @@ def check_store_url(url: str) -> None:
 BUILTIN_SOURCES: Final[dict[str, str]] = {"none": "sources.none:SOURCE", "mqtt": "sources.none:MQTT"}
 
 
+@functools.cache
+def _source_entry_points() -> tuple[EntryPoint, ...]:
+    # read once per process: scanning the installed distributions takes milliseconds, and
+    # ``--accounts-dir`` loads a source for every account file
+    return tuple(entry_points(group=ENTRY_POINT_GROUP))
+
+
 def known_sources() -> dict[str, str]:
     """Source name → entry point value, for every installed source (and ``none``)."""
-    return {**BUILTIN_SOURCES, **{ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}}
+    return {**BUILTIN_SOURCES, **{ep.name: ep.value for ep in _source_entry_points()}}
 
 
 def load_source(name: str) -> SourceInfo:
@@ -103,7 +124,7 @@ def load_source(name: str) -> SourceInfo:
         info = getattr(importlib.import_module(module), attr)
         assert isinstance(info, SourceInfo)
         return info
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _source_entry_points():
         if ep.name == name:
             info = ep.load()
             if not isinstance(info, SourceInfo):
@@ -309,7 +330,7 @@ def apply_node_values(environ: dict[str, str] | None = None) -> list[str]:
 def installed_legacy_env() -> dict[str, dict[str, str]]:
     """Source name → its old variable names (for every installed source that loads)."""
     out: dict[str, dict[str, str]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _source_entry_points():
         try:
             info = ep.load()
         except Exception:  # a broken third-party source must not break `check`

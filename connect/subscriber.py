@@ -28,6 +28,7 @@ from pydantic import Field, SecretStr
 from connect.clock import wall_ms
 from connect.errors import ConnectError, OutputAuthError, StoreError, TransientError
 from connect.fields import ConnectSettings
+from connect.httpkit import mqtt_tls_context
 from connect.pushed import DocumentError, documents, parse_json, read_document
 from connect.records import Collection
 from connect.redact import redact_text
@@ -212,7 +213,7 @@ class MqttSubscriber:
         if self.broker.username is not None:
             client.username_pw_set(self.broker.username, self.broker.password)
         if self.broker.tls:
-            client.tls_set()
+            client.tls_set_context(mqtt_tls_context())  # the process's one, with the system's CAs
         client.max_queued_messages_set(0)
         return client
 

@@ -15,7 +15,7 @@ STALE_SOURCE_SLACK_MS = 25_000
 
 
 class CycleMachine(StateMachine):
-    """init → ready → operating → after → ready …; ``stop`` from anywhere → stopped.
+    """init → ready → operating → after → operating …; ``stop`` from anywhere → stopped.
 
     :meth:`ended` decides when the next frame starts (``next_due``): at once while the
     source says ``more`` (a backfill), at the next expected reading after a success (``after``
@@ -33,7 +33,9 @@ class CycleMachine(StateMachine):
     stopped = State(final=True)
 
     start = init.to(ready)
-    begin = ready.to(operating)
+    # a frame begins wherever the cycle waits: ``after`` holds the wait after a success and
+    # ``ready`` the backoff after a failure, so neither needs an event of its own to end
+    begin = ready.to(operating) | after.to(operating) | init.to(operating)
     frame_done = operating.to(after)
     next = after.to(ready)
     stop = init.to(stopped) | ready.to(stopped) | operating.to(stopped) | after.to(stopped)
@@ -66,11 +68,7 @@ class CycleMachine(StateMachine):
 
     def begin_frame(self) -> None:
         """The wait is over: the next frame starts."""
-        if self.current_state_value == "init":
-            self.send("start")
-        elif self.current_state_value == "after":
-            self.send("next")
-        self.send("begin")
+        self.begin()
 
     def ended(
         self,
@@ -85,7 +83,7 @@ class CycleMachine(StateMachine):
     ) -> CycleDecision:
         """A frame ended at ``now``. ``newest`` is the loop's newest stored record time and
         ``source_due`` the next read time the source itself asks for, when it has a rule."""
-        self.send("frame_done", ok=ok, error=error, now_ms=now)
+        self.frame_done(ok=ok, error=error, now_ms=now)
         if self.once:
             if ok and more and self.frames_run < self.budget:
                 return self._due(now)

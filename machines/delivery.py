@@ -182,6 +182,12 @@ class DeliveryMachine(StateMachine):
             self.send("chunk")
 
     @property
+    def limit_if_accepted(self) -> int:
+        """The chunk limit once the chunk in flight is accepted (a split limit grows back): an
+        output reading ahead reads the next chunk at this size."""
+        return min(self.chunk_size, self.limit * 2)
+
+    @property
     def paused(self) -> bool:
         return str(self.current_state_value).startswith("paused_")
 
@@ -206,7 +212,7 @@ class DeliveryMachine(StateMachine):
         self.accepted_chunks += 1
         self.retry_at = None
         self.gave_up = False
-        self.limit = min(self.chunk_size, self.limit * 2)
+        self.limit = self.limit_if_accepted
 
     def on_split(self, size: int = 2) -> None:
         self.limit = max(1, size // 2)

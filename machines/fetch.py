@@ -1,4 +1,4 @@
-"""Fetch: one frame of one loop, from waiting for its turn to done; reset for the next frame."""
+"""Fetch: one frame of one loop, from its first attempt to done; started again for the next frame."""
 
 from __future__ import annotations
 
@@ -17,15 +17,20 @@ GAP_RETRY = Backoff(base=30.0, cap=1800.0)
 
 
 class FetchMachine(StateMachine):
-    """idle → waiting → auth → determine_gaps → fetching → transforming → persisting → success → done.
+    """idle → auth → determine_gaps → fetching → persisting → done.
 
-    Any step may ``fail``; from ``error`` the ``retry`` event goes back to ``waiting`` while
-    attempts remain and the error is one a retry can fix, and otherwise ends the frame in
-    ``done`` with ``ok`` false. Attempts count tries, so ``max_retries=2`` allows three.
+    Any step may ``fail``; from ``error`` the ``retry`` event goes to ``waiting`` (``ready``
+    ends that wait and starts the next attempt) while attempts remain and the error is one a
+    retry can fix, and otherwise ends the frame in ``done`` with ``ok`` false. Attempts count tries, so ``max_retries=2`` allows three.
     :meth:`failed` decides when the next try starts: at once after a dead session (the Session
     machine paces the login), else after the frame backoff or the remote side's Retry-After.
 
-    The machine lives as long as its loop (``reset`` takes ``done`` back to ``idle``) and keeps
+    Each state is one the frame can be seen in: the runtime awaits in each (the session, the
+    checkpoints, the vendor, the store). Transforming the vendor's answer awaits nothing, so
+    ``fetched`` carries the frame's records and ``persisted`` ends the frame: a state no status
+    could show would cost every frame an event and decide nothing.
+
+    The machine lives as long as its loop (``start`` from ``done`` begins the next frame) and keeps
     the site's answers to gap analysis across frames: an answer is asked for once; a question
     that failed is asked again on a later frame, no sooner than :data:`GAP_RETRY` says; until
     it is answered, collections in :data:`UNDEDUPLICATED` are held (left out of the frame)
@@ -37,30 +42,25 @@ class FetchMachine(StateMachine):
     auth = State()
     determine_gaps = State()
     fetching = State()
-    transforming = State()
     persisting = State()
-    success = State()
     error = State()
     done = State()
 
-    start = idle.to(waiting)
+    # the first attempt waits for nothing: only a retry has a wait to hold
+    start = idle.to(auth) | done.to(auth)
     ready = waiting.to(auth)
     session_ok = auth.to(determine_gaps)
     gaps_known = determine_gaps.to(fetching)
-    fetched = fetching.to(transforming)
-    transformed = transforming.to(persisting)
-    persisted = persisting.to(success)
-    finish = success.to(done)
+    fetched = fetching.to(persisting)
+    persisted = persisting.to(done)
     fail = (
         waiting.to(error)
         | auth.to(error)
         | determine_gaps.to(error)
         | fetching.to(error)
-        | transforming.to(error)
         | persisting.to(error)
     )
     retry = error.to(waiting, cond="can_retry") | error.to(done, unless="can_retry")
-    reset = done.to(idle)
 
     def __init__(self, *, max_retries: int = 2, backoff: Backoff | None = None) -> None:
         self.max_retries = max_retries
@@ -84,9 +84,7 @@ class FetchMachine(StateMachine):
 
     def begin(self) -> None:
         """A new frame: counters of the last one are cleared, the first attempt waits its turn."""
-        if self.current_state_value == "done":
-            self.send("reset")
-        self.send("start")
+        self.start()  # the event's own method: cheaper than send()
 
     def failed(self, now: int, error: Fault | None, rand: float = 0.0) -> FrameDecision:
         """The attempt failed with ``error``: retry at a time, or end the frame."""
@@ -132,8 +130,10 @@ class FetchMachine(StateMachine):
 
     # --- actions --------------------------------------------------------------------------------
 
-    def on_reset(self) -> None:
-        self.attempts = 0
+    def on_start(self) -> None:
+        # a new frame on the same machine: nothing of the last one is left; its first attempt
+        # begins now
+        self.attempts = 1
         self.last_error = None
         self.last_known = {}
         self.batch = None
@@ -141,15 +141,15 @@ class FetchMachine(StateMachine):
         self.retry_at = None
 
     def on_enter_waiting(self) -> None:
-        self.attempts += 1
+        self.attempts += 1  # the next attempt, from the moment its wait begins
 
     def on_gaps_known(self, last_known: dict[str, int] | None = None) -> None:
         self.last_known = dict(last_known or {})
 
-    def on_transformed(self, batch: object = None) -> None:
+    def on_fetched(self, batch: object = None) -> None:
         self.batch = batch
 
-    def on_enter_success(self) -> None:
+    def on_persisted(self) -> None:
         self.ok = True
         self.last_error = None
         self.retry_at = None

@@ -253,9 +253,13 @@ class Output(abc.ABC):
         """Records were read: a chunk is on its way (one at a time, as the machine sees it)."""
         self.machine.sent()
 
-    async def _accepted(self, collection: Stream, chunk: Sequence[Sequenced]) -> None:
-        """The remote side took ``chunk``: move the cursor past it."""
-        await self.astore.advance(self.name, collection, chunk[-1].seq)
+    async def _accepted(
+        self, collection: Stream, chunk: Sequence[Sequenced], *, advanced: bool = False
+    ) -> None:
+        """The remote side took ``chunk``: move the cursor past it (``advanced``: the caller
+        already did, in the store call that read the next chunk)."""
+        if not advanced:
+            await self.astore.advance(self.name, collection, chunk[-1].seq)
         self._sending()  # an output that sends as it reads reports both at once
         self.machine.send("accepted")
         self._delivered += len(chunk)

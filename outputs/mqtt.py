@@ -32,13 +32,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from connect.clock import wall_ms
 from connect.errors import ConnectError, OutputAuthError, TransientError
+from connect.httpkit import mqtt_tls_context
 from connect.records import COLLECTIONS, EVENTS, Collection, Stream
 from connect.redact import redact_text, register_secret
 from machines.alerts import MMOL_TO_MGDL
 from machines.delivery import DeliveryPolicy
 from outputs.delivery import Clock, Output, Sequenced
 from outputs.settings import MqttTarget, mqtt_target
-from store.values import Pending
+from store.abc import StoredRow
 
 if TYPE_CHECKING:
     from store.abc import WriterStore
@@ -62,9 +63,26 @@ def payload_of(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
-def records_after(store: WriterStore, collection: Collection, after: int, limit: int) -> list[Pending]:
+#: a record as its row keeps it: the JSON text is the message body as it is (the text
+#: :func:`payload_of` would write, made once when the record was stored), with the columns the
+#: topic and ``current`` need, so a message is made without parsing the document
+Stored = StoredRow
+
+
+def records_after(store: WriterStore, collection: Collection, after: int, limit: int) -> list[Stored]:
     """Records with ``seq`` above ``after`` (not the cursor: the pipeline reads ahead of it)."""
-    return [Pending(seq=row.seq, doc=row.doc()) for row in store.rows_after(collection, after, limit)]
+    return store.rows_after(collection, after, limit)
+
+
+def advance_and_read(
+    store: WriterStore, output: str, collection: Collection, seq: int, after: int, limit: int
+) -> list[Stored]:
+    """The group after ``after`` read, then ``output``'s cursor moved to ``seq`` (an acknowledged
+    group): one trip to the store's worker thread instead of two, the cursor untouched when
+    either fails."""
+    group = store.rows_after(collection, after, limit)
+    store.advance(output, collection, seq)
+    return group
 
 
 def _newest_delivered_sgv(store: WriterStore, output: str) -> dict[str, Any] | None:
@@ -518,7 +536,8 @@ class MqttOutput(Output):
         if self.broker.username is not None:
             client.username_pw_set(self.broker.username, self.broker.password)
         if self.broker.tls:
-            client.tls_set(ca_certs=self.ca_file)  # None: the system's CAs
+            # the process's one context for this CA file (None: the system's CAs)
+            client.tls_set_context(mqtt_tls_context(self.ca_file))
         client.max_inflight_messages_set(self.inflight)
         client.max_queued_messages_set(0)
         if announce:
@@ -656,7 +675,20 @@ class MqttOutput(Output):
                 group, acks = in_flight.popleft()
                 self._sending()  # the broker's PUBACKs for this group are what is awaited
                 await link.acknowledged(acks, within=self.ack_timeout)
-                await self._accepted(stream, group)
+                if exhausted or stream == EVENTS:
+                    await self._accepted(stream, group)
+                    continue
+                # the cursor moved and the next group read in one trip to the store's thread
+                following = await self.astore.call(
+                    advance_and_read, self.astore.store, self.name, stream, group[-1].seq, after,
+                    self.group_size,
+                )  # fmt: skip
+                await self._accepted(stream, group, advanced=True)
+                if not following:
+                    exhausted = True
+                    continue
+                in_flight.append((following, link.publish(await self._messages(stream, following))))
+                after = following[-1].seq
         if self.discovery:
             sources = await self.astore.call(saved_sources, self.astore.store)
             states = self.source_messages(sources)
@@ -672,8 +704,16 @@ class MqttOutput(Output):
             events = await self.astore.events_after(after, limit=self.group_size)
             return events, [(self.event_topic(e.event), e.text.encode("utf-8"), False) for e in events]
         group = await self._records_after(stream, after, self.group_size)
-        messages = [(self.topic(stream, p.doc), payload_of(p.doc), False) for p in group]
-        candidate = self._newer_current(stream, [p.doc for p in group])
+        return group, await self._messages(stream, group)
+
+    async def _messages(
+        self, collection: Collection, group: Sequence[Stored]
+    ) -> list[tuple[str, bytes, bool]]:
+        """A group's messages: each record's stored JSON on its device's topic, and the new
+        ``current`` when the group holds a newer sgv."""
+        prefix = f"{self.topic_prefix}/{collection}/"
+        messages = [(prefix + topic_level(r.device), r.text.encode("utf-8"), False) for r in group]
+        candidate = self._newer_current(collection, group)
         if candidate is not None:
             current: dict[str, Any] | None = await self.astore.call(
                 current_view, self.astore.store, candidate, only_newest=True
@@ -682,25 +722,26 @@ class MqttOutput(Output):
                 messages.append((self.current_topic, payload_of(current), True))
                 # one connection delivers in order: later groups compare against this one
                 self._current_date = int(candidate["date"])
-        return group, messages
+        return messages
 
-    async def _records_after(self, collection: Collection, after: int, limit: int) -> list[Pending]:
-        rows: list[Pending] = await self.astore.call(
+    async def _records_after(self, collection: Collection, after: int, limit: int) -> list[Stored]:
+        rows: list[Stored] = await self.astore.call(
             records_after, self.astore.store, collection, after, limit
         )
         return rows
 
-    def _newer_current(self, collection: Collection, docs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    def _newer_current(self, collection: Collection, group: Sequence[Stored]) -> dict[str, Any] | None:
         """The group's newest sgv when it is newer than what {prefix}/current holds."""
         if not self.retain_current or collection != "entries":
             return None
-        sgvs = [d for d in docs if d.get("type") == "sgv" and isinstance(d.get("date"), int)]
+        sgvs = [r for r in group if r.kind == "sgv" and r.date is not None]
         if not sgvs:
             return None
-        newest = max(sgvs, key=lambda d: int(d["date"]))
-        if self._current_date is not None and int(newest["date"]) <= self._current_date:
+        newest = max(sgvs, key=lambda r: int(r.date or 0))
+        if self._current_date is not None and int(newest.date or 0) <= self._current_date:
             return None
-        return newest
+        doc = newest.doc()
+        return doc if isinstance(doc.get("date"), int) else None
 
     async def _republish_current(self, link: _Link) -> None:
         """Retained messages do not survive every broker restart: restate the newest one."""

@@ -105,6 +105,17 @@ def pending_rows(store: WriterStore, output: str, collection: Collection, limit:
     return store.pending_rows(output, collection, limit)
 
 
+def advance_and_read(
+    store: WriterStore, output: str, collection: Collection, seq: int, limit: int
+) -> list[Row]:
+    """The records after ``seq`` (the next chunk), then ``output``'s cursor moved to ``seq``: one
+    trip to the store's worker thread per chunk instead of two. Read first, so a failure of
+    either leaves the cursor where it was."""
+    chunk = store.rows_after(collection, seq, limit)
+    store.advance(output, collection, seq)
+    return chunk
+
+
 def queued_rows(store: WriterStore, output: str, collection: Collection, limit: int) -> list[Row]:
     """Records ``output`` set aside that ``rejected retry`` queued for another try, oldest first."""
     return store.queued_rows(output, collection, limit)
@@ -290,9 +301,19 @@ class NightscoutOutput(Output):
     # --- HTTP -----------------------------------------------------------------------------
 
     async def _call(
-        self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        answer: bool = True,
     ) -> Any:
-        """One request; the parsed JSON answer of a 2xx, else the error the status maps to."""
+        """One request; the parsed JSON answer of a 2xx, else the error the status maps to.
+
+        ``answer=False`` (an upload, whose answer is only the site's copy of what was sent):
+        a 2xx body is checked to be a JSON array or object, not parsed (parsing it cost as much
+        as building the request), so an HTML page answered with 200 still fails the chunk."""
         what = f"{method} {path}"
         request = self.client.build_request(
             method, self.base_url + path, params=params, content=body, headers=self._headers,
@@ -301,6 +322,10 @@ class NightscoutOutput(Output):
         response = await send(self.client, request, what=what)
         status = response.status_code
         if 200 <= status < 300:
+            if not answer:
+                if response.content.lstrip()[:1] not in (b"[", b"{"):
+                    json_body(response, what=what)  # raises ProtocolError, saying what came
+                return None
             return json_body(response, what=what)
         reason = _short_reason(response)
         if status in (401, 403):
@@ -411,8 +436,8 @@ class NightscoutOutput(Output):
     async def _deliver_rows(
         self, collection: Collection, read: Callable[[Collection, int], Awaitable[list[Row]]], *, retry: bool
     ) -> None:
+        chunk = await read(collection, self.machine.limit)
         while True:
-            chunk = await read(collection, self.machine.limit)
             if not chunk:
                 if retry:  # queued entries whose records changed since: nothing left to send
                     await self.astore.retry_done(self.name, collection, [])
@@ -425,13 +450,22 @@ class NightscoutOutput(Output):
                 # it aside so one bad record never holds back the ones after it (a queued
                 # record refused again is set aside again)
                 await self._refused(collection, chunk, exc.status, describe_error(exc) or "rejected")
+                chunk = await read(collection, self.machine.limit)
                 continue
             if retry:
                 await self.astore.retry_done(self.name, collection, [r.seq for r in chunk])
-            await self._accepted(collection, chunk)
+                await self._accepted(collection, chunk)
+                following = await read(collection, self.machine.limit)
+            else:
+                following = await self.astore.call(
+                    advance_and_read, self.astore.store, self.name, collection, chunk[-1].seq,
+                    self.machine.limit_if_accepted,
+                )  # fmt: skip
+                await self._accepted(collection, chunk, advanced=True)
             # passed over, not delivered: they came from this site
             self._delivered -= echoes
             self._echoes += echoes
+            chunk = following
 
     async def _send_chunk(self, collection: Collection, chunk: Sequence[Row]) -> int:
         """POST the chunk's records the site lacks; how many were passed over as its own."""
@@ -454,7 +488,7 @@ class NightscoutOutput(Output):
             await self.astore.advance(self.attempt_name, collection, chunk[-1].seq)
         # the store keeps each document as compact JSON: the body is made without parsing them
         body = ("[" + ",".join(r.text for r in rows) + "]").encode("utf-8")
-        await self._call("POST", f"{API}/{collection}", body=body)
+        await self._call("POST", f"{API}/{collection}", body=body, answer=False)
         return echoes
 
     async def _not_at_site(self, collection: Collection, rows: list[Row], uncertain: list[Row]) -> list[Row]:

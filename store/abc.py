@@ -56,6 +56,12 @@ class StoredRow:
     seq: int
     text: str
     source: str = ""
+    #: the columns a message's topic and ``current`` need, so an output that sends the JSON as
+    #: it is never parses it (filled by ``rows_after``; None where the collection has none)
+    device: str | None = None
+    #: the entry's ``type`` (``sgv``, ``mbg``, ``cal``); None in the other collections
+    kind: str | None = None
+    date: int | None = None
 
     def doc(self) -> dict[str, Any]:
         value: dict[str, Any] = json.loads(self.text)
@@ -185,7 +191,10 @@ class WriterStore(Protocol):
 
     def queued_collections(self, output: str) -> set[str]: ...
 
-    def rows_after(self, collection: Collection, after: int, limit: int) -> list[StoredRow]: ...
+    def rows_after(self, collection: Collection, after: int, limit: int) -> list[StoredRow]:
+        """Records with ``seq`` above ``after``, oldest change first, with their ``device``,
+        ``kind`` and ``date`` columns."""
+        ...
 
     def lag(self, output: str, collection: Collection | None = None) -> int: ...
 

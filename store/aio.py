@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 import structlog
 import trio
@@ -26,6 +26,23 @@ log = structlog.get_logger("store")
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+#: worker threads the stores of one process use at once. Each store already runs one call at a
+#: time; without a cap across stores, a thousand accounts starting together would start a
+#: thousand threads, and the thread hand-offs (not SQLite) would take most of their start.
+STORE_THREADS: Final = 16
+_store_threads: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("store_threads")
+
+
+def store_threads() -> trio.CapacityLimiter:
+    """This trio run's limiter of store threads (made on first use: a limiter belongs to a run)."""
+    try:
+        return _store_threads.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(STORE_THREADS)
+        _store_threads.set(limiter)
+        return limiter
 
 
 class AsyncStore:
@@ -67,10 +84,13 @@ class AsyncStore:
                 await trio.lowlevel.checkpoint()
                 result, committed = run()
             else:
-                # abandon_on_cancel=False: a cancelled caller never leaves a transaction half done
-                result, committed = await trio.to_thread.run_sync(
-                    run, limiter=self.limiter, abandon_on_cancel=False
-                )
+                # this store's one call at a time, on one of the process's few store threads
+                async with self.limiter:
+                    # abandon_on_cancel=False: a cancelled caller never leaves a transaction
+                    # half done
+                    result, committed = await trio.to_thread.run_sync(
+                        run, limiter=store_threads(), abandon_on_cancel=False
+                    )
         except Exception as exc:
             error = self.store.as_store_error(exc)
             if error is None:

@@ -687,11 +687,14 @@ class Store:
 
     def rows_after(self, collection: Collection, after: int, limit: int) -> list[StoredRow]:
         """Records with ``seq`` above ``after`` (not a cursor: a pipeline reads ahead of it)."""
+        kind = "type" if collection == "entries" else "NULL"
         rows = self.conn.execute(
-            f"SELECT seq, json, source FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            f"SELECT seq, json, source, device, {kind}, date FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
         )
         return [
-            StoredRow(seq=int(seq), text=str(text), source=str(source or "")) for seq, text, source in rows
+            StoredRow(int(seq), str(text), str(source or ""), device, kind, date)
+            for seq, text, source, device, kind, date in rows
         ]
 
     def newest_sgv(self, *, upto_seq: int | None = None) -> StoredRow | None:

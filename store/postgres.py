@@ -694,9 +694,8 @@ class PostgresStore:
     def _rows(self, sql: str, params: Sequence[Any]) -> list[StoredRow]:
         with self._read() as conn:
             rows = conn.execute(_q(sql), params).fetchall()
-        return [
-            StoredRow(seq=int(seq), text=str(text), source=str(source or "")) for seq, text, source in rows
-        ]
+        # (seq, json, source) and, from rows_after, the columns (device, kind, date)
+        return [StoredRow(int(row[0]), str(row[1]), str(row[2] or ""), *row[3:]) for row in rows]
 
     def pending(self, output: str, collection: Collection, *, limit: int = 500) -> list[Pending]:
         """Records past ``output``'s cursor, oldest change first."""
@@ -706,8 +705,10 @@ class PostgresStore:
         return self.rows_after(collection, self.cursor(output, collection), limit)
 
     def rows_after(self, collection: Collection, after: int, limit: int) -> list[StoredRow]:
+        kind = "type" if collection == "entries" else "NULL"
         return self._rows(
-            f"SELECT seq, json, source FROM {collection} WHERE account = %s AND seq > %s ORDER BY seq LIMIT %s",
+            f"SELECT seq, json, source, device, {kind}, date FROM {collection} "
+            "WHERE account = %s AND seq > %s ORDER BY seq LIMIT %s",
             (self.account, after, limit),
         )
 

@@ -90,3 +90,27 @@ async def test_outputs_follow_the_settings_unless_delivery_is_off(tmp_path: Path
     async with assemble(settings, source, deliver=False) as daemon:
         assert daemon.outputs == []
         assert daemon.runtime.gap_finder is None
+
+
+async def test_every_account_of_a_process_shares_one_tls_context(tmp_path: Path) -> None:
+    # a TLS context holds the CA bundle (hundreds of kB): one per account would cost a thousand
+    # accounts hundreds of MB
+    from outputs.mqtt import MqttOutput
+    from outputs.settings import mqtt_target
+    from store import AsyncStore
+
+    contexts = []
+    for name in ("a", "b"):
+        settings, source = load_settings(
+            ["--store-path", str(tmp_path / f"{name}.db"), "--http-bind", "0"], source_name="sim"
+        )
+        async with assemble(settings, source) as daemon:
+            pool = daemon.client._transport._pool  # type: ignore[attr-defined]
+            contexts.append(pool._ssl_context)
+    assert contexts[0] is contexts[1]
+    store = AsyncStore(Store())
+    clients = [
+        MqttOutput(mqtt_target("mqtts://broker.invalid"), store, client_id=name)._make_client(name)
+        for name in ("a", "b")
+    ]
+    assert clients[0]._ssl_context is clients[1]._ssl_context is not None

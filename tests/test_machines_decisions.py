@@ -187,12 +187,12 @@ def test_fetch_decides_retry_or_end(error: Any, attempts: int, decision: Any) ->
     assert fm.failed(T, error) == decision
 
 
-def test_fetch_is_reset_not_rebuilt() -> None:
+def test_fetch_starts_again_not_rebuilt() -> None:
     fm = FetchMachine(max_retries=0)
     fm.begin()
     assert fm.failed(T, TransientError("x")) == EndFrame(ok=False)
     fm.begin()
-    assert (fm.current_state_value, fm.attempts, fm.last_error) == ("waiting", 1, None)
+    assert (fm.current_state_value, fm.attempts, fm.last_error) == ("auth", 1, None)
 
 
 def test_fetch_gap_analysis_that_failed_holds_undeduplicated_collections_and_is_asked_again() -> None:

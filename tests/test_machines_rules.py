@@ -79,9 +79,7 @@ SESSION_FORWARD = frozenset(
         "confirm",
     }
 )
-FETCH_FORWARD = frozenset(
-    {"start", "ready", "session_ok", "gaps_known", "fetched", "transformed", "persisted", "finish", "retry", "reset"}
-)
+FETCH_FORWARD = frozenset({"start", "ready", "session_ok", "gaps_known", "fetched", "persisted", "retry"})
 CYCLE_FORWARD = frozenset({"start", "begin", "frame_done", "next"})
 POLLER_FORWARD = frozenset({"start", "session_required", "session_resolved", "session_error", "finished"})
 
@@ -223,7 +221,7 @@ class FetchRules(MachineRules):
         event = pick(FETCH_TABLE, self.state, event, choice, FETCH_FORWARD)
         kwargs: dict[str, Any] = {
             "fail": {"error": error},
-            "transformed": {"batch": batch},
+            "fetched": {"batch": batch},
             "gaps_known": {"last_known": last_known},
         }.get(event, {})
         expected = targets(FETCH_TABLE, event, self.state)
@@ -235,18 +233,19 @@ class FetchRules(MachineRules):
             return
         self.sm.send(event, **kwargs)
         (target,) = expected
-        if event == "reset":
-            # a new frame on the same machine: nothing of the last one is left
-            self.attempts = 0
+        if event == "start":
+            # a new frame on the same machine: nothing of the last one is left, and its first
+            # attempt begins
+            self.attempts = 1
             self.succeeded = False
             self.error = None
         if target == "waiting":
             self.attempts += 1
         if event == "fail":
             self.error = error
-        if target == "success":
+        if event == "persisted":
             self.succeeded = True
-        if event == "transformed":
+        if event == "fetched":
             assert self.sm.batch == batch
         if event == "gaps_known":
             assert self.sm.last_known == last_known
@@ -261,7 +260,7 @@ class FetchRules(MachineRules):
         assert 0 <= sm.attempts <= self.max_retries + 1
         assert sm.attempts == self.attempts
         assert sm.ok is self.succeeded
-        assert not sm.is_terminated  # long-lived: reset, never rebuilt
+        assert not sm.is_terminated  # long-lived: started again, never rebuilt
         if sm.current_state_value not in ("idle",):
             assert sm.attempts >= 1
         if sm.ok:

@@ -68,23 +68,20 @@ SESSION_TABLE: frozenset[tuple[str, str, str]] = frozenset(
 
 FETCH_TABLE: frozenset[tuple[str, str, str]] = frozenset(
     {
-        ("start", "idle", "waiting"),
-        ("ready", "waiting", "auth"),
+        ("start", "idle", "auth"),  # the first attempt waits for nothing
+        ("start", "done", "auth"),  # the next frame on the same machine
+        ("ready", "waiting", "auth"),  # a retry's wait is over
         ("session_ok", "auth", "determine_gaps"),
         ("gaps_known", "determine_gaps", "fetching"),
-        ("fetched", "fetching", "transforming"),
-        ("transformed", "transforming", "persisting"),
-        ("persisted", "persisting", "success"),
-        ("finish", "success", "done"),
+        ("fetched", "fetching", "persisting"),  # carries the frame's records
+        ("persisted", "persisting", "done"),
         ("fail", "waiting", "error"),
         ("fail", "auth", "error"),
         ("fail", "determine_gaps", "error"),
         ("fail", "fetching", "error"),
-        ("fail", "transforming", "error"),
         ("fail", "persisting", "error"),
         ("retry", "error", "waiting"),  # while can_retry
         ("retry", "error", "done"),  # unless can_retry
-        ("reset", "done", "idle"),  # the machine lives as long as its loop
     }
 )
 
@@ -92,6 +89,8 @@ CYCLE_TABLE: frozenset[tuple[str, str, str]] = frozenset(
     {
         ("start", "init", "ready"),
         ("begin", "ready", "operating"),
+        ("begin", "after", "operating"),
+        ("begin", "init", "operating"),
         ("frame_done", "operating", "after"),
         ("next", "after", "ready"),
         ("stop", "init", "stopped"),
@@ -182,7 +181,7 @@ SPECS = [
         kwargs={
             "fail": {"error": TransientError("HTTP 503")},
             "gaps_known": {"last_known": {"entries": 1_700_000_000_000}},
-            "transformed": {"batch": ["a record"]},
+            "fetched": {"batch": ["a record"]},
         },
         # with no retries left, retry ends the frame
         make_for={("retry", "error", "done"): lambda: FetchMachine(max_retries=0)},
@@ -374,8 +373,8 @@ def test_final_states_refuse_everything(spec: Spec) -> None:
 
 @pytest.mark.parametrize("machine", [SessionMachine, FetchMachine, DeliveryMachine])
 def test_long_lived_machines_have_no_final_state(machine: type[StateMachine]) -> None:
-    """A session and a delivery live as long as the daemon, a Fetch as long as its loop (reset
-    for every frame, never rebuilt); only Cycle and Poller end."""
+    """A session and a delivery live as long as the daemon, a Fetch as long as its loop (started
+    again for every frame, never rebuilt); only Cycle and Poller end."""
     assert machine.final_states == []
 
 
@@ -598,19 +597,19 @@ def test_session_usable_only_when_active_or_refreshing() -> None:
 # Fetch
 
 
-HAPPY = ["start", "ready", "session_ok", "gaps_known", "fetched", "transformed", "persisted", "finish"]
+HAPPY = ["start", "session_ok", "gaps_known", "fetched", "persisted"]
 
 
 def test_fetch_happy_path_carries_its_data() -> None:
     spec = SPEC_BY_NAME["fetch"]
     sm = FetchMachine()
     assert (sm.attempts, sm.ok, sm.batch, sm.last_known) == (0, False, None, {})
-    walk(spec, sm, HAPPY[:4])
+    walk(spec, sm, HAPPY[:3])
     assert sm.last_known == {"entries": 1_700_000_000_000}
-    walk(spec, sm, HAPPY[4:6])
+    walk(spec, sm, HAPPY[3:4])
     assert sm.batch == ["a record"]
     assert not sm.ok
-    walk(spec, sm, HAPPY[6:])
+    walk(spec, sm, HAPPY[4:])
     assert sm.current_state_value == "done"
     assert sm.ok
     assert sm.attempts == 1
@@ -620,7 +619,7 @@ def test_fetch_happy_path_carries_its_data() -> None:
 def test_fetch_last_known_is_a_copy() -> None:
     sm = FetchMachine()
     checkpoints = {"entries": 1}
-    for event in ("start", "ready", "session_ok"):
+    for event in ("start", "session_ok"):
         sm.send(event)
     sm.gaps_known(last_known=checkpoints)
     checkpoints["entries"] = 2
@@ -633,7 +632,8 @@ def test_fetch_retries_until_attempts_run_out(max_retries: int) -> None:
     sm.start()
     for attempt in range(1, max_retries + 2):
         assert sm.attempts == attempt
-        sm.ready()
+        if attempt > 1:
+            sm.ready()
         sm.fail(error=TransientError(f"HTTP 503 #{attempt}"))
         assert sm.current_state_value == "error"
         assert sm.can_retry() is (attempt <= max_retries)
@@ -658,7 +658,6 @@ def test_fetch_retries_until_attempts_run_out(max_retries: int) -> None:
 def test_fetch_non_retryable_error_skips_retries(error: Any) -> None:
     sm = FetchMachine(max_retries=3)
     sm.start()
-    sm.ready()
     sm.fail(error=error)
     assert not sm.can_retry()
     sm.retry()
@@ -692,10 +691,10 @@ def test_fetch_retryable_errors_retry(error: Any) -> None:
 def test_fetch_success_after_a_retry_is_ok_and_clears_the_error() -> None:
     spec = SPEC_BY_NAME["fetch"]
     sm = FetchMachine(max_retries=1)
-    walk(spec, sm, HAPPY[:5])
-    sm.fail(error=TransientError("transform blew up"))
+    walk(spec, sm, HAPPY[:4])
+    sm.fail(error=TransientError("the store refused the frame"))
     sm.retry()
-    walk(spec, sm, HAPPY[1:])
+    walk(spec, sm, ["ready", *HAPPY[1:]])
     assert sm.current_state_value == "done"
     assert sm.ok
     assert sm.attempts == 2

@@ -37,6 +37,26 @@ def test_schema_is_versioned_and_wal(tmp_path: Path) -> None:
     Store(tmp_path / "s.db").close()  # reopening migrates nothing and fails nothing
 
 
+def test_a_new_store_has_the_schema_and_rows_every_migration_step_makes(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from store.schema import MIGRATIONS
+
+    Store(tmp_path / "new.db").close()
+    stepwise = sqlite3.connect(tmp_path / "steps.db", isolation_level=None)
+    for version, step in enumerate(MIGRATIONS):
+        step(Database(stepwise))
+        stepwise.execute(f"PRAGMA user_version = {version + 1}")
+    new = sqlite3.connect(tmp_path / "new.db")
+
+    def schema(conn: sqlite3.Connection) -> set[tuple[str, str, str, str]]:
+        return set(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+
+    assert schema(new) == schema(stepwise)
+    assert new.execute("PRAGMA user_version").fetchone() == stepwise.execute("PRAGMA user_version").fetchone()
+    assert list(new.execute("SELECT * FROM sequence")) == list(stepwise.execute("SELECT * FROM sequence"))
+
+
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     Store(tmp_path / "s.db").close()
     conn = sqlite3.connect(tmp_path / "s.db")

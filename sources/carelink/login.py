@@ -32,7 +32,7 @@ import attrs
 import httpx
 
 from connect.errors import AuthRejected, ConfigError, ConnectError, ProtocolError
-from connect.httpkit import check_status, json_body, send
+from connect.httpkit import check_status, json_body, send, tls_context
 from connect.redact import describe_error
 from sources.carelink.client import discover, named_sso_config, oauth_error, rebased_sso
 from sources.carelink.const import USER_AGENT
@@ -209,7 +209,9 @@ def run_login(
         def make_client() -> httpx.AsyncClient:
             if client_factory is not None:
                 return client_factory()
-            return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=15.0), follow_redirects=False)
+            return httpx.AsyncClient(
+                verify=tls_context(), timeout=httpx.Timeout(30.0, connect=15.0), follow_redirects=False
+            )
 
         async def begin() -> LoginStart:
             async with make_client() as client:

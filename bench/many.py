@@ -1,0 +1,133 @@
+"""Benchmark: many accounts in one process, as ``run --accounts-dir`` starts them.
+
+``accounts`` simulated accounts, one ``NAME.env`` file each (an hour of backfill, each its own
+SQLite store file), run by the real command line in a process of its own. Start-up is the wall
+time from starting that process until every account logged its first stored frame, first over
+new files (every store created) and then again over the stores that run left (a restart). Then, with
+every account waiting for its next reading, the process's resident set and its open file
+descriptors are read from ``/proc``; the same run with one account is the baseline, so the
+per-account figures are what each further account adds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+from bench.timing import Figures
+
+HOUR_DAYS = 1 / 24
+#: how long the accounts may take to start before the figure is given up on
+GIVE_UP_S = 300.0
+
+
+def _write_accounts(directory: Path, accounts: int) -> None:
+    for i in range(accounts):
+        (directory / f"a{i:05d}.env").write_text(
+            f"CONNECT_SOURCE=sim\nCONNECT_SIM_SEED={i}\nCONNECT_SIM_DEVICE=acct-{i}\n"
+            f"CONNECT_BACKFILL_DAYS={HOUR_DAYS}\n",
+            encoding="utf-8",
+        )
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user and system, every thread) the process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _first_frames(log: IO[str], accounts: int, started: float) -> tuple[float, float]:
+    """Seconds from ``started`` until the first account ran (every file read and every store
+    open), and until ``accounts`` distinct sources logged a stored frame."""
+    stored: set[str] = set()
+    opened = 0.0
+    for line in log:
+        if time.perf_counter() - started > GIVE_UP_S:
+            break
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if not opened and event.get("event") == "running":
+            opened = time.perf_counter() - started
+        if event.get("event") == "frame stored":
+            stored.add(str(event.get("source")))
+            if len(stored) == accounts:
+                return opened, time.perf_counter() - started
+    raise RuntimeError(f"only {len(stored)} of {accounts} accounts stored a frame")
+
+
+def run_accounts(accounts: int, directory: Path | None = None) -> dict[str, float]:
+    """Start-up seconds (wall and CPU), RSS bytes and open descriptors of one ``run
+    --accounts-dir`` process: over new account files, or the ``directory`` given (a restart
+    when its stores exist)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if directory is None:
+            directory = Path(tmp)
+            _write_accounts(directory, accounts)
+        env = {**os.environ, "CONNECT_LOG_FORMAT": "json", "CONNECT_LOG_LEVEL": "info"}
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "connect", "run", "--accounts-dir", str(directory)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )  # fmt: skip
+        try:
+            assert process.stdout is not None
+            opened, startup = _first_frames(process.stdout, accounts, started)
+            cpu = _cpu_seconds(process.pid)
+            time.sleep(2.0)  # the status rows written, every account waiting
+            rss, fds = _rss_bytes(process.pid), _fds(process.pid)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+    return {"startup_seconds": startup, "opened_seconds": opened, "startup_cpu": cpu, "rss": rss, "fds": fds}
+
+
+def bench_many(accounts: int = 1000) -> Figures:
+    """Start-up time of ``accounts`` accounts (new, and again over the stores the first run
+    left: a restart), and RSS and descriptors per account above one."""
+    one = run_accounts(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        _write_accounts(directory, accounts)
+        many = run_accounts(accounts, directory)
+        again = run_accounts(accounts, directory)
+    extra = max(1, accounts - 1)
+    return {
+        "accounts": accounts,
+        "startup_seconds": round(many["startup_seconds"], 2),
+        "restart_seconds": round(again["startup_seconds"], 2),
+        "restart_cpu_seconds": round(again["startup_cpu"], 2),
+        # the same start as CPU time (steadier on a shared machine), and when the last store
+        # was open (every file read, every store checked and migrated)
+        "startup_cpu_seconds": round(many["startup_cpu"], 2),
+        "opened_seconds": round(many["opened_seconds"], 2),
+        "rss_kib_per_account": round((many["rss"] - one["rss"]) / extra / 1024, 1),
+        "fds_per_account": round((many["fds"] - one["fds"]) / extra, 2),
+        "baseline_rss_mib": round(one["rss"] / 2**20, 1),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(bench_many(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)))
