@@ -33,7 +33,7 @@ import trio
 from api.settings import ApiSettings, check_bind
 from connect import daemon as daemon_mod
 from connect import peers
-from connect.assemble import assemble
+from connect.assemble import assemble, open_store
 from connect.builder import SourcePlan
 from connect.contract import SourceInfo
 from connect.errors import ConfigError, ConnectError
@@ -48,6 +48,7 @@ from connect.settings import (
     replace_environ,
 )
 from store import Store
+from store.abc import WriterStore
 
 log = structlog.get_logger("connect.accounts")
 
@@ -362,22 +363,23 @@ def log_options(accounts: Sequence[Account]) -> tuple[str, str]:
 OPENING_AT_ONCE: Final = 16
 
 
-async def _open_stores(accounts: Sequence[Account]) -> list[Store | BaseException]:
-    """Every account's store opened (:meth:`Store.open`: checked, locked, migrated), several
-    at a time; each the store or what opening it raised, in the accounts' order."""
-    opened: list[Store | BaseException] = [ValueError("not opened")] * len(accounts)
+async def _open_stores(accounts: Sequence[Account]) -> list[WriterStore | BaseException]:
+    """Every account's store opened as ``run`` opens it (:func:`open_store`: checked, locked,
+    migrated; a SQLite file or its rows of a PostgreSQL store), several at a time; each the
+    store or what opening it raised, in the accounts' order."""
+    opened: list[WriterStore | BaseException] = [ValueError("not opened")] * len(accounts)
     limiter = trio.CapacityLimiter(OPENING_AT_ONCE)
 
-    async def one(i: int, path: str) -> None:
+    async def one(i: int, settings: CoreSettings) -> None:
         try:
-            opened[i] = await trio.to_thread.run_sync(Store.open, path, limiter=limiter)
+            opened[i] = await trio.to_thread.run_sync(open_store, settings, limiter=limiter)
         except Exception as exc:  # each account's own; the first is raised once all are done
             opened[i] = exc
 
     with trio.CancelScope(shield=True):  # a store opened must reach the caller, to be closed
         async with trio.open_nursery() as nursery:
             for i, account in enumerate(accounts):
-                nursery.start_soon(one, i, account.settings.store_path)
+                nursery.start_soon(one, i, account.settings)
     return opened
 
 
@@ -386,7 +388,7 @@ async def _open_all(
 ) -> list[daemon_mod.Daemon]:
     stores = await _open_stores(accounts)
     for store in stores:
-        if isinstance(store, Store):
+        if not isinstance(store, BaseException):
             stack.callback(store.close)
     for store in stores:
         if isinstance(store, BaseException):
@@ -394,7 +396,7 @@ async def _open_all(
     daemons = [
         await stack.enter_async_context(assemble(a.settings, a.source, store=store))
         for a, store in zip(accounts, stores, strict=True)
-        if isinstance(store, Store)
+        if not isinstance(store, BaseException)
     ]
     for daemon in daemons:
         daemon.notes.update(notes)

@@ -658,13 +658,7 @@ class Store:
 
     def pending_rows(self, output: str, collection: Collection, limit: int) -> list[StoredRow]:
         """Records past ``output``'s cursor, oldest change first, with their JSON as stored."""
-        after = self.cursor(output, collection)
-        rows = self.conn.execute(
-            f"SELECT seq, json, source FROM {collection} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        )
-        return [
-            StoredRow(seq=int(seq), text=str(text), source=str(source or "")) for seq, text, source in rows
-        ]
+        return self.rows_after(collection, self.cursor(output, collection), limit)
 
     def queued_rows(self, output: str, collection: Collection, limit: int) -> list[StoredRow]:
         """Records ``output`` set aside that ``rejected retry`` queued for another try, oldest first."""
