@@ -3,6 +3,8 @@ and the small readers the end-to-end tests share."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import sqlite3
@@ -38,3 +40,27 @@ def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
 
 def iso_ms(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def cli_in_process(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """The command line as ``main`` runs it, in this process (for commands that end by
+    themselves: a new interpreter per call would cost seconds): an environment of its own
+    (``CONNECT_*`` of the caller left out), output captured, the test's log configuration left
+    alone."""
+    from connect import cli as cli_module
+
+    out, err = io.StringIO(), io.StringIO()
+    saved, configure = dict(os.environ), cli_module.configure
+    wanted = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    wanted.update({"CONNECT_LOG_FORMAT": "json", **extra})
+    try:
+        os.environ.clear()
+        os.environ.update(wanted)
+        cli_module.configure = lambda **_: None  # type: ignore[assignment]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli_module.main(list(args))
+    finally:
+        cli_module.configure = configure  # type: ignore[assignment]
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

@@ -9,7 +9,6 @@ observed from outside, as an operator would: the account's store file is open in
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.clirun import cli_in_process
 from tests.emulators.asgi import Receive, Send, not_http
 from tests.emulators.nightscout import NightscoutEmulator, serve_in_thread
 
@@ -45,25 +45,7 @@ def env(**extra: str) -> dict[str, str]:
     return base
 
 
-def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    """The command line as ``main`` runs it, in this process (these commands end by themselves,
-    and a new interpreter per call would cost seconds): its own environment, output captured,
-    the test's log configuration left alone."""
-    from connect import cli as cli_module
-
-    out, err = io.StringIO(), io.StringIO()
-    saved, configure, wanted = dict(os.environ), cli_module.configure, env(**extra)
-    try:
-        os.environ.clear()
-        os.environ.update(wanted)
-        cli_module.configure = lambda **_: None  # type: ignore[assignment]
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli_module.main(list(args))
-    finally:
-        cli_module.configure = configure  # type: ignore[assignment]
-        os.environ.clear()
-        os.environ.update(saved)
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+cli = cli_in_process
 
 
 def write(directory: Path, name: str, **settings: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from pydantic import SecretStr
 from connect.fleet_api import build_fleet_app
 from store.fleet import FleetStore
 from store.postgres import open_pool
+from tests.clirun import cli_in_process
 from tests.logcapture import captured_logs
 from tests.mosquitto import free_port
 
@@ -45,25 +45,7 @@ def sha1(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    """The command line in this process, with an environment of its own (as tests/test_fleet.py)."""
-    from connect import cli as cli_module
-
-    out, err = io.StringIO(), io.StringIO()
-    saved, configure = dict(os.environ), cli_module.configure
-    wanted = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
-    wanted.update({"CONNECT_LOG_FORMAT": "json", **extra})
-    try:
-        os.environ.clear()
-        os.environ.update(wanted)
-        cli_module.configure = lambda **_: None  # type: ignore[assignment]
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli_module.main(list(args))
-    finally:
-        cli_module.configure = configure  # type: ignore[assignment]
-        os.environ.clear()
-        os.environ.update(saved)
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+cli = cli_in_process
 
 
 def write(directory: Path, name: str, **settings: str) -> None:
