@@ -104,6 +104,7 @@ def _accounts_dir(args: Sequence[str]) -> tuple[Path | None, bool, list[str]]:
 def _run_accounts(directory: Path, args: Sequence[str], *, once: bool, strict: bool) -> int:
     """``run`` / ``once`` over every account file in ``directory``, in one trio run: a file with
     a problem is reported and the others start (with ``strict``, nothing starts)."""
+    accounts.pause_collection()  # until every account is assembled
     loaded = accounts.load_accounts(directory, args, strict=strict)
     before, limit, needed = accounts.check_open_files(loaded.accounts)
     fmt, level = accounts.log_options(loaded.accounts)

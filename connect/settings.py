@@ -19,7 +19,13 @@ from urllib.parse import urlsplit
 
 import pydantic
 from pydantic import Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from connect import peers
 from connect.contract import SourceInfo
@@ -27,6 +33,35 @@ from connect.errors import ConfigError
 from connect.fields import ConnectSettings, StorePath
 
 ENTRY_POINT_GROUP = "nightscout_connect.sources"
+
+
+class _FieldsKnownEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source with what it works out about each field (its
+    variable names, whether its value is JSON) kept per field rather than worked out on every
+    read. That depends on the model and its config only, never on the environment, and it is
+    most of a read's cost (``--accounts-dir`` reads one per account file: seconds at 1,000)."""
+
+    def _extract_field_info(
+        self, field: FieldInfo, field_name: str, model_config: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, str, bool]]:
+        if model_config is not None:  # a nested model's field: not ours to keep
+            return super()._extract_field_info(field, field_name, model_config)
+        key = (id(field), field_name, self.env_prefix, self.env_prefix_target, self.case_sensitive)
+        known = _FIELD_INFO.get(key)
+        if known is None or known[0] is not field:
+            # the field is held beside its answer, so its id cannot be reused by another
+            known = _FIELD_INFO[key] = (field, super()._extract_field_info(field, field_name))
+        return list(known[1])
+
+    def _field_is_complex(self, field: FieldInfo) -> tuple[bool, bool]:
+        known = _FIELD_COMPLEX.get(id(field))
+        if known is None or known[0] is not field:
+            known = _FIELD_COMPLEX[id(field)] = (field, super()._field_is_complex(field))
+        return known[1]
+
+
+_FIELD_INFO: dict[tuple[int, str, str, str, bool | None], tuple[FieldInfo, list[tuple[str, str, bool]]]] = {}
+_FIELD_COMPLEX: dict[int, tuple[FieldInfo, tuple[bool, bool]]] = {}
 
 
 class CoreSettings(ConnectSettings):
@@ -51,6 +86,9 @@ class CoreSettings(ConnectSettings):
         # no .env file or secrets directory is ever configured, so those sources read nothing;
         # they would still cost each read of the settings as much as the environment does
         # (--accounts-dir reads one per account file). Flags come first when given.
+        if type(env_settings) is EnvSettingsSource:
+            # the same source, already holding this read's environment, keeping its per-field work
+            env_settings.__class__ = _FieldsKnownEnvSource
         return init_settings, env_settings
 
     source: str | None = Field(

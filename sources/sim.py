@@ -8,6 +8,7 @@ as ``Meal Bolus`` treatments when enabled.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Iterator
@@ -38,8 +39,11 @@ class SimSettings(ConnectSettings):
     sim_treatments: bool = True
 
 
+@functools.lru_cache(maxsize=256)
 def _noise(seed: int, index: int) -> float:
-    """Seeded noise in [-1, 1), a pure function of the seed and the reading's index."""
+    """Seeded noise in [-1, 1), a pure function of the seed and the reading's index (kept for the
+    readings around: each reading smooths six of them, and seeding a generator is most of a
+    reading's cost)."""
     return random.Random(seed * 1_000_003 + index).random() * 2.0 - 1.0
 
 

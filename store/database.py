@@ -41,7 +41,15 @@ from store import events as ev
 from store.abc import AlertTransaction, StoredRow
 from store.events import AlertState, EventRow, NewRecord
 from store.lock import StoreLock
-from store.schema import COLLECTION_COLUMNS, SCHEMA_VERSION, NotAStore, SchemaTooNew, check_schema, migrate
+from store.schema import (
+    COLLECTION_COLUMNS,
+    SCHEMA_VERSION,
+    NotAStore,
+    SchemaTooNew,
+    check_schema,
+    migrate,
+    write_fresh_store,
+)
 from store.values import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored, V3Result
 
 
@@ -299,6 +307,7 @@ class Store:
         check_path(text)
         lock = StoreLock.acquire(text)
         try:
+            write_fresh_store(text)  # a new store: its file copied whole, checked like any other
             return cls(text, lock=lock)
         except SchemaTooNew as exc:
             problem = (

@@ -57,6 +57,32 @@ def test_a_new_store_has_the_schema_and_rows_every_migration_step_makes(tmp_path
     assert list(new.execute("SELECT * FROM sequence")) == list(stepwise.execute("SELECT * FROM sequence"))
 
 
+def test_a_store_a_daemon_creates_is_the_store_migration_makes(tmp_path: Path) -> None:
+    # the daemon's open writes a new store from an image; nothing may tell it from one SQLite made
+    Store.open(str(tmp_path / "daemon.db")).close()
+    Store(tmp_path / "migrated.db").close()
+    daemon = sqlite3.connect(tmp_path / "daemon.db")
+    migrated = sqlite3.connect(tmp_path / "migrated.db")
+    for statement in (
+        "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name",
+        "PRAGMA user_version",
+        "PRAGMA journal_mode",
+        "PRAGMA page_size",
+        "PRAGMA encoding",
+        "PRAGMA auto_vacuum",
+        "SELECT * FROM sequence",
+    ):
+        assert list(daemon.execute(statement)) == list(migrated.execute(statement)), statement
+    assert daemon.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert not (tmp_path / "daemon.db-new").exists()  # nothing left beside it
+    store = Store.open(str(tmp_path / "daemon.db"))  # and it takes writes and reopens as any store
+    store.persist_frame("sim", "SimEntries", Batch.of(readings(3), covered={"entries": T0 + 600_000}))
+    store.close()
+    assert Store.open(str(tmp_path / "daemon.db")).checkpoints("sim", "SimEntries") == {
+        "entries": T0 + 600_000
+    }
+
+
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     Store(tmp_path / "s.db").close()
     conn = sqlite3.connect(tmp_path / "s.db")
