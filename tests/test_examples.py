@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from connect.cli import load_settings
+from connect.loading import UsageError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -173,9 +174,14 @@ def test_compose_serves_the_fleet_on_one_address_behind_the_operator_secret() ->
 
 def test_the_kubernetes_example_runs_replicas_of_the_fleet_from_a_secret(tmp_path: Path) -> None:
     yaml = pytest.importorskip("yaml")
-    docs = {d["kind"]: d for d in yaml.safe_load_all((EXAMPLES / "kubernetes.yaml").read_text())}
-    assert set(docs) == {"Secret", "Job", "Deployment"}
-    secret, job, deployment = docs["Secret"], docs["Job"], docs["Deployment"]
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d
+        for d in yaml.safe_load_all((EXAMPLES / "kubernetes.yaml").read_text())
+    }
+    assert {kind for kind, _ in docs} == {"Secret", "Job", "Deployment", "Service"}
+    secret = docs["Secret", "nightscout-connect"]
+    job = docs["Job", "nightscout-connect-import"]
+    deployment = docs["Deployment", "nightscout-connect"]
     assert deployment["spec"]["replicas"] >= 2
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -196,6 +202,45 @@ def test_the_kubernetes_example_runs_replicas_of_the_fleet_from_a_secret(tmp_pat
     assert importer["args"][:2] == ["accounts", "import"]
     assert importer["volumeMounts"][0]["mountPath"] == importer["args"][2]
     assert importer["envFrom"] == container["envFrom"]
+
+
+def test_the_kubernetes_example_serves_the_fleet_behind_the_operator_secret() -> None:
+    from connect.fleet_api import OPERATOR_ENV, fleet_api_settings
+
+    yaml = pytest.importorskip("yaml")
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d
+        for d in yaml.safe_load_all((EXAMPLES / "kubernetes.yaml").read_text())
+    }
+    api, service = docs["Deployment", "nightscout-connect-api"], docs["Service", "nightscout-connect-api"]
+    pod = api["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["serve", "--fleet"]
+    assert (
+        api["spec"]["selector"]["matchLabels"].items()
+        <= api["spec"]["template"]["metadata"]["labels"].items()
+    )
+    # the database from the fleet's Secret, the operator's secret from one of its own: no secret
+    # in the manifest's env
+    refs = [source["secretRef"]["name"] for source in container["envFrom"]]
+    assert refs[0] == "nightscout-connect"
+    secrets: dict[str, str] = {}
+    for name in refs:
+        secrets.update(docs["Secret", name]["stringData"])
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    assert not set(env) & {"CONNECT_STORE_URL", OPERATOR_ENV}
+    # as the image starts it, on every address: valid only because the operator's secret is set
+    started = {**secrets, **env, "CONNECT_HTTP_BIND": "0.0.0.0:1338"}
+    settings = fleet_api_settings([], started)
+    assert not settings.loopback and settings.operator_secret is not None
+    without = {k: v for k, v in started.items() if k != OPERATOR_ENV}
+    with pytest.raises(UsageError):
+        fleet_api_settings([], without)
+    # the Service reaches the pods the Deployment makes, on the port the image listens on
+    assert service["spec"]["selector"].items() <= api["spec"]["template"]["metadata"]["labels"].items()
+    (port,) = container["ports"]
+    assert port["containerPort"] == 1338
+    assert service["spec"]["ports"][0]["targetPort"] in (port["name"], 1338)
 
 
 def dockerfile_json(instruction: str) -> list[str]:
