@@ -401,9 +401,10 @@ OPENING_AT_ONCE: Final = 16
 
 
 async def _open_stores(accounts: Sequence[Account]) -> list[WriterStore | BaseException]:
-    """Every account's store opened as ``run`` opens it (:func:`open_store`: checked, locked,
-    migrated; a SQLite file or its rows of a PostgreSQL store), several at a time; each the
-    store or what opening it raised, in the accounts' order."""
+    """Every account's store opened as ``run`` opens one (:func:`open_store`: a SQLite file
+    checked, locked and migrated, or this account's rows of a PostgreSQL database over the
+    process's one pool for it), several at a time; each the store or what opening it raised, in
+    the accounts' order."""
     opened: list[WriterStore | BaseException] = [ValueError("not opened")] * len(accounts)
     limiter = trio.CapacityLimiter(OPENING_AT_ONCE)
 

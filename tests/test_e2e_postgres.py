@@ -304,3 +304,21 @@ def test_a_fleet_keeps_its_accounts_data_in_the_same_database(postgres_url: str,
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-3000:]
     assert PASSWORD not in err
+
+
+def test_accounts_dir_files_naming_a_database_store_their_rows_there(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    accounts = tmp_path / "accounts"
+    accounts.mkdir()
+    for name in ("alice", "bob"):
+        (accounts / f"{name}.env").write_text(
+            f"CONNECT_SOURCE=sim\nCONNECT_SIM_DEVICE=sim-{name}\nCONNECT_BACKFILL_DAYS=0.05\n"
+            f"CONNECT_STORE_URL={with_password(postgres_url)}\n"
+        )
+    result = run("once", "--accounts-dir", str(accounts), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # each account's rows in the database, under its file's name; no store file beside the files
+    stored = dict(rows(postgres_url, "SELECT account, count(*) FROM entries GROUP BY account"))
+    assert set(stored) == {"alice", "bob"} and all(n > 0 for n in stored.values())
+    assert sorted(p.name for p in accounts.iterdir()) == ["alice.env", "bob.env"]
