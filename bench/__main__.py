@@ -23,7 +23,7 @@ from bench.delivery import bench_mqtt, bench_nightscout
 from bench.export import bench_export
 from bench.idle import bench_idle
 from bench.machines import bench_machines
-from bench.many import bench_many
+from bench.many import bench_many, bench_many_postgres
 from bench.store import bench_store
 from bench.timing import Figures
 
@@ -76,6 +76,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "machines": {"frames": 10},
     "idle": {"accounts": 5, "seconds": 0.5},
     "many": {"accounts": 20},
+    "many_postgres": {"accounts": 20},
 }
 
 
@@ -111,6 +112,12 @@ def measure(progress: Callable[[str], None], *, quick: bool = False) -> dict[str
     except Exception as exc:  # e.g. too few open files allowed here: said why, the rest stays
         many = None
         not_measured["many"] = f"{type(exc).__name__}: {exc}"
+    progress("many_postgres")
+    try:
+        many_pg: dict[str, Any] | None = bench_many_postgres(**sizes.get("many_postgres", {}))
+    except Exception as exc:  # e.g. no PostgreSQL installed: said why, the rest stays
+        many_pg = None
+        not_measured["many_postgres"] = f"{type(exc).__name__}: {exc}"
     return {
         "figures": figures,
         "rss_kib_per_account": round(idle["rss_per_account"] / 1024, 1),
@@ -125,6 +132,17 @@ def measure(progress: Callable[[str], None], *, quick: bool = False) -> dict[str
         "restart_cpu_seconds_1000_accounts": None if many is None else many["restart_cpu_seconds"],
         "rss_kib_per_account_1000": None if many is None else many["rss_kib_per_account"],
         "fds_per_account_1000": None if many is None else many["fds_per_account"],
+        # the same with every account in one PostgreSQL database (one pool for the process)
+        "startup_seconds_1000_accounts_postgres": None if many_pg is None else many_pg["startup_seconds"],
+        "startup_cpu_seconds_1000_accounts_postgres": None
+        if many_pg is None
+        else many_pg["startup_cpu_seconds"],
+        "restart_seconds_1000_accounts_postgres": None if many_pg is None else many_pg["restart_seconds"],
+        "restart_cpu_seconds_1000_accounts_postgres": None
+        if many_pg is None
+        else many_pg["restart_cpu_seconds"],
+        "rss_kib_per_account_1000_postgres": None if many_pg is None else many_pg["rss_kib_per_account"],
+        "fds_per_account_1000_postgres": None if many_pg is None else many_pg["fds_per_account"],
         "machines": {
             "events_per_frame": machines["events_per_frame"],
             "cpu_us_per_frame": round(machines["cpu_us_per_frame"], 1),
@@ -169,6 +187,20 @@ def table(report: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"1,000 accounts: not measured ({report['not_measured'].get('many')})")
+    if report["startup_seconds_1000_accounts_postgres"] is not None:
+        lines.append(
+            f"1,000 accounts in one PostgreSQL database: every first frame stored after "
+            f"{report['startup_seconds_1000_accounts_postgres']:,.1f} s "
+            f"({report['startup_cpu_seconds_1000_accounts_postgres']:,.1f} s CPU), "
+            f"{report['rss_kib_per_account_1000_postgres']:,.0f} KiB RSS and "
+            f"{report['fds_per_account_1000_postgres']:.2f} open files per account above one; restarted: "
+            f"{report['restart_seconds_1000_accounts_postgres']:,.1f} s "
+            f"({report['restart_cpu_seconds_1000_accounts_postgres']:,.1f} s CPU)"
+        )
+    else:
+        lines.append(
+            f"1,000 accounts in PostgreSQL: not measured ({report['not_measured'].get('many_postgres')})"
+        )
     peak = report["export_peak_rss_mib"]
     lines.append(
         f"export peak RSS: {peak['ours']:,.1f} MiB (every row held at once: {peak['ceiling']:,.1f} MiB)"

@@ -28,11 +28,14 @@ HOUR_DAYS = 1 / 24
 GIVE_UP_S = 300.0
 
 
-def _write_accounts(directory: Path, accounts: int) -> None:
+def _write_accounts(directory: Path, accounts: int, store_url: str | None = None, prefix: str = "a") -> None:
+    """``accounts`` files; with ``store_url`` each names that database (the account is the
+    file's name), otherwise each stores into ``DIR/NAME.db``."""
+    store = "" if store_url is None else f"CONNECT_STORE_URL={store_url}\n"
     for i in range(accounts):
-        (directory / f"a{i:05d}.env").write_text(
+        (directory / f"{prefix}{i:05d}.env").write_text(
             f"CONNECT_SOURCE=sim\nCONNECT_SIM_SEED={i}\nCONNECT_SIM_DEVICE=acct-{i}\n"
-            f"CONNECT_BACKFILL_DAYS={HOUR_DAYS}\n",
+            f"CONNECT_BACKFILL_DAYS={HOUR_DAYS}\n{store}",
             encoding="utf-8",
         )
 
@@ -74,14 +77,16 @@ def _first_frames(log: IO[str], accounts: int, started: float) -> tuple[float, f
     raise RuntimeError(f"only {len(stored)} of {accounts} accounts stored a frame")
 
 
-def run_accounts(accounts: int, directory: Path | None = None) -> dict[str, float]:
+def run_accounts(
+    accounts: int, directory: Path | None = None, *, store_url: str | None = None, prefix: str = "a"
+) -> dict[str, float]:
     """Start-up seconds (wall and CPU), RSS bytes and open descriptors of one ``run
-    --accounts-dir`` process: over new account files, or the ``directory`` given (a restart
-    when its stores exist)."""
+    --accounts-dir`` process: over new account files (in ``store_url``'s database when given),
+    or the ``directory`` given (a restart when its stores exist)."""
     with tempfile.TemporaryDirectory() as tmp:
         if directory is None:
             directory = Path(tmp)
-            _write_accounts(directory, accounts)
+            _write_accounts(directory, accounts, store_url, prefix)
         env = {**os.environ, "CONNECT_LOG_FORMAT": "json", "CONNECT_LOG_LEVEL": "info"}
         started = time.perf_counter()
         process = subprocess.Popen(
@@ -129,5 +134,33 @@ def bench_many(accounts: int = 1000) -> Figures:
     }
 
 
+def bench_many_postgres(accounts: int = 1000) -> Figures:
+    """The same figures with every account in one PostgreSQL database (a private server of its
+    own, :mod:`bench.postgres`): account files naming ``CONNECT_STORE_URL``, so the process
+    shares one pool for all of them. Start-up over an empty database, then again (a restart)."""
+    from bench.postgres import Postgres
+
+    with Postgres() as url, tempfile.TemporaryDirectory() as tmp:
+        # the baseline's account is one of its own, so the thousand all start empty
+        one = run_accounts(1, store_url=url, prefix="base")
+        directory = Path(tmp)
+        _write_accounts(directory, accounts, url)
+        many = run_accounts(accounts, directory)
+        again = run_accounts(accounts, directory)
+    extra = max(1, accounts - 1)
+    return {
+        "accounts": accounts,
+        "startup_seconds": round(many["startup_seconds"], 2),
+        "startup_cpu_seconds": round(many["startup_cpu"], 2),
+        "restart_seconds": round(again["startup_seconds"], 2),
+        "restart_cpu_seconds": round(again["startup_cpu"], 2),
+        "rss_kib_per_account": round((many["rss"] - one["rss"]) / extra / 1024, 1),
+        "fds_per_account": round((many["fds"] - one["fds"]) / extra, 2),
+        "baseline_rss_mib": round(one["rss"] / 2**20, 1),
+    }
+
+
 if __name__ == "__main__":
-    print(json.dumps(bench_many(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)))
+    sizes = [a for a in sys.argv[1:] if a.isdigit()]
+    count = int(sizes[0]) if sizes else 1000
+    print(json.dumps(bench_many_postgres(count) if "--postgres" in sys.argv else bench_many(count)))
