@@ -201,10 +201,11 @@ async def serve_daemon(
     daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """One account's daemon with its API (when its settings bind one), until cancelled."""
-    from api.context import Writer
-
     async with trio.open_nursery() as nursery:
-        if isinstance(daemon.settings, ApiSettings):
+        # an account without an API imports none of it (most accounts of --accounts-dir)
+        if isinstance(daemon.settings, ApiSettings) and check_bind(daemon.settings) is not None:
+            from api.context import Writer
+
             # pushed records are written by this daemon's own store writer, and wake its outputs
             writer = Writer(daemon.astore, daemon.persisted)
             store: str | ReaderStore = daemon.settings.store_path

@@ -10,6 +10,7 @@ epoch milliseconds from the injected ``clock``.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -81,6 +82,13 @@ async def sleep_until_ms(clock: Clock, due_ms: int) -> None:
         await trio.sleep(delay)
 
 
+@functools.cache
+def idle_session() -> SessionMachine:
+    """The Session machine of every source without a login (it stays ``inactive``): building
+    one per account costs as much as a frame's machine events."""
+    return SessionMachine()
+
+
 class SessionDriver:
     """Executes the Session machine's decisions for every loop, through the Poller (the bus).
 
@@ -104,8 +112,13 @@ class SessionDriver:
         self.poller = poller
         self.clock = clock
         self.rng = rng
-        self.machine = poller.session or SessionMachine()
-        listen(self.machine, "session", source=source)
+        if spec is None and poller.session is None:
+            # nothing to log in to: the machine only answers status, and one idle machine
+            # answers it for every such source of the process (nothing is ever sent to it)
+            self.machine = idle_session()
+        else:
+            self.machine = poller.session or SessionMachine()
+            listen(self.machine, "session", source=source)
         #: loops waiting for the Poller to release them, each with the event that wakes it
         self._released: dict[str, trio.Event] = {}
 
@@ -191,10 +204,13 @@ class SessionDriver:
 
     def confirm(self, used: Any) -> None:
         """A fetch succeeded with ``used``: the session works, so its login was productive."""
-        self.machine.confirm_with(used)
+        if self.spec is not None:
+            self.machine.confirm_with(used)
 
     def invalidate(self, used: Any, error: ConnectError) -> None:
         """A fetch was told ``used`` is dead: the machine drops it and paces the next login."""
+        if self.spec is None:
+            return  # no session to drop
         was_proven = used is self.machine.value and self.machine.proven
         at_once = self.machine.invalidate_with(used, error, self.clock(), self.rng.random())
         if was_proven:
