@@ -93,6 +93,21 @@ class AlertTransaction(Protocol):
 
 
 @runtime_checkable
+@runtime_checkable
+class WaitFree(Protocol):
+    """A store that can run a short call on the event loop itself without ever waiting on a lock
+    (SQLite: see :meth:`store.database.Store.without_waiting`)."""
+
+    def without_waiting(self) -> AbstractContextManager[None]:
+        """While open, a lock held elsewhere fails a call at once (:meth:`busy` says so) instead
+        of being waited for, and nothing syncs the disk."""
+        ...
+
+    def busy(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a lock held elsewhere (the call may be made again, off the loop)."""
+        ...
+
+
 class WriterStore(Protocol):
     """The writer side of a store: every call the daemon makes (through
     :class:`store.aio.AsyncStore`, one call at a time on a worker thread)."""
