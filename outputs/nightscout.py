@@ -413,7 +413,7 @@ class NightscoutOutput(Output):
     # --- delivery ---------------------------------------------------------------------------
 
     async def _deliver_pending(self) -> None:
-        queued: set[str] = await self.astore.call(queued_collections, self.astore.store, self.name)
+        queued: set[str] = await self.astore.call_brief(queued_collections, self.astore.store, self.name)
         for collection in COLLECTIONS:
             await self._deliver_collection(collection, retry=collection in queued)
 
