@@ -37,11 +37,6 @@ INJECTED = frozenset(
         "transition",
         "previous_configuration",
         "new_configuration",
-        "error",
-        "trigger_data",
-        "send_id",
-        "delay",
-        "internal",
     }
 )
 
