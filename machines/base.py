@@ -22,6 +22,7 @@ from typing import Any
 
 from statemachine import StateMachine
 from statemachine.event_data import TriggerData
+from statemachine.model import Model
 
 #: the arguments the library injects into callbacks: a callback asking for one of them is
 #: stepped by the library, which builds them
@@ -42,11 +43,14 @@ INJECTED = frozenset(
 
 #: a step: the target's value, then the registered callback groups in the library's order
 _Plan = tuple[Any, str, str, str, str, str]
+#: the plans of each class, by (state value, event): made once per process, not per machine
+#: (an account's machines would otherwise make them again on each one's first frame)
+_CLASS_PLANS: dict[type[StateMachine], dict[tuple[Any, str], _Plan | None]] = {}
 
 
 class Machine(StateMachine):
-    """A ``StateMachine`` whose plain transitions are stepped from a plan made once per
-    (state, event) (see the module's note); ``send`` and the event methods behave as the
+    """A ``StateMachine`` whose plain transitions are stepped from a plan made once per class,
+    state and event (see the module's note); ``send`` and the event methods behave as the
     library's, and both take the plan."""
 
     def _put_nonblocking(self, trigger_data: TriggerData, internal: bool = False) -> None:
@@ -62,7 +66,7 @@ class Machine(StateMachine):
             and self._plans_allowed(trigger_data.kwargs)
         ):
             key = (self.current_state_value, str(event))
-            plans: dict[tuple[Any, str], _Plan | None] = self.__dict__.setdefault("_step_plans", {})
+            plans = self._plans()
             plan = plans.get(key, False)
             if plan is False:
                 plan = plans[key] = self._plan(str(event))
@@ -76,6 +80,14 @@ class Machine(StateMachine):
         if due is not None:
             return self._step(*due)
         return super()._processing_loop(caller_future)
+
+    def _plans(self) -> dict[tuple[Any, str], _Plan | None]:
+        """The plans made so far: the class's, shared by its machines, when the callbacks can
+        only be the class's own (the library's bare default model); else this machine's."""
+        if type(self.model) is Model:
+            return _CLASS_PLANS.setdefault(type(self), {})
+        plans: dict[tuple[Any, str], _Plan | None] = self.__dict__.setdefault("_step_plans", {})
+        return plans
 
     def _plans_allowed(self, kwargs: dict[str, Any]) -> bool:
         engine = self._engine
