@@ -48,10 +48,13 @@ from store.values import (
 )
 
 
-@attrs.frozen
+@attrs.define
 class StoredRow:
     """A stored record as an output reads it: its ``seq``, its Nightscout JSON exactly as the
-    store keeps it, and its ``source`` (``push@<site>`` for records pushed to the write API)."""
+    store keeps it, and its ``source`` (``push@<site>`` for records pushed to the write API).
+
+    Not frozen, though nothing changes one: a frozen attrs class sets each field through
+    ``object.__setattr__``, which made building a 500-row chunk cost three times as much."""
 
     seq: int
     text: str
