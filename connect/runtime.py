@@ -334,7 +334,6 @@ class LoopDriver:
         rt = self.runtime
         fm = self.fetch
         fm.begin()
-        # each event through its own method (cheaper than ``send``, which looks the event up)
         while True:
             session: Any = None
             error: ConnectError

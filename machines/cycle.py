@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from statemachine import State, StateMachine
+from statemachine import State
 
+from machines.base import Machine
 from machines.decisions import CycleDecision, Fault, Finish, NextFrame, reached, retry_after
 from machines.timing import UNREACHED_RETRY_CAP_S, Backoff, align_schedule
 
@@ -14,7 +15,7 @@ ONCE_FRAME_BUDGET = 1000
 STALE_SOURCE_SLACK_MS = 25_000
 
 
-class CycleMachine(StateMachine):
+class CycleMachine(Machine):
     """init → ready → operating → after → operating …; ``stop`` from anywhere → stopped.
 
     :meth:`ended` decides when the next frame starts (``next_due``): at once while the

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import attrs
-from statemachine import State, StateMachine
+from statemachine import State
 
+from machines.base import Machine
 from machines.decisions import (
     DeliveryDecision,
     Fault,
@@ -41,7 +42,7 @@ class DeliveryPolicy:
     paused: Backoff = PAUSED
 
 
-class DeliveryMachine(StateMachine):
+class DeliveryMachine(Machine):
     """idle → reading → sending → reading … → idle; failures → backoff or a pause.
 
     ``wake`` (a frame was persisted) starts a pass; ``chunk`` (records were read) → ``sending``;

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from statemachine import State, StateMachine
+from statemachine import State
 
+from machines.base import Machine
 from machines.decisions import EndFrame, Fault, FrameDecision, RetryAt, StartingPoints, retry_after
 from machines.timing import Backoff
 
@@ -16,7 +17,7 @@ UNDEDUPLICATED = frozenset({"devicestatus", "profile"})
 GAP_RETRY = Backoff(base=30.0, cap=1800.0)
 
 
-class FetchMachine(StateMachine):
+class FetchMachine(Machine):
     """idle → auth → determine_gaps → fetching → persisting → done.
 
     Any step may ``fail``; from ``error`` the ``retry`` event goes to ``waiting`` (``ready``
@@ -84,7 +85,7 @@ class FetchMachine(StateMachine):
 
     def begin(self) -> None:
         """A new frame: counters of the last one are cleared, the first attempt waits its turn."""
-        self.start()  # the event's own method: cheaper than send()
+        self.start()
 
     def failed(self, now: int, error: Fault | None, rand: float = 0.0) -> FrameDecision:
         """The attempt failed with ``error``: retry at a time, or end the frame."""

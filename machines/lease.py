@@ -18,8 +18,9 @@ import math
 from collections.abc import Collection, Sequence
 
 import attrs
-from statemachine import State, StateMachine
+from statemachine import State
 
+from machines.base import Machine
 from machines.decisions import (
     ClaimLeases,
     Fault,
@@ -90,7 +91,7 @@ def fair_share(accounts: int, holders: int, cap: int | None = None, caps: Sequen
     return share if cap is None else min(share, max(0, cap))
 
 
-class LeaseMachine(StateMachine):
+class LeaseMachine(Machine):
     """idle → renewing / claiming / stopping → idle; ``close`` ends it from anywhere.
 
     ``next(now)`` answers from ``idle``, in this order: stop the accounts whose leases are lost

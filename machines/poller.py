@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from statemachine import State, StateMachine
+from statemachine import State
 
+from machines.base import Machine
 from machines.decisions import Fault, SessionDecision, Use
 from machines.session import SessionMachine
 
 
-class PollerMachine(StateMachine):
+class PollerMachine(Machine):
     """idle → running → stopping → stopped.
 
     While running it is the bus between the loops and their one shared :class:`SessionMachine`:

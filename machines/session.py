@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from statemachine import State, StateMachine
+from statemachine import State
 
+from machines.base import Machine
 from machines.decisions import (
     Fault,
     Join,
@@ -22,7 +23,7 @@ from machines.timing import LOGIN, REJECTED, UNREACHED_RETRY_CAP_S
 LIFETIME_MARGIN = 0.95
 
 
-class SessionMachine(StateMachine):
+class SessionMachine(Machine):
     """inactive → authenticating → authorizing → established → active, and back.
 
     It decides, through :meth:`request`, what a loop that needs the session does: use it, log

@@ -7,15 +7,16 @@ source has nobody to ask, so the machine only decides how long to wait before re
 
 from __future__ import annotations
 
-from statemachine import State, StateMachine
+from statemachine import State
 
+from machines.base import Machine
 from machines.timing import Backoff
 
 #: a broker that went away: a second after the first failure, at most five minutes
 RECONNECT = Backoff(base=1.0, cap=300.0)
 
 
-class SubscriptionMachine(StateMachine):
+class SubscriptionMachine(Machine):
     """connecting → subscribing → listening; ``lost`` → backoff → ``retry`` → connecting.
 
     ``failures`` counts connections lost in a row; reaching ``listening`` (the broker granted

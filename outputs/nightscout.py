@@ -413,12 +413,12 @@ class NightscoutOutput(Output):
     # --- delivery ---------------------------------------------------------------------------
 
     async def _deliver_pending(self) -> None:
-        queued: set[str] = await self.astore.call(queued_collections, self.astore.store, self.name)
+        queued: set[str] = await self.astore.call_brief(queued_collections, self.astore.store, self.name)
         for collection in COLLECTIONS:
             await self._deliver_collection(collection, retry=collection in queued)
 
     async def _rows(self, collection: Collection, limit: int) -> list[Row]:
-        rows: list[Row] = await self.astore.call(
+        rows: list[Row] = await self.astore.call_brief(
             pending_rows, self.astore.store, self.name, collection, limit
         )
         return rows
@@ -457,7 +457,7 @@ class NightscoutOutput(Output):
                 await self._accepted(collection, chunk)
                 following = await read(collection, self.machine.limit)
             else:
-                following = await self.astore.call(
+                following = await self.astore.call_brief(
                     advance_and_read, self.astore.store, self.name, collection, chunk[-1].seq,
                     self.machine.limit_if_accepted,
                 )  # fmt: skip

@@ -48,10 +48,13 @@ from store.values import (
 )
 
 
-@attrs.frozen
+@attrs.define
 class StoredRow:
     """A stored record as an output reads it: its ``seq``, its Nightscout JSON exactly as the
-    store keeps it, and its ``source`` (``push@<site>`` for records pushed to the write API)."""
+    store keeps it, and its ``source`` (``push@<site>`` for records pushed to the write API).
+
+    Not frozen, though nothing changes one: a frozen attrs class sets each field through
+    ``object.__setattr__``, which made building a 500-row chunk cost three times as much."""
 
     seq: int
     text: str
@@ -93,6 +96,21 @@ class AlertTransaction(Protocol):
 
 
 @runtime_checkable
+@runtime_checkable
+class WaitFree(Protocol):
+    """A store that can run a short call on the event loop itself without ever waiting on a lock
+    (SQLite: see :meth:`store.database.Store.without_waiting`)."""
+
+    def without_waiting(self) -> AbstractContextManager[None]:
+        """While open, a lock held elsewhere fails a call at once (:meth:`busy` says so) instead
+        of being waited for, and nothing syncs the disk."""
+        ...
+
+    def busy(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a lock held elsewhere (the call may be made again, off the loop)."""
+        ...
+
+
 class WriterStore(Protocol):
     """The writer side of a store: every call the daemon makes (through
     :class:`store.aio.AsyncStore`, one call at a time on a worker thread)."""

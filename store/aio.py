@@ -18,7 +18,7 @@ import trio
 
 from connect.errors import StoreError
 from connect.records import Batch, Collection, Record, Stream
-from store.abc import StoredRow, WriterStore
+from store.abc import StoredRow, WaitFree, WriterStore
 from store.events import EventRow
 from store.values import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored, V3Result
 
@@ -64,6 +64,8 @@ class AsyncStore:
         # trio's MockClock honest (autojump treats a task waiting on a thread as idle and would
         # leap virtual time forward while the thread works).
         self.inline = store.path == ":memory:" if inline is None else inline
+        #: how :meth:`call_brief` keeps a call on the loop from waiting (None: it cannot)
+        self._wait_free = store if isinstance(store, WaitFree) else None
         #: the store's current fault, from its first failure until a write commits again
         self.fault: StoreError | None = None
         #: epoch ms of the first failure of the current fault
@@ -92,11 +94,60 @@ class AsyncStore:
                         run, limiter=store_threads(), abandon_on_cancel=False
                     )
         except Exception as exc:
-            error = self.store.as_store_error(exc)
+            error = self._fault(exc)
             if error is None:
                 raise
-            self._failed(error)
             raise error from exc
+        return self._done(result, committed)
+
+    async def call_brief(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """As :meth:`call`, for a call that reads a little and commits a little (an output's
+        cursor and its next chunk): run on the loop itself when that cannot wait.
+
+        A hand-off to a worker thread costs more than such a call — the more so the busier the
+        CPU, since the loop then waits for the thread to be scheduled — but a call on the loop
+        stops everything else in the process while it runs, so it must never wait: it runs
+        there only when the connection is free (no call of this store on a thread) and the
+        store can make SQLite answer busy at once instead of waiting for another connection's
+        lock (see :meth:`store.database.Store.without_waiting`, which also leaves the WAL
+        checkpoint's disk sync to a commit made off the loop). Busy, it goes to the thread
+        after all. Reading pages the OS has not cached is the cost that remains: a chunk's."""
+        wait_free = self._wait_free
+        if self.inline or wait_free is None:
+            return await self.call(fn, *args, **kwargs)
+        await trio.lowlevel.checkpoint()
+        try:
+            self.limiter.acquire_nowait()
+        except trio.WouldBlock:
+            return await self.call(fn, *args, **kwargs)
+        try:
+            commits = self.store.commits
+            with wait_free.without_waiting():
+                result = fn(*args, **kwargs)
+            committed = self.store.commits != commits
+        except Exception as exc:
+            if not wait_free.busy(exc):
+                error = self._fault(exc)
+                if error is None:
+                    raise
+                raise error from exc
+            busy = True  # no fault: the thread waits for the lock as every other call does
+        else:
+            busy = False
+        finally:
+            self.limiter.release()
+        if busy:
+            return await self.call(fn, *args, **kwargs)
+        return self._done(result, committed)
+
+    def _fault(self, exc: Exception) -> StoreError | None:
+        """``exc`` as a fault of the store (remembered), or None when it is anything else."""
+        error = self.store.as_store_error(exc)
+        if error is not None:
+            self._failed(error)
+        return error
+
+    def _done(self, result: T, committed: bool) -> T:
         if committed and self.fault is not None:
             log.info("store writable again", store=self.store.path, failures=self.failures)
             self.fault = self.fault_since = None

@@ -205,10 +205,20 @@ def rejected_groups(
 SQLITE_HEADER: Final = b"SQLite format 3\x00"
 
 
+#: how long a store connection waits for a lock another connection holds
+BUSY_TIMEOUT_MS: Final = 30_000
+#: SQLite's default: WAL pages after which a commit checkpoints the WAL into the database
+WAL_AUTOCHECKPOINT_PAGES: Final = 1000
+#: SQLITE_BUSY and SQLITE_LOCKED (primary result codes)
+BUSY_CODES: Final = frozenset({5, 6})
+
+
 def connect_sqlite(path: str | Path, *, writer: bool) -> sqlite3.Connection:
     """A connection with the pragmas every store connection uses."""
-    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
-    conn.execute("PRAGMA busy_timeout = 30000")
+    conn = sqlite3.connect(
+        str(path), check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+    )
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if writer:
         _writer_pragmas(conn)
     return conn
@@ -334,6 +344,26 @@ class Store:
     def as_store_error(self, exc: BaseException) -> StoreError | None:
         """A fault of the disk or the file as a :class:`StoreError` (see :func:`as_store_error`)."""
         return as_store_error(exc, self.path) if isinstance(exc, sqlite3.Error) else None
+
+    @contextmanager
+    def without_waiting(self) -> Iterator[None]:
+        """For a short call run on the event loop (:meth:`store.aio.AsyncStore.call_brief`):
+        SQLite answers busy at once instead of waiting up to its timeout for a lock held by
+        another connection, and the WAL checkpoint — the one step of a commit that syncs the
+        disk (``synchronous = NORMAL``) — is left to the next commit made off the loop."""
+        conn = self.conn
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    def busy(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is SQLite's busy or locked answer (a lock another connection holds)."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        return isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF in BUSY_CODES
 
     def alert_transaction(self) -> AbstractContextManager[AlertTransaction]:
         """One transaction for an alert pass (:func:`connect.alerting.evaluate`)."""
