@@ -319,7 +319,7 @@ def test_a_lost_server_connection_is_a_store_error_until_a_write_commits(postgre
     # the server ends every session of this database (a restart, a failover)
     with psycopg_admin(postgres_url) as admin:
         admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
 

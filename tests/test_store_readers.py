@@ -184,7 +184,7 @@ def test_a_lost_server_is_a_store_error_the_api_answers_503(postgres_url: str) -
     def lose_the_server() -> None:
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
 
