@@ -13,7 +13,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
@@ -50,7 +50,8 @@ from store.schema import (
     migrate,
     write_fresh_store,
 )
-from store.values import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored, V3Result
+from store.v3writes import V3Writes
+from store.values import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored
 
 
 def _now_ms() -> int:
@@ -145,10 +146,6 @@ def _upsert_sql(collection: str) -> str:
 
 
 UPSERT_SQL: dict[str, str] = {c: _upsert_sql(c) for c in COLLECTIONS}
-
-
-class Gone(LookupError):
-    """The document was deleted (API v3 answers 410 Gone)."""
 
 
 def _queued_count_sql(collection: str) -> str:
@@ -274,7 +271,7 @@ def as_store_error(exc: sqlite3.Error, path: str) -> StoreError | None:
     return StoreError(f"store {path!r}: {exc}")
 
 
-class Store:
+class Store(V3Writes[sqlite3.Connection]):
     """The writer side of the store (and simple reads on the same connection).
 
     ``Store(path)`` opens a file as it is (tests, benchmarks, tools); a daemon opens its store
@@ -563,54 +560,6 @@ class Store:
             f"SELECT srv_modified FROM {record.collection} WHERE identifier = ?", (ident,)
         ).fetchone()
         return int(modified)
-
-    def create_v3(self, source: str, record: Record, identifier: str | None) -> V3Result:
-        """API v3's CREATE, in one transaction: the document replaces the stored one of the
-        sender's ``identifier`` (a deleted one comes back), else the one of the same dedupe
-        fallback fields (see :meth:`_stored_by_fallback`), keeping that one's identifier;
-        otherwise it is new, under the sender's identifier or its own."""
-        with self.transaction() as conn:
-            ident: str | None = None
-            if identifier is not None:
-                live = self._live(conn, record.collection, identifier)
-                if live is not None:
-                    ident = live[0]
-                elif self._deleted(conn, record.collection, identifier):
-                    ident = identifier
-            if ident is None:
-                ident = self._stored_by_fallback(conn, record)
-            existing = ident is not None
-            ident = ident or identifier or record.identifier
-            if not existing and self._live(conn, record.collection, ident) is not None:
-                existing = True
-            modified = self._write_one(conn, source, record, ident)
-        return V3Result(identifier=ident, created=not existing, srv_modified=modified)
-
-    def rewrite_v3(
-        self,
-        source: str,
-        collection: Collection,
-        identifier: str,
-        build: Callable[[Stored], Record],
-        *,
-        must_exist: bool,
-    ) -> V3Result:
-        """API v3's UPDATE (``must_exist=False``: a missing document is created) and PATCH, in
-        one transaction: ``build`` makes the new record from the stored document (or from None)
-        and may raise to refuse it, leaving the store as it was. A deleted document raises
-        :class:`Gone`; a missing one, when it must exist, :class:`KeyError`."""
-        with self.transaction() as conn:
-            live = self._live(conn, collection, identifier)
-            if live is None and self._deleted(conn, collection, identifier):
-                raise Gone(identifier)
-            if live is None and must_exist:
-                raise KeyError(identifier)
-            record = build(live)
-            if record.collection != collection:
-                raise ValueError(f"a {record.collection} record is no {collection} document")
-            ident = identifier if live is None else live[0]
-            modified = self._write_one(conn, source, record, ident)
-        return V3Result(identifier=ident, created=live is None, srv_modified=modified)
 
     def delete_v3(self, collection: Collection, identifier: str, *, permanent: bool) -> bool:
         """API v3's DELETE: the document leaves its collection and is remembered as deleted

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -43,11 +43,12 @@ from connect.records import (
 )
 from connect.redact import redact_text, register_secret
 from store.abc import AlertTransaction, StoredRow
-from store.database import Gone, object_id, row_for, status_json
+from store.database import object_id, row_for, status_json
 from store.events import WEBHOOK_LOG_KEEP, AlertState, EventRow, NewRecord
 from store.postgres_schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from store.schema import COLLECTION_COLUMNS
-from store.values import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored, V3Result
+from store.v3writes import V3Writes
+from store.values import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -281,7 +282,7 @@ def _rejected_where(output: str | None, collection: str | None) -> tuple[str, tu
     return " AND ".join(["true", *clauses]), tuple(params)
 
 
-class PostgresStore:
+class PostgresStore(V3Writes[Conn]):
     """One account's writer over a PostgreSQL database (see the module's doc).
 
     ``PostgresStore(url)`` opens a pool of its own (closed by :meth:`close`);
@@ -578,48 +579,6 @@ class PostgresStore:
         ).fetchone()
         assert row is not None  # written just now, in this transaction
         return int(row[0])
-
-    def create_v3(self, source: str, record: Record, identifier: str | None) -> V3Result:
-        """API v3's CREATE, in one transaction (see :meth:`Store.create_v3`)."""
-        with self.transaction() as conn:
-            ident: str | None = None
-            if identifier is not None:
-                live = self._live(conn, record.collection, identifier)
-                if live is not None:
-                    ident = live[0]
-                elif self._deleted(conn, record.collection, identifier):
-                    ident = identifier
-            if ident is None:
-                ident = self._stored_by_fallback(conn, record)
-            existing = ident is not None
-            ident = ident or identifier or record.identifier
-            if not existing and self._live(conn, record.collection, ident) is not None:
-                existing = True
-            modified = self._write_one(conn, source, record, ident)
-        return V3Result(identifier=ident, created=not existing, srv_modified=modified)
-
-    def rewrite_v3(
-        self,
-        source: str,
-        collection: Collection,
-        identifier: str,
-        build: Callable[[Stored], Record],
-        *,
-        must_exist: bool,
-    ) -> V3Result:
-        """API v3's UPDATE and PATCH, in one transaction (see :meth:`Store.rewrite_v3`)."""
-        with self.transaction() as conn:
-            live = self._live(conn, collection, identifier)
-            if live is None and self._deleted(conn, collection, identifier):
-                raise Gone(identifier)
-            if live is None and must_exist:
-                raise KeyError(identifier)
-            record = build(live)
-            if record.collection != collection:
-                raise ValueError(f"a {record.collection} record is no {collection} document")
-            ident = identifier if live is None else live[0]
-            modified = self._write_one(conn, source, record, ident)
-        return V3Result(identifier=ident, created=live is None, srv_modified=modified)
 
     def delete_v3(self, collection: Collection, identifier: str, *, permanent: bool) -> bool:
         """API v3's DELETE (see :meth:`Store.delete_v3`)."""

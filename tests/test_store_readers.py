@@ -196,6 +196,8 @@ def test_a_lost_server_is_a_store_error_the_api_answers_503(postgres_url: str) -
     lose_the_server()
     with pytest.raises(StoreError, match=r"^store postgresql://connect@127\.0\.0\.1:"):
         reader.collections()
+    # the pool replaces the broken connection in the background: let it, before the next loss
+    writer.pool.wait(timeout=30)
     lose_the_server()
     answer = trio.run(get, "/api/v1/entries.json")
     assert answer.status_code == 503 and "the store cannot be read" in answer.text

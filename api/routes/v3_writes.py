@@ -46,7 +46,7 @@ from api.routes.uploads import origin_of, read_body
 from connect.errors import StoreError
 from connect.pushed import DocumentError, parse_json, read_document
 from connect.records import Collection, Record, iso_from_ms
-from store.database import Gone
+from store.v3writes import Gone
 from store.values import Stored, V3Result
 
 log = structlog.get_logger("api")
