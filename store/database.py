@@ -50,8 +50,8 @@ from store.schema import (
     migrate,
     write_fresh_store,
 )
-from store.v3writes import V3Writes
-from store.values import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored
+from store.values import Pending, PersistResult, RejectedGroup, Stored
+from store.writes import SharedWrites
 
 
 def _now_ms() -> int:
@@ -271,7 +271,7 @@ def as_store_error(exc: sqlite3.Error, path: str) -> StoreError | None:
     return StoreError(f"store {path!r}: {exc}")
 
 
-class Store(V3Writes[sqlite3.Connection]):
+class Store(SharedWrites[sqlite3.Connection]):
     """The writer side of the store (and simple reads on the same connection).
 
     ``Store(path)`` opens a file as it is (tests, benchmarks, tools); a daemon opens its store
@@ -465,35 +465,6 @@ class Store(V3Writes[sqlite3.Connection]):
             return None
         row = conn.execute(sql, (record.date, key)).fetchone()
         return None if row is None else str(row[0])
-
-    def persist_push(self, source: str, pushed: Sequence[PushKey]) -> PushResult:
-        """Write pushed records in one transaction, deduplicated as Nightscout does: a record
-        named by ``_id`` replaces that record (absent: a :class:`KeyError`, nothing written); an
-        entry replaces the stored one of the same date and type, a treatment the one of its
-        sender's ``identifier`` or else of the same created_at and eventType; a device status is
-        kept under its device and time. Records later in ``pushed`` win over earlier ones.
-        ``source`` is the origin the rows carry (the Nightscout output skips its own site's)."""
-        chosen: list[str] = []
-        with self.transaction() as conn:
-            claimed: dict[tuple[str, int, str], str] = {}
-            for item in pushed:
-                record = item.record
-                ident: str | None = None
-                if item.object_id is not None:
-                    ident = self._stored_by_object_id(conn, record.collection, item.object_id)
-                    if ident is None and item.must_exist:
-                        raise KeyError(item.object_id)
-                if ident is None and item.identifier is not None:
-                    ident = item.identifier
-                kind = record.type if isinstance(record, Entry) else getattr(record, "event_type", "")
-                key = (record.collection, record.date, kind)
-                if ident is None and record.collection in {"entries", "treatments"}:
-                    ident = claimed.get(key) or self._stored_by_key(conn, record)
-                ident = ident or record.identifier
-                claimed[key] = ident
-                chosen.append(ident)
-            written = self._upsert(conn, source, [item.record for item in pushed], chosen)
-        return PushResult(identifiers=chosen, written=written)
 
     def delete_pushed(self, collection: Collection, oid: str) -> bool:
         """Remove the record served with ``_id`` ``oid``; False when there is none. API v3 still

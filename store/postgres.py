@@ -47,8 +47,8 @@ from store.database import object_id, row_for, status_json
 from store.events import WEBHOOK_LOG_KEEP, AlertState, EventRow, NewRecord
 from store.postgres_schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from store.schema import COLLECTION_COLUMNS
-from store.v3writes import V3Writes
-from store.values import Pending, PersistResult, PushKey, PushResult, RejectedGroup, Stored
+from store.values import Pending, PersistResult, RejectedGroup, Stored
+from store.writes import SharedWrites
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -282,7 +282,7 @@ def _rejected_where(output: str | None, collection: str | None) -> tuple[str, tu
     return " AND ".join(["true", *clauses]), tuple(params)
 
 
-class PostgresStore(V3Writes[Conn]):
+class PostgresStore(SharedWrites[Conn]):
     """One account's writer over a PostgreSQL database (see the module's doc).
 
     ``PostgresStore(url)`` opens a pool of its own (closed by :meth:`close`);
@@ -485,31 +485,6 @@ class PostgresStore(V3Writes[Conn]):
             return None
         row = conn.execute(_q(sql + " LIMIT 1"), (self.account, record.date, key)).fetchone()
         return None if row is None else str(row[0])
-
-    def persist_push(self, source: str, pushed: Sequence[PushKey]) -> PushResult:
-        """Write pushed records in one transaction, deduplicated as :meth:`Store.persist_push`
-        describes (``_id``, then the sender's ``identifier``, then Nightscout's own keys)."""
-        chosen: list[str] = []
-        with self.transaction() as conn:
-            claimed: dict[tuple[str, int, str], str] = {}
-            for item in pushed:
-                record = item.record
-                ident: str | None = None
-                if item.object_id is not None:
-                    ident = self._stored_by_object_id(conn, record.collection, item.object_id)
-                    if ident is None and item.must_exist:
-                        raise KeyError(item.object_id)
-                if ident is None and item.identifier is not None:
-                    ident = item.identifier
-                kind = record.type if isinstance(record, Entry) else getattr(record, "event_type", "")
-                key = (record.collection, record.date, kind)
-                if ident is None and record.collection in {"entries", "treatments"}:
-                    ident = claimed.get(key) or self._stored_by_key(conn, record)
-                ident = ident or record.identifier
-                claimed[key] = ident
-                chosen.append(ident)
-            written = self._upsert(conn, source, [item.record for item in pushed], chosen)
-        return PushResult(identifiers=chosen, written=written)
 
     def delete_pushed(self, collection: Collection, oid: str) -> bool:
         """Remove the record served with ``_id`` ``oid`` (remembered as deleted for API v3);

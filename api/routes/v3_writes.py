@@ -46,8 +46,8 @@ from api.routes.uploads import origin_of, read_body
 from connect.errors import StoreError
 from connect.pushed import DocumentError, parse_json, read_document
 from connect.records import Collection, Record, iso_from_ms
-from store.v3writes import Gone
 from store.values import Stored, V3Result
+from store.writes import Gone
 
 log = structlog.get_logger("api")
 

@@ -1,18 +1,19 @@
-"""API v3's CREATE, UPDATE and PATCH as both store backends make them.
+"""The writes whose decisions both store backends share: pushed records (the write API and the
+MQTT subscription, deduplicated as Nightscout does) and API v3's CREATE, UPDATE and PATCH.
 
 The decisions (which stored document a write replaces, whether it counts as new, when it is
-refused) are the same over SQLite and PostgreSQL; only the transaction and the four lookups and
-writes they are made of speak a backend's SQL. So the decisions are written once, here, and each
+refused) are the same over SQLite and PostgreSQL; only the transaction and the lookups and writes
+they are made of speak a backend's SQL. So the decisions are written once, here, and each
 backend's store supplies the steps."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Generic, TypeVar
 
-from connect.records import Collection, Record
-from store.values import Stored, V3Result
+from connect.records import Collection, Entry, Record
+from store.values import PushKey, PushResult, Stored, V3Result
 
 Conn = TypeVar("Conn")
 
@@ -21,10 +22,24 @@ class Gone(LookupError):
     """The document was deleted (API v3 answers 410 Gone)."""
 
 
-class V3Writes(Generic[Conn]):
-    """The v3 writes of a store whose transactions hand out ``Conn`` connections."""
+class SharedWrites(Generic[Conn]):
+    """The shared writes of a store whose transactions hand out ``Conn`` connections."""
 
     def transaction(self) -> AbstractContextManager[Conn]:
+        raise NotImplementedError
+
+    def _upsert(
+        self, conn: Conn, source: str, records: Sequence[Record], identifiers: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        """Write ``records`` (under ``identifiers`` when given); rows written per collection."""
+        raise NotImplementedError
+
+    def _stored_by_object_id(self, conn: Conn, collection: Collection, oid: str) -> str | None:
+        """The identifier of the record served with ``_id`` ``oid``, or None."""
+        raise NotImplementedError
+
+    def _stored_by_key(self, conn: Conn, record: Record) -> str | None:
+        """The identifier of a stored record with Nightscout's dedupe key of ``record``, or None."""
         raise NotImplementedError
 
     def _live(self, conn: Conn, collection: Collection, identifier: str) -> Stored:
@@ -42,6 +57,35 @@ class V3Writes(Generic[Conn]):
     def _write_one(self, conn: Conn, source: str, record: Record, ident: str) -> int:
         """Write ``record`` under ``ident``; its ``srv_modified``."""
         raise NotImplementedError
+
+    def persist_push(self, source: str, pushed: Sequence[PushKey]) -> PushResult:
+        """Write pushed records in one transaction, deduplicated as Nightscout does: a record
+        named by ``_id`` replaces that record (absent: a :class:`KeyError`, nothing written); an
+        entry replaces the stored one of the same date and type, a treatment the one of its
+        sender's ``identifier`` or else of the same created_at and eventType; a device status is
+        kept under its device and time. Records later in ``pushed`` win over earlier ones.
+        ``source`` is the origin the rows carry (the Nightscout output skips its own site's)."""
+        chosen: list[str] = []
+        with self.transaction() as conn:
+            claimed: dict[tuple[str, int, str], str] = {}
+            for item in pushed:
+                record = item.record
+                ident: str | None = None
+                if item.object_id is not None:
+                    ident = self._stored_by_object_id(conn, record.collection, item.object_id)
+                    if ident is None and item.must_exist:
+                        raise KeyError(item.object_id)
+                if ident is None and item.identifier is not None:
+                    ident = item.identifier
+                kind = record.type if isinstance(record, Entry) else getattr(record, "event_type", "")
+                key = (record.collection, record.date, kind)
+                if ident is None and record.collection in {"entries", "treatments"}:
+                    ident = claimed.get(key) or self._stored_by_key(conn, record)
+                ident = ident or record.identifier
+                claimed[key] = ident
+                chosen.append(ident)
+            written = self._upsert(conn, source, [item.record for item in pushed], chosen)
+        return PushResult(identifiers=chosen, written=written)
 
     def create_v3(self, source: str, record: Record, identifier: str | None) -> V3Result:
         """API v3's CREATE, in one transaction: the document replaces the stored one of the
