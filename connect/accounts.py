@@ -34,7 +34,7 @@ import trio
 from api.settings import ApiSettings, check_bind
 from connect import daemon as daemon_mod
 from connect import peers
-from connect.assemble import assemble, open_store
+from connect.assemble import assemble, open_store, reserve_stores
 from connect.builder import SourcePlan
 from connect.contract import SourceInfo
 from connect.errors import ConfigError, ConnectError
@@ -400,46 +400,77 @@ def resume_collection() -> None:
 OPENING_AT_ONCE: Final = 16
 
 
-async def _open_stores(accounts: Sequence[Account]) -> list[WriterStore | BaseException]:
+async def _open_stores(
+    accounts: Sequence[Account], opened: trio.MemorySendChannel[tuple[int, WriterStore | BaseException]]
+) -> None:
     """Every account's store opened as ``run`` opens one (:func:`open_store`: a SQLite file
     checked, locked and migrated, or this account's rows of a PostgreSQL database over the
-    process's one pool for it), several at a time; each the store or what opening it raised, in
-    the accounts' order."""
-    opened: list[WriterStore | BaseException] = [ValueError("not opened")] * len(accounts)
+    process's one pool for it), several at a time; each sent to ``opened`` as soon as it is
+    open, with the account's index (or what opening it raised)."""
     limiter = trio.CapacityLimiter(OPENING_AT_ONCE)
+    try:
+        give_back = await trio.to_thread.run_sync(reserve_stores, [a.settings for a in accounts])
+    except Exception:  # each store's own opening reports what is wrong
+        give_back = None
 
     async def one(i: int, settings: CoreSettings) -> None:
         try:
-            opened[i] = await trio.to_thread.run_sync(open_store, settings, limiter=limiter)
+            store: WriterStore | BaseException = await trio.to_thread.run_sync(
+                open_store, settings, limiter=limiter
+            )
         except Exception as exc:  # each account's own; the first is raised once all are done
-            opened[i] = exc
+            store = exc
+        await opened.send((i, store))
 
-    with trio.CancelScope(shield=True):  # a store opened must reach the caller, to be closed
-        async with trio.open_nursery() as nursery:
+    try:
+        async with opened, trio.open_nursery() as nursery:
             for i, account in enumerate(accounts):
                 nursery.start_soon(one, i, account.settings)
-    return opened
+    finally:
+        if give_back is not None:
+            await trio.to_thread.run_sync(give_back)
 
 
 async def _open_all(
     stack: AsyncExitStack, accounts: Sequence[Account], notes: Mapping[str, Any]
 ) -> list[daemon_mod.Daemon]:
-    stores = await _open_stores(accounts)
-    for store in stores:
-        if not isinstance(store, BaseException):
-            stack.callback(store.close)
-    for store in stores:
-        if isinstance(store, BaseException):
-            raise store
-    daemons = [
-        await stack.enter_async_context(assemble(a.settings, a.source, store=store))
-        for a, store in zip(accounts, stores, strict=True)
-        if not isinstance(store, BaseException)
-    ]
-    for daemon in daemons:
+    """Every account's store opened and its daemon assembled; none started yet, so a store
+    that cannot be used stops the process before any account has run.
+
+    Each daemon is assembled as soon as its store is open: opening waits mostly on the disk or
+    the database (on worker threads), assembling is this thread's work, and the two overlap.
+    The first problem (in the accounts' order) is raised once every store is open; each store
+    opened is closed by ``stack``."""
+    daemons: list[daemon_mod.Daemon | None] = [None] * len(accounts)
+    unusable: dict[int, BaseException] = {}
+    failed: dict[int, BaseException] = {}
+    send, receive = trio.open_memory_channel[tuple[int, WriterStore | BaseException]](len(accounts))
+    with trio.CancelScope(shield=True):  # a store opened must reach the stack, to be closed
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_open_stores, accounts, send)
+            async with receive:
+                async for i, store in receive:
+                    if isinstance(store, BaseException):
+                        unusable[i] = store
+                        continue
+                    stack.callback(store.close)
+                    if unusable or failed:
+                        continue  # the process will not run: nothing more to assemble
+                    account = accounts[i]
+                    try:
+                        daemons[i] = await stack.enter_async_context(
+                            assemble(account.settings, account.source, store=store)
+                        )
+                    except Exception as exc:
+                        failed[i] = exc
+    for problems in (unusable, failed):
+        if problems:
+            raise problems[min(problems)]
+    assembled = [daemon for daemon in daemons if daemon is not None]
+    for daemon in assembled:
         daemon.notes.update(notes)
     resume_collection()
-    return daemons
+    return assembled
 
 
 async def run_account(

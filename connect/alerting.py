@@ -26,7 +26,7 @@ import attrs
 import structlog
 import trio
 
-from connect.clock import Clock, wall_ms
+from connect.clock import Clock, jitter_rng, wall_ms
 from connect.redact import describe_error
 from machines.alerts import (
     AlertDecision,
@@ -206,7 +206,7 @@ class Alerting:
         self.astore = astore
         self.config = config
         self.clock = clock
-        self.rng = rng or random.Random()
+        self.rng = rng or jitter_rng()
         #: called after a pass wrote events (the daemon wakes the outputs)
         self.on_events = on_events
         self._wakeup = trio.Event()

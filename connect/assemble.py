@@ -6,8 +6,8 @@ and every embedding program goes through :func:`assemble`, so they all run the s
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 
 import httpx
 
@@ -70,6 +70,24 @@ def open_store(settings: CoreSettings) -> WriterStore:
 
         return PostgresStore.open(settings.store_url.get_secret_value(), account=settings.account)
     return Store.open(settings.store_path)
+
+
+def reserve_stores(accounts: Sequence[CoreSettings]) -> Callable[[], None]:
+    """Before many accounts' stores are opened one by one (:func:`open_store`): what can be done
+    for all of them at once. PostgreSQL: every account's one-daemon lock taken in one statement
+    per database. Returns what gives back the part no store took (blocking, as this is)."""
+    by_url: dict[str, list[str]] = {}
+    for settings in accounts:
+        if settings.store_url is not None:
+            by_url.setdefault(settings.store_url.get_secret_value(), []).append(settings.account)
+    if not by_url:
+        return lambda: None
+    from store.postgres import reserved
+
+    stack = ExitStack()
+    for url, names in by_url.items():
+        stack.enter_context(reserved(url, names))
+    return stack.close
 
 
 async def try_subscription(settings: CoreSettings, astore: AsyncStore) -> list[tuple[bool, str]]:

@@ -1,4 +1,4 @@
-"""Wall-clock time as the runtime sees it, and a virtual one for tests.
+"""Wall-clock time as the runtime sees it, a virtual one for tests, and the jitter's randomness.
 
 The runtime schedules with trio's clock (monotonic, mockable) but reasons about readings in
 epoch milliseconds. A clock is any callable returning epoch ms.
@@ -6,6 +6,7 @@ epoch milliseconds. A clock is any callable returning epoch ms.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 
@@ -32,3 +33,16 @@ class VirtualClock:
         if self._origin is None:
             self._origin = now
         return self.start_ms + int(round((now - self._origin) * 1000))
+
+
+#: the process's one generator seeded from the system: each account's own is seeded from it
+_SEEDS = random.Random()
+
+
+def jitter_rng() -> random.Random:
+    """A generator of its own for one part of one account (its retries' and schedule's jitter).
+
+    ``random.Random()`` reads 2.5 KB of the system's randomness for each generator: at a
+    thousand accounts, three each, thousands of system calls while they start (each one handing
+    the interpreter to another thread). Jitter needs no such seed, only generators that differ."""
+    return random.Random(_SEEDS.getrandbits(64))

@@ -37,6 +37,7 @@ import trio
 from connect import daemon as daemon_mod
 from connect.accounts import Account, account_from_text, settings_names
 from connect.assemble import assemble, open_store
+from connect.clock import jitter_rng
 from connect.errors import ConnectError, StoreError
 from connect.loading import UsageError, take_option
 from connect.redact import describe_error, redact_text
@@ -198,7 +199,7 @@ class Fleet:
         self.args = list(args)
         self.holder = holder or holder_id()
         self.open_store = open_store
-        self.rng = rng or random.Random()
+        self.rng = rng or jitter_rng()
         self.machine = LeaseMachine(
             LeasePolicy(lease_ms=int(settings.lease_s * 1000), max_accounts=settings.max_accounts)
         )

@@ -21,7 +21,7 @@ import structlog
 import trio
 
 from connect.builder import LoopSpec, SessionSpec, SourcePlan
-from connect.clock import wall_ms
+from connect.clock import jitter_rng, wall_ms
 from connect.contract import Grant, LastKnown
 from connect.errors import (
     AuthRejected,
@@ -450,7 +450,7 @@ class SourceRuntime:
         self.store = store
         self.clock = clock
         self.backfill_days = backfill_days
-        self.rng = rng or random.Random()
+        self.rng = rng or jitter_rng()
         #: the name this source's rows and checkpoints carry in the store
         self.key = plan.source if not account else f"{plan.source}:{account}"
         self.gap_finder = gap_finder

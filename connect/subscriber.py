@@ -25,7 +25,7 @@ import trio
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import Field, SecretStr
 
-from connect.clock import wall_ms
+from connect.clock import jitter_rng, wall_ms
 from connect.errors import ConnectError, OutputAuthError, StoreError, TransientError
 from connect.fields import ConnectSettings
 from connect.httpkit import mqtt_tls_context
@@ -151,7 +151,7 @@ class MqttSubscriber:
         self.astore = astore
         self.written = written
         self.clock = clock
-        self.rng = rng or random.Random()
+        self.rng = rng or jitter_rng()
         self.machine = SubscriptionMachine()
         self.source = f"mqtt@{self.broker.display()}"
         self.received = 0

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import structlog
 import trio
 
-from connect.clock import wall_ms
+from connect.clock import jitter_rng, wall_ms
 from connect.errors import ConnectError, StoreError, TransientError
 from connect.records import COLLECTIONS, EVENTS, Stream
 from connect.redact import describe_error, redact
@@ -79,7 +79,7 @@ class Output(abc.ABC):
         self.name = name
         self.astore = astore
         self.clock = clock
-        self.rng = rng or random.Random()
+        self.rng = rng or jitter_rng()
         self.chunk_size = chunk_size
         self.safety_wake_s = safety_wake_s
         self.policy = policy

@@ -28,21 +28,33 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-#: worker threads the stores of one process use at once. Each store already runs one call at a
+#: worker threads the stores of one kind use at once in one process, unless the store names its
+#: own number (:attr:`store.abc.WriterStore.threads`). Each store already runs one call at a
 #: time; without a cap across stores, a thousand accounts starting together would start a
-#: thousand threads, and the thread hand-offs (not SQLite) would take most of their start.
-STORE_THREADS: Final = 16
-_store_threads: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("store_threads")
+#: thousand threads, and the thread hand-offs (not the database) would take most of their start.
+STORE_THREADS: Final = 4
+#: commits :meth:`AsyncStore.call_brief` makes on the loop before the next call goes to a thread
+#: after all: a commit on the loop skips the WAL checkpoint, which the next one off the loop
+#: runs, so a store whose every write is brief still has its log folded back within this many
+BRIEF_COMMITS: Final = 64
+#: a frame with at most this many records is persisted on the loop when it can be (see
+#: :meth:`AsyncStore.call_brief`): a poll's few new readings, not a backfill's thousands
+BRIEF_RECORDS: Final = 64
+_store_threads: trio.lowlevel.RunVar[dict[type, trio.CapacityLimiter]] = trio.lowlevel.RunVar("store_threads")
 
 
-def store_threads() -> trio.CapacityLimiter:
-    """This trio run's limiter of store threads (made on first use: a limiter belongs to a run)."""
+def store_threads(kind: type = object, threads: int = STORE_THREADS) -> trio.CapacityLimiter:
+    """This trio run's limiter of the threads of one kind of store (made on first use: a limiter
+    belongs to a run)."""
     try:
-        return _store_threads.get()
+        limiters = _store_threads.get()
     except LookupError:
-        limiter = trio.CapacityLimiter(STORE_THREADS)
-        _store_threads.set(limiter)
-        return limiter
+        limiters = {}
+        _store_threads.set(limiters)
+    limiter = limiters.get(kind)
+    if limiter is None:
+        limiter = limiters[kind] = trio.CapacityLimiter(threads)
+    return limiter
 
 
 class AsyncStore:
@@ -60,6 +72,8 @@ class AsyncStore:
     def __init__(self, store: WriterStore, *, inline: bool | None = None) -> None:
         self.store = store
         self.limiter = trio.CapacityLimiter(1)
+        #: how many of the process's store threads this kind of store may use at once
+        self._threads = (type(store), getattr(store, "threads", STORE_THREADS))
         # An in-memory store is private to this process and fast; running it inline also keeps
         # trio's MockClock honest (autojump treats a task waiting on a thread as idle and would
         # leap virtual time forward while the thread works).
@@ -71,6 +85,8 @@ class AsyncStore:
         #: epoch ms of the first failure of the current fault
         self.fault_since: int | None = None
         self.failures = 0
+        #: commits made on the loop since the last one made off it
+        self._brief_commits = 0
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(*args, **kwargs)`` on the writer connection; a fault of the store raises
@@ -85,14 +101,17 @@ class AsyncStore:
             if self.inline:
                 await trio.lowlevel.checkpoint()
                 result, committed = run()
+                self._brief_commits = 0
             else:
                 # this store's one call at a time, on one of the process's few store threads
                 async with self.limiter:
                     # abandon_on_cancel=False: a cancelled caller never leaves a transaction
                     # half done
                     result, committed = await trio.to_thread.run_sync(
-                        run, limiter=store_threads(), abandon_on_cancel=False
+                        run, limiter=store_threads(*self._threads), abandon_on_cancel=False
                     )
+                if committed:
+                    self._brief_commits = 0  # its commit runs the WAL checkpoint those on the loop skipped
         except Exception as exc:
             error = self._fault(exc)
             if error is None:
@@ -113,7 +132,7 @@ class AsyncStore:
         checkpoint's disk sync to a commit made off the loop). Busy, it goes to the thread
         after all. Reading pages the OS has not cached is the cost that remains: a chunk's."""
         wait_free = self._wait_free
-        if self.inline or wait_free is None:
+        if self.inline or wait_free is None or self._brief_commits >= BRIEF_COMMITS:
             return await self.call(fn, *args, **kwargs)
         await trio.lowlevel.checkpoint()
         try:
@@ -134,6 +153,8 @@ class AsyncStore:
             busy = True  # no fault: the thread waits for the lock as every other call does
         else:
             busy = False
+            if committed:
+                self._brief_commits += 1
         finally:
             self.limiter.release()
         if busy:
@@ -178,6 +199,8 @@ class AsyncStore:
         return await self.call(self.store.upsert, records, source=source)
 
     async def persist_frame(self, source: str, loop: str, batch: Batch) -> PersistResult:
+        if len(batch) <= BRIEF_RECORDS:
+            return await self.call_brief(self.store.persist_frame, source, loop, batch)
         return await self.call(self.store.persist_frame, source, loop, batch)
 
     async def persist_push(self, source: str, pushed: Sequence[PushKey]) -> PushResult:
@@ -251,12 +274,12 @@ class AsyncStore:
         )
 
     async def save_status(self, key: str, value: Mapping[str, Any]) -> None:
-        await self.call(self.store.save_status, key, value)
+        await self.call_brief(self.store.save_status, key, value)
 
     # --- reads ----------------------------------------------------------------------------
 
     async def checkpoints(self, source: str, loop: str) -> dict[str, int]:
-        return await self.call(self.store.checkpoints, source, loop)
+        return await self.call_brief(self.store.checkpoints, source, loop)
 
     async def count(self, collection: Collection) -> int:
         return await self.call(self.store.count, collection)

@@ -278,6 +278,11 @@ class Store(SharedWrites[sqlite3.Connection]):
     with :meth:`open`, which checks it first and takes the one-daemon lock.
     """
 
+    #: store threads of the process all SQLite stores share: a call is mostly Python and the
+    #: disk's page cache, so more threads would only take turns at the interpreter lock (and
+    #: take it from the event loop, which then waits to get it back after every system call)
+    threads = 4
+
     def __init__(self, path: str | Path = ":memory:", *, lock: StoreLock | None = None) -> None:
         self.path = str(path)
         self.lock = lock

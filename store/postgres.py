@@ -158,12 +158,15 @@ class Shared:
         self._locks: Conn | None = None
         #: the accounts whose lock this process holds
         self._held: set[str] = set()
+        #: accounts whose lock :meth:`reserve` took for a store not yet opened
+        self._reserved: set[str] = set()
         self._guard = threading.Lock()
 
     def _session(self) -> Conn:
         # a session that ended (a server restart) took its locks with it: take a new one
         if self._locks is None or self._locks.closed or self._locks.broken:
             self._held.clear()
+            self._reserved.clear()
             self._locks = psycopg.connect(self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT))
         return self._locks
 
@@ -176,7 +179,11 @@ class Shared:
             with self._guard:
                 # a session's advisory locks stack: a second daemon of this process is told
                 # apart here, one of another process by the server
-                if account not in self._held:
+                if account in self._reserved:
+                    self._reserved.discard(account)
+                    self._held.add(account)
+                    taken = True
+                elif account not in self._held:
                     key = account_lock_key(account)
                     row = self._session().execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
                     taken = row is not None and bool(row[0])
@@ -190,6 +197,34 @@ class Shared:
                 f"{self.where}: {name} is in use by another daemon; one daemon per account: stop it, "
                 "or name another --account / CONNECT_ACCOUNT"
             )
+
+    def reserve(self, accounts: Sequence[str]) -> None:
+        """The one-daemon locks of many accounts tried in one statement, before their stores
+        are opened one by one (each :meth:`lock` then finds its own taken): a thousand accounts
+        starting wait for one round trip, not a thousand in turn on the one lock session. A lock
+        not taken here (another daemon holds it, or the server could not be asked) is left to
+        the account's own :meth:`lock`, which reports it; :meth:`unreserve` gives back those
+        whose store was not opened after all."""
+        with self._guard, contextlib.suppress(psycopg.Error):
+            keys = {
+                account_lock_key(a): a for a in accounts if a not in self._held and a not in self._reserved
+            }
+            if not keys:
+                return
+            rows = (
+                self._session()
+                .execute("SELECT k, pg_try_advisory_lock(k) FROM unnest(%s::bigint[]) AS k", (list(keys),))
+                .fetchall()
+            )
+            self._reserved.update(keys[int(k)] for k, taken in rows if taken)
+
+    def unreserve(self, accounts: Sequence[str]) -> None:
+        """The locks :meth:`reserve` took for ``accounts`` whose store was not opened, given back."""
+        with self._guard, contextlib.suppress(psycopg.Error):
+            keys = [account_lock_key(a) for a in accounts if a in self._reserved]
+            self._reserved.difference_update(accounts)
+            if keys and self._locks is not None and not self._locks.closed:
+                self._locks.execute("SELECT pg_advisory_unlock(k) FROM unnest(%s::bigint[]) AS k", (keys,))
 
     def unlock(self, account: str) -> None:
         with self._guard, contextlib.suppress(psycopg.Error):
@@ -209,6 +244,20 @@ class Shared:
 
 _shared: dict[str, Shared] = {}
 _shared_guard = threading.Lock()
+
+
+@contextmanager
+def reserved(url: str, accounts: Sequence[str]) -> Iterator[None]:
+    """While the block runs, ``accounts``' one-daemon locks on ``url`` are taken in one
+    statement (:meth:`Shared.reserve`), for :meth:`PostgresStore.open` of each to find; the
+    ones no store took are given back at the end."""
+    shared = acquire_shared(url)
+    try:
+        shared.reserve(accounts)
+        yield
+    finally:
+        shared.unreserve(accounts)
+        release_shared(shared)
 
 
 def acquire_shared(url: str) -> Shared:
@@ -289,6 +338,10 @@ class PostgresStore(SharedWrites[Conn]):
     ``PostgresStore(pool, account=…)`` uses a shared one (left open: it is the caller's).
     """
 
+    #: store threads of the process all PostgreSQL stores share: a call mostly waits for the
+    #: server, so as many as the shared pool has connections
+    threads = SHARED_POOL_MAX
+
     def __init__(self, url_or_pool: str | psycopg_pool.ConnectionPool, *, account: str = "") -> None:
         if isinstance(url_or_pool, str):
             self.pool = open_pool(url_or_pool)
@@ -307,24 +360,24 @@ class PostgresStore(SharedWrites[Conn]):
         try:
             self.version = ensure_schema(self.pool)
             with self.pool.connection() as conn:
-                conn.execute(
-                    "INSERT INTO counters (account, name, value) VALUES (%s, 'seq', 0), (%s, 'events', 0) "
-                    "ON CONFLICT (account, name) DO NOTHING",
-                    (account, account),
-                )
-                #: whether any deleted document is remembered (a write then clears its identifier's)
-                self._tombstones = bool(
-                    self._scalar(
-                        conn, "SELECT count(*) FROM (SELECT 1 FROM deleted WHERE account = %s LIMIT 1) d"
-                    )
-                )
-                # the newest srv_modified written (see Store._last_write_ms)
-                self._last_write_ms = max(
-                    self._scalar(
-                        conn, f"SELECT coalesce(max(srv_modified), 0) FROM {name} WHERE account = %s"
-                    )
+                # one round trip: the account's counters made if new, whether any deleted
+                # document is remembered (a write then clears its identifier's), and the newest
+                # srv_modified written (see Store._last_write_ms)
+                newest = ", ".join(
+                    f"(SELECT max(srv_modified) FROM {name} WHERE account = %(account)s)"
                     for name in COLLECTIONS
                 )
+                row = conn.execute(
+                    "WITH made AS (INSERT INTO counters (account, name, value) "
+                    "VALUES (%(account)s, 'seq', 0), (%(account)s, 'events', 0) "
+                    "ON CONFLICT (account, name) DO NOTHING) "
+                    "SELECT EXISTS (SELECT 1 FROM deleted WHERE account = %(account)s), "
+                    f"coalesce(greatest({newest}), 0)",
+                    {"account": account},
+                ).fetchone()
+                assert row is not None
+                self._tombstones = bool(row[0])
+                self._last_write_ms = int(row[1])
         except BaseException:
             if self._owns_pool:
                 self.pool.close()

@@ -378,3 +378,33 @@ def test_one_daemon_per_account_and_the_lock_goes_with_it(postgres_url: str) -> 
         with pytest.raises(StoreUnusable, match="account 'carol' is in use by another daemon"):
             PostgresStore.open(postgres_url, account="carol")
     PostgresStore.open(postgres_url, account="carol").close()  # its session ended: free again
+
+
+def test_many_accounts_locks_are_reserved_at_once_and_the_unused_given_back(postgres_url: str) -> None:
+    """``--accounts-dir`` takes every account's lock in one statement before opening their
+    stores: each open finds its own, one held elsewhere still fails its open in one line, and
+    the locks of accounts never opened are free again after."""
+    from connect.errors import StoreUnusable
+    from store.postgres import account_lock_key, reserved
+
+    def free(other: Any, account: str) -> bool:
+        row = other.execute("SELECT pg_try_advisory_lock(%s)", (account_lock_key(account),)).fetchone()
+        if row[0]:
+            other.execute("SELECT pg_advisory_unlock(%s)", (account_lock_key(account),))
+        return bool(row[0])
+
+    with psycopg_admin(postgres_url) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (account_lock_key("dave"),))  # another daemon's
+        with reserved(postgres_url, ["alice", "bob", "carol", "dave"]):
+            assert not any(free(other, a) for a in ("alice", "bob", "carol"))  # taken for this process
+            alice = PostgresStore.open(postgres_url, account="alice")
+            bob = PostgresStore.open(postgres_url, account="bob")
+            with pytest.raises(StoreUnusable, match="account 'dave' is in use by another daemon"):
+                PostgresStore.open(postgres_url, account="dave")
+            with pytest.raises(StoreUnusable, match="account 'alice' is in use by another daemon"):
+                PostgresStore.open(postgres_url, account="alice")  # a reservation is used once
+        assert free(other, "carol")  # never opened: given back
+        assert not free(other, "alice") and not free(other, "bob")  # held by their stores
+        alice.close()
+        bob.close()
+        assert free(other, "alice") and free(other, "bob")

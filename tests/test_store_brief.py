@@ -5,12 +5,15 @@ the process keeps running meanwhile, and the wait is no fault of the store."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 
 from connect.records import Batch, Entry
 from store import AsyncStore, Store
+from store.aio import BRIEF_COMMITS, BRIEF_RECORDS
 
 T0 = 1_700_000_000_000
 
@@ -63,4 +66,61 @@ def test_a_free_store_answers_on_the_loop(tmp_path: Path) -> None:
     assert trio.run(main) == []
     assert store.cursor("out", "entries") == 1
     assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    store.close()
+
+
+def _on_loop(astore: AsyncStore, call: Callable[[], Awaitable[object]]) -> bool:
+    """Whether ``call`` ran on the loop's own thread (not handed to a store thread)."""
+    threads: set[int] = set()
+    store = astore.store
+    real = store.persist_frame, store.save_status, store.checkpoints
+
+    def spy(fn: Callable[..., object]) -> Callable[..., object]:
+        def wrapped(*args: object, **kwargs: object) -> object:
+            threads.add(threading.get_ident())
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    store.persist_frame, store.save_status, store.checkpoints = (spy(f) for f in real)  # type: ignore[method-assign]
+    try:
+        trio.run(call)
+    finally:
+        store.persist_frame, store.save_status, store.checkpoints = real  # type: ignore[method-assign]
+    return threads == {threading.get_ident()}
+
+
+def _readings(start: int, count: int) -> Batch:
+    return Batch.of(
+        [Entry(type="sgv", date=start + i * 300_000, device="d", sgv=100 + i % 50) for i in range(count)]
+    )
+
+
+def test_a_polls_frame_its_checkpoints_and_the_status_are_written_on_the_loop(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    astore = AsyncStore(store)
+    assert _on_loop(astore, lambda: astore.persist_frame("t", "entries", _readings(T0 + 300_000, 3)))
+    assert _on_loop(astore, lambda: astore.checkpoints("t", "entries"))
+    assert _on_loop(astore, lambda: astore.save_status("daemon", {"state": "ok"}))
+    # a backfill's thousands of readings are not: the loop would stop for the whole write
+    assert not _on_loop(
+        astore, lambda: astore.persist_frame("t", "entries", _readings(T0 + 10**9, BRIEF_RECORDS + 1))
+    )
+    assert store.count("entries") == 1 + 3 + BRIEF_RECORDS + 1
+    store.close()
+
+
+def test_the_log_is_folded_back_even_when_every_write_is_brief(tmp_path: Path) -> None:
+    """Commits on the loop skip the WAL checkpoint (the one step that syncs the disk); after
+    BRIEF_COMMITS of them the next write goes to a thread, whose commit runs it."""
+    store = _store(tmp_path)
+    astore = AsyncStore(store)
+    on_loop = [
+        _on_loop(
+            astore, lambda i=i: astore.persist_frame("t", "entries", _readings(T0 + (i + 1) * 300_000, 1))
+        )  # type: ignore[misc]
+        for i in range(2 * BRIEF_COMMITS + 2)
+    ]
+    off = [i for i, flag in enumerate(on_loop) if not flag]
+    assert off == [BRIEF_COMMITS, 2 * BRIEF_COMMITS + 1]
     store.close()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import random
 from datetime import timedelta
 from typing import Any
 
 import httpx
 
+from connect.clock import jitter_rng
 from connect.contract import Backoff, BuilderLike, Grant, LastKnown
 from connect.errors import AuthRejected
 from connect.httpkit import send
@@ -67,7 +67,7 @@ class DexcomShare:
         self._account_id: str | None = None
         #: when to read next: the reading phase plus the learned upload delay
         self.planner = PollPlanner(interval_ms=READING_INTERVAL_MS)
-        self.rng = random.Random()
+        self.rng = jitter_rng()
 
     def _post(
         self, path: str, *, body: dict[str, str], params: dict[str, Any] | None = None
