@@ -91,12 +91,16 @@ class _Pass:
         self.tx = tx
         self.config = config
         self.now = now
-        self.added = 0
+        #: the events of the pass, appended together at its end (:meth:`write`)
+        self.events: list[ev.NewEvent] = []
 
     def emit(self, name: str, eid: str, data: dict[str, Any]) -> None:
         body = {"event": name, "id": eid, "time": self.now, "account": self.config.label, "data": data}
-        if self.tx.add_event(eid, name, self.config.label, self.now, ev.body_text(body)):
-            self.added += 1
+        self.events.append(ev.NewEvent(eid, name, self.config.label, self.now, ev.body_text(body)))
+
+    def write(self) -> int:
+        """The pass's events appended to the outbox; how many were new."""
+        return self.tx.add_events(self.events)
 
     def decided(self, decision: AlertDecision) -> None:
         c = self.config
@@ -162,6 +166,8 @@ def evaluate(store: WriterStore, config: AlertConfig, now: int) -> PassResult:
                 if row.type == "sgv" and row.sgv is not None:
                     for decision in machine.reading(Reading(row.date, row.sgv, row.direction), now):
                         run.decided(decision)
+            if len(rows) < BATCH:
+                break  # the last of them (no need to ask again to hear "none")
         treatments_seq = stored.treatments_seq
         while True:
             rows = tx.new_treatments(config.key, treatments_seq, BATCH)
@@ -175,11 +181,14 @@ def evaluate(store: WriterStore, config: AlertConfig, now: int) -> PassResult:
                         event_id(config.key, "treatment:new", row.identifier),
                         json.loads(row.text),
                     )
+            if len(rows) < BATCH:
+                break
         for decision in machine.tick(now):
             run.decided(decision)
         episode = machine.episode
         if episode is not None:
             tx.update_open_episode(config.key, episode.sgv_min, episode.sgv_max, episode.readings, now)
+        added = run.write()
         tx.save_alert_state(config.key, ev.AlertState(machine.to_state(), entries_seq, treatments_seq))
         tx.prune_events(now - config.keep_ms)
     status = {
@@ -188,7 +197,7 @@ def evaluate(store: WriterStore, config: AlertConfig, now: int) -> PassResult:
         "raised": sorted(machine.raised),
         "last_reading": None if machine.last is None else machine.last.date,
     }
-    return PassResult(run.added, machine.deadline(now), status)
+    return PassResult(added, machine.deadline(now), status)
 
 
 class Alerting:

@@ -29,7 +29,7 @@ import attrs
 
 from connect.errors import StoreError
 from connect.records import Batch, Collection, Record, Stream
-from store.events import AlertState, EventRow, NewRecord
+from store.events import AlertState, EventRow, NewEvent, NewRecord
 from store.terms import Row as SearchRow
 from store.terms import Search
 from store.values import (
@@ -82,7 +82,10 @@ class AlertTransaction(Protocol):
 
     def new_treatments(self, source: str, after: int, limit: int) -> list[NewRecord]: ...
 
-    def add_event(self, event_id: str, event: str, account: str, at: int, body: str) -> bool: ...
+    def add_events(self, events: Sequence[NewEvent]) -> int:
+        """The events not in the outbox yet appended, in order (one statement's worth of round
+        trips, however many); how many were."""
+        ...
 
     def prune_events(self, before_ms: int) -> int: ...
 

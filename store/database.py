@@ -918,8 +918,8 @@ class SqliteAlertTransaction:
     def new_treatments(self, source: str, after: int, limit: int) -> list[NewRecord]:
         return ev.new_treatments(self.conn, source, after, limit)
 
-    def add_event(self, event_id: str, event: str, account: str, at: int, body: str) -> bool:
-        return ev.add_event(self.conn, event_id, event, account, at, body)
+    def add_events(self, events: Sequence[ev.NewEvent]) -> int:
+        return ev.add_events(self.conn, events)
 
     def prune_events(self, before_ms: int) -> int:
         return ev.prune_events(self.conn, before_ms)

@@ -43,6 +43,19 @@ class EventRow:
 
 
 @attrs.frozen
+class NewEvent:
+    """An event an alert pass appends to the outbox (unless one with its ``id`` is there)."""
+
+    id: str
+    event: str
+    #: the account as events name it
+    account: str
+    time: int
+    #: the event as it is sent (:func:`body_text`)
+    body: str
+
+
+@attrs.frozen
 class AlertState:
     """One account's stored alert machine and how far into the collections it has looked."""
 
@@ -128,14 +141,15 @@ def max_seq_of(conn: sqlite3.Connection, collection: str) -> int:
     return int(value)
 
 
-def add_event(conn: sqlite3.Connection, event_id: str, event: str, account: str, at: int, body: str) -> bool:
-    """Append an event to the outbox; False when one with this ``id`` is there already."""
+def add_events(conn: sqlite3.Connection, events: Sequence[NewEvent]) -> int:
+    """Append events to the outbox in order, each unless one with its ``id`` is there already;
+    how many were appended."""
     before = conn.total_changes
-    conn.execute(
+    conn.executemany(
         "INSERT INTO events (id, event, account, time, json) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
-        (event_id, event, account, at, body),
+        [(e.id, e.event, e.account, e.time, e.body) for e in events],
     )
-    return conn.total_changes > before
+    return conn.total_changes - before
 
 
 def prune_events(conn: sqlite3.Connection, before_ms: int) -> int:
@@ -221,8 +235,9 @@ __all__ = [
     "WEBHOOK_LOG_KEEP",
     "AlertState",
     "EventRow",
+    "NewEvent",
     "NewRecord",
-    "add_event",
+    "add_events",
     "body_text",
     "ensure_cursors",
     "events_after",

@@ -44,7 +44,7 @@ from connect.records import (
 from connect.redact import redact_text, register_secret
 from store.abc import AlertTransaction, StoredRow
 from store.database import object_id, row_for, status_json
-from store.events import WEBHOOK_LOG_KEEP, AlertState, EventRow, NewRecord
+from store.events import WEBHOOK_LOG_KEEP, AlertState, EventRow, NewEvent, NewRecord
 from store.postgres_schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from store.schema import COLLECTION_COLUMNS
 from store.values import Pending, PersistResult, RejectedGroup, Stored
@@ -505,15 +505,16 @@ class PostgresStore(SharedWrites[Conn]):
         with self.transaction() as conn:
             written = self._upsert(conn, source, records)
             checkpoint = self._checkpoints(conn, source, loop)
-            for key, value in batch.newest().items():
-                if value > checkpoint.get(key, -1):
-                    checkpoint[key] = value
-                    conn.execute(
-                        "INSERT INTO checkpoints (account, source, loop, collection, last_known, updated_at) "
-                        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (account, source, loop, collection) "
-                        "DO UPDATE SET last_known = excluded.last_known, updated_at = excluded.updated_at",
-                        (self.account, source, loop, key, value, now),
-                    )
+            moved = {k: v for k, v in batch.newest().items() if v > checkpoint.get(k, -1)}
+            checkpoint.update(moved)
+            if moved:  # every collection's in one statement
+                conn.execute(
+                    "INSERT INTO checkpoints (account, source, loop, collection, last_known, updated_at) "
+                    "SELECT %s, %s, %s, c, k, %s FROM unnest(%s::text[], %s::bigint[]) AS m(c, k) "
+                    "ON CONFLICT (account, source, loop, collection) "
+                    "DO UPDATE SET last_known = excluded.last_known, updated_at = excluded.updated_at",
+                    (self.account, source, loop, now, list(moved), list(moved.values())),
+                )
         return PersistResult(written=written, checkpoint=checkpoint)
 
     # --- pushed records --------------------------------------------------------------------
@@ -985,12 +986,14 @@ class PostgresStore(SharedWrites[Conn]):
     # --- status -----------------------------------------------------------------------------
 
     def save_status(self, key: str, value: Mapping[str, Any]) -> None:
-        with self.transaction() as conn:
+        # one statement, committed on its own (autocommit): one round trip, not three
+        with self._read() as conn:
             conn.execute(
                 "INSERT INTO machine_status (account, key, json, updated_at) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (account, key) DO UPDATE SET json = excluded.json, updated_at = excluded.updated_at",
                 (self.account, key, status_json(value), _now_ms()),
             )
+        self.commits += 1
 
     def load_status(self) -> dict[str, Any]:
         with self._read() as conn:
@@ -1082,17 +1085,40 @@ class PostgresAlertTransaction:
         ).fetchall()
         return [NewRecord(int(s), str(i), int(d), t, None, None, str(j)) for s, i, d, t, j in rows]
 
-    def add_event(self, event_id: str, event: str, account: str, at: int, body: str) -> bool:
-        if self.conn.execute(
-            "SELECT 1 FROM events WHERE account = %s AND id = %s", (self.account, event_id)
-        ).fetchone():
-            return False
-        seq = self.store._take_seqs(self.conn, "events", 1) + 1
+    def add_events(self, events: Sequence[NewEvent]) -> int:
+        # three round trips a pass, not three an event: which are there already, the seqs of
+        # the rest, and every row in one INSERT
+        if not events:
+            return 0
+        there = {
+            str(row[0])
+            for row in self.conn.execute(
+                "SELECT id FROM events WHERE account = %s AND id = ANY(%s)",
+                (self.account, list({e.id for e in events})),
+            )
+        }
+        fresh: dict[str, NewEvent] = {}
+        for e in events:
+            if e.id not in there:
+                fresh.setdefault(e.id, e)  # the first of one id in a pass, as one at a time would
+        if not fresh:
+            return 0
+        rows = list(fresh.values())
+        first = self.store._take_seqs(self.conn, "events", len(rows)) + 1
         self.conn.execute(
-            "INSERT INTO events (account, seq, id, event, label, time, json) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (self.account, seq, event_id, event, account, at, body),
+            "INSERT INTO events (account, seq, id, event, label, time, json) "
+            "SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[])",
+            (
+                self.account,
+                list(range(first, first + len(rows))),
+                [e.id for e in rows],
+                [e.event for e in rows],
+                [e.account for e in rows],
+                [e.time for e in rows],
+                [e.body for e in rows],
+            ),
         )
-        return True
+        return len(rows)
 
     def prune_events(self, before_ms: int) -> int:
         cur = self.conn.execute(

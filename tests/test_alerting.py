@@ -143,3 +143,29 @@ async def test_the_task_wakes_at_the_deadline_for_stale_data(autojump_clock: tri
         assert alerting.status()["passes"] == passes
         nursery.cancel_scope.cancel()
     assert woken and alerting.status()["raised"] == []
+
+
+def test_a_passs_events_are_appended_together_each_id_once(make_store: MakeStore) -> None:
+    """A pass appends its events in one go: those already in the outbox are skipped, an id seen
+    twice in one pass is written once (its first), and the rest keep the pass's order."""
+    from store.events import NewEvent
+
+    store = make_store()
+
+    def new(eid: str, body: str = "{}") -> NewEvent:
+        return NewEvent(eid, "glucose:new", "alice", NOW, body)
+
+    with store.alert_transaction() as tx:
+        assert tx.add_events([new("a"), new("b")]) == 2
+        assert tx.add_events([]) == 0
+    with store.alert_transaction() as tx:
+        assert (
+            tx.add_events(
+                [new("b", '{"again":1}'), new("c"), new("d", '{"n":1}'), new("d", '{"n":2}'), new("a")]
+            )
+            == 2
+        )
+    rows = list(store.events_after(0))
+    assert [r.id for r in rows] == ["a", "b", "c", "d"]
+    assert [r.text for r in rows] == ["{}", "{}", "{}", '{"n":1}']
+    assert [r.seq for r in rows] == sorted(r.seq for r in rows) and len({r.seq for r in rows}) == 4
