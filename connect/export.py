@@ -12,15 +12,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from connect.loading import UsageError, take_option
+from connect.loading import UsageError, load_settings, take_option
 from connect.records import COLLECTIONS, Collection
-from connect.settings import check_store_url
 from store.abc import ReaderStore
 from store.export import EARLIEST, FORMATS, LATEST, Format, export_chunks, time_bound
 from store.reader import StoreReader
 
 HELP: Final = """usage: nightscout-connect export [--from DATE] [--to DATE] [--collection C]
-                                 [--format csv|json|ndjson] [--output FILE] [--store-path PATH]
+                                 [--format csv|json|ndjson] [--output FILE]
+                                 [--store-path PATH | --store-url URL [--account NAME]]
 
 The records of a time range, oldest first, read from the store a page at a time.
 
@@ -31,14 +31,14 @@ The records of a time range, oldest first, read from the store a page at a time.
   --format F         csv (default: a header line, then a line per record), json (one array)
                      or ndjson (a JSON document per line)
   --output FILE      write FILE (it appears once the export is complete) instead of stdout
-  --store-path PATH  the store file (default: CONNECT_STORE_PATH, else nightscout-connect.db);
-                     with CONNECT_STORE_URL set and no --store-path, the PostgreSQL store's
-                     account CONNECT_ACCOUNT
+  --store-path PATH  the store file (default: CONNECT_STORE_PATH, else nightscout-connect.db)
+  --store-url URL    a PostgreSQL store instead (default: CONNECT_STORE_URL), and of it the
+  --account NAME     account NAME's records (default: CONNECT_ACCOUNT); both read as `run`
+                     reads them (flags, CONNECT_* variables, a .env file), checked alike
 
 DATE is a day (2024-01-31, UTC), an ISO-8601 time (2024-01-31T08:00:00+01:00; UTC when it
 names no offset) or epoch milliseconds.
 """
-DEFAULT_STORE: Final = "nightscout-connect.db"
 
 
 def _choice(value: str | None, choices: Sequence[str], flag: str, default: str) -> str:
@@ -76,7 +76,16 @@ def run_export(args: Sequence[str]) -> int:
     )
     format_text, rest = take_option(rest, "--format", "name csv, json or ndjson")
     output, rest = take_option(rest, "--output", "name the file to write")
-    store_text, rest = take_option(rest, "--store-path", "name the store file")
+    # the store as every command names it: through the settings (flags, variables, .env)
+    store_args: list[str] = []
+    for flag, need in (
+        ("--store-path", "name the store file"),
+        ("--store-url", "name the PostgreSQL store"),
+        ("--account", "name the account"),
+    ):
+        value, rest = take_option(rest, flag, need)
+        if value is not None:
+            store_args += [flag, value]
     if rest:
         raise UsageError(
             [f"export: unknown argument {rest[0]!r} (nightscout-connect export --help lists them)"]
@@ -87,19 +96,16 @@ def run_export(args: Sequence[str]) -> int:
     fmt: Format = next(f for f in FORMATS if f == _choice(format_text, FORMATS, "--format", "csv"))
     since = _bound(since_text, "--from", end=False)
     until = _bound(until_text, "--to", end=True)
+    settings, _ = load_settings(store_args, source_name="sim")
+    # a file named here is the store, whatever database the environment names
+    url = None if "--store-path" in store_args and "--store-url" not in store_args else settings.store_url
     reader: ReaderStore
-    url = "" if store_text else os.environ.get("CONNECT_STORE_URL", "").strip()
-    if url:
-        # one account of a PostgreSQL store (CONNECT_ACCOUNT), checked as the settings check it
-        try:
-            check_store_url(url)
-        except ValueError as exc:
-            raise UsageError([f"--store-url / CONNECT_STORE_URL: {exc}"]) from None
+    if url is not None:
         from store.postgres_reader import PostgresReader
 
-        reader = PostgresReader(url, account=os.environ.get("CONNECT_ACCOUNT", "").strip())
+        reader = PostgresReader(url.get_secret_value(), account=settings.account)
     else:
-        path = store_text or os.environ.get("CONNECT_STORE_PATH") or DEFAULT_STORE
+        path = settings.store_path
         if path == ":memory:" or not Path(path).is_file():
             raise UsageError([f"--store-path / CONNECT_STORE_PATH: no store at {path!r}"])
         reader = StoreReader(path)

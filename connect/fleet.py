@@ -338,7 +338,9 @@ class Fleet:
                         )
                         if isinstance(account, list):
                             raise UsageError(account)
-                        store = self.open_store(account)
+                        # off the loop: opening waits on the database (or the disk), and every
+                        # running account's frames wait on the loop meanwhile
+                        store = await trio.to_thread.run_sync(self.open_store, account)
                         stack.callback(store.close)
                         daemon = await stack.enter_async_context(
                             assemble(account.settings, account.source, store=store)

@@ -322,3 +322,29 @@ def test_accounts_dir_files_naming_a_database_store_their_rows_there(
     stored = dict(rows(postgres_url, "SELECT account, count(*) FROM entries GROUP BY account"))
     assert set(stored) == {"alice", "bob"} and all(n > 0 for n in stored.values())
     assert sorted(p.name for p in accounts.iterdir()) == ["alice.env", "bob.env"]
+
+
+def test_export_reads_one_account_named_by_flags_or_settings(postgres_url: str, tmp_path: Path) -> None:
+    """``export`` names its store as every command does: ``--store-url`` / ``--account`` (or
+    their variables, checked alike), and a ``--store-path`` file wins over a database the
+    environment names."""
+    for account in ("alice", "bob"):
+        made = run("once", cwd=tmp_path, CONNECT_STORE_URL=postgres_url, CONNECT_ACCOUNT=account,
+                   CONNECT_SIM_SEED=str(len(account)), CONNECT_BACKFILL_DAYS="0.1")  # fmt: skip
+        assert made.returncode == 0, made.stderr[-2000:]
+    stored = {a: n for a, n in rows(postgres_url, "SELECT account, count(*) FROM entries GROUP BY account")}
+    by_flags = run("export", "--format", "ndjson", "--store-url", with_password(postgres_url), "--account", "bob",
+                   cwd=tmp_path)  # fmt: skip
+    assert by_flags.returncode == 0, by_flags.stderr
+    docs = [json.loads(line) for line in by_flags.stdout.splitlines()]
+    assert len(docs) == stored["bob"] > 0
+    by_env = run("export", "--format", "ndjson", cwd=tmp_path, CONNECT_STORE_URL=postgres_url,
+                 CONNECT_ACCOUNT="alice")  # fmt: skip
+    assert len(by_env.stdout.splitlines()) == stored["alice"]
+    assert PASSWORD not in by_flags.stdout + by_flags.stderr
+    bad = run("export", "--store-url", "mysql://x@h/db", cwd=tmp_path)
+    assert bad.returncode == 2 and "--store-url / CONNECT_STORE_URL" in bad.stderr
+    a_file = run(
+        "export", "--store-path", str(tmp_path / "none.db"), cwd=tmp_path, CONNECT_STORE_URL=postgres_url
+    )
+    assert a_file.returncode == 2 and "no store at" in a_file.stderr
