@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
+import socket
 import threading
 import time
 import weakref
@@ -27,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg_pool
+import structlog
 
 from connect.errors import StoreError, StoreUnusable
 from connect.records import (
@@ -139,10 +142,24 @@ def _one_line(exc: BaseException) -> str:
     return redact_text(f"{type(exc).__name__}: {text}")
 
 
+def locks_application_name() -> str:
+    """How the server names this process's lock session (``pg_stat_activity``): an operator,
+    or a test, sees which process holds which account's lock. At most 63 bytes, as the server
+    keeps them."""
+    return f"nightscout-connect locks {socket.gethostname()}:{os.getpid()}"[:63]
+
+
 def account_lock_key(account: str) -> int:
     """The advisory lock key of one account's daemon (a signed 64-bit number)."""
     digest = hashlib.sha256(f"nightscout-connect account {account}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+log = structlog.get_logger("store")
+
+#: how often, at most, a write asks whether the lock session is still there (see
+#: :meth:`Shared.check`)
+LOCK_CHECK_S: Final = 10.0
 
 
 class Shared:
@@ -160,6 +177,9 @@ class Shared:
         self._held: set[str] = set()
         #: accounts whose lock :meth:`reserve` took for a store not yet opened
         self._reserved: set[str] = set()
+        #: accounts whose lock went with a lost session and that another daemon holds now
+        self._lost: set[str] = set()
+        self._checked = time.monotonic()
         self._guard = threading.Lock()
 
     def _session(self) -> Conn:
@@ -167,7 +187,12 @@ class Shared:
         if self._locks is None or self._locks.closed or self._locks.broken:
             self._held.clear()
             self._reserved.clear()
-            self._locks = psycopg.connect(self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT))
+            self._locks = psycopg.connect(
+                self.url,
+                autocommit=True,
+                connect_timeout=int(CONNECT_TIMEOUT),
+                application_name=locks_application_name(),
+            )
         return self._locks
 
     def lock(self, account: str) -> None:
@@ -226,8 +251,71 @@ class Shared:
             if keys and self._locks is not None and not self._locks.closed:
                 self._locks.execute("SELECT pg_advisory_unlock(k) FROM unnest(%s::bigint[]) AS k", (keys,))
 
+    def check(self, account: str) -> None:
+        """Before a write of ``account``'s: is its lock still this process's?
+
+        A session that ended (the server restarted, or someone ended it) took every lock with
+        it, and another daemon of the same account could start meanwhile. So at most every
+        :data:`LOCK_CHECK_S` seconds a write asks the session whether it is there; when it is
+        not, a new one takes every lock again at once. An account whose lock another daemon
+        took in between cannot write (:class:`StoreError`, retried as any fault of the store:
+        its frames wait) until that daemon lets go; each of its writes tries again."""
+        try:
+            with self._guard:
+                now = time.monotonic()
+                if account in self._lost or now - self._checked >= LOCK_CHECK_S:
+                    self._checked = now
+                    self._retake()
+                lost = account in self._lost
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: the lock session: {_one_line(exc)}") from None
+        if lost:
+            raise StoreError(
+                f"{self.where}: account {account!r} is in use by another daemon (this one's lock "
+                "went with a lost database session); waiting for it to stop"
+            )
+
+    def _retake(self) -> None:
+        """(Under the guard.) The locks of a lost session taken again on a new one, and those
+        another daemon held when last tried."""
+        session = self._locks
+        alive = False
+        if session is not None and not session.closed and not session.broken:
+            with contextlib.suppress(psycopg.Error):
+                session.execute("SELECT 1")
+                alive = True
+        if alive:
+            owned = set(self._lost)
+        else:
+            owned = self._held | self._lost | self._reserved
+            if session is not None:
+                session.close()
+            self._locks = None
+        if not owned:
+            return
+        keys = {account_lock_key(a): a for a in owned}
+        rows = (
+            self._session()
+            .execute("SELECT k, pg_try_advisory_lock(k) FROM unnest(%s::bigint[]) AS k", (list(keys),))
+            .fetchall()
+        )
+        if not alive:
+            log.warning(
+                "store lock session lost; locks taken again", store=display_url(self.url), accounts=len(keys)
+            )
+        for key, taken in rows:
+            account = keys[int(key)]
+            if taken:
+                self._lost.discard(account)
+                self._held.add(account)
+            else:
+                self._held.discard(account)
+                self._reserved.discard(account)
+                self._lost.add(account)
+
     def unlock(self, account: str) -> None:
         with self._guard, contextlib.suppress(psycopg.Error):
+            self._lost.discard(account)
             if account not in self._held:
                 return
             self._held.discard(account)
@@ -430,13 +518,21 @@ class PostgresStore(SharedWrites[Conn]):
     def as_store_error(self, exc: BaseException) -> StoreError | None:
         """A lost server, a pool with no free connection, a full disk, a conflict to retry: a
         :class:`StoreError` (one line, no password); a constraint or a bad statement: None."""
+        if isinstance(exc, StoreError):  # the account's lock lost to another daemon (Shared.check)
+            return exc
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
             return StoreError(f"store {self.path}: {_one_line(exc)}")
         return None
 
+    def _check_lock(self) -> None:
+        if self._shared is not None:
+            self._shared.check(self.account)
+
     @contextmanager
     def transaction(self) -> Iterator[Conn]:
-        """One transaction on a pooled connection, rolled back on any exception."""
+        """One transaction on a pooled connection, rolled back on any exception; with the
+        account's lock checked first (a daemon's store: :meth:`Shared.check`)."""
+        self._check_lock()
         with self.pool.connection() as conn, conn.transaction():
             yield conn
         self.commits += 1
@@ -987,6 +1083,7 @@ class PostgresStore(SharedWrites[Conn]):
 
     def save_status(self, key: str, value: Mapping[str, Any]) -> None:
         # one statement, committed on its own (autocommit): one round trip, not three
+        self._check_lock()
         with self._read() as conn:
             conn.execute(
                 "INSERT INTO machine_status (account, key, json, updated_at) VALUES (%s, %s, %s, %s) "

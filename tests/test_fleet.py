@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -313,13 +313,43 @@ def open_stores(pid: int) -> set[str]:
     return names
 
 
-class Sampler(threading.Thread):
-    """Which process runs which account, sampled every few tens of milliseconds; every moment an
-    account was open in two processes at once is kept."""
+def locked_accounts(
+    url: str, accounts: Collection[str], procs: list[subprocess.Popen[bytes]]
+) -> dict[int, set[str]]:
+    """The accounts whose one-daemon lock each process holds, as the server sees it: its
+    advisory locks, by the lock session each process names after its pid."""
+    from store.postgres import account_lock_key
 
-    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+    by_key = {account_lock_key(name) & (2**64 - 1): name for name in accounts}
+    pids = {f":{proc.pid}": proc.pid for proc in procs}
+    held: dict[int, set[str]] = {pid: set() for pid in pids.values()}
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT a.application_name, (l.classid::bigint << 32) | l.objid::bigint "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+        ).fetchall()
+    for application, key in rows:
+        pid = next((p for suffix, p in pids.items() if str(application).endswith(suffix)), None)
+        name = by_key.get(int(key) & (2**64 - 1))
+        if pid is not None and name is not None:
+            held[pid].add(name)
+    return held
+
+
+class Sampler(threading.Thread):
+    """Which process runs which account, sampled every few tens of milliseconds (``observe``:
+    each running process's accounts); every moment an account ran in two processes at once is
+    kept."""
+
+    def __init__(
+        self,
+        procs: list[subprocess.Popen[bytes]],
+        observe: Callable[[list[subprocess.Popen[bytes]]], dict[int, set[str]]],
+    ) -> None:
         super().__init__(daemon=True)
         self.procs = procs
+        self.observe = observe
         self.samples = 0
         self.overlaps: list[tuple[str, list[int]]] = []
         self.latest: dict[int, set[str]] = {}
@@ -327,7 +357,7 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.halt.is_set():
-            seen = {proc.pid: open_stores(proc.pid) for proc in self.procs if proc.poll() is None}
+            seen = self.observe([proc for proc in self.procs if proc.poll() is None])
             owners: dict[str, list[int]] = {}
             for pid, names in seen.items():
                 for name in names:
@@ -408,90 +438,48 @@ def pg_identifiers(url: str, account: str, collection: str) -> list[str]:
     """The identifiers an account's rows of the PostgreSQL data store hold."""
     with psycopg.connect(url) as conn:
         try:
-            rows = conn.execute(f"SELECT identifier FROM {collection} WHERE account = %s", (account,)).fetchall()
+            rows = conn.execute(
+                f"SELECT identifier FROM {collection} WHERE account = %s", (account,)
+            ).fetchall()
         except psycopg.errors.UndefinedTable:  # no daemon has created the data store yet
             return []
     return sorted(r[0] for r in rows)
 
 
 @pytest.mark.e2e
-def test_a_fleet_keeps_its_data_in_its_own_database_across_a_killed_process(
-    tmp_path: Path, postgres_url: str
-) -> None:
-    """Without CONNECT_FLEET_STORE_DIR every account's data goes to the fleet's database: two
-    processes, one killed; the survivor runs every account within the lease and 30 s, and each
-    site ends up with exactly the records its account's rows hold, none twice."""
-    with simulated_accounts(20, tmp_path, postgres_url) as (sites, _):
-        settings = {
-            "CONNECT_STORE_URL": postgres_url,
-            "CONNECT_FLEET_LEASE_SECONDS": str(LEASE_S),
-            "CONNECT_LOG_LEVEL": "warning",
-        }
-        procs = [
-            subprocess.Popen(
-                [*CLI, "run", "--fleet"],
-                env=env(**settings),
-                cwd=tmp_path,
-                stdout=subprocess.DEVNULL,
-                stderr=(tmp_path / f"fleet-{i}.log").open("ab"),
-            )
-            for i in range(2)
-        ]
-
-        def held_by(alive: list[subprocess.Popen[bytes]]) -> Callable[[], bool]:
-            pids = {f":{p.pid}:" for p in alive}
-            return lambda: all(
-                h is not None and any(pid in h for pid in pids) for h in holders(postgres_url).values()
-            )
-
-        def delivered() -> bool:
-            for name, site in sites.sites.items():
-                for collection in ("entries", "treatments"):
-                    ours = pg_identifiers(postgres_url, name, collection)
-                    if (not ours and collection == "entries") or sorted(
-                        d["identifier"] for d in site.docs(collection)
-                    ) != ours:
-                        return False
-            return True
-
-        try:
-            wait_for(held_by(procs), "every account held", timeout=90)
-            wait_for(lambda: all(pg_identifiers(postgres_url, n, "entries") for n in sites.sites), "data", 90)
-            procs[0].send_signal(signal.SIGKILL)
-            procs[0].wait(timeout=10)
-            moved = wait_for(held_by(procs[1:]), "the survivor holding every account", LEASE_S + 30)
-            assert moved < LEASE_S + 30
-            wait_for(delivered, "every record at its site", timeout=60)
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            codes = [proc.wait(timeout=30) for proc in procs]
-        assert codes == [-signal.SIGKILL, 0]
-        assert not list(tmp_path.glob("*.db")), "no SQLite store was made"
-        for name, site in sites.sites.items():
-            ours = pg_identifiers(postgres_url, name, "entries")
-            assert len(ours) >= 288
-            assert len(site.entries) == len(ours)
-
-
-@pytest.mark.e2e
 @needs_proc
+@pytest.mark.parametrize("data", ["database", "files"])
 def test_a_fleet_runs_each_account_once_and_survives_killed_processes(
-    hundred: tuple[Sites, Path], postgres_url: str
+    hundred: tuple[Sites, Path], postgres_url: str, data: str
 ) -> None:
     """Three processes, then two (one killed), then one (another killed): at every sampled
     moment each account runs in one process at most; after each kill the others run every
-    account within the lease and 30 s; every site ends up with exactly its account's records."""
+    account within the lease and 30 s; every site ends up with exactly its account's records,
+    which the store holds once. ``database``: the accounts' data in the fleet's own database
+    (who runs an account is read from the server's advisory locks); ``files``: in SQLite files
+    (CONNECT_FLEET_STORE_DIR; read from each process's open files)."""
     sites, tmp_path = hundred
     stores = tmp_path / "stores"
     stores.mkdir()
     settings = {
         "CONNECT_STORE_URL": postgres_url,
         "CONNECT_FLEET_LEASE_SECONDS": str(LEASE_S),
-        "CONNECT_FLEET_STORE_DIR": str(stores),
         "CONNECT_LOG_LEVEL": "warning",
     }
+    if data == "files":
+        settings["CONNECT_FLEET_STORE_DIR"] = str(stores)
+
+    def observe(alive: list[subprocess.Popen[bytes]]) -> dict[int, set[str]]:
+        if data == "files":
+            return {proc.pid: open_stores(proc.pid) for proc in alive}
+        return locked_accounts(postgres_url, sites.sites, alive)
+
+    def stored(name: str, collection: str) -> list[str]:
+        """The identifiers the account's store holds."""
+        if data == "files":
+            return sorted(d["identifier"] for d in store_docs(stores / f"{name}.db", collection))
+        return pg_identifiers(postgres_url, name, collection)
+
     logs = [tmp_path / f"fleet-{i}.log" for i in range(3)]
     procs = []
     for log in logs:
@@ -501,7 +489,7 @@ def test_a_fleet_runs_each_account_once_and_survives_killed_processes(
                     [*CLI, "run", "--fleet"], env=env(**settings), cwd=ROOT, stdout=out, stderr=out
                 )
             )
-    sampler = Sampler(procs)
+    sampler = Sampler(procs, observe)
     sampler.start()
 
     def run_everything(alive: list[subprocess.Popen[bytes]], dead: list[int]) -> Callable[[], bool]:
@@ -515,9 +503,8 @@ def test_a_fleet_runs_each_account_once_and_survives_killed_processes(
 
     def delivered() -> bool:
         for name, site in sites.sites.items():
-            db = stores / f"{name}.db"
             for collection in ("entries", "treatments"):
-                ours = sorted(d["identifier"] for d in store_docs(db, collection))
+                ours = stored(name, collection)
                 if not ours and collection == "entries":
                     return False
                 if sorted(d["identifier"] for d in site.docs(collection)) != ours:
@@ -550,11 +537,13 @@ def test_a_fleet_runs_each_account_once_and_survives_killed_processes(
     assert sampler.overlaps == [], sampler.overlaps[:5]
     # nothing lost and nothing twice at any site: exactly its account's records
     for name, site in sites.sites.items():
-        entries = store_docs(stores / f"{name}.db", "entries")
-        assert len(entries) >= 288
-        assert all(d["device"] == f"{name}-cgm" for d in entries)
-        assert sorted(d["identifier"] for d in site.entries) == sorted(d["identifier"] for d in entries)
+        entries = stored(name, "entries")
+        assert len(entries) >= 288 and len(set(entries)) == len(entries)
+        assert all(d["device"] == f"{name}-cgm" for d in site.entries)
+        assert sorted(d["identifier"] for d in site.entries) == entries
         assert len({(d["sysTime"], d["type"]) for d in site.entries}) == len(entries)
+    if data == "database":
+        assert not list(stores.glob("*.db")) and not list(ROOT.glob("user*.db")), "no SQLite store was made"
     # the last process gave its leases back when it stopped
     assert set(holders(postgres_url).values()) == {None}
     for log in logs:

@@ -125,3 +125,42 @@ def test_a_listener_sees_every_transition() -> None:
 @pytest.mark.parametrize("machine_class", ALL_MACHINES)
 def test_every_machine_takes_the_short_road(machine_class: type[StateMachine]) -> None:
     assert issubclass(machine_class, Machine)
+
+
+def test_a_start_with_nothing_to_run_is_the_librarys_start() -> None:
+    """A machine whose initial state runs nothing on entry is put in it directly; one whose
+    initial state has an entry callback (or a listener) is started by the library, which runs
+    it, exactly as a plain StateMachine does."""
+    for base in (Machine, StateMachine):
+        quiet = _toy(base)
+        assert (quiet.current_state_value, quiet.configuration_values, quiet.model.state) == ("a", {"a"}, "a")
+        assert quiet.a.is_active and quiet.log == []
+
+    def entering(base: type[StateMachine]) -> Any:
+        class Loud(base):  # type: ignore[valid-type,misc]
+            a = State(initial=True)
+            b = State()
+            go = a.to(b) | b.to(a)
+
+            def __init__(self) -> None:
+                self.log: list[str] = []
+                super().__init__()
+
+            def on_enter_a(self) -> None:
+                self.log.append("enter a")
+
+        return Loud()
+
+    assert entering(Machine).log == entering(StateMachine).log == ["enter a"]
+
+
+@pytest.mark.parametrize("machine_class", ALL_MACHINES)
+def test_every_machine_starts_where_the_library_starts_it(
+    machine_class: type[StateMachine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quick = machine_class()
+    monkeypatch.setattr(Machine, "_quiet_start", lambda self: False)
+    library = machine_class()
+    assert quick.current_state_value == library.current_state_value
+    assert quick.configuration_values == library.configuration_values
+    assert vars(quick.model) == vars(library.model)

@@ -408,3 +408,49 @@ def test_many_accounts_locks_are_reserved_at_once_and_the_unused_given_back(post
         alice.close()
         bob.close()
         assert free(other, "alice") and free(other, "bob")
+
+
+def test_a_lost_lock_session_is_replaced_and_a_taken_account_stops_writing(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session holding the accounts' locks ends (a server restart, an operator's
+    pg_terminate_backend): the next write takes every lock again on a new session; an account
+    another daemon took in between cannot write (a fault of the store, retried) until that
+    daemon lets go."""
+    from connect.errors import StoreError
+    from connect.records import Batch, Entry
+    from store import postgres as pg
+
+    monkeypatch.setattr(pg, "LOCK_CHECK_S", 0.0)
+    alice = PostgresStore.open(postgres_url, account="alice")
+    bob = PostgresStore.open(postgres_url, account="bob")
+    frame = Batch.of([Entry(type="sgv", date=1_700_000_000_000, device="d", sgv=100)])
+
+    def end_lock_session(other: Any) -> None:
+        other.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = %s",
+            (pg.locks_application_name(),),
+        )
+
+    with psycopg_admin(postgres_url) as other:
+        end_lock_session(other)
+        # the server forgot the locks: another daemon starts for bob meanwhile
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", (pg.account_lock_key("bob"),)).fetchone()[0]
+        alice.persist_frame("sim:alice", "entries", frame)  # alice's lock taken again first
+        assert not other.execute(
+            "SELECT pg_try_advisory_lock(%s)", (pg.account_lock_key("alice"),)
+        ).fetchone()[0]
+        with pytest.raises(StoreError, match="account 'bob' is in use by another daemon") as caught:
+            bob.persist_frame("sim:bob", "entries", frame)
+        assert bob.as_store_error(caught.value) is caught.value  # a fault: the frame is retried
+        with pytest.raises(StoreError):
+            bob.save_status("daemon", {"state": "ok"})
+        assert bob.count("entries") == 0
+        other.execute("SELECT pg_advisory_unlock(%s)", (pg.account_lock_key("bob"),))  # it stops
+        bob.persist_frame("sim:bob", "entries", frame)
+        assert bob.count("entries") == 1
+        assert not other.execute("SELECT pg_try_advisory_lock(%s)", (pg.account_lock_key("bob"),)).fetchone()[
+            0
+        ]
+    alice.close()
+    bob.close()
