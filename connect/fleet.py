@@ -35,7 +35,7 @@ import structlog
 import trio
 
 from connect import daemon as daemon_mod
-from connect.accounts import Account, account_from_text, settings_names
+from connect.accounts import OPENING_AT_ONCE, Account, account_from_text, settings_names
 from connect.assemble import assemble, open_store
 from connect.clock import jitter_rng
 from connect.errors import ConnectError, StoreError
@@ -208,8 +208,8 @@ class Fleet:
         #: accounts cancelled and not yet stopped
         self.stopping: dict[str, Running] = {}
         self._names = settings_names()
-        #: accounts start one at a time (see :meth:`_run_account`)
-        self._starting = trio.Lock()
+        #: stores being opened at once (see :meth:`_run_account`)
+        self._opening = trio.CapacityLimiter(OPENING_AT_ONCE)
         self._nursery: trio.Nursery | None = None
         #: what ended the lease thread, if it failed (the run then ends with it)
         self._failure: BaseException | None = None
@@ -317,34 +317,35 @@ class Fleet:
 
     async def _run_account(self, name: str, text: str, running: Running) -> None:
         """One leased account until its scope is cancelled (or it fails: the lease thread then
-        gives the lease back). Settings are read and stores opened one account at a time."""
+        gives the lease back). Its settings are read at once (on the loop: nothing else runs
+        while ``os.environ`` is the account's), its store opened on a worker thread, a few at a
+        time, as ``--accounts-dir`` opens them."""
         try:
             with running.scope:
                 earlier = self.stopping.get(name)
                 if earlier is not None:  # taken back while it was still stopping here
                     await earlier.done.wait()
                 async with AsyncExitStack() as stack:
-                    async with self._starting:
-                        store_dir = self.settings.store_dir
-                        account = account_from_text(
-                            name,
-                            text,
-                            self.args,
-                            store_path=str((store_dir or Path(".")) / f"{name}.db"),
-                            # the account's data goes to the fleet's database unless its file
-                            # or CONNECT_FLEET_STORE_DIR names another store
-                            store_url=self.settings.url if store_dir is None else None,
-                            names=self._names,
-                        )
-                        if isinstance(account, list):
-                            raise UsageError(account)
-                        # off the loop: opening waits on the database (or the disk), and every
-                        # running account's frames wait on the loop meanwhile
-                        store = await trio.to_thread.run_sync(self.open_store, account)
-                        stack.callback(store.close)
-                        daemon = await stack.enter_async_context(
-                            assemble(account.settings, account.source, store=store)
-                        )
+                    store_dir = self.settings.store_dir
+                    account = account_from_text(
+                        name,
+                        text,
+                        self.args,
+                        store_path=str((store_dir or Path(".")) / f"{name}.db"),
+                        # the account's data goes to the fleet's database unless its file
+                        # or CONNECT_FLEET_STORE_DIR names another store
+                        store_url=self.settings.url if store_dir is None else None,
+                        names=self._names,
+                    )
+                    if isinstance(account, list):
+                        raise UsageError(account)
+                    # off the loop: opening waits on the database (or the disk), and every
+                    # running account's frames wait on the loop meanwhile
+                    store = await trio.to_thread.run_sync(self.open_store, account, limiter=self._opening)
+                    stack.callback(store.close)
+                    daemon = await stack.enter_async_context(
+                        assemble(account.settings, account.source, store=store)
+                    )
                     running.daemon = daemon
                     daemon.notes["fleet"] = {"holder": self.holder}
                     await daemon_mod.serve_daemon(daemon)

@@ -75,7 +75,10 @@ class Machine(StateMachine):
         initial = type(self).initial_state
         if initial is None or self._listeners or self._callbacks.has_async_callbacks:
             return False
-        if self.current_state_value is not None or self.start_configuration_values not in ([], [initial.value]):
+        if self.current_state_value is not None or self.start_configuration_values not in (
+            [],
+            [initial.value],
+        ):
             return False
         if not initial.is_atomic or initial.parent is not None or initial.final:
             return False
