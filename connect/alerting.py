@@ -232,7 +232,9 @@ class Alerting:
 
     async def evaluate(self) -> PassResult:
         """One pass now (``once`` runs exactly one after its frames)."""
-        result: PassResult = await self.astore.call(evaluate, self.astore.store, self.config, self.clock())
+        result: PassResult = await self.astore.call_background(
+            evaluate, self.astore.store, self.config, self.clock()
+        )
         self._passes += 1
         self._events += result.events
         self._deadline = result.deadline

@@ -34,6 +34,7 @@ import attrs
 import structlog
 import trio
 
+from connect import accounts
 from connect import daemon as daemon_mod
 from connect.accounts import OPENING_AT_ONCE, Account, account_from_text, settings_names
 from connect.assemble import assemble, open_store
@@ -45,6 +46,7 @@ from machines.decisions import ClaimLeases, RenewLeases, StopAccounts, WaitUntil
 from machines.lease import LeaseMachine, LeasePolicy
 from store.abc import WriterStore
 from store.fleet import Claim, FleetStore
+from store.postgres import Shared, acquire_shared, release_shared
 
 log = structlog.get_logger("connect.fleet")
 
@@ -193,8 +195,14 @@ class Fleet:
         holder: str | None = None,
         open_store: StoreFactory = open_account_store,
         rng: random.Random | None = None,
+        pause_collection: bool = False,
     ) -> None:
         self.db = db
+        #: the cyclic garbage collector off while claimed accounts are assembled (the command
+        #: line's choice, as for ``--accounts-dir``: an embedding program's collector is its own)
+        self.pause_collection = pause_collection
+        #: claimed accounts not yet assembled (or failed): the collector is on again at none
+        self._assembling = 0
         self.settings = settings
         self.args = list(args)
         self.holder = holder or holder_id()
@@ -210,6 +218,9 @@ class Fleet:
         self._names = settings_names()
         #: stores being opened at once (see :meth:`_run_account`)
         self._opening = trio.CapacityLimiter(OPENING_AT_ONCE)
+        #: the process's pool and lock session for the fleet's database, once accounts store
+        #: their data there (see :meth:`_reserve`)
+        self._shared: Shared | None = None
         self._nursery: trio.Nursery | None = None
         #: what ended the lease thread, if it failed (the run then ends with it)
         self._failure: BaseException | None = None
@@ -263,6 +274,9 @@ class Fleet:
                 except StoreError as exc:
                     log.warning("leases not given back: they lapse", error=describe_error(exc))
                 self._sql.shutdown(wait=False, cancel_futures=True)
+                if self._shared is not None:
+                    await trio.to_thread.run_sync(release_shared, self._shared, abandon_on_cancel=True)
+                    self._shared = None
                 log.info("fleet stopped", holder=self.holder)
         if self._failure is not None:
             raise RuntimeError("the lease thread failed") from self._failure
@@ -286,10 +300,37 @@ class Fleet:
         """(In the loop.) Start these accounts."""
         if self._nursery is None:
             return
+        ready = trio.Event()
+        self._nursery.start_soon(self._reserve, sorted(claimed), ready)
+        if self.pause_collection and claimed:
+            accounts.pause_collection()
+        self._assembling += len(claimed)
         for name, text in sorted(claimed.items()):
             running = Running(scope=trio.CancelScope(), done=trio.Event())
             self.running[name] = running
-            self._nursery.start_soon(self._run_account, name, text, running)
+            self._nursery.start_soon(self._run_account, name, text, running, ready)
+
+    def _assembled(self, counted: bool) -> bool:
+        """One claimed account assembled (or failed), once; with none left, the collector on."""
+        if not counted:
+            self._assembling -= 1
+            if self._assembling == 0:
+                accounts.resume_collection()
+        return True
+
+    async def _reserve(self, names: list[str], ready: trio.Event) -> None:
+        """Before the accounts just claimed open their stores in the fleet's database: their
+        one-daemon locks taken in one statement (each open then finds its own; see
+        :meth:`store.postgres.Shared.reserve`), not one round trip after another."""
+        try:
+            if self.settings.store_dir is None:
+                if self._shared is None:
+                    self._shared = await trio.to_thread.run_sync(acquire_shared, self.settings.url)
+                await trio.to_thread.run_sync(self._shared.reserve, names)
+        except Exception as exc:  # each account's own open says what is wrong
+            log.debug("locks not reserved", error=describe_error(exc))
+        finally:
+            ready.set()
 
     def _stop(self, names: frozenset[str], release: bool) -> None:
         """(In the loop.) Stop these accounts; with ``release``, their leases are given back
@@ -315,11 +356,12 @@ class Fleet:
         if self._nursery is not None:
             self._nursery.start_soon(wait)
 
-    async def _run_account(self, name: str, text: str, running: Running) -> None:
+    async def _run_account(self, name: str, text: str, running: Running, ready: trio.Event) -> None:
         """One leased account until its scope is cancelled (or it fails: the lease thread then
         gives the lease back). Its settings are read at once (on the loop: nothing else runs
         while ``os.environ`` is the account's), its store opened on a worker thread, a few at a
         time, as ``--accounts-dir`` opens them."""
+        counted = False  # whether this account is no longer among those being assembled
         try:
             with running.scope:
                 earlier = self.stopping.get(name)
@@ -341,11 +383,13 @@ class Fleet:
                         raise UsageError(account)
                     # off the loop: opening waits on the database (or the disk), and every
                     # running account's frames wait on the loop meanwhile
+                    await ready.wait()
                     store = await trio.to_thread.run_sync(self.open_store, account, limiter=self._opening)
                     stack.callback(store.close)
                     daemon = await stack.enter_async_context(
                         assemble(account.settings, account.source, store=store)
                     )
+                    counted = self._assembled(counted)
                     running.daemon = daemon
                     daemon.notes["fleet"] = {"holder": self.holder}
                     await daemon_mod.serve_daemon(daemon)
@@ -357,6 +401,11 @@ class Fleet:
             running.error = describe_error(exc)
             log.error("account stopped by an error", account=name, error=running.error)
         finally:
+            self._assembled(counted)
+            shared = self._shared
+            if shared is not None:  # a lock reserved for a store never opened is given back
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(shared.unreserve, [name])
             running.done.set()
             if running.error is not None and self.running.get(name) is running:
                 self.reports = {**self.reports, name: account_report(running)}
@@ -486,7 +535,7 @@ class Fleet:
 
 async def run_fleet(settings: FleetSettings, args: Sequence[str], db: FleetStore) -> None:
     """``run --fleet`` until SIGTERM or SIGINT."""
-    fleet = Fleet(db, settings, args)
+    fleet = Fleet(db, settings, args, pause_collection=True)
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon_mod.watch_signals, scope)

@@ -41,16 +41,31 @@ BRIEF_COMMITS: Final = 64
 #: :meth:`AsyncStore.call_brief`): a poll's few new readings, not a backfill's thousands
 BRIEF_RECORDS: Final = 64
 _store_threads: trio.lowlevel.RunVar[dict[type, trio.CapacityLimiter]] = trio.lowlevel.RunVar("store_threads")
+_background_threads: trio.lowlevel.RunVar[dict[type, trio.CapacityLimiter]] = trio.lowlevel.RunVar(
+    "background_threads"
+)
 
 
 def store_threads(kind: type = object, threads: int = STORE_THREADS) -> trio.CapacityLimiter:
     """This trio run's limiter of the threads of one kind of store (made on first use: a limiter
     belongs to a run)."""
+    return _limiter(_store_threads, kind, threads)
+
+
+def background_threads(kind: type = object, threads: int = STORE_THREADS) -> trio.CapacityLimiter:
+    """This trio run's limiter of the store threads of one kind that work nobody waits on may
+    hold at once (:meth:`AsyncStore.call_background`)."""
+    return _limiter(_background_threads, kind, threads)
+
+
+def _limiter(
+    var: trio.lowlevel.RunVar[dict[type, trio.CapacityLimiter]], kind: type, threads: int
+) -> trio.CapacityLimiter:
     try:
-        limiters = _store_threads.get()
+        limiters = var.get()
     except LookupError:
         limiters = {}
-        _store_threads.set(limiters)
+        var.set(limiters)
     limiter = limiters.get(kind)
     if limiter is None:
         limiter = limiters[kind] = trio.CapacityLimiter(threads)
@@ -72,8 +87,11 @@ class AsyncStore:
     def __init__(self, store: WriterStore, *, inline: bool | None = None) -> None:
         self.store = store
         self.limiter = trio.CapacityLimiter(1)
-        #: how many of the process's store threads this kind of store may use at once
-        self._threads = (type(store), getattr(store, "threads", STORE_THREADS))
+        #: how many of the process's store threads this kind of store may use at once, and
+        #: how many of them its background calls may
+        threads = getattr(store, "threads", STORE_THREADS)
+        self._threads = (type(store), threads)
+        self._background = (type(store), getattr(store, "background_threads", threads))
         # An in-memory store is private to this process and fast; running it inline also keeps
         # trio's MockClock honest (autojump treats a task waiting on a thread as idle and would
         # leap virtual time forward while the thread works).
@@ -118,6 +136,14 @@ class AsyncStore:
                 raise
             raise error from exc
         return self._done(result, committed)
+
+    async def call_background(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """As :meth:`call`, for work no frame waits on (an alert pass): such calls of all the
+        stores of a kind hold at most the store's ``background_threads`` at once (PostgreSQL:
+        half its threads), so a thousand accounts' passes, queued behind their first frames,
+        never take every connection from the next account's open or frame."""
+        async with background_threads(*self._background):
+            return await self.call(fn, *args, **kwargs)
 
     async def call_brief(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """As :meth:`call`, for a call that reads a little and commits a little (an output's

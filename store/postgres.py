@@ -260,6 +260,8 @@ class Shared:
         not, a new one takes every lock again at once. An account whose lock another daemon
         took in between cannot write (:class:`StoreError`, retried as any fault of the store:
         its frames wait) until that daemon lets go; each of its writes tries again."""
+        if account not in self._lost and time.monotonic() - self._checked < LOCK_CHECK_S:
+            return  # (read without the guard, which a lock being taken holds over a round trip)
         try:
             with self._guard:
                 now = time.monotonic()
@@ -429,6 +431,11 @@ class PostgresStore(SharedWrites[Conn]):
     #: store threads of the process all PostgreSQL stores share: a call mostly waits for the
     #: server, so as many as the shared pool has connections
     threads = SHARED_POOL_MAX
+    #: of which alert passes (work no frame waits on) take at most half: at a thousand accounts'
+    #: start their passes would otherwise hold the connections the next frames and opens need
+    #: (the start measured a quarter shorter; SQLite's frames run on the loop, so its stores
+    #: give passes every thread)
+    background_threads = SHARED_POOL_MAX // 2
 
     def __init__(self, url_or_pool: str | psycopg_pool.ConnectionPool, *, account: str = "") -> None:
         if isinstance(url_or_pool, str):

@@ -124,3 +124,50 @@ def test_the_log_is_folded_back_even_when_every_write_is_brief(tmp_path: Path) -
     off = [i for i, flag in enumerate(on_loop) if not flag]
     assert off == [BRIEF_COMMITS, 2 * BRIEF_COMMITS + 1]
     store.close()
+
+
+def test_background_calls_leave_threads_to_frames(tmp_path: Path) -> None:
+    """Alert passes of many accounts at once (work no frame waits on) hold at most the store's
+    ``background_threads``: the others stay free for the next account's frame. PostgreSQL
+    keeps half its threads (its pool's connections) for frames."""
+    from store.postgres import PostgresStore
+
+    assert PostgresStore.background_threads == PostgresStore.threads // 2
+
+    class Kept(Store):
+        threads = 4
+        background_threads = 2
+
+    stores = [Kept(tmp_path / f"{i}.db") for i in range(8)]
+    busy = 0
+    most = 0
+    guard = threading.Lock()
+    release = threading.Event()
+
+    def slow() -> None:
+        nonlocal busy, most
+        with guard:
+            busy += 1
+            most = max(most, busy)
+        release.wait(5)
+        with guard:
+            busy -= 1
+
+    def count(store: Store) -> int:
+        return store.count("entries")
+
+    async def main() -> int:
+        async with trio.open_nursery() as nursery:
+            for store in stores:
+                nursery.start_soon(AsyncStore(store).call_background, slow)
+            await trio.sleep(0.3)
+            # a frame of another account still finds a thread at once
+            with trio.fail_after(2):
+                found = await AsyncStore(stores[0]).call(count, stores[0])
+            release.set()
+        return found
+
+    assert trio.run(main) == 0
+    assert most == 2
+    for store in stores:
+        store.close()
