@@ -23,7 +23,7 @@ from bench.delivery import bench_mqtt, bench_nightscout
 from bench.export import bench_export
 from bench.idle import bench_idle
 from bench.machines import bench_machines
-from bench.many import bench_many, bench_many_postgres
+from bench.many import bench_many, bench_many_fleet, bench_many_postgres
 from bench.store import bench_store
 from bench.timing import Figures
 
@@ -77,6 +77,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "idle": {"accounts": 5, "seconds": 0.5},
     "many": {"accounts": 20},
     "many_postgres": {"accounts": 20},
+    "many_fleet": {"accounts": 20},
 }
 
 
@@ -118,6 +119,12 @@ def measure(progress: Callable[[str], None], *, quick: bool = False) -> dict[str
     except Exception as exc:  # e.g. no PostgreSQL installed: said why, the rest stays
         many_pg = None
         not_measured["many_postgres"] = f"{type(exc).__name__}: {exc}"
+    progress("many_fleet")
+    try:
+        fleet: dict[str, Any] | None = bench_many_fleet(**sizes.get("many_fleet", {}))
+    except Exception as exc:  # e.g. no PostgreSQL installed: said why, the rest stays
+        fleet = None
+        not_measured["many_fleet"] = f"{type(exc).__name__}: {exc}"
     return {
         "figures": figures,
         "rss_kib_per_account": round(idle["rss_per_account"] / 1024, 1),
@@ -143,6 +150,9 @@ def measure(progress: Callable[[str], None], *, quick: bool = False) -> dict[str
         else many_pg["restart_cpu_seconds"],
         "rss_kib_per_account_1000_postgres": None if many_pg is None else many_pg["rss_kib_per_account"],
         "fds_per_account_1000_postgres": None if many_pg is None else many_pg["fds_per_account"],
+        # ``run --fleet`` over the same thousand, imported into PostgreSQL with their data there
+        "startup_seconds_1000_accounts_fleet": None if fleet is None else fleet["startup_seconds"],
+        "startup_cpu_seconds_1000_accounts_fleet": None if fleet is None else fleet["startup_cpu_seconds"],
         "machines": {
             "events_per_frame": machines["events_per_frame"],
             "cpu_us_per_frame": round(machines["cpu_us_per_frame"], 1),
@@ -201,6 +211,14 @@ def table(report: dict[str, Any]) -> str:
         lines.append(
             f"1,000 accounts in PostgreSQL: not measured ({report['not_measured'].get('many_postgres')})"
         )
+    if report["startup_seconds_1000_accounts_fleet"] is not None:
+        lines.append(
+            "1,000 accounts leased by one run --fleet (data in PostgreSQL): every first frame stored after "
+            f"{report['startup_seconds_1000_accounts_fleet']:,.1f} s "
+            f"({report['startup_cpu_seconds_1000_accounts_fleet']:,.1f} s CPU)"
+        )
+    else:
+        lines.append(f"1,000 accounts of a fleet: not measured ({report['not_measured'].get('many_fleet')})")
     peak = report["export_peak_rss_mib"]
     lines.append(
         f"export peak RSS: {peak['ours']:,.1f} MiB (every row held at once: {peak['ceiling']:,.1f} MiB)"

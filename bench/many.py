@@ -160,7 +160,56 @@ def bench_many_postgres(accounts: int = 1000) -> Figures:
     }
 
 
+def bench_many_fleet(accounts: int = 1000) -> Figures:
+    """``run --fleet`` over ``accounts`` simulated accounts imported into one PostgreSQL database
+    (their data in it too): wall and CPU seconds from the process's start until every account
+    stored its first frame (the start includes the fleet's look, twice, at who else is running),
+    and the moment the first account ran."""
+    from bench.postgres import Postgres
+
+    with Postgres() as url, tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        _write_accounts(directory, accounts)
+        env = {
+            **os.environ,
+            "CONNECT_STORE_URL": url,
+            "CONNECT_LOG_FORMAT": "json",
+            "CONNECT_LOG_LEVEL": "info",
+        }
+        imported = subprocess.run(
+            [sys.executable, "-m", "connect", "accounts", "import", str(directory)],
+            env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if imported.returncode != 0:
+            raise RuntimeError(f"accounts import: {imported.stderr.strip()[-300:]}")
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "connect", "run", "--fleet"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )  # fmt: skip
+        try:
+            assert process.stdout is not None
+            opened, startup = _first_frames(process.stdout, accounts, started)
+            cpu = _cpu_seconds(process.pid)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+    return {
+        "accounts": accounts,
+        "startup_seconds": round(startup, 2),
+        "startup_cpu_seconds": round(cpu, 2),
+        "first_running_seconds": round(opened, 2),
+    }
+
+
 if __name__ == "__main__":
     sizes = [a for a in sys.argv[1:] if a.isdigit()]
     count = int(sizes[0]) if sizes else 1000
-    print(json.dumps(bench_many_postgres(count) if "--postgres" in sys.argv else bench_many(count)))
+    if "--fleet" in sys.argv:
+        print(json.dumps(bench_many_fleet(count)))
+    else:
+        print(json.dumps(bench_many_postgres(count) if "--postgres" in sys.argv else bench_many(count)))

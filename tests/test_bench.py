@@ -132,6 +132,8 @@ def test_json_report_has_every_figure() -> None:
         "fds_per_account_1000_postgres",
     ):  # without PostgreSQL on this machine: said why
         assert isinstance(report[key], int | float) or report["not_measured"]["many_postgres"]
+    for key in ("startup_seconds_1000_accounts_fleet", "startup_cpu_seconds_1000_accounts_fleet"):
+        assert isinstance(report[key], int | float) or report["not_measured"]["many_fleet"]
 
 
 def test_store_ceiling_writes_the_rows_we_write() -> None:
