@@ -23,7 +23,7 @@ from bench.delivery import bench_mqtt, bench_nightscout
 from bench.export import bench_export
 from bench.idle import bench_idle
 from bench.machines import bench_machines
-from bench.many import bench_many, bench_many_fleet, bench_many_postgres
+from bench.many import bench_many, bench_many_databases
 from bench.store import bench_store
 from bench.timing import Figures
 
@@ -77,7 +77,6 @@ QUICK: dict[str, dict[str, Any]] = {
     "idle": {"accounts": 5, "seconds": 0.5},
     "many": {"accounts": 20},
     "many_postgres": {"accounts": 20},
-    "many_fleet": {"accounts": 20},
 }
 
 
@@ -114,17 +113,13 @@ def measure(progress: Callable[[str], None], *, quick: bool = False) -> dict[str
         many = None
         not_measured["many"] = f"{type(exc).__name__}: {exc}"
     progress("many_postgres")
+    many_pg: dict[str, Any] | None
+    fleet: dict[str, Any] | None
     try:
-        many_pg: dict[str, Any] | None = bench_many_postgres(**sizes.get("many_postgres", {}))
+        many_pg, fleet = bench_many_databases(**sizes.get("many_postgres", {}))
     except Exception as exc:  # e.g. no PostgreSQL installed: said why, the rest stays
-        many_pg = None
-        not_measured["many_postgres"] = f"{type(exc).__name__}: {exc}"
-    progress("many_fleet")
-    try:
-        fleet: dict[str, Any] | None = bench_many_fleet(**sizes.get("many_fleet", {}))
-    except Exception as exc:  # e.g. no PostgreSQL installed: said why, the rest stays
-        fleet = None
-        not_measured["many_fleet"] = f"{type(exc).__name__}: {exc}"
+        many_pg = fleet = None
+        not_measured["many_postgres"] = not_measured["many_fleet"] = f"{type(exc).__name__}: {exc}"
     return {
         "figures": figures,
         "rss_kib_per_account": round(idle["rss_per_account"] / 1024, 1),
@@ -134,6 +129,8 @@ def measure(progress: Callable[[str], None], *, quick: bool = False) -> dict[str
         # ``run --accounts-dir`` with 1,000 accounts (20 with --quick): wall and CPU seconds
         # until every account stored its first frame, and what each account adds to one
         "startup_seconds_1000_accounts": None if many is None else many["startup_seconds"],
+        # when every account's daemon had started (its loops polling), before their first frames
+        "running_seconds_1000_accounts": None if many is None else many["running_seconds"],
         "startup_cpu_seconds_1000_accounts": None if many is None else many["startup_cpu_seconds"],
         "restart_seconds_1000_accounts": None if many is None else many["restart_seconds"],
         "restart_cpu_seconds_1000_accounts": None if many is None else many["restart_cpu_seconds"],
@@ -141,6 +138,7 @@ def measure(progress: Callable[[str], None], *, quick: bool = False) -> dict[str
         "fds_per_account_1000": None if many is None else many["fds_per_account"],
         # the same with every account in one PostgreSQL database (one pool for the process)
         "startup_seconds_1000_accounts_postgres": None if many_pg is None else many_pg["startup_seconds"],
+        "running_seconds_1000_accounts_postgres": None if many_pg is None else many_pg["running_seconds"],
         "startup_cpu_seconds_1000_accounts_postgres": None
         if many_pg is None
         else many_pg["startup_cpu_seconds"],
@@ -152,6 +150,7 @@ def measure(progress: Callable[[str], None], *, quick: bool = False) -> dict[str
         "fds_per_account_1000_postgres": None if many_pg is None else many_pg["fds_per_account"],
         # ``run --fleet`` over the same thousand, imported into PostgreSQL with their data there
         "startup_seconds_1000_accounts_fleet": None if fleet is None else fleet["startup_seconds"],
+        "running_seconds_1000_accounts_fleet": None if fleet is None else fleet["running_seconds"],
         "startup_cpu_seconds_1000_accounts_fleet": None if fleet is None else fleet["startup_cpu_seconds"],
         "machines": {
             "events_per_frame": machines["events_per_frame"],

@@ -89,9 +89,9 @@ class AsyncStore:
         self.limiter = trio.CapacityLimiter(1)
         #: how many of the process's store threads this kind of store may use at once, and
         #: how many of them its background calls may
-        threads = getattr(store, "threads", STORE_THREADS)
-        self._threads = (type(store), threads)
-        self._background = (type(store), getattr(store, "background_threads", threads))
+        self._threads = (type(store), getattr(store, "threads", STORE_THREADS))
+        background = getattr(store, "background_threads", None)
+        self._background = None if background is None else (type(store), background)
         # An in-memory store is private to this process and fast; running it inline also keeps
         # trio's MockClock honest (autojump treats a task waiting on a thread as idle and would
         # leap virtual time forward while the thread works).
@@ -138,10 +138,14 @@ class AsyncStore:
         return self._done(result, committed)
 
     async def call_background(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """As :meth:`call`, for work no frame waits on (an alert pass): such calls of all the
-        stores of a kind hold at most the store's ``background_threads`` at once (PostgreSQL:
-        half its threads), so a thousand accounts' passes, queued behind their first frames,
-        never take every connection from the next account's open or frame."""
+        """As :meth:`call`, for work no frame waits on (an alert pass): when the store names
+        its ``background_threads`` (PostgreSQL: half its threads), such calls of all the stores
+        of its kind hold at most that many at once, so a thousand accounts' passes, queued
+        behind their first frames, never take every connection from the next account's open
+        or frame. (SQLite names none: its frames run on the loop, and holding passes back there
+        measured slower.)"""
+        if self._background is None:
+            return await self.call(fn, *args, **kwargs)
         async with background_threads(*self._background):
             return await self.call(fn, *args, **kwargs)
 
