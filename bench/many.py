@@ -11,6 +11,7 @@ per-account figures are what each further account adds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -84,6 +86,38 @@ def _first_frames(log: IO[str], accounts: int, started: float) -> tuple[float, f
     raise RuntimeError(f"only {len(stored)} of {accounts} accounts stored a frame")
 
 
+@contextlib.contextmanager
+def _daemon(args: list[str], env: dict[str, str], accounts: int) -> Iterator[tuple[int, dict[str, float]]]:
+    """The command line ``args`` in a process of its own, until every one of ``accounts``
+    stored its first frame: (its pid, the seconds until the first account ran, until every
+    account ran and until every first frame, and the CPU seconds so far). Stopped (SIGTERM)
+    once the block ends."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connect", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        opened, everyone, startup = _first_frames(process.stdout, accounts, started)
+        yield (
+            process.pid,
+            {
+                "opened_seconds": opened,
+                "running_seconds": everyone,
+                "startup_seconds": startup,
+                "startup_cpu": _cpu_seconds(process.pid),
+            },
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
 def run_accounts(
     accounts: int,
     directory: Path | None = None,
@@ -100,34 +134,12 @@ def run_accounts(
             directory = Path(tmp)
             _write_accounts(directory, accounts, store_url, prefix)
         env = {**os.environ, "CONNECT_LOG_FORMAT": "json", "CONNECT_LOG_LEVEL": "info"}
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "connect", "run", "--accounts-dir", str(directory)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        )  # fmt: skip
-        try:
-            assert process.stdout is not None
-            opened, everyone, startup = _first_frames(process.stdout, accounts, started)
-            cpu = _cpu_seconds(process.pid)
+        with _daemon(["run", "--accounts-dir", str(directory)], env, accounts) as (pid, figures):
             rss = fds = 0
             if memory:  # (a restart's start is all it is measured for)
                 time.sleep(2.0)  # the status rows written, every account waiting
-                rss, fds = _rss_bytes(process.pid), _fds(process.pid)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.communicate()
-    return {
-        "startup_seconds": startup,
-        "opened_seconds": opened,
-        "running_seconds": everyone,
-        "startup_cpu": cpu,
-        "rss": rss,
-        "fds": fds,
-    }
+                rss, fds = _rss_bytes(pid), _fds(pid)
+    return {**figures, "rss": rss, "fds": fds}
 
 
 def bench_many(accounts: int = 1000) -> Figures:
@@ -221,28 +233,14 @@ def bench_many_fleet(accounts: int = 1000, url: str | None = None) -> Figures:
         )  # fmt: skip
         if imported.returncode != 0:
             raise RuntimeError(f"accounts import: {imported.stderr.strip()[-300:]}")
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "connect", "run", "--fleet"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        )  # fmt: skip
-        try:
-            assert process.stdout is not None
-            opened, everyone, startup = _first_frames(process.stdout, accounts, started)
-            cpu = _cpu_seconds(process.pid)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.communicate()
+        with _daemon(["run", "--fleet"], env, accounts) as (_, figures):
+            pass
     return {
         "accounts": accounts,
-        "startup_seconds": round(startup, 2),
-        "startup_cpu_seconds": round(cpu, 2),
-        "first_running_seconds": round(opened, 2),
-        "running_seconds": round(everyone, 2),
+        "startup_seconds": round(figures["startup_seconds"], 2),
+        "startup_cpu_seconds": round(figures["startup_cpu"], 2),
+        "first_running_seconds": round(figures["opened_seconds"], 2),
+        "running_seconds": round(figures["running_seconds"], 2),
     }
 
 
