@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 
 #: worker threads the stores of one kind use at once in one process, unless the store names its
-#: own number (:attr:`store.abc.WriterStore.threads`). Each store already runs one call at a
+#: own number (a ``threads`` attribute: :attr:`store.database.Store.threads`, :attr:`store.postgres.PostgresStore.threads`). Each store already runs one call at a
 #: time; without a cap across stores, a thousand accounts starting together would start a
 #: thousand threads, and the thread hand-offs (not the database) would take most of their start.
 STORE_THREADS: Final = 4
