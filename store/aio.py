@@ -28,10 +28,11 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-#: worker threads the stores of one kind use at once in one process, unless the store names its
-#: own number (a ``threads`` attribute: :attr:`store.database.Store.threads`, :attr:`store.postgres.PostgresStore.threads`). Each store already runs one call at a
-#: time; without a cap across stores, a thousand accounts starting together would start a
-#: thousand threads, and the thread hand-offs (not the database) would take most of their start.
+#: worker threads the stores of one kind use at once in one process, unless the store's class
+#: names its own number (``threads``: :attr:`store.database.Store.threads`,
+#: :attr:`store.postgres.PostgresStore.threads`). Each store already runs one call at a time;
+#: without a cap across stores, a thousand accounts starting together would start a thousand
+#: threads, and the thread hand-offs (not the database) would take most of their start.
 STORE_THREADS: Final = 4
 #: commits :meth:`AsyncStore.call_brief` makes on the loop before the next call goes to a thread
 #: after all: a commit on the loop skips the WAL checkpoint, which the next one off the loop
