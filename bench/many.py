@@ -151,18 +151,27 @@ def bench_many(accounts: int = 1000) -> Figures:
         _write_accounts(directory, accounts)
         many = run_accounts(accounts, directory)
         again = run_accounts(accounts, directory, memory=False)
+    return {
+        **_figures(accounts, one, many, again),
+        # when the last store was open (every file read, every store checked and migrated)
+        "opened_seconds": round(many["opened_seconds"], 2),
+    }
+
+
+def _figures(
+    accounts: int, one: dict[str, float], many: dict[str, float], again: dict[str, float]
+) -> Figures:
+    """The figures of a start (``many``), a restart (``again``) and a one-account baseline."""
     extra = max(1, accounts - 1)
     return {
         "accounts": accounts,
         "startup_seconds": round(many["startup_seconds"], 2),
         # every account's daemon started (its loops polling), before their first frames
         "running_seconds": round(many["running_seconds"], 2),
+        # the same start as CPU time (steadier on a shared machine)
+        "startup_cpu_seconds": round(many["startup_cpu"], 2),
         "restart_seconds": round(again["startup_seconds"], 2),
         "restart_cpu_seconds": round(again["startup_cpu"], 2),
-        # the same start as CPU time (steadier on a shared machine), and when the last store
-        # was open (every file read, every store checked and migrated)
-        "startup_cpu_seconds": round(many["startup_cpu"], 2),
-        "opened_seconds": round(many["opened_seconds"], 2),
         "rss_kib_per_account": round((many["rss"] - one["rss"]) / extra / 1024, 1),
         "fds_per_account": round((many["fds"] - one["fds"]) / extra, 2),
         "baseline_rss_mib": round(one["rss"] / 2**20, 1),
@@ -194,18 +203,7 @@ def bench_many_postgres(accounts: int = 1000, url: str | None = None) -> Figures
         _write_accounts(directory, accounts, url)
         many = run_accounts(accounts, directory)
         again = run_accounts(accounts, directory, memory=False)
-    extra = max(1, accounts - 1)
-    return {
-        "accounts": accounts,
-        "startup_seconds": round(many["startup_seconds"], 2),
-        "running_seconds": round(many["running_seconds"], 2),
-        "startup_cpu_seconds": round(many["startup_cpu"], 2),
-        "restart_seconds": round(again["startup_seconds"], 2),
-        "restart_cpu_seconds": round(again["startup_cpu"], 2),
-        "rss_kib_per_account": round((many["rss"] - one["rss"]) / extra / 1024, 1),
-        "fds_per_account": round((many["fds"] - one["fds"]) / extra, 2),
-        "baseline_rss_mib": round(one["rss"] / 2**20, 1),
-    }
+    return _figures(accounts, one, many, again)
 
 
 def bench_many_fleet(accounts: int = 1000, url: str | None = None) -> Figures:
